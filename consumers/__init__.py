@@ -1,0 +1,1 @@
+"""Kafka -> outside world on confluent-kafka: indexer, status sink, answerer."""

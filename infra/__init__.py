@@ -1,0 +1,1 @@
+"""Adapters to the outside world and wiring. The only package that imports vendor SDKs."""

@@ -1,0 +1,126 @@
+"""The confluent-kafka poll loop for stages that write to the outside world.
+
+Checkpoint order (Quix-style): poll a batch -> decode (undecodable -> dead letter) -> `sink.add()` each
+event -> `sink.flush()` writes -> producer flush (outputs and dead letters durable) -> commit offsets.
+A crash anywhere before the commit redelivers the batch, and sinks write idempotently.
+
+A whole-batch RetryableError (the backend is down) retries the same batch with jittered exponential
+backoff and polls nothing new meanwhile, so memory stays bounded at one batch. On shutdown during
+backoff the batch is abandoned uncommitted: the partition's next owner gets it again.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaException
+
+from schemas.topics import TopicSpec
+
+from . import logs
+from .errors import PoisonMessageError, RetryableError
+from .kafka import EventProducer, SourceRecord, commit_offsets, make_consumer, send_dead_letter, topic_name
+from .metrics import Metrics, Outcome
+from .serde import decode
+from .settings import Settings
+
+log = logs.get(__name__)
+
+MAX_BACKOFF_S = 30.0
+
+
+class Sink(Protocol):
+    def add(self, event: Any, record: SourceRecord) -> None:
+        """Buffer one event; raise PoisonMessageError if it can never be processed."""
+
+    def flush(self) -> Sequence[tuple[SourceRecord, Any, Exception]]:
+        """Write what was buffered; return per-record permanent failures, or raise RetryableError."""
+
+    def discard(self) -> None:
+        """Drop the buffer (the batch is abandoned and will be redelivered)."""
+
+
+class ConsumerRunner:
+    def __init__(self, settings: Settings, stage: str, source: TopicSpec, sink: Sink, metrics: Metrics,
+                 producer: EventProducer) -> None:
+        self._settings = settings
+        self._stage = stage
+        self._source = source
+        self._sink = sink
+        self._metrics = metrics
+        self._producer = producer
+        self.batches = 0
+
+    def run(self, stop: threading.Event) -> None:
+        consumer = make_consumer(self._settings, f"{self._settings.kafka.topic_prefix}{self._stage}")
+        consumer.subscribe([topic_name(self._settings, self._source)])
+        log.info("stage started", stage=self._stage, topic=topic_name(self._settings, self._source))
+        try:
+            while not stop.is_set():
+                messages = consumer.consume(self._settings.kafka.poll_batch, self._settings.kafka.poll_timeout_s)
+                if messages:
+                    self._handle(consumer, messages, stop)
+        finally:
+            consumer.close()  # leaves the group at once, so the partitions move without a session timeout
+            log.info("stage stopped", stage=self._stage)
+
+    def _handle(self, consumer: Any, messages: list[Any], stop: threading.Event) -> None:
+        started = time.perf_counter()
+        records: list[SourceRecord] = []
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise KafkaException(err)
+                log.warning("consumer error", stage=self._stage, error=err.str())
+                continue
+            record = SourceRecord.of(msg)
+            records.append(record)
+            try:
+                self._sink.add(decode(self._source, record.value), record)
+            except PoisonMessageError as exc:
+                self._dead(record, exc)
+        failures = self._flush_with_backoff(stop)
+        if failures is None:
+            return
+        for record, _, exc in failures:
+            self._dead(record, exc)
+        try:
+            self._producer.flush()
+        except RetryableError as exc:
+            log.error("outputs not delivered; batch left uncommitted", stage=self._stage, error=str(exc))
+            return
+        try:
+            commit_offsets(consumer, records)
+        except KafkaException as exc:  # e.g. the partitions were revoked meanwhile: redelivered, idempotent
+            log.warning("commit failed; batch will be redelivered", stage=self._stage, error=str(exc))
+        ok = len(records) - len(failures)
+        self._metrics.events.labels(self._stage, Outcome.OK).inc(max(0, ok))
+        self._metrics.batch_seconds.labels(self._stage).observe(time.perf_counter() - started)
+        self._metrics.last_progress.labels(self._stage).set(time.time())
+        self.batches += 1
+
+    def _flush_with_backoff(self, stop: threading.Event) -> Sequence[tuple[SourceRecord, Any, Exception]] | None:
+        attempt = 0
+        while True:
+            try:
+                return self._sink.flush()
+            except RetryableError as exc:
+                attempt += 1
+                self._metrics.events.labels(self._stage, Outcome.RETRIED).inc()
+                delay = exc.retry_after or min(MAX_BACKOFF_S, 0.1 * 2 ** attempt) * (0.5 + random.random())
+                log.warning("sink flush failed, backing off", stage=self._stage, attempt=attempt,
+                            delay=round(delay, 2), error=str(exc)[:300])
+                if stop.wait(delay):
+                    self._sink.discard()
+                    log.warning("stopping during backoff: batch left uncommitted", stage=self._stage)
+                    return None
+
+    def _dead(self, record: SourceRecord, exc: Exception) -> None:
+        log.warning("dead-lettered", stage=self._stage, where=record.where(), error=str(exc)[:300])
+        self._metrics.events.labels(self._stage, Outcome.DEAD_LETTERED).inc()
+        send_dead_letter(self._producer, self._settings, self._stage, record, exc)

@@ -1,0 +1,211 @@
+"""confluent-kafka factories: producer, consumer, admin, topic provisioning, dead-lettering.
+
+All clients share one base configuration built from `KafkaSettings`. Consumers never auto-commit:
+the runner commits after the stage's effects are durable.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+from pydantic import BaseModel
+
+from schemas.events import utcnow
+from schemas.topics import TOPICS, TopicSpec
+
+from .errors import ConfigurationError, RetryableError
+from .serde import Headers, encode, headers_for
+from .settings import Settings
+
+DLQ_PREFIX = "ragbus-dlq-"
+
+
+def bootstrap(settings: Settings) -> str:
+    servers = settings.resolve_bootstrap()
+    if not servers:
+        raise ConfigurationError(
+            "no Kafka broker configured: start one with `ragbus up` (embedded) or set "
+            "RAGBUS_KAFKA_BOOTSTRAP_SERVERS=host:port"
+        )
+    return servers
+
+
+def base_config(settings: Settings) -> dict[str, Any]:
+    cfg: dict[str, Any] = {
+        "bootstrap.servers": bootstrap(settings),
+        "message.max.bytes": settings.kafka.message_max_bytes,
+        "log_level": 3,
+    }
+    cfg.update(settings.kafka.client_config)
+    return cfg
+
+
+def topic_name(settings: Settings, spec: TopicSpec) -> str:
+    return spec.physical(settings.kafka.topic_prefix)
+
+
+def check_reachable(settings: Settings, timeout_s: float = 5.0) -> None:
+    """Fail fast with a message that says what to fix when the broker does not answer."""
+    servers = bootstrap(settings)
+    admin = AdminClient(base_config(settings))
+    try:
+        admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise ConfigurationError(
+            f"cannot reach Kafka at {servers} within {timeout_s:.0f}s: start `ragbus up` or fix "
+            "RAGBUS_KAFKA_BOOTSTRAP_SERVERS"
+        ) from exc
+
+
+def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, timeout_s: float = 15.0) -> list[str]:
+    """Create every topic with its partitions and config; report a partition-count mismatch."""
+    specs = specs if specs is not None else TOPICS.all()
+    admin = AdminClient(base_config(settings))
+    existing = admin.list_topics(timeout=timeout_s).topics
+    created: list[str] = []
+    wanted = []
+    for spec in specs:
+        name = topic_name(settings, spec)
+        if name in existing:
+            have = len(existing[name].partitions)
+            if have != spec.partitions:
+                raise ConfigurationError(
+                    f"topic {name} has {have} partitions, ragbus declares {spec.partitions}: "
+                    "recreate it or use another RAGBUS_KAFKA_TOPIC_PREFIX"
+                )
+            continue
+        wanted.append(NewTopic(name, num_partitions=spec.partitions, replication_factor=-1, config=spec.config))
+    if wanted:
+        for name, fut in admin.create_topics(wanted, operation_timeout=timeout_s).items():
+            try:
+                fut.result()
+                created.append(name)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise ConfigurationError(f"could not create topic {name}: {exc.args[0].str()}") from exc
+    return created
+
+
+def make_consumer(settings: Settings, group_id: str | None, **overrides: Any) -> Consumer:
+    session = settings.kafka.session_timeout_ms
+    cfg = base_config(settings) | {
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        # Tansu answers ListOffsets(latest) wrongly: always start from earliest + committed offsets.
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": session,
+        "heartbeat.interval.ms": max(100, session // 3),
+        "fetch.max.bytes": settings.kafka.message_max_bytes * 4,
+        "max.partition.fetch.bytes": settings.kafka.message_max_bytes,
+        "enable.partition.eof": False,
+    }
+    cfg["group.id"] = group_id or f"ragbus-reader-{time.monotonic_ns()}"
+    cfg.update(overrides)
+    return Consumer(cfg)
+
+
+class EventProducer:
+    """An idempotent producer that tracks delivery failures: `flush()` raises if any send failed,
+    so a caller never commits input offsets for output that did not reach the broker."""
+
+    def __init__(self, settings: Settings, **overrides: Any) -> None:
+        cfg = base_config(settings) | {
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "compression.type": "none",
+        }
+        cfg.update(overrides)
+        self._producer = Producer(cfg)
+        self._settings = settings
+        self._errors: list[str] = []
+        self._lock = threading.Lock()
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            with self._lock:
+                self._errors.append(f"{msg.topic()}: {err.str()}")
+
+    def send_raw(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None = None) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, key=key, value=value, headers=headers or [],
+                                       on_delivery=self._on_delivery)
+                break
+            except BufferError:  # local queue full: serve delivery reports, then try again
+                self._producer.poll(0.1)
+        self._producer.poll(0)
+
+    def send(self, spec: TopicSpec, key: bytes | str | None, event: BaseModel,
+             extra_headers: Headers | None = None) -> None:
+        raw_key = key.encode() if isinstance(key, str) else key
+        self.send_raw(topic_name(self._settings, spec), raw_key, encode(event),
+                      headers_for(event) + (extra_headers or []))
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        remaining = self._producer.flush(timeout_s)
+        with self._lock:
+            errors, self._errors = self._errors, []
+        if remaining:
+            raise RetryableError(f"{remaining} messages not delivered within {timeout_s}s")
+        if errors:
+            raise RetryableError(f"{len(errors)} messages failed delivery, first: {errors[0]}")
+
+
+@dataclass(frozen=True, eq=False)
+class SourceRecord:
+    """Where a message came from: enough to dead-letter it and to log `topic[partition]@offset`.
+    Compared by identity: one record per consumed message."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+
+    def where(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+    @classmethod
+    def of(cls, msg: Message) -> SourceRecord:
+        return cls(msg.topic() or "", msg.partition() or 0, msg.offset() or 0, msg.key(), msg.value(),
+                   list(msg.headers() or []))
+
+
+def dead_letter_headers(record: SourceRecord, stage: str, exc: BaseException, attempts: int = 1) -> Headers:
+    fields = {
+        "stage": stage,
+        "topic": record.topic,
+        "partition": str(record.partition),
+        "offset": str(record.offset),
+        "error-type": type(exc).__name__,
+        "reason": str(exc)[:4000],
+        "occurred-at": utcnow().isoformat(),
+        "attempts": str(attempts),
+    }
+    kept = [(k, v) for k, v in record.headers if not k.startswith(DLQ_PREFIX)]
+    return kept + [(DLQ_PREFIX + k, v.encode()) for k, v in fields.items()]
+
+
+def send_dead_letter(producer: EventProducer, settings: Settings, stage: str, record: SourceRecord,
+                     exc: BaseException, attempts: int = 1) -> None:
+    spec = TOPICS.dead_letter(stage)
+    producer.send_raw(topic_name(settings, spec), record.key, record.value,
+                      dead_letter_headers(record, stage, exc, attempts))
+
+
+def commit_offsets(consumer: Consumer, records: list[SourceRecord]) -> None:
+    """Commit the next offset of every partition seen in `records` (synchronously)."""
+    latest: dict[tuple[str, int], int] = {}
+    for r in records:
+        key = (r.topic, r.partition)
+        latest[key] = max(latest.get(key, -1), r.offset)
+    if latest:
+        consumer.commit(offsets=[TopicPartition(t, p, o + 1) for (t, p), o in latest.items()],
+                        asynchronous=False)

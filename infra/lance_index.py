@@ -1,0 +1,164 @@
+"""Embedded vector index on LanceDB: on disk in the data directory, survives restarts.
+
+Vector search (cosine; exact until the table is large enough for an IVF-HNSW index), BM25 through
+Lance's native full-text index over title + section path + text, metadata filters as SQL prefilters,
+and relative-score fusion on the client. Tenant isolation: every query is prefiltered on `tenant`,
+which the port makes a required argument; there is no search path without it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+from lancedb.query import MatchQuery
+
+from .errors import ConfigurationError
+from .fusion import relative_score_fusion
+from .ports import ChunkRecord, SearchHit, Vector, WriteFailure
+
+TABLE = "chunks"
+#: Below this many rows exact search is fast and perfectly accurate; above it, build an ANN index.
+ANN_MIN_ROWS = 20_000
+MAINTAIN_EVERY_S = 30.0
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _meta_terms(metadata: Mapping[str, Any]) -> list[str]:
+    return [f"{k}={json.dumps(v)}" for k, v in sorted(metadata.items())]
+
+
+class LanceVectorIndex:
+    def __init__(self, path: Path, dim: int) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        # read_consistency_interval=0: readers in other processes see every committed write at once.
+        self._db = lancedb.connect(str(path), read_consistency_interval=timedelta(0))
+        self._dim = dim
+        self._lock = threading.Lock()
+        self._last_maintain = 0.0
+        self._schema = pa.schema([
+            pa.field("chunk_id", pa.string()), pa.field("tenant", pa.string()),
+            pa.field("document_id", pa.string()), pa.field("version", pa.int64()),
+            pa.field("idx", pa.int32()), pa.field("text", pa.string()), pa.field("title", pa.string()),
+            pa.field("section_path", pa.string()), pa.field("source", pa.string()),
+            pa.field("meta", pa.list_(pa.string())), pa.field("metadata", pa.string()),
+            pa.field("search_text", pa.string()), pa.field("vector", pa.list_(pa.float32(), dim)),
+        ])
+        self._table = self._open_or_create(path)
+        have = self._table.schema.field("vector").type.list_size
+        if have != dim:
+            raise ConfigurationError(
+                f"the vector index at {path} holds {have}-dim vectors but the embedder makes {dim}: "
+                "use a new RAGBUS_DATA_DIR or the model that built it")
+
+    def _open_or_create(self, path: Path) -> Any:
+        """Open the table, creating it with its indexes once; several processes may race to create it."""
+        for attempt in range(20):
+            try:
+                if TABLE in self._db.table_names():
+                    table = self._db.open_table(TABLE)
+                    if {i.name for i in table.list_indices()} >= {"search_text_idx", "document_id_idx"}:
+                        return table
+                    if attempt == 0:  # another process may be building them right now
+                        time.sleep(0.5)
+                        continue
+                else:
+                    table = self._db.create_table(TABLE, schema=self._schema, exist_ok=True)
+                table.create_fts_index("search_text", use_tantivy=False, replace=True)
+                table.create_scalar_index("document_id", replace=True)
+                return table
+            except (RuntimeError, OSError, ValueError) as exc:
+                if "conflict" not in str(exc).lower() and "exists" not in str(exc).lower():
+                    raise
+                time.sleep(0.2 * (attempt + 1))
+        raise ConfigurationError(f"could not open or create the vector index at {path}")
+
+    def upsert(self, chunks: Sequence[ChunkRecord]) -> list[WriteFailure]:
+        if not chunks:
+            return []
+        rows, failures = [], []
+        for c in chunks:
+            if c.vector.shape != (self._dim,):
+                failures.append(WriteFailure(c.chunk_id, f"vector has shape {c.vector.shape}, expected ({self._dim},)"))
+                continue
+            rows.append({
+                "chunk_id": c.chunk_id, "tenant": c.tenant, "document_id": c.document_id, "version": c.version,
+                "idx": c.index, "text": c.text, "title": c.title, "section_path": json.dumps(list(c.section_path)),
+                "source": c.source, "meta": _meta_terms(c.metadata), "metadata": json.dumps(dict(c.metadata)),
+                "search_text": "\n".join([c.title, " ".join(c.section_path), c.text]),
+                "vector": np.asarray(c.vector, dtype=np.float32),
+            })
+        if rows:
+            with self._lock:
+                (self._table.merge_insert("chunk_id").when_matched_update_all()
+                 .when_not_matched_insert_all().execute(pa.Table.from_pylist(rows, schema=self._schema)))
+        return failures
+
+    def delete_versions(self, tenant: str, document_id: str, *, below: int) -> None:
+        with self._lock:
+            self._table.delete(f"tenant = {_quote(tenant)} AND document_id = {_quote(document_id)} "
+                               f"AND version < {int(below)}")
+
+    def _where(self, tenant: str, filters: Mapping[str, Any] | None) -> str:
+        clauses = [f"tenant = {_quote(tenant)}"]
+        for key, value in sorted((filters or {}).items()):
+            if key == "document_id":
+                clauses.append(f"document_id = {_quote(str(value))}")
+            elif key == "source":
+                clauses.append(f"source = {_quote(str(value))}")
+            else:
+                clauses.append(f"array_has(meta, {_quote(_meta_terms({key: value})[0])})")
+        return " AND ".join(clauses)
+
+    def hybrid_search(self, tenant: str, text: str, vector: Vector, *, limit: int, alpha: float,
+                      filters: Mapping[str, Any] | None = None) -> list[SearchHit]:
+        where = self._where(tenant, filters)
+        candidates = max(limit * 4, 50)
+        vec_rows: list[dict[str, Any]] = []
+        kw_rows: list[dict[str, Any]] = []
+        if alpha > 0:
+            vec_rows = (self._table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
+                        .distance_type("cosine").where(where, prefilter=True).limit(candidates).to_list())
+        if alpha < 1:
+            kw_rows = (self._table.search(MatchQuery(text, "search_text"), query_type="fts")
+                       .where(where, prefilter=True).limit(candidates).to_list())
+        fused = relative_score_fusion(
+            [(r["chunk_id"], 1.0 - float(r["_distance"]), r) for r in vec_rows],
+            [(r["chunk_id"], float(r["_score"]), r) for r in kw_rows], alpha, limit)
+        return [SearchHit(r["chunk_id"], r["document_id"], int(r["version"]), int(r["idx"]), r["text"], score,
+                          r["title"], tuple(json.loads(r["section_path"])), json.loads(r["metadata"]))
+                for r, score in fused]
+
+    def chunk_versions(self, tenant: str, document_id: str) -> list[tuple[str, int]]:
+        rows = (self._table.search().where(f"tenant = {_quote(tenant)} AND document_id = {_quote(document_id)}")
+                .select(["chunk_id", "version", "idx"]).limit(1_000_000).to_list())
+        return [(r["chunk_id"], int(r["version"])) for r in sorted(rows, key=lambda r: (r["version"], r["idx"]))]
+
+    def count(self, tenant: str | None = None) -> int:
+        return int(self._table.count_rows(None if tenant is None else f"tenant = {_quote(tenant)}"))
+
+    def maintain(self) -> None:
+        """Fold new rows into the indexes and compact; build the ANN index once the table is large."""
+        now = time.monotonic()
+        if now - self._last_maintain < MAINTAIN_EVERY_S:
+            return
+        self._last_maintain = now
+        with self._lock:
+            if self._table.count_rows() >= ANN_MIN_ROWS and not any(
+                    i.index_type.startswith("IVF") for i in self._table.list_indices()):
+                self._table.create_index(metric="cosine", vector_column_name="vector", index_type="IVF_HNSW_SQ")
+            self._table.optimize(cleanup_older_than=timedelta(minutes=10))
+
+    def close(self) -> None:
+        """LanceDB holds no open handles that need closing."""

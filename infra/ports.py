@@ -1,0 +1,168 @@
+"""Ports: what the stages need from the outside world, as Protocols.
+
+Every port has one adapter per backend (embedded: LanceDB, SQLite, local model; production: Weaviate,
+MongoDB, Anthropic) and one contract suite in tests/contract that every adapter must pass.
+
+Version rules shared by all adapters (they are what makes redelivery and reordering harmless):
+- A document's row holds the highest version seen; a status update for an older version is ignored,
+  and at the same version status only moves forward (received < chunked < embedded < indexed/failed
+  < deleted).
+- A delete at version v removes chunks with version <= v; a finished version v removes chunks < v.
+  Both are bounded by version, so they commute with late or repeated writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from schemas.events import Citation, ContentRef, Status
+
+Vector = np.ndarray[Any, np.dtype[np.float32]]
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    chunk_id: str
+    tenant: str
+    document_id: str
+    version: int
+    index: int
+    text: str
+    vector: Vector
+    title: str = ""
+    section_path: tuple[str, ...] = ()
+    source: str = ""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    chunk_id: str
+    document_id: str
+    version: int
+    index: int
+    text: str
+    score: float
+    title: str = ""
+    section_path: tuple[str, ...] = ()
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WriteFailure:
+    """One object a backend refused, with the backend's own message."""
+
+    chunk_id: str
+    message: str
+
+
+@dataclass(frozen=True)
+class DocumentRecord:
+    tenant: str
+    document_id: str
+    version: int
+    status: Status
+    chunks: int = 0
+    error: str = ""
+    content_hash: str = ""
+    title: str = ""
+    source: str = ""
+
+
+class VectorIndex(Protocol):
+    """Chunks with vectors and text; hybrid (BM25 + vector) search, always within one tenant."""
+
+    def upsert(self, chunks: Sequence[ChunkRecord]) -> list[WriteFailure]: ...
+
+    def delete_versions(self, tenant: str, document_id: str, *, below: int) -> None:
+        """Delete the document's chunks whose version is < `below`."""
+
+    def hybrid_search(self, tenant: str, text: str, vector: Vector, *, limit: int, alpha: float,
+                      filters: Mapping[str, Any] | None = None) -> list[SearchHit]: ...
+
+    def chunk_versions(self, tenant: str, document_id: str) -> list[tuple[str, int]]:
+        """(chunk_id, version) of every stored chunk of a document: for audits and tests."""
+
+    def count(self, tenant: str | None = None) -> int: ...
+
+    def maintain(self) -> None:
+        """Background upkeep (index optimisation); cheap to call often."""
+
+    def close(self) -> None: ...
+
+
+class DocumentStore(Protocol):
+    """Documents and their status, chunk text, claim-checked content and the query/answer log."""
+
+    def get_document(self, tenant: str, document_id: str) -> DocumentRecord | None: ...
+
+    def apply_status(self, record: DocumentRecord) -> bool:
+        """Apply a status under the version rules; True when it changed the stored row."""
+
+    def upsert_chunks(self, chunks: Sequence[ChunkRecord]) -> None: ...
+
+    def delete_chunk_versions(self, tenant: str, document_id: str, *, below: int) -> None: ...
+
+    def chunk_versions(self, tenant: str, document_id: str) -> list[tuple[str, int]]: ...
+
+    def put_content(self, data: bytes) -> ContentRef: ...
+
+    def get_content(self, ref: ContentRef) -> bytes:
+        """Raises KeyError when no content has that hash."""
+
+    def get_answer(self, tenant: str, query_id: str) -> str | None: ...
+
+    def put_answer(self, tenant: str, query_id: str, answer_json: str) -> None: ...
+
+    def status_counts(self, tenant: str | None = None) -> dict[str, int]: ...
+
+    def count_chunks(self, tenant: str | None = None) -> int: ...
+
+    def list_documents(self, tenant: str | None = None, limit: int = 10_000) -> list[DocumentRecord]: ...
+
+    def close(self) -> None: ...
+
+
+class EmbeddingCache(Protocol):
+    """Vectors by content key (model + text hash): the same text is never embedded twice."""
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]: ...
+
+    def put_many(self, items: Mapping[str, bytes]) -> None: ...
+
+
+class Embedder(Protocol):
+    name: str
+    dim: int
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray[Any, np.dtype[np.float32]]:
+        """L2-normalised float32 vectors, one row per text."""
+
+
+@dataclass(frozen=True)
+class GeneratedAnswer:
+    text: str
+    citations: list[Citation]
+    model: str
+    prompt_version: str
+    degraded: bool
+    degraded_reason: str = ""
+    dropped_citations: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class AnswerModel(Protocol):
+    """Turns a question and retrieved chunks into a cited answer. `on_delta` receives streamed text."""
+
+    name: str
+
+    def answer(self, question: str, hits: Sequence[SearchHit], *, on_delta: Any = None,
+               deadline_s: float | None = None) -> GeneratedAnswer: ...

@@ -1,0 +1,126 @@
+"""Settings: one pydantic-settings class per external system, aggregated in `Settings`.
+
+Built once in the entrypoint and passed down; nothing reads the environment elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _cfg(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, extra="ignore", frozen=True)
+
+
+class KafkaSettings(BaseSettings):
+    model_config = _cfg("RAGBUS_KAFKA_")
+
+    #: Unset: use the local broker that `ragbus up` started (its address is in the data directory).
+    bootstrap_servers: str | None = None
+    topic_prefix: str = Field("ragbus.", pattern=r"^[A-Za-z0-9._-]{0,64}$")
+    #: Tansu holds a group join for half the session timeout: keep it short locally (see README).
+    session_timeout_ms: int = Field(6000, ge=1000, le=300_000)
+    #: Extra librdkafka settings (JSON object), e.g. security.protocol / sasl.* for a managed cluster.
+    client_config: dict[str, str] = Field(default_factory=dict)
+    poll_batch: int = Field(256, ge=1, le=10_000)
+    poll_timeout_s: float = Field(0.25, gt=0, le=10)
+    message_max_bytes: int = Field(2 * 1024 * 1024, ge=1024 * 1024)
+
+
+class EmbedderSettings(BaseSettings):
+    model_config = _cfg("RAGBUS_EMBEDDER_")
+
+    #: A sentence-transformers model directory, or "all-MiniLM-L6-v2" for the packaged offline copy.
+    model: str = "all-MiniLM-L6-v2"
+    batch_size: int = Field(32, ge=1, le=1024)
+    #: Events per micro-batch (across documents) and the longest wait to fill one.
+    max_batch_events: int = Field(64, ge=1, le=10_000)
+    batch_window_s: float = Field(0.05, ge=0, le=10)
+    threads: int = Field(0, ge=0, le=256, description="torch threads; 0 = torch's default")
+
+
+class ChunkerSettings(BaseSettings):
+    model_config = _cfg("RAGBUS_CHUNK_")
+
+    size_tokens: int = Field(200, ge=16, le=510)
+    overlap_tokens: int = Field(32, ge=0, le=256)
+
+
+class RetrievalSettings(BaseSettings):
+    model_config = _cfg("RAGBUS_RETRIEVAL_")
+
+    #: Hybrid weight: 1.0 = vector only, 0.0 = BM25 only (Weaviate's convention).
+    alpha: float = Field(0.75, ge=0.0, le=1.0)
+    #: Candidates fetched from each retriever before fusion.
+    candidates: int = Field(50, ge=1, le=1000)
+
+
+class AnthropicSettings(BaseSettings):
+    model_config = _cfg("RAGBUS_ANTHROPIC_")
+
+    api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("RAGBUS_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY")
+    )
+    base_url: str | None = Field(None, validation_alias=AliasChoices("RAGBUS_ANTHROPIC_BASE_URL",
+                                                                     "ANTHROPIC_BASE_URL"))
+    model: str = "claude-sonnet-4-5"
+    fallback_model: str | None = "claude-haiku-4-5"
+    max_tokens: int = Field(1024, ge=1, le=64_000)
+    temperature: float = Field(0.0, ge=0.0, le=1.0)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(3, ge=0, le=10)
+
+
+class WeaviateSettings(BaseSettings):
+    model_config = _cfg("RAGBUS_WEAVIATE_")
+
+    url: str | None = None
+    grpc_port: int = 50051
+    api_key: SecretStr | None = None
+    timeout_s: float = 30.0
+    collection: str = "RagbusChunk"
+
+
+class MongoSettings(BaseSettings):
+    model_config = _cfg("RAGBUS_MONGODB_")
+
+    uri: SecretStr | None = None
+    database: str = "ragbus"
+    timeout_ms: int = 5000
+
+
+class Settings(BaseSettings):
+    model_config = _cfg("RAGBUS_")
+
+    data_dir: Path = Path(".ragbus")
+    log_level: str = "INFO"
+    log_format: Literal["console", "json"] = "console"
+    #: Prometheus /metrics port of a worker; 0 disables the endpoint.
+    metrics_port: int = Field(0, ge=0, le=65535)
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
+    chunker: ChunkerSettings = Field(default_factory=ChunkerSettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    anthropic: AnthropicSettings = Field(default_factory=AnthropicSettings)
+    weaviate: WeaviateSettings = Field(default_factory=WeaviateSettings)
+    mongodb: MongoSettings = Field(default_factory=MongoSettings)
+
+    def broker_file(self) -> Path:
+        return self.data_dir / "broker.json"
+
+    def resolve_bootstrap(self) -> str | None:
+        """The configured bootstrap servers, else the local broker recorded by `ragbus up`."""
+        if self.kafka.bootstrap_servers:
+            return self.kafka.bootstrap_servers
+        try:
+            info = json.loads(self.broker_file().read_text())
+        except (OSError, ValueError):
+            return None
+        value = info.get("bootstrap")
+        return value if isinstance(value, str) else None

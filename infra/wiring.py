@@ -1,0 +1,51 @@
+"""Builds adapters from settings: the embedded defaults unless a production backend is configured."""
+
+from __future__ import annotations
+
+from .errors import ConfigurationError
+from .ports import AnswerModel, DocumentStore, Embedder, EmbeddingCache, VectorIndex
+from .settings import Settings
+
+
+def sqlite_path(settings: Settings) -> str:
+    return str(settings.data_dir / "ragbus.sqlite")
+
+
+def build_store(settings: Settings) -> DocumentStore:
+    if settings.mongodb.uri is not None:
+        raise ConfigurationError("RAGBUS_MONGODB_URI is set, but the MongoDB adapter is not part of this "
+                                 "release yet; unset it to use the embedded SQLite store")
+    from pathlib import Path
+
+    from .sqlite_store import SqliteDocumentStore
+
+    return SqliteDocumentStore(Path(sqlite_path(settings)))
+
+
+def build_cache(settings: Settings) -> EmbeddingCache:
+    from pathlib import Path
+
+    from .sqlite_store import SqliteEmbeddingCache
+
+    return SqliteEmbeddingCache(Path(sqlite_path(settings)))
+
+
+def build_index(settings: Settings, dim: int) -> VectorIndex:
+    if settings.weaviate.url is not None:
+        raise ConfigurationError("RAGBUS_WEAVIATE_URL is set, but the Weaviate adapter is not part of this "
+                                 "release yet; unset it to use the embedded LanceDB index")
+    from .lance_index import LanceVectorIndex
+
+    return LanceVectorIndex(settings.data_dir / "lance", dim)
+
+
+def build_embedder(settings: Settings) -> Embedder:
+    from .embedder import SentenceTransformerEmbedder
+
+    return SentenceTransformerEmbedder(settings.embedder)
+
+
+def build_answer_model(settings: Settings) -> AnswerModel:
+    from .extractive import ExtractiveAnswerer
+
+    return ExtractiveAnswerer()

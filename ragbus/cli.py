@@ -1,0 +1,232 @@
+"""The `ragbus` command line. Errors a user can fix are one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from infra import logs
+from infra.errors import RagbusError
+from infra.settings import Settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="ragbus: event-driven RAG on Kafka.")
+topics_app = typer.Typer(no_args_is_help=True, help="Provision Kafka topics.")
+app.add_typer(topics_app, name="topics")
+
+DEMO_QUESTION = "How does ragbus make sure a redelivered event does not create duplicate chunks?"
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    logs.configure(settings.log_level, settings.log_format)
+    return settings
+
+
+@app.command()
+def up() -> None:
+    """Run everything on one machine in the foreground (local broker if no Kafka is configured)."""
+    from .supervisor import Stack
+
+    stack = Stack(_settings())
+    try:
+        stack.start()
+        typer.echo(f"ragbus is up: Kafka at {stack.bootstrap}, data in {stack.child_settings().data_dir}. "
+                   "Ctrl-C to stop.", err=True)
+        stack.run_forever()
+    finally:
+        stack.stop()
+
+
+@app.command()
+def worker(stages: list[str] = typer.Argument(..., help="chunker | embedder | indexer | status | answerer")) -> None:
+    """Run one stage (or several consumer stages) alone, e.g. to scale out on partitions."""
+    from .stages import run_workers
+
+    run_workers(_settings(), stages)
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create every topic with its partitions and config (existing ones are checked, not altered)."""
+    from infra.kafka import check_reachable, ensure_topics
+
+    settings = _settings()
+    check_reachable(settings)
+    created = ensure_topics(settings)
+    typer.echo(f"created {len(created)} topics" + (": " + ", ".join(created) if created else " (all existed)"))
+
+
+@app.command()
+def ingest(paths: list[Path] = typer.Argument(..., help="files, directories or .jsonl files"),
+           tenant: str = typer.Option("default", help="tenant the documents belong to"),
+           wait: bool = typer.Option(False, "--wait", help="return when every document is searchable"),
+           timeout: float = typer.Option(600.0, help="seconds --wait waits at most")) -> None:
+    """Publish one document-arrived event per file (or per JSONL line)."""
+    from rich.progress import Progress
+
+    from infra import wiring
+    from infra.kafka import EventProducer, check_reachable
+    from infra.tail import Tail
+    from schemas.topics import TOPICS
+
+    from .client import documents_from, new_correlation, publish, wait_final
+
+    settings = _settings()
+    correlation = new_correlation()
+    events = list(documents_from(paths, settings, wiring.build_store(settings), tenant, correlation))
+    if not events:
+        raise RagbusError("no documents found in the given paths")
+    check_reachable(settings)
+    with Tail(settings, TOPICS.status) as tail:
+        publish(settings, EventProducer(settings), events)
+        typer.echo(f"published {len(events)} documents (correlation id {correlation})", err=True)
+        if not wait:
+            return
+        with Progress(transient=False) as progress:
+            bar = progress.add_task("indexing", total=len(events))
+            final = wait_final(tail, events, timeout, lambda _: progress.advance(bar))
+    failed = [s for s in final.values() if s.status.value == "failed"]
+    missing = [e.document_id for e in events if e.document_id not in final]
+    for s in failed:
+        typer.echo(f"failed: {s.document_id}: {s.error}", err=True)
+    for m in missing:
+        typer.echo(f"not finished within {timeout:.0f}s: {m}", err=True)
+    typer.echo(f"{len(final) - len(failed)} indexed, {len(failed)} failed, {len(missing)} unfinished", err=True)
+    if failed or missing:
+        raise typer.Exit(1)
+
+
+def _print_answer(answer: Any, streamed: bool) -> None:
+    if not streamed:
+        typer.echo(answer.answer or "(retrieval only)")
+    if answer.degraded:
+        typer.echo(f"\n[degraded: {answer.degraded_reason}]")
+    if answer.citations:
+        typer.echo("\nCitations:")
+    for c in answer.citations:
+        where = " > ".join([c.title, *c.section_path]) if (c.title or c.section_path) else ""
+        snippet = " ".join(c.text.split())[:160]
+        typer.echo(f"  [{c.rank}] {c.document_id}" + (f" ({where})" if where else "") +
+                   f"  score {c.score:.3f}\n      {snippet}")
+
+
+@app.command()
+def ask(question: str = typer.Argument(None, help="the question (or use --queries)"),
+        tenant: str = typer.Option("default"),
+        top_k: int = typer.Option(5, "--top-k", min=1, max=50),
+        retrieve_only: bool = typer.Option(False, "--retrieve-only", help="ranked chunks, no generation"),
+        as_json: bool = typer.Option(False, "--json", help="print the answer event as it travelled"),
+        queries: Path = typer.Option(None, "--queries", help="JSONL with id and text: ask all, one JSON line each"),
+        timeout: float = typer.Option(120.0, help="seconds to wait for the answers")) -> None:
+    """Publish a query event and wait for its answer on the answers topic."""
+    from pydantic import ValidationError
+
+    from infra.kafka import check_reachable
+    from infra.serde import summarize
+    from schemas.events import QueryRequested
+
+    from .client import ask_many
+
+    settings = _settings()
+    try:
+        if queries is not None:
+            batch = [QueryRequested(tenant=tenant, query_id=str(row["id"]), text=row["text"], top_k=top_k,
+                                    retrieve_only=retrieve_only) for row in _read_jsonl(queries)]
+        elif question:
+            batch = [QueryRequested(tenant=tenant, text=question, top_k=top_k, retrieve_only=retrieve_only,
+                                    stream=not as_json)]
+        else:
+            raise RagbusError("give a question, or --queries FILE.jsonl")
+    except ValidationError as exc:
+        raise RagbusError(f"invalid query: {summarize(exc)}") from exc
+    check_reachable(settings)
+    streamed = False
+
+    def show(delta: Any) -> None:
+        nonlocal streamed
+        streamed = True
+        typer.echo(delta.text, nl=False)
+
+    single = queries is None and not as_json
+    answers = ask_many(settings, batch, timeout, on_delta=show if single else None)
+    missing = [q.query_id for q in batch if q.query_id not in answers]
+    for q in batch:
+        if q.query_id in answers:
+            if single:
+                if streamed:
+                    typer.echo()
+                _print_answer(answers[q.query_id], streamed)
+            else:
+                typer.echo(answers[q.query_id].model_dump_json())
+        else:
+            typer.echo(json.dumps({"query_id": q.query_id, "error": f"no answer within {timeout:.0f}s"}))
+    if missing:
+        typer.echo(f"{len(missing)} queries got no answer within {timeout:.0f}s: is `ragbus up` running?", err=True)
+        raise typer.Exit(1)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        raise RagbusError(f"{path}: no such file")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict) or "id" not in row or "text" not in row:
+                    raise ValueError("need an object with 'id' and 'text'")
+            except ValueError as exc:
+                raise RagbusError(f"{path}:{n}: {exc}") from exc
+            rows.append(row)
+    return rows
+
+
+@app.command()
+def status(as_json: bool = typer.Option(False, "--json"),
+           tenant: str = typer.Option(None, help="only this tenant")) -> None:
+    """Documents by status, chunks per store, dead letters per stage."""
+    from .inspect import collect_status
+
+    report = collect_status(_settings(), tenant)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    docs = ", ".join(f"{k} {v}" for k, v in sorted(report["documents"].items())) or "none"
+    typer.echo(f"documents: {docs}")
+    typer.echo(f"chunks: document store {report['chunks']['document_store']}, "
+               f"vector index {report['chunks']['vector_index']}")
+    dl = report["dead_letters"]
+    typer.echo("dead letters: " + (", ".join(f"{k} {v}" for k, v in dl.items()) if isinstance(dl, dict) else dl))
+
+
+@app.command()
+def demo(question: str = typer.Option(DEMO_QUESTION, help="the question to ask"),
+         timeout: float = typer.Option(600.0)) -> None:
+    """Start the embedded stack, ingest ragbus's own docs, ask a question, print the cited answer, stop."""
+    from .demo import run_demo
+
+    raise typer.Exit(run_demo(_settings(), question, timeout))
+
+
+def main() -> None:
+    try:
+        app()
+    except RagbusError as exc:
+        typer.echo(f"ragbus: error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # the client libraries' errors (e.g. KafkaException) as one line, not a traceback
+        if type(exc).__module__.split(".")[0] in {"confluent_kafka", "cimpl"}:
+            typer.echo(f"ragbus: Kafka error: {exc}", err=True)
+            sys.exit(2)
+        raise
+
+
+if __name__ == "__main__":
+    main()

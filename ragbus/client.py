@@ -1,0 +1,163 @@
+"""Client side of the bus, used by the CLI, the demo, tests and benchmarks: publish documents and
+queries, and follow the status and answers topics for the replies."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from infra.errors import RagbusError
+from infra.kafka import EventProducer
+from infra.tail import Tail
+from infra.ports import DocumentStore
+from infra.settings import Settings
+from schemas.events import (
+    INLINE_TEXT_MAX_BYTES,
+    AnswerDelta,
+    AnswerGenerated,
+    ContentType,
+    DocumentArrived,
+    DocumentStatus,
+    QueryRequested,
+)
+from schemas.topics import TOPICS, document_key
+
+SUFFIXES = {".txt": ContentType.TEXT, ".text": ContentType.TEXT, ".rst": ContentType.TEXT,
+            ".md": ContentType.MARKDOWN, ".markdown": ContentType.MARKDOWN, ".html": ContentType.HTML,
+            ".htm": ContentType.HTML, ".pdf": ContentType.PDF}
+ACCEPTED = frozenset(SUFFIXES) | {".jsonl"}
+
+
+class InputError(RagbusError):
+    """A user's input (file, path, JSONL line) that cannot be ingested; the message says why."""
+
+
+def _event(settings: Settings, store: DocumentStore | None, *, tenant: str, correlation: str, doc_id: str,
+           title: str, source: str, content_type: ContentType, data: bytes | str,
+           metadata: dict[str, Any] | None = None) -> DocumentArrived:
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    common: dict[str, Any] = {"tenant": tenant, "correlation_id": correlation, "document_id": doc_id,
+                              "title": title, "source": source, "content_type": content_type,
+                              "metadata": metadata or {}}
+    if content_type is ContentType.PDF or len(raw) > INLINE_TEXT_MAX_BYTES:
+        if store is None:
+            raise InputError(f"{source}: content over {INLINE_TEXT_MAX_BYTES} bytes needs the document store")
+        return DocumentArrived(**common, content_ref=store.put_content(raw))
+    try:
+        text = raw.decode("utf-8") if isinstance(data, bytes) else data
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    return DocumentArrived(**common, text=text)
+
+
+def documents_from(paths: Iterable[Path], settings: Settings, store: DocumentStore | None, tenant: str,
+                   correlation: str) -> Iterator[DocumentArrived]:
+    """One event per file, or per line of a .jsonl file (`id`, `title`, `text`, optional `metadata`)."""
+    for path in paths:
+        if not path.exists():
+            raise InputError(f"{path}: no such file or directory")
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in ACCEPTED) \
+            if path.is_dir() else [path]
+        for file in files:
+            suffix = file.suffix.lower()
+            if suffix == ".jsonl":
+                yield from _jsonl(file, settings, store, tenant, correlation)
+                continue
+            if suffix not in SUFFIXES:
+                raise InputError(f"{file}: unsupported file type {suffix or '(none)'}; "
+                                 f"use one of {', '.join(sorted(SUFFIXES))} or .jsonl")
+            yield _event(settings, store, tenant=tenant, correlation=correlation, doc_id=_doc_id(file),
+                         title=file.stem.replace("_", " ").replace("-", " "), source=file.as_posix(),
+                         content_type=SUFFIXES[suffix], data=file.read_bytes())
+
+
+def _doc_id(file: Path) -> str:
+    """A file's id is its path relative to the working directory (stable across runs), else absolute."""
+    try:
+        return file.resolve().relative_to(Path.cwd()).as_posix()
+    except ValueError:
+        return file.resolve().as_posix()
+
+
+def _jsonl(file: Path, settings: Settings, store: DocumentStore | None, tenant: str,
+           correlation: str) -> Iterator[DocumentArrived]:
+    with file.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                doc_id, text = str(row["id"]), row["text"]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise InputError(f"{file}:{n}: expected a JSON object with 'id' and 'text' ({exc})") from exc
+            if not isinstance(text, str):
+                raise InputError(f"{file}:{n}: 'text' must be a string")
+            yield _event(settings, store, tenant=tenant, correlation=correlation, doc_id=doc_id,
+                         title=str(row.get("title", "")), source=f"{file.as_posix()}:{n}",
+                         content_type=ContentType(row.get("content_type", "text/plain")), data=text,
+                         metadata=row.get("metadata") or {})
+
+
+@dataclass
+class IngestReport:
+    published: list[DocumentArrived]
+    final: dict[str, DocumentStatus]
+
+    def failed(self) -> list[DocumentStatus]:
+        return [s for s in self.final.values() if s.status.value == "failed"]
+
+
+def publish(settings: Settings, producer: EventProducer, events: Iterable[DocumentArrived]) -> list[DocumentArrived]:
+    sent = []
+    for ev in events:
+        producer.send(TOPICS.documents, document_key(ev.tenant, ev.document_id), ev)
+        sent.append(ev)
+    producer.flush()
+    return sent
+
+
+def wait_final(tail: Tail, events: list[DocumentArrived], timeout_s: float,
+               progress: Any = None) -> dict[str, DocumentStatus]:
+    """Follow status.v1 until every published document version is indexed or failed."""
+    wanted = {(e.tenant, e.document_id): e.effective_version for e in events}
+    final: dict[str, DocumentStatus] = {}
+    deadline = time.monotonic() + timeout_s
+    while len(final) < len(wanted) and time.monotonic() < deadline:
+        for st in tail.poll(0.5):
+            key = (st.tenant, st.document_id)
+            if key in wanted and st.version >= wanted[key] and st.status.final and st.document_id not in final:
+                final[st.document_id] = st
+                if progress is not None:
+                    progress(st)
+    return final
+
+
+def new_correlation() -> str:
+    return f"ingest-{uuid.uuid4().hex[:12]}"
+
+
+def ask_many(settings: Settings, queries: list[QueryRequested], timeout_s: float,
+             on_delta: Any = None) -> dict[str, AnswerGenerated]:
+    """Publish queries and collect exactly one answer per query id (or none when the deadline passes)."""
+    producer = EventProducer(settings)
+    with Tail(settings, TOPICS.answers) as answers, Tail(settings, TOPICS.answer_deltas) as deltas:
+        for q in queries:
+            producer.send(TOPICS.queries, q.query_id, q)
+        producer.flush()
+        wanted = {q.query_id for q in queries}
+        got: dict[str, AnswerGenerated] = {}
+        deadline = time.monotonic() + timeout_s
+        while wanted - got.keys() and time.monotonic() < deadline:
+            if on_delta is not None:
+                for d in deltas.poll(0.05):
+                    if isinstance(d, AnswerDelta) and d.query_id in wanted:
+                        on_delta(d)
+            for a in answers.poll(0.2):
+                if a.query_id in wanted and a.query_id not in got:
+                    got[a.query_id] = a
+        return got

@@ -1,0 +1,42 @@
+"""What `ragbus status` reports, read from the stores themselves and the dead-letter topics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from infra import wiring
+from infra.embedder import embedding_dim
+from infra.errors import ConfigurationError
+from infra.kafka import check_reachable
+from infra.settings import Settings
+from infra.tail import Tail
+from schemas.topics import STAGES, TOPICS
+
+
+def dead_letter_counts(settings: Settings) -> dict[str, int]:
+    counts = {}
+    for stage in STAGES:
+        n = 0
+        with Tail(settings, TOPICS.dead_letter(stage), from_start=True) as tail:
+            while True:
+                batch = tail.poll_raw(0.3)
+                if not batch:
+                    break
+                n += batch
+        counts[stage] = n
+    return counts
+
+
+def collect_status(settings: Settings, tenant: str | None = None) -> dict[str, Any]:
+    store = wiring.build_store(settings)
+    index = wiring.build_index(settings, embedding_dim(settings.embedder.model))
+    report: dict[str, Any] = {
+        "documents": store.status_counts(tenant),
+        "chunks": {"document_store": store.count_chunks(tenant), "vector_index": index.count(tenant)},
+    }
+    try:
+        check_reachable(settings, timeout_s=3)
+        report["dead_letters"] = dead_letter_counts(settings)
+    except ConfigurationError as exc:
+        report["dead_letters"] = f"unknown ({exc})"
+    return report

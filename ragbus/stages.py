@@ -1,0 +1,98 @@
+"""Wires each stage to its adapters and runs it: faust stages own their process, consumer stages run as
+threads (several may share a process)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+
+from consumers import answerer, indexer, status
+from infra import consumer_runner, faust_runner, logs, wiring
+from infra.errors import ConfigurationError
+from infra.kafka import EventProducer, check_reachable
+from infra.metrics import Metrics
+from infra.settings import Settings
+from schemas.topics import STAGES, TOPICS
+from streams import chunker, embedding
+from streams.chunking import Chunker
+
+STREAM_STAGES = ("chunker", "embedder")
+CONSUMER_STAGES = ("indexer", "status", "answerer")
+log = logs.get(__name__)
+
+
+def _chunker_stage(settings: Settings, metrics: Metrics) -> faust_runner.faust.App:
+    from infra.embedder import load_tokenizer
+
+    store = wiring.build_store(settings)
+    split = Chunker(load_tokenizer(settings.embedder.model), settings.chunker.size_tokens,
+                    settings.chunker.overlap_tokens)
+    return faust_runner.build_app(settings, chunker.stage(split, store.get_content), metrics)
+
+
+def _embedder_stage(settings: Settings, metrics: Metrics) -> faust_runner.faust.App:
+    cached = embedding.CachedEmbedder(wiring.build_embedder(settings), wiring.build_cache(settings), metrics)
+    return faust_runner.build_app(
+        settings, embedding.stage(cached, settings.embedder.max_batch_events, settings.embedder.batch_window_s),
+        metrics)
+
+
+def consumer(settings: Settings, name: str, metrics: Metrics) -> consumer_runner.ConsumerRunner:
+    producer = EventProducer(settings)
+    store = wiring.build_store(settings)
+    if name == "status":
+        return consumer_runner.ConsumerRunner(settings, name, TOPICS.status, status.StatusSink(store), metrics,
+                                              producer)
+    from infra.embedder import embedding_dim
+
+    dim = embedding_dim(settings.embedder.model)
+    index = wiring.build_index(settings, dim)
+    if name == "indexer":
+        sink: consumer_runner.Sink = indexer.IndexerSink(index, store, producer, metrics, dim)
+        return consumer_runner.ConsumerRunner(settings, name, TOPICS.embedded, sink, metrics, producer)
+    embedder = wiring.build_embedder(settings)
+    retriever = answerer.Retriever(embedder, index, settings.retrieval)
+    sink = answerer.AnswererSink(retriever, wiring.build_answer_model(settings), store, producer, metrics)
+    return consumer_runner.ConsumerRunner(settings, name, TOPICS.queries, sink, metrics, producer)
+
+
+def run_workers(settings: Settings, names: list[str]) -> None:
+    unknown = [n for n in names if n not in STAGES]
+    if unknown:
+        raise ConfigurationError(f"unknown stage {unknown[0]!r}: choose from {', '.join(STAGES)}")
+    streams = [n for n in names if n in STREAM_STAGES]
+    if streams and len(names) > 1:
+        raise ConfigurationError(f"{streams[0]} is a faust stage and runs alone: `ragbus worker {streams[0]}`")
+    check_reachable(settings)
+    metrics = Metrics()
+    metrics.serve(settings.metrics_port)
+    if streams:
+        build: Callable[[Settings, Metrics], faust_runner.faust.App] = (
+            _chunker_stage if streams[0] == "chunker" else _embedder_stage)
+        faust_runner.run(build(settings, metrics), settings)
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    runners = [consumer(settings, n, metrics) for n in names]
+    errors: list[BaseException] = []
+
+    def guard(fn: Callable[[threading.Event], None]) -> Callable[[threading.Event], None]:
+        def run(ev: threading.Event) -> None:
+            try:
+                fn(ev)
+            except BaseException as exc:
+                errors.append(exc)
+                log.error("stage crashed", error=repr(exc))
+                ev.set()
+        return run
+
+    threads = [threading.Thread(target=guard(r.run), args=(stop,), name=f"ragbus-{n}")
+               for r, n in zip(runners, names, strict=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]

@@ -1,0 +1,157 @@
+"""`ragbus up`: everything on one machine, in the foreground.
+
+Starts the local broker when no Kafka is configured (and records its address in the data directory),
+creates the topics, and runs every stage as its own process (`ragbus worker ...`), exactly as they run
+when scaled out. A stage process that dies is restarted with backoff. SIGINT/SIGTERM stops the stages
+first (each finishes or abandons its batch uncommitted, then leaves its group), then the broker.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from infra import logs
+from infra.broker import LocalBroker
+from infra.kafka import check_reachable, ensure_topics
+from infra.settings import Settings
+
+log = logs.get(__name__)
+
+#: Process layout of `ragbus up`: faust stages alone; the light sinks share one process.
+PROCESSES: tuple[tuple[str, ...], ...] = (("chunker",), ("embedder",), ("indexer", "status"), ("answerer",))
+LOCAL_SESSION_TIMEOUT_MS = "2000"
+STOP_GRACE_S = 30.0
+
+
+@dataclass
+class _Child:
+    stages: tuple[str, ...]
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    log_path: str = ""
+    started_at: float = field(default=0.0)
+
+
+def _provision_stores(settings: Settings) -> None:
+    """Create store schemas and indexes once, before several stage processes open them."""
+    from infra import wiring
+    from infra.embedder import embedding_dim
+
+    wiring.build_store(settings).close()
+    wiring.build_index(settings, embedding_dim(settings.embedder.model)).close()
+
+
+class Stack:
+    """The running stack: broker (maybe), topics, stage processes."""
+
+    def __init__(self, settings: Settings, processes: tuple[tuple[str, ...], ...] = PROCESSES) -> None:
+        self._settings = settings
+        self._broker: LocalBroker | None = None
+        self._children = [_Child(p) for p in processes]
+        self._env = dict(os.environ)
+        self._stopping = threading.Event()
+        self.bootstrap = ""
+
+    def start(self) -> Stack:
+        data = self._settings.data_dir
+        data.mkdir(parents=True, exist_ok=True)
+        if self._settings.kafka.bootstrap_servers:
+            self.bootstrap = self._settings.kafka.bootstrap_servers
+        else:
+            self._broker = LocalBroker(data / "logs" / "broker.log").start()
+            self._broker.record_in(self._settings.broker_file())
+            self.bootstrap = self._broker.bootstrap
+            self._env.setdefault("RAGBUS_KAFKA_SESSION_TIMEOUT_MS", LOCAL_SESSION_TIMEOUT_MS)
+            log.info("local broker started", bootstrap=self.bootstrap, note="memory-only storage")
+        self._env["RAGBUS_KAFKA_BOOTSTRAP_SERVERS"] = self.bootstrap
+        self._env["RAGBUS_DATA_DIR"] = str(data.resolve())
+        settings = self.child_settings()
+        check_reachable(settings)
+        created = ensure_topics(settings)
+        log.info("topics ready", created=len(created))
+        _provision_stores(settings)
+        for child in self._children:
+            self._spawn(child)
+        threading.Thread(target=self._supervise, name="ragbus-supervisor", daemon=True).start()
+        return self
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(0.5):
+            self.supervise_once()
+
+    def child_settings(self) -> Settings:
+        """Settings as the stage processes see them (after the broker address is known)."""
+        saved = dict(os.environ)
+        try:
+            os.environ.update(self._env)
+            return Settings()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+    def _spawn(self, child: _Child) -> None:
+        logdir = self._settings.data_dir / "logs"
+        logdir.mkdir(parents=True, exist_ok=True)
+        path = logdir / f"{'-'.join(child.stages)}.log"
+        out = path.open("ab")
+        child.proc = subprocess.Popen([sys.executable, "-m", "ragbus.cli", "worker", *child.stages], env=self._env,
+                                      stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        out.close()
+        child.log_path, child.started_at = str(path), time.monotonic()
+        log.info("stage process started", stages=",".join(child.stages), pid=child.proc.pid, log=str(path))
+
+    def supervise_once(self) -> None:
+        """Restart dead stage processes (exponential backoff, reset after a minute of health)."""
+        now = time.monotonic()
+        for child in self._children:
+            if child.proc is None or child.proc.poll() is None or self._stopping.is_set():
+                if child.proc is not None and child.proc.poll() is None and now - child.started_at > 60:
+                    child.restarts = 0
+                continue
+            if child.next_start == 0.0:
+                delay = min(30.0, 0.5 * 2 ** child.restarts)
+                child.next_start = now + delay
+                log.warning("stage process exited; restarting", stages=",".join(child.stages),
+                            code=child.proc.returncode, delay_s=delay, log=child.log_path)
+            elif now >= child.next_start:
+                child.restarts += 1
+                child.next_start = 0.0
+                self._spawn(child)
+
+    def run_forever(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self._stopping.set())
+        self._stopping.wait()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        for child in self._children:
+            if child.proc is not None and child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for child in self._children:
+            if child.proc is None:
+                continue
+            try:
+                child.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("stage did not stop in time; killing", stages=",".join(child.stages))
+                child.proc.kill()
+                child.proc.wait()
+        if self._broker is not None:
+            self._broker.stop()
+            self._settings.broker_file().unlink(missing_ok=True)
+            log.info("local broker stopped")
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,1 @@
+"""ragbus wire contract: event models and the topic registry (no I/O)."""

@@ -1,0 +1,106 @@
+"""The topic registry: every topic declared once, with its event type, key and config.
+
+Nobody writes a topic name anywhere else; code refers to `TOPICS.documents` and resolves the physical
+name with a prefix from settings (so several deployments or test runs can share one cluster).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from pydantic import Field, TypeAdapter
+
+from .events import (
+    AnswerDelta,
+    AnswerGenerated,
+    ChunksEmbedded,
+    ChunksProduced,
+    DocumentArrived,
+    DocumentDeleted,
+    DocumentStatus,
+    QueryRequested,
+)
+
+DocumentEvent = Annotated[DocumentArrived | DocumentDeleted, Field(discriminator="type")]
+ChunkEvent = Annotated[ChunksProduced | DocumentDeleted, Field(discriminator="type")]
+EmbeddedEvent = Annotated[ChunksEmbedded | DocumentDeleted, Field(discriminator="type")]
+
+_WEEK_MS = str(7 * 24 * 3600 * 1000)
+_MESSAGE_MAX = str(2 * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    #: The value's type, possibly a discriminated union; None for raw bytes (dead-letter topics).
+    value_type: Any
+    #: What the key is; events of one key keep their order.
+    key: str
+    partitions: int = 4
+    config: dict[str, str] = field(default_factory=dict)
+    description: str = ""
+
+    def adapter(self) -> TypeAdapter[Any]:
+        return _adapter(self.value_type)
+
+    def physical(self, prefix: str) -> str:
+        return f"{prefix}{self.name}"
+
+
+_ADAPTERS: dict[int, TypeAdapter[Any]] = {}
+
+
+def _adapter(tp: Any) -> TypeAdapter[Any]:
+    if id(tp) not in _ADAPTERS:
+        _ADAPTERS[id(tp)] = TypeAdapter(tp)
+    return _ADAPTERS[id(tp)]
+
+
+_RETAIN = {"retention.ms": _WEEK_MS, "max.message.bytes": _MESSAGE_MAX}
+
+STAGES = ("chunker", "embedder", "indexer", "status", "answerer")
+
+
+@dataclass(frozen=True)
+class Topics:
+    documents: TopicSpec = TopicSpec(
+        "documents.v1", DocumentEvent, "tenant/document_id", 4, _RETAIN,
+        "document arrived or deleted, from upstream systems and `ragbus ingest`",
+    )
+    chunks: TopicSpec = TopicSpec(
+        "chunks.v1", ChunkEvent, "tenant/document_id", 4, _RETAIN, "chunked documents (and deletes, in order)"
+    )
+    embedded: TopicSpec = TopicSpec(
+        "embedded.v1", EmbeddedEvent, "tenant/document_id", 4, _RETAIN, "chunks with vectors (and deletes)"
+    )
+    status: TopicSpec = TopicSpec(
+        "status.v1", DocumentStatus, "tenant/document_id", 4, _RETAIN, "document status changes"
+    )
+    queries: TopicSpec = TopicSpec("queries.v1", QueryRequested, "query_id", 4, _RETAIN, "questions")
+    answers: TopicSpec = TopicSpec("answers.v1", AnswerGenerated, "query_id", 4, _RETAIN, "final answers")
+    answer_deltas: TopicSpec = TopicSpec(
+        "answer-deltas.v1", AnswerDelta, "query_id", 4, {"retention.ms": str(24 * 3600 * 1000)},
+        "streamed answer pieces, ordered per query",
+    )
+
+    def dead_letter(self, stage: str) -> TopicSpec:
+        if stage not in STAGES:
+            raise KeyError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+        return TopicSpec(
+            f"dlq.{stage}.v1", None, "original key", 1, {"retention.ms": str(30 * 24 * 3600 * 1000),
+                                                       "max.message.bytes": _MESSAGE_MAX},
+            f"dead letters of the {stage} stage: original bytes, reason in headers",
+        )
+
+    def all(self) -> list[TopicSpec]:
+        specs = [self.documents, self.chunks, self.embedded, self.status, self.queries, self.answers,
+                 self.answer_deltas]
+        return specs + [self.dead_letter(s) for s in STAGES]
+
+
+TOPICS = Topics()
+
+
+def document_key(tenant: str, document_id: str) -> bytes:
+    return f"{tenant}/{document_id}".encode()

@@ -1,0 +1,1 @@
+"""Kafka -> Kafka transforms on faust-streaming: chunking and embedding."""

@@ -1,0 +1,94 @@
+"""documents.v1 -> chunks.v1 + status.v1 (at-least-once; outputs are deterministic per input).
+
+Chunks a document version into ordered parts of at most CHUNKS_PER_PART chunks. Deletes pass through
+unchanged so they stay ordered with the document's other events on its key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from infra.errors import PoisonMessageError
+from infra.stage import Out, StreamStage, per_event
+from schemas.events import (
+    CHUNKS_PER_PART,
+    DOCUMENT_MAX_BYTES,
+    ChunksProduced,
+    ContentRef,
+    ContentType,
+    DocumentArrived,
+    DocumentDeleted,
+    DocumentStatus,
+    Status,
+    content_hash,
+)
+from schemas.topics import TOPICS, document_key
+
+from .chunking import Chunker
+
+ContentLoader = Callable[[ContentRef], bytes]
+STAGE = "chunker"
+
+
+def _content(event: DocumentArrived, load: ContentLoader) -> str | bytes:
+    if event.text is not None:
+        return event.text
+    assert event.content_ref is not None  # guaranteed by the model validator
+    if event.content_ref.size > DOCUMENT_MAX_BYTES:
+        raise PoisonMessageError(f"document is {event.content_ref.size} bytes, over the {DOCUMENT_MAX_BYTES} limit")
+    try:
+        data = load(event.content_ref)
+    except KeyError as exc:
+        raise PoisonMessageError(f"claim-check content {event.content_ref.sha256} is not in the store") from exc
+    if content_hash(data) != event.content_ref.sha256:
+        raise PoisonMessageError("claim-check content does not match its sha256")
+    return data if event.content_type is ContentType.PDF else data.decode("utf-8", errors="strict")
+
+
+def chunk_event(event: DocumentArrived | DocumentDeleted, chunker: Chunker, load: ContentLoader) -> list[Out]:
+    key = document_key(event.tenant, event.document_id)
+    if isinstance(event, DocumentDeleted):
+        return [Out(TOPICS.chunks, key, event)]
+    try:
+        content = _content(event, load)
+    except UnicodeDecodeError as exc:
+        raise PoisonMessageError(f"claim-check content is not UTF-8 text: {exc.reason}") from exc
+    chunks = chunker.chunk(event.content_type, content)
+    version = event.effective_version
+    digest = content_hash(content.encode("utf-8") if isinstance(content, str) else content)
+    parts = [chunks[i:i + CHUNKS_PER_PART] for i in range(0, len(chunks), CHUNKS_PER_PART)]
+    envelope = {"tenant": event.tenant, "correlation_id": event.correlation_id or str(event.event_id)}
+    outs = [
+        Out(TOPICS.chunks, key, ChunksProduced(
+            **envelope, document_id=event.document_id, version=version, content_hash=digest, title=event.title,
+            source=event.source, metadata=event.metadata, part=n, parts=len(parts), total_chunks=len(chunks),
+            chunks=part))
+        for n, part in enumerate(parts)
+    ]
+    outs.append(Out(TOPICS.status, key, DocumentStatus(
+        **envelope, document_id=event.document_id, version=version, status=Status.CHUNKED, stage=STAGE,
+        chunks=len(chunks))))
+    return outs
+
+
+def failed_status(event: object, exc: Exception, stage: str) -> list[Out]:
+    """A `failed` status for a dead-lettered document event, so waiters and the store learn why."""
+    document_id = getattr(event, "document_id", None)
+    if document_id is None or isinstance(event, DocumentDeleted):
+        return []
+    tenant = getattr(event, "tenant", "default")
+    version = getattr(event, "effective_version", None)
+    if version is None:
+        version = getattr(event, "version", 0)
+    return [Out(TOPICS.status, document_key(tenant, document_id), DocumentStatus(
+        tenant=tenant, correlation_id=getattr(event, "correlation_id", ""), document_id=document_id,
+        version=version, status=Status.FAILED, stage=stage, error=f"{type(exc).__name__}: {exc}"[:2000]))]
+
+
+def stage(chunker: Chunker, load: ContentLoader) -> StreamStage:
+    return StreamStage(
+        name=STAGE, source=TOPICS.documents,
+        handle=per_event(lambda ev: chunk_event(ev, chunker, load)),
+        on_failure=lambda ev, exc: failed_status(ev, exc, STAGE),
+        max_batch=16, window_s=0.01,
+    )

@@ -1,0 +1,95 @@
+"""chunks.v1 -> embedded.v1 + status.v1 (at-least-once; micro-batched across documents).
+
+The model is the pipeline's bottleneck, so the runner hands this stage up to `max_batch_events`
+events at a time and all their chunks are embedded in one call. Vectors are cached by content
+(model + text hash): the same text arriving again, or an update that keeps most paragraphs, is not
+re-embedded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from infra.metrics import Metrics
+from infra.ports import Embedder, EmbeddingCache
+from infra.stage import Out, PerEvent, StreamStage
+from schemas.events import ChunksEmbedded, ChunksProduced, DocumentDeleted, DocumentStatus, EmbeddedChunk, Status
+from schemas.topics import TOPICS, document_key
+
+from .chunker import failed_status
+from .chunking import embedding_text
+
+STAGE = "embedder"
+
+
+class CachedEmbedder:
+    """An Embedder in front of an EmbeddingCache; counts what it really computed."""
+
+    def __init__(self, inner: Embedder, cache: EmbeddingCache, metrics: Metrics | None = None) -> None:
+        self._inner = inner
+        self._cache = cache
+        self._metrics = metrics
+        self.name = inner.name
+        self.dim = inner.dim
+        self.computed = 0
+
+    def _key(self, text: str) -> str:
+        return hashlib.sha256(f"{self.name}\x1f{text}".encode()).hexdigest()
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray[Any, np.dtype[np.float32]]:
+        keys = [self._key(t) for t in texts]
+        found = self._cache.get_many(list(dict.fromkeys(keys)))
+        missing = list(dict.fromkeys(k for k in keys if k not in found))
+        if missing:
+            by_key = dict(zip(keys, texts, strict=True))
+            started = time.perf_counter()
+            vectors = self._inner.embed([by_key[k] for k in missing])
+            if self._metrics:
+                self._metrics.embed_seconds.observe(time.perf_counter() - started)
+            fresh = {k: np.asarray(v, dtype="<f4").tobytes() for k, v in zip(missing, vectors, strict=True)}
+            self._cache.put_many(fresh)
+            found.update(fresh)
+            self.computed += len(missing)
+        if self._metrics:
+            self._metrics.embed_cache.labels("hit").inc(len(keys) - len(missing))
+            self._metrics.embed_cache.labels("miss").inc(len(missing))
+        if not keys:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return np.stack([np.frombuffer(found[k], dtype="<f4") for k in keys])
+
+
+def embed_events(events: Sequence[ChunksProduced | DocumentDeleted], embedder: CachedEmbedder) -> list[PerEvent]:
+    texts = [embedding_text(ev.title, c.section_path, c.text)
+             for ev in events if isinstance(ev, ChunksProduced) for c in ev.chunks]
+    vectors = embedder.embed(texts)
+    results: list[PerEvent] = []
+    cursor = 0
+    for ev in events:
+        key = document_key(ev.tenant, ev.document_id)
+        if isinstance(ev, DocumentDeleted):
+            results.append([Out(TOPICS.embedded, key, ev)])
+            continue
+        chunks = [EmbeddedChunk(**c.model_dump(), vector_b64=EmbeddedChunk.encode_vector(vectors[cursor + i]))
+                  for i, c in enumerate(ev.chunks)]
+        cursor += len(ev.chunks)
+        fields = ev.model_dump(exclude={"type", "chunks", "event_id", "occurred_at"})
+        outs = [Out(TOPICS.embedded, key, ChunksEmbedded(**fields, model=embedder.name, dim=embedder.dim,
+                                                         chunks=chunks))]
+        if ev.part == ev.parts - 1:
+            outs.append(Out(TOPICS.status, key, DocumentStatus(
+                tenant=ev.tenant, correlation_id=ev.correlation_id, document_id=ev.document_id,
+                version=ev.version, status=Status.EMBEDDED, stage=STAGE, chunks=ev.total_chunks)))
+        results.append(outs)
+    return results
+
+
+def stage(embedder: CachedEmbedder, max_batch: int, window_s: float) -> StreamStage:
+    return StreamStage(
+        name=STAGE, source=TOPICS.chunks, handle=lambda evs: embed_events(evs, embedder),
+        on_failure=lambda ev, exc: failed_status(ev, exc, STAGE), max_batch=max_batch, window_s=window_s,
+    )
