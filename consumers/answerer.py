@@ -36,7 +36,8 @@ class Retriever:
         self._index = index
         self._settings = settings
 
-    def retrieve(self, tenant: str, question: str, top_k: int, filters: dict[str, Any] | None = None) -> list[SearchHit]:
+    def retrieve(self, tenant: str, question: str, top_k: int,
+                 filters: dict[str, Any] | None = None) -> list[SearchHit]:
         vector = self._embedder.embed([question])[0]
         hits = self._index.hybrid_search(tenant, question, vector, limit=top_k * 2, alpha=self._settings.alpha,
                                          filters=filters)

@@ -18,8 +18,9 @@ PROMPT_VERSION = "extractive-1"
 NO_KEY_REASON = "no Anthropic API key is set (RAGBUS_ANTHROPIC_API_KEY): offline extractive answer"
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+|\n{2,}")
-_STOP = frozenset("a an and are as at be by can do does for from how i in is it of on or the to what when where "
-                  "which who why with you your this that there".split())
+_STOP = frozenset(
+    "a an and are as at be by can do does for from how i in is it of on or the to what when where "
+    "which who why with you your this that there".split())
 
 
 def _terms(text: str) -> set[str]:

@@ -6,6 +6,7 @@ the runner commits after the stage's effects are durable.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -39,7 +40,8 @@ def base_config(settings: Settings) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "bootstrap.servers": bootstrap(settings),
         "message.max.bytes": settings.kafka.message_max_bytes,
-        "log_level": 3,
+        # librdkafka's own log lines go through Python logging (logger "librdkafka"), not raw stderr.
+        "logger": logging.getLogger("librdkafka"),
     }
     cfg.update(settings.kafka.client_config)
     return cfg

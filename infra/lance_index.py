@@ -19,6 +19,7 @@ from typing import Any
 import lancedb
 import numpy as np
 import pyarrow as pa
+from lancedb.index import FTS, BTree, IvfHnswSq
 from lancedb.query import MatchQuery
 
 from .errors import ConfigurationError
@@ -66,7 +67,7 @@ class LanceVectorIndex:
         """Open the table, creating it with its indexes once; several processes may race to create it."""
         for attempt in range(20):
             try:
-                if TABLE in self._db.table_names():
+                if TABLE in self._db.list_tables(limit=1000).tables:
                     table = self._db.open_table(TABLE)
                     if {i.name for i in table.list_indices()} >= {"search_text_idx", "document_id_idx"}:
                         return table
@@ -75,8 +76,8 @@ class LanceVectorIndex:
                         continue
                 else:
                     table = self._db.create_table(TABLE, schema=self._schema, exist_ok=True)
-                table.create_fts_index("search_text", use_tantivy=False, replace=True)
-                table.create_scalar_index("document_id", replace=True)
+                table.create_index("search_text", config=FTS(), replace=True)
+                table.create_index("document_id", config=BTree(), replace=True)
                 return table
             except (RuntimeError, OSError, ValueError) as exc:
                 if "conflict" not in str(exc).lower() and "exists" not in str(exc).lower():
@@ -157,7 +158,7 @@ class LanceVectorIndex:
         with self._lock:
             if self._table.count_rows() >= ANN_MIN_ROWS and not any(
                     i.index_type.startswith("IVF") for i in self._table.list_indices()):
-                self._table.create_index(metric="cosine", vector_column_name="vector", index_type="IVF_HNSW_SQ")
+                self._table.create_index("vector", config=IvfHnswSq(distance_type="cosine"))
             self._table.optimize(cleanup_older_than=timedelta(minutes=10))
 
     def close(self) -> None:

@@ -9,7 +9,8 @@ from typing import Any
 import structlog
 
 
-def configure(level: str = "INFO", fmt: str = "console") -> None:
+def configure(level: str = "INFO", fmt: str = "console", quiet_clients: bool = False) -> None:
+    """`quiet_clients`: for interactive commands, whose failures are reported as one line instead."""
     renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(
         colors=False)
     structlog.configure(
@@ -22,6 +23,8 @@ def configure(level: str = "INFO", fmt: str = "console") -> None:
     logging.basicConfig(level=level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s %(message)s")
     for noisy in ("faust", "mode", "aiokafka", "httpx", "httpx2", "lancedb", "sentence_transformers"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
+    if quiet_clients:
+        logging.getLogger("librdkafka").setLevel(logging.CRITICAL)
 
 
 def get(name: str) -> Any:

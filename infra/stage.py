@@ -48,7 +48,7 @@ def per_event(fn: Callable[[Any], list[Out]]) -> BatchHandler:
         for event in events:
             try:
                 results.append(fn(event))
-            except Exception as exc:  # noqa: BLE001 - reported per event; RetryableError re-raised below
+            except Exception as exc:
                 from .errors import RetryableError
 
                 if isinstance(exc, RetryableError):

@@ -21,9 +21,10 @@ app.add_typer(topics_app, name="topics")
 DEMO_QUESTION = "How does ragbus make sure a redelivered event does not create duplicate chunks?"
 
 
-def _settings() -> Settings:
+def _settings(quiet: bool = True) -> Settings:
+    """Settings for a command; `quiet=False` for long-running ones, whose client logs matter."""
     settings = Settings()
-    logs.configure(settings.log_level, settings.log_format)
+    logs.configure(settings.log_level, settings.log_format, quiet_clients=quiet)
     return settings
 
 
@@ -32,7 +33,7 @@ def up() -> None:
     """Run everything on one machine in the foreground (local broker if no Kafka is configured)."""
     from .supervisor import Stack
 
-    stack = Stack(_settings())
+    stack = Stack(_settings(quiet=False))
     try:
         stack.start()
         typer.echo(f"ragbus is up: Kafka at {stack.bootstrap}, data in {stack.child_settings().data_dir}. "
@@ -47,7 +48,7 @@ def worker(stages: list[str] = typer.Argument(..., help="chunker | embedder | in
     """Run one stage (or several consumer stages) alone, e.g. to scale out on partitions."""
     from .stages import run_workers
 
-    run_workers(_settings(), stages)
+    run_workers(_settings(quiet=False), stages)
 
 
 @topics_app.command("create")
@@ -99,6 +100,31 @@ def ingest(paths: list[Path] = typer.Argument(..., help="files, directories or .
     typer.echo(f"{len(final) - len(failed)} indexed, {len(failed)} failed, {len(missing)} unfinished", err=True)
     if failed or missing:
         raise typer.Exit(1)
+
+
+@app.command()
+def delete(document_ids: list[str] = typer.Argument(..., help="ids of the documents to delete"),
+           tenant: str = typer.Option("default"),
+           version: int = typer.Option(None, help="delete up to this version (default: now)")) -> None:
+    """Publish a document-deleted event per id: removes its chunks from every store."""
+    from pydantic import ValidationError
+
+    from infra.kafka import EventProducer, check_reachable
+    from infra.serde import summarize
+    from schemas.events import DocumentDeleted
+    from schemas.topics import TOPICS, document_key
+
+    settings = _settings()
+    try:
+        events = [DocumentDeleted(tenant=tenant, document_id=d, version=version) for d in document_ids]
+    except ValidationError as exc:
+        raise RagbusError(f"invalid delete: {summarize(exc)}") from exc
+    check_reachable(settings)
+    producer = EventProducer(settings)
+    for ev in events:
+        producer.send(TOPICS.documents, document_key(ev.tenant, ev.document_id), ev)
+    producer.flush()
+    typer.echo(f"published {len(events)} deletes", err=True)
 
 
 def _print_answer(answer: Any, streamed: bool) -> None:

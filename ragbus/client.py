@@ -13,9 +13,9 @@ from typing import Any
 
 from infra.errors import RagbusError
 from infra.kafka import EventProducer
-from infra.tail import Tail
 from infra.ports import DocumentStore
 from infra.settings import Settings
+from infra.tail import Tail
 from schemas.events import (
     INLINE_TEXT_MAX_BYTES,
     AnswerDelta,

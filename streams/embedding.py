@@ -18,7 +18,14 @@ import numpy as np
 from infra.metrics import Metrics
 from infra.ports import Embedder, EmbeddingCache
 from infra.stage import Out, PerEvent, StreamStage
-from schemas.events import ChunksEmbedded, ChunksProduced, DocumentDeleted, DocumentStatus, EmbeddedChunk, Status
+from schemas.events import (
+    ChunksEmbedded,
+    ChunksProduced,
+    DocumentDeleted,
+    DocumentStatus,
+    EmbeddedChunk,
+    Status,
+)
 from schemas.topics import TOPICS, document_key
 
 from .chunker import failed_status

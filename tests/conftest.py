@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[str]:
+    """One local Tansu broker for the session; tests isolate themselves with a topic prefix."""
+    from infra.broker import LocalBroker
+
+    with LocalBroker(Path(os.environ.get("TMPDIR", "/tmp")) / f"ragbus-test-broker-{os.getpid()}.log") as b:
+        yield b.bootstrap
+
+
+@pytest.fixture
+def settings_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Settings isolated to this test: own data dir, own topic prefix, short session timeout."""
+    from infra.settings import Settings
+
+    for key in list(os.environ):
+        if key.startswith("RAGBUS_") or key in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"):
+            monkeypatch.delenv(key)
+
+    def make(bootstrap: str | None = None, **env: str) -> Settings:
+        monkeypatch.setenv("RAGBUS_DATA_DIR", str(tmp_path / "data"))
+        monkeypatch.setenv("RAGBUS_KAFKA_TOPIC_PREFIX", f"t{uuid.uuid4().hex[:8]}.")
+        monkeypatch.setenv("RAGBUS_KAFKA_SESSION_TIMEOUT_MS", "2000")
+        if bootstrap:
+            monkeypatch.setenv("RAGBUS_KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        return Settings()
+
+    return make

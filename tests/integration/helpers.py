@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+
+from infra.kafka import make_consumer, topic_name
+from infra.settings import Settings
+from schemas.topics import TopicSpec
+
+
+def read_all(settings: Settings, spec: TopicSpec, expect: int, timeout_s: float = 30.0) -> list[Any]:
+    """Every message of a topic from the start, until `expect` arrived or the time is up."""
+    consumer: Consumer = make_consumer(settings, None)
+    name = topic_name(settings, spec)
+    consumer.assign([TopicPartition(name, p, 0) for p in range(spec.partitions)])
+    got: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(got) < expect and time.monotonic() < deadline:
+            got.extend(m for m in consumer.consume(500, 0.2) if m.error() is None)
+        # a little longer, to see anything unexpected beyond `expect`
+        got.extend(m for m in consumer.consume(500, 0.5) if m.error() is None)
+    finally:
+        consumer.close()
+    return got
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float = 60.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def headers(msg: Any) -> dict[str, str]:
+    return {k: v.decode() for k, v in (msg.headers() or [])}

@@ -1,0 +1,72 @@
+"""Consumer stages against the real local broker: commit after flush, dead letters, restart."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from consumers.status import StatusSink
+from infra.consumer_runner import ConsumerRunner
+from infra.kafka import EventProducer, ensure_topics, topic_name
+from infra.metrics import Metrics
+from infra.sqlite_store import SqliteDocumentStore
+from schemas.events import DocumentStatus, Status
+from schemas.topics import TOPICS, document_key
+
+from .helpers import headers, read_all, wait_until
+
+pytestmark = pytest.mark.broker
+
+
+def _run(runner: ConsumerRunner) -> tuple[threading.Thread, threading.Event]:
+    stop = threading.Event()
+    t = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    t.start()
+    return t, stop
+
+
+def test_status_sink_commits_after_write_and_dead_letters_bad_input(broker: str, settings_factory,  # type: ignore[no-untyped-def]
+                                                                    tmp_path: Path) -> None:
+    settings = settings_factory(broker)
+    ensure_topics(settings)
+    store = SqliteDocumentStore(tmp_path / "s.sqlite")
+    producer = EventProducer(settings)
+    good = DocumentStatus(document_id="a", version=1, status=Status.INDEXED, stage="test", chunks=2)
+    producer.send(TOPICS.status, document_key("default", "a"), good)
+    raw = topic_name(settings, TOPICS.status)
+    producer.send_raw(raw, b"k", b"{broken json", [("trace", b"x")])
+    producer.send_raw(raw, b"k", b'{"type": "document.status", "schema_version": 2}', [])
+    producer.flush()
+
+    runner = ConsumerRunner(settings, "status", TOPICS.status, StatusSink(store), Metrics(), EventProducer(settings))
+    thread, stop = _run(runner)
+    wait_until(lambda: store.get_document("default", "a") is not None, 30, "the status to be stored")
+    dead = read_all(settings, TOPICS.dead_letter("status"), expect=2)
+    stop.set()
+    thread.join(15)
+    assert not thread.is_alive(), "the runner did not stop on request"
+
+    assert sorted(m.value() for m in dead) == sorted([b"{broken json",
+                                                      b'{"type": "document.status", "schema_version": 2}'])
+    h = {m.value(): headers(m) for m in dead}
+    assert "invalid JSON" in h[b"{broken json"]["ragbus-dlq-reason"]
+    assert h[b"{broken json"]["ragbus-dlq-topic"] == raw
+    assert h[b"{broken json"]["trace"] == "x"  # original headers kept
+    assert "unsupported schema_version 2" in h[b'{"type": "document.status", "schema_version": 2}']["ragbus-dlq-reason"]
+
+    # committed: a new runner of the same group sees nothing old, and handles what is new
+    newer = DocumentStatus(document_id="b", version=1, status=Status.FAILED, stage="test", error="boom")
+    producer.send(TOPICS.status, document_key("default", "b"), newer)
+    producer.flush()
+    sink = StatusSink(store)
+    seen: list[str] = []
+    original_add = sink.add
+    sink.add = lambda ev, rec: (seen.append(ev.document_id), original_add(ev, rec))[1]  # type: ignore[method-assign]
+    runner2 = ConsumerRunner(settings, "status", TOPICS.status, sink, Metrics(), EventProducer(settings))
+    thread, stop = _run(runner2)
+    wait_until(lambda: store.get_document("default", "b") is not None, 30, "the second status")
+    stop.set()
+    thread.join(15)
+    assert seen == ["b"]

@@ -1,0 +1,58 @@
+"""A CLI user gets one line that says what to fix, and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def ragbus(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAGBUS_")}
+    return subprocess.run([sys.executable, "-m", "ragbus.cli", *args], capture_output=True, text=True, timeout=60,
+                          env=base | (env or {}), cwd=cwd)
+
+
+def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    line = one_line_error(ragbus("ingest", str(tmp_path / "nope.md"), env={"RAGBUS_DATA_DIR": str(tmp_path)}))
+    assert "nope.md: no such file" in line
+
+
+def test_unsupported_file_type(tmp_path: Path) -> None:
+    (tmp_path / "x.docx").write_bytes(b"PK")
+    line = one_line_error(ragbus("ingest", str(tmp_path / "x.docx"), env={"RAGBUS_DATA_DIR": str(tmp_path)}))
+    assert "unsupported file type .docx" in line
+
+
+def test_no_broker_configured(tmp_path: Path) -> None:
+    line = one_line_error(ragbus("ask", "hello?", env={"RAGBUS_DATA_DIR": str(tmp_path)}))
+    assert "ragbus up" in line and "RAGBUS_KAFKA_BOOTSTRAP_SERVERS" in line
+
+
+@pytest.mark.timeout(60)
+def test_unreachable_broker(tmp_path: Path) -> None:
+    line = one_line_error(ragbus("ask", "hello?", env={"RAGBUS_DATA_DIR": str(tmp_path),
+                                                       "RAGBUS_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"}))
+    assert "cannot reach Kafka at 127.0.0.1:9" in line
+
+
+def test_invalid_query(tmp_path: Path) -> None:
+    line = one_line_error(ragbus("ask", "q", "--tenant", "Bad Tenant", env={"RAGBUS_DATA_DIR": str(tmp_path)}))
+    assert "invalid query" in line and "tenant" in line
+
+
+def test_bad_jsonl_line(tmp_path: Path) -> None:
+    (tmp_path / "d.jsonl").write_text('{"id": "a", "text": "ok"}\n{"title": "no id"}\n')
+    line = one_line_error(ragbus("ingest", str(tmp_path / "d.jsonl"), env={"RAGBUS_DATA_DIR": str(tmp_path)}))
+    assert "d.jsonl:2" in line and "'id' and 'text'" in line

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import ValidationError
+
+from infra.errors import PoisonMessageError
+from infra.serde import decode, encode
+from schemas import generate
+from schemas.events import INLINE_TEXT_MAX_BYTES, ContentRef, DocumentArrived, QueryRequested
+from schemas.topics import TOPICS
+
+
+def test_document_needs_exactly_one_content() -> None:
+    with pytest.raises(ValidationError, match="exactly one of text"):
+        DocumentArrived(document_id="a")
+    with pytest.raises(ValidationError, match="exactly one of text"):
+        DocumentArrived(document_id="a", text="x", content_ref=ContentRef(sha256="0" * 64, size=1))
+
+
+def test_inline_text_is_bounded_and_says_what_to_do() -> None:
+    with pytest.raises(ValidationError, match="send content_ref"):
+        DocumentArrived(document_id="a", text="x" * (INLINE_TEXT_MAX_BYTES + 1))
+
+
+def test_pdf_must_be_claim_checked() -> None:
+    with pytest.raises(ValidationError, match="content_ref"):
+        DocumentArrived(document_id="a", text="%PDF", content_type="application/pdf")
+
+
+@pytest.mark.parametrize("tenant", ["UPPER", "-lead", "a" * 64, "sp ace", ""])
+def test_tenant_names_are_restricted(tenant: str) -> None:
+    with pytest.raises(ValidationError):
+        DocumentArrived(document_id="a", text="x", tenant=tenant)
+
+
+def test_events_are_frozen_and_tolerant_of_unknown_fields() -> None:
+    ev = DocumentArrived(document_id="a", text="x")
+    with pytest.raises(ValidationError):
+        ev.text = "y"  # type: ignore[misc]
+    data = json.loads(encode(ev)) | {"added_by_a_newer_producer": 1}
+    again = decode(TOPICS.documents, json.dumps(data).encode())
+    assert again == ev
+
+
+def test_effective_version_defaults_to_event_time() -> None:
+    ev = DocumentArrived(document_id="a", text="x")
+    assert ev.effective_version == int(ev.occurred_at.timestamp() * 1_000_000)
+    assert DocumentArrived(document_id="a", text="x", version=7).effective_version == 7
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    (b"{not json", "invalid JSON"),
+    (b"[1, 2]", "expected a JSON object"),
+    (b'{"type": "document.arrived", "schema_version": 99, "document_id": "a", "text": "x"}',
+     "unsupported schema_version 99"),
+    (b'{"type": "document.arrived", "document_id": "a"}', "exactly one of text"),
+    (b'{"type": "surprise", "document_id": "a"}', "invalid documents.v1 event"),
+    (b"\xff\xfe\x00binary", "not UTF-8"),
+    (None, "tombstone"),
+])
+def test_decode_errors_carry_a_reason(raw: bytes | None, reason: str) -> None:
+    with pytest.raises(PoisonMessageError, match=reason):
+        decode(TOPICS.documents, raw)
+
+
+def test_query_bounds() -> None:
+    with pytest.raises(ValidationError):
+        QueryRequested(text="   ")
+    with pytest.raises(ValidationError):
+        QueryRequested(text="q", top_k=500)
+    with pytest.raises(ValidationError):
+        QueryRequested(text="q", query_id="has space")
+
+
+def test_committed_json_schemas_are_current() -> None:
+    expected = generate.render()
+    on_disk = {p.name: p.read_text() for p in generate.OUT.glob("*.json")}
+    assert on_disk == expected, "JSON Schema is stale: run `make schemas` and commit schemas/jsonschema"
+
+
+def test_every_topic_name_is_declared_once() -> None:
+    names = [spec.name for spec in TOPICS.all()]
+    assert len(names) == len(set(names))
