@@ -28,16 +28,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from infra import logs, wiring  # noqa: E402
-from infra.embedder import SentenceTransformerEmbedder, load_tokenizer  # noqa: E402
-from infra.kafka import EventProducer  # noqa: E402
-from infra.settings import Settings  # noqa: E402
-from infra.tail import Tail  # noqa: E402
-from ragbus.client import documents_from, new_correlation, publish, wait_final  # noqa: E402
-from ragbus.supervisor import Stack  # noqa: E402
-from schemas.events import DocumentArrived  # noqa: E402
-from schemas.topics import TOPICS  # noqa: E402
-from streams.chunking import Chunker, embedding_text  # noqa: E402
+from infra import logs, wiring
+from infra.embedder import SentenceTransformerEmbedder, load_tokenizer
+from infra.kafka import EventProducer
+from infra.settings import Settings
+from infra.tail import Tail
+from ragbus.client import documents_from, new_correlation, publish, wait_final
+from ragbus.supervisor import Stack
+from schemas.events import DocumentArrived
+from schemas.topics import TOPICS
+from streams.chunking import Chunker, embedding_text
 
 
 def run_pipeline(settings: Settings, events: list[DocumentArrived], timeout: float) -> tuple[float, int, int]:

@@ -34,9 +34,12 @@ SYSTEM_PROMPT = (
     "Be concise."
 )
 TOOL_NAME = "search_documents"
-#: USD per million tokens (input, output, cache write, cache read), from Anthropic's price list.
+#: USD per million tokens (input, output, cache write, cache read), from Anthropic's public price list
+#: as known on 2026-11-24. A model not listed here gets cost 0 (its tokens are still reported).
 PRICES: dict[str, tuple[float, float, float, float]] = {
+    "claude-opus-4-6": (5.0, 25.0, 6.25, 0.50),
     "claude-opus-4-5": (5.0, 25.0, 6.25, 0.50),
+    "claude-sonnet-4-6": (3.0, 15.0, 3.75, 0.30),
     "claude-sonnet-4-5": (3.0, 15.0, 3.75, 0.30),
     "claude-haiku-4-5": (1.0, 5.0, 1.25, 0.10),
 }
@@ -116,7 +119,7 @@ class _Conversation:
 
 
 class ClaudeAnswerer:
-    name = "claude"
+    prompt_version = PROMPT_VERSION
 
     def __init__(self, settings: AnthropicSettings, client: anthropic.Anthropic | None = None,
                  agentic_steps: int = 0) -> None:
@@ -155,9 +158,14 @@ class ClaudeAnswerer:
         for step in range(self._agentic_steps + 1):
             final_step = step == self._agentic_steps
             params: dict[str, Any] = {
-                "model": model, "max_tokens": self._settings.max_tokens, "temperature": self._settings.temperature,
-                "system": SYSTEM_PROMPT, "messages": convo.messages,
+                "model": model, "max_tokens": self._settings.max_tokens, "system": SYSTEM_PROMPT,
+                "messages": convo.messages,
+                # Prompt caching: agentic follow-up steps re-read the same prefix at the cache price.
+                "cache_control": {"type": "ephemeral"},
             }
+            if self._settings.temperature is not None:
+                # The current SDK has no sampling arguments; models and gateways that accept one get it.
+                params["extra_body"] = {"temperature": self._settings.temperature}
             if tools and not final_step:
                 params["tools"] = tools
             message = self._call(client, params, on_delta)

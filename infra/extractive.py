@@ -34,13 +34,14 @@ def citations_from(hits: Sequence[SearchHit]) -> list[Citation]:
 
 class ExtractiveAnswerer:
     name = "extractive"
+    prompt_version = PROMPT_VERSION
 
     def __init__(self, max_sentences: int = 3, reason: str = NO_KEY_REASON) -> None:
         self._max = max_sentences
         self._reason = reason
 
     def answer(self, question: str, hits: Sequence[SearchHit], *, on_delta: Any = None,
-               deadline_s: float | None = None) -> GeneratedAnswer:
+               deadline_s: float | None = None, search: Any = None) -> GeneratedAnswer:
         citations = citations_from(hits)
         if not hits:
             text = "No indexed document matches this question."

@@ -160,9 +160,15 @@ class GeneratedAnswer:
 
 
 class AnswerModel(Protocol):
-    """Turns a question and retrieved chunks into a cited answer. `on_delta` receives streamed text."""
+    """Turns a question and retrieved chunks into a cited answer.
+
+    `on_delta` receives streamed text (None: no streaming); `deadline_s` is the time left to answer;
+    `search(query, top_k)` runs a follow-up retrieval in the query's tenant (agentic mode only).
+    An AnswerModel never raises for a model failure: it returns a degraded answer that says why.
+    """
 
     name: str
+    prompt_version: str
 
     def answer(self, question: str, hits: Sequence[SearchHit], *, on_delta: Any = None,
-               deadline_s: float | None = None) -> GeneratedAnswer: ...
+               deadline_s: float | None = None, search: Any = None) -> GeneratedAnswer: ...

@@ -60,6 +60,17 @@ class RetrievalSettings(BaseSettings):
     candidates: int = Field(50, ge=1, le=1000)
 
 
+class AnswererSettings(BaseSettings):
+    model_config = _cfg("RAGBUS_ANSWERER_")
+
+    #: Queries answered at once by one answerer process (model calls are I/O-bound).
+    concurrency: int = Field(8, ge=1, le=256)
+    #: Follow-up searches the model may make in agentic mode.
+    agentic_max_steps: int = Field(3, ge=0, le=10)
+    #: Reuse an answer for the same prompt version, model, normalised question and chunks.
+    cache_answers: bool = True
+
+
 class AnthropicSettings(BaseSettings):
     model_config = _cfg("RAGBUS_ANTHROPIC_")
 
@@ -68,10 +79,13 @@ class AnthropicSettings(BaseSettings):
     )
     base_url: str | None = Field(None, validation_alias=AliasChoices("RAGBUS_ANTHROPIC_BASE_URL",
                                                                      "ANTHROPIC_BASE_URL"))
-    model: str = "claude-sonnet-4-5"
+    model: str = "claude-sonnet-4-6"
+    #: Tried when the primary model keeps failing (overloaded, rate limited, 5xx); empty to disable.
     fallback_model: str | None = "claude-haiku-4-5"
     max_tokens: int = Field(1024, ge=1, le=64_000)
-    temperature: float = Field(0.0, ge=0.0, le=1.0)
+    #: Unset by default: the current Messages API models choose their own sampling; set it for a
+    #: model or gateway that accepts `temperature` (sent as an extra body field).
+    temperature: float | None = Field(None, ge=0.0, le=1.0)
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(3, ge=0, le=10)
 
@@ -107,6 +121,7 @@ class Settings(BaseSettings):
     embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
     chunker: ChunkerSettings = Field(default_factory=ChunkerSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    answerer: AnswererSettings = Field(default_factory=AnswererSettings)
     anthropic: AnthropicSettings = Field(default_factory=AnthropicSettings)
     weaviate: WeaviateSettings = Field(default_factory=WeaviateSettings)
     mongodb: MongoSettings = Field(default_factory=MongoSettings)

@@ -46,6 +46,11 @@ def build_embedder(settings: Settings) -> Embedder:
 
 
 def build_answer_model(settings: Settings) -> AnswerModel:
+    """Claude when a key is set; otherwise the offline extractive answerer (answers say degraded)."""
+    if settings.anthropic.api_key is not None:
+        from .claude import ClaudeAnswerer
+
+        return ClaudeAnswerer(settings.anthropic, agentic_steps=settings.answerer.agentic_max_steps)
     from .extractive import ExtractiveAnswerer
 
     return ExtractiveAnswerer()

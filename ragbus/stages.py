@@ -53,7 +53,8 @@ def consumer(settings: Settings, name: str, metrics: Metrics) -> consumer_runner
         return consumer_runner.ConsumerRunner(settings, name, TOPICS.embedded, sink, metrics, producer)
     embedder = wiring.build_embedder(settings)
     retriever = answerer.Retriever(embedder, index, settings.retrieval)
-    sink = answerer.AnswererSink(retriever, wiring.build_answer_model(settings), store, producer, metrics)
+    sink = answerer.AnswererSink(retriever, wiring.build_answer_model(settings), store, producer, metrics,
+                                 settings.answerer)
     return consumer_runner.ConsumerRunner(settings, name, TOPICS.queries, sink, metrics, producer)
 
 

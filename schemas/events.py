@@ -264,6 +264,8 @@ class QueryRequested(Envelope):
     top_k: Annotated[int, Field(ge=1, le=TOP_K_MAX)] = 5
     retrieve_only: bool = False
     stream: bool = False
+    #: Let the model run follow-up searches (same tenant and filters) before it answers.
+    agentic: bool = False
     filters: Metadata = Field(default_factory=dict)
     deadline_ms: Annotated[int, Field(ge=100, le=600_000)] = 60_000
 
@@ -334,6 +336,8 @@ class AnswerGenerated(Envelope):
     timings: Timings = Field(default_factory=Timings)
     usage: Usage = Field(default_factory=Usage)
     dropped_citations: int = 0
+    #: True when this answer was served from the answer cache (same prompt, model, question and chunks).
+    cached: bool = False
     error: str = ""
 
 

@@ -1,0 +1,26 @@
+"""Against the real Anthropic API: runs only when a key is present (`pytest -m llm`)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from infra.claude import ClaudeAnswerer
+from infra.ports import SearchHit
+from infra.settings import AnthropicSettings
+
+pytestmark = [
+    pytest.mark.llm,
+    pytest.mark.skipif(not (os.environ.get("RAGBUS_ANTHROPIC_API_KEY") or os.environ.get("ANTHROPIC_API_KEY")),
+                       reason="no Anthropic API key in the environment"),
+]
+
+
+def test_real_answer_is_cited_and_accounted() -> None:
+    hits = [SearchHit("c1", "kafka.md", 1, 0, "Kafka guarantees ordering only within a single partition.", 0.9),
+            SearchHit("c2", "cats.md", 1, 0, "Cats sleep for most of the day.", 0.2)]
+    got = ClaudeAnswerer(AnthropicSettings()).answer("Where does Kafka guarantee ordering?", hits, deadline_s=60)
+    assert not got.degraded, got.degraded_reason
+    assert [c.chunk_id for c in got.citations] == ["c1"]
+    assert got.input_tokens > 0 and got.output_tokens > 0

@@ -1,0 +1,107 @@
+"""The answerer sink with the Claude model behind a scripted transport: idempotency, cache, streaming,
+deadlines, accounting."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from consumers.answerer import AnswererSink, Retriever
+from infra.claude import ClaudeAnswerer
+from infra.metrics import Metrics
+from infra.settings import AnswererSettings, AnthropicSettings, RetrievalSettings
+from schemas.events import AnswerDelta, AnswerGenerated, QueryRequested, utcnow
+from schemas.topics import TOPICS
+from tests import fake_claude as fc
+from tests.unit.test_stages import Pipeline, doc
+
+
+@pytest.fixture
+def pipe(tmp_path: Path) -> Pipeline:
+    p = Pipeline(tmp_path)
+    p.run(doc(1, "Kafka keeps the order of messages within one partition.", doc_id="kafka"))
+    p.run(doc(1, "MongoDB keeps documents as BSON.", doc_id="mongo"))
+    return p
+
+
+def sink(pipe: Pipeline, fake: fc.FakeClaude, registry: CollectorRegistry | None = None) -> AnswererSink:
+    model = ClaudeAnswerer(AnthropicSettings(api_key="k", max_retries=1), client=fake.client(1), agentic_steps=2)
+    return AnswererSink(Retriever(pipe.embedder, pipe.index, RetrievalSettings()), model, pipe.store,
+                        pipe.producer, Metrics(registry), AnswererSettings(concurrency=2))  # type: ignore[arg-type]
+
+
+def cited_reply(fake_source: str = "") -> fc.Reply:
+    def reply(body):  # type: ignore[no-untyped-def]
+        first = body["messages"][0]["content"][0]
+        return fc.message([fc.text("Per partition.", [fc.cite(first["source"], 0)])])(body)
+    return reply
+
+
+def test_redelivered_query_does_not_call_the_model_twice(pipe: Pipeline) -> None:
+    fake = fc.FakeClaude(cited_reply())
+    s = sink(pipe, fake)
+    q = QueryRequested(query_id="q-1", text="How is order kept in Kafka?")
+    first = s.answer(q)
+    assert s.answer(q) == first
+    assert len(fake.requests) == 1
+    assert first.citations[0].document_id == "kafka" and not first.degraded
+
+
+def test_same_question_over_same_chunks_hits_the_answer_cache(pipe: Pipeline) -> None:
+    fake = fc.FakeClaude(cited_reply())
+    reg = CollectorRegistry()
+    s = sink(pipe, fake, reg)
+    a = s.answer(QueryRequested(query_id="q-a", text="How is order kept in Kafka?"))
+    b = s.answer(QueryRequested(query_id="q-b", text="  how is ORDER kept in kafka "))
+    assert len(fake.requests) == 1
+    assert (a.cached, b.cached) == (False, True) and b.answer == a.answer and b.query_id == "q-b"
+    assert b.usage.input_tokens == 0 and a.usage.input_tokens == 100 and a.usage.cost_usd > 0
+    assert reg.get_sample_value("ragbus_llm_tokens_total", {"model": "claude-sonnet-4-6", "kind": "input"}) == 100
+    assert reg.get_sample_value("ragbus_answers_total", {"status": "cached"}) == 1
+    other_tenant = s.answer(QueryRequested(query_id="q-c", tenant="other", text="How is order kept in Kafka?"))
+    assert not other_tenant.cached  # the cache is per tenant
+
+
+def test_degraded_answers_are_not_cached(pipe: Pipeline) -> None:
+    fake = fc.FakeClaude(fc.error(529))
+    s = sink(pipe, fake)
+    assert s.answer(QueryRequested(query_id="q-1", text="order in Kafka?")).degraded
+    fake.script = [cited_reply()]
+    again = s.answer(QueryRequested(query_id="q-2", text="order in Kafka?"))
+    assert not again.degraded and not again.cached
+
+
+def test_streaming_publishes_ordered_deltas_then_one_final_answer(pipe: Pipeline) -> None:
+    fake = fc.FakeClaude(fc.stream(["Order ", "per ", "partition."], []))
+    s = sink(pipe, fake)
+    s.add(QueryRequested(query_id="q-s", text="How is order kept?", stream=True), None)  # type: ignore[arg-type]
+    s.flush()
+    deltas = [e for e in pipe.producer.of(TOPICS.answer_deltas) if isinstance(e, AnswerDelta)]
+    assert [(d.seq, d.text) for d in deltas] == [(0, "Order "), (1, "per "), (2, "partition.")]
+    finals = [e for e in pipe.producer.of(TOPICS.answers) if isinstance(e, AnswerGenerated)]
+    assert [f.query_id for f in finals] == ["q-s"] and finals[0].answer == "Order per partition."
+    keys = {k for spec, k, _ in pipe.producer.sent if spec.name in ("answers.v1", "answer-deltas.v1")}
+    assert keys == {"q-s"}
+
+
+def test_a_query_past_its_deadline_still_gets_one_degraded_answer(pipe: Pipeline) -> None:
+    fake = fc.FakeClaude(cited_reply())
+    s = sink(pipe, fake)
+    old = QueryRequested(query_id="q-late", text="order?", deadline_ms=1000,
+                         occurred_at=utcnow() - timedelta(seconds=5))
+    got = s.answer(old)
+    assert fake.requests == [] and got.degraded and "deadline" in got.degraded_reason
+
+
+def test_agentic_query_searches_in_its_own_tenant(pipe: Pipeline) -> None:
+    pipe.run(doc(1, "Tenant b secret: BSON is binary JSON.", doc_id="secret", tenant="b"))
+    fake = fc.FakeClaude(fc.message([fc.tool_use({"query": "BSON secret"})], stop="tool_use"),
+                         fc.message([fc.text("Done.")]))
+    s = sink(pipe, fake)
+    s.answer(QueryRequested(query_id="q-ag", text="What is BSON?", agentic=True))
+    tool_results = fake.requests[1]["messages"][-1]["content"][0]["content"]
+    assert all(r.get("source") != "secret" for r in tool_results if isinstance(r, dict))
+    assert "secret" not in str(tool_results)
