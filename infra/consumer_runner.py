@@ -5,8 +5,11 @@ event -> `sink.flush()` writes -> producer flush (outputs and dead letters durab
 A crash anywhere before the commit redelivers the batch, and sinks write idempotently.
 
 A whole-batch RetryableError (the backend is down) retries the same batch with jittered exponential
-backoff and polls nothing new meanwhile, so memory stays bounded at one batch. On shutdown during
-backoff the batch is abandoned uncommitted: the partition's next owner gets it again.
+backoff. Meanwhile the runner pauses its partitions and keeps polling (so it stays in the group but
+fetches nothing), so memory stays bounded at one batch however far behind it falls. If a rebalance
+revokes partitions during the backoff, or the stage is asked to stop, the batch is abandoned
+uncommitted: the partitions' next owner processes it again, and the writes are idempotent.
+Between batches nothing is buffered, so a revocation there needs no work at all.
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaException, TopicPartition
 
 from schemas.topics import TopicSpec
 
 from . import logs
 from .errors import PoisonMessageError, RetryableError
+from .health import Health
 from .kafka import EventProducer, SourceRecord, commit_offsets, make_consumer, send_dead_letter, topic_name
 from .metrics import Metrics, Outcome
 from .serde import decode
@@ -31,6 +35,7 @@ from .settings import Settings
 log = logs.get(__name__)
 
 MAX_BACKOFF_S = 30.0
+LAG_EVERY_S = 2.0
 
 
 class Sink(Protocol):
@@ -46,7 +51,10 @@ class Sink(Protocol):
 
 class ConsumerRunner:
     def __init__(self, settings: Settings, stage: str, source: TopicSpec, sink: Sink, metrics: Metrics,
-                 producer: EventProducer) -> None:
+                 producer: EventProducer, health: Health | None = None) -> None:
+        self._health = health
+        self._committed: dict[tuple[str, int], int] = {}
+        self._lag_at = 0.0
         self._settings = settings
         self._stage = stage
         self._source = source
@@ -57,14 +65,24 @@ class ConsumerRunner:
 
     def run(self, stop: threading.Event) -> None:
         consumer = make_consumer(self._settings, f"{self._settings.kafka.topic_prefix}{self._stage}")
-        consumer.subscribe([topic_name(self._settings, self._source)])
+        self._revoked = False
+
+        def on_revoke(_: Any, partitions: list[Any]) -> None:
+            self._revoked = True
+            log.info("partitions revoked", stage=self._stage, partitions=[p.partition for p in partitions])
+
+        consumer.subscribe([topic_name(self._settings, self._source)], on_revoke=on_revoke)
         log.info("stage started", stage=self._stage, topic=topic_name(self._settings, self._source))
         try:
             while not stop.is_set():
                 messages = consumer.consume(self._settings.kafka.poll_batch, self._settings.kafka.poll_timeout_s)
+                self._revoked = False  # nothing was buffered across that poll
                 if messages:
                     self._handle(consumer, messages, stop)
+                self._report_lag(consumer)
         finally:
+            if self._health is not None:
+                self._health.remove()
             consumer.close()  # leaves the group at once, so the partitions move without a session timeout
             log.info("stage stopped", stage=self._stage)
 
@@ -84,7 +102,7 @@ class ConsumerRunner:
                 self._sink.add(decode(self._source, record.value), record)
             except PoisonMessageError as exc:
                 self._dead(record, exc)
-        failures = self._flush_with_backoff(stop)
+        failures = self._flush_with_backoff(consumer, stop)
         if failures is None:
             return
         for record, _, exc in failures:
@@ -96,15 +114,36 @@ class ConsumerRunner:
             return
         try:
             commit_offsets(consumer, records)
+            for r in records:
+                key = (r.topic, r.partition)
+                self._committed[key] = max(self._committed.get(key, 0), r.offset + 1)
         except KafkaException as exc:  # e.g. the partitions were revoked meanwhile: redelivered, idempotent
             log.warning("commit failed; batch will be redelivered", stage=self._stage, error=str(exc))
         ok = len(records) - len(failures)
         self._metrics.events.labels(self._stage, Outcome.OK).inc(max(0, ok))
         self._metrics.batch_seconds.labels(self._stage).observe(time.perf_counter() - started)
         self._metrics.last_progress.labels(self._stage).set(time.time())
+        if self._health is not None:
+            self._health.progressed(len(records))
         self.batches += 1
 
-    def _flush_with_backoff(self, stop: threading.Event) -> Sequence[tuple[SourceRecord, Any, Exception]] | None:
+    def _report_lag(self, consumer: Any) -> None:
+        """Lag per partition: fetch high-water mark minus what this stage committed (or its position)."""
+        if self._health is None or time.monotonic() - self._lag_at < LAG_EVERY_S:
+            return
+        self._lag_at = time.monotonic()
+        lag = {}
+        for tp in consumer.assignment():
+            _, high = consumer.get_watermark_offsets(tp, cached=True)
+            done = self._committed.get((tp.topic, tp.partition))
+            if done is None:
+                done = consumer.position([tp])[0].offset
+            if high >= 0 and done is not None and done >= 0:
+                lag[f"{tp.topic}[{tp.partition}]"] = max(0, high - done)
+        self._health.set_lag(lag)
+
+    def _flush_with_backoff(self, consumer: Any, stop: threading.Event
+                            ) -> Sequence[tuple[SourceRecord, Any, Exception]] | None:
         attempt = 0
         while True:
             try:
@@ -115,10 +154,28 @@ class ConsumerRunner:
                 delay = exc.retry_after or min(MAX_BACKOFF_S, 0.1 * 2 ** attempt) * (0.5 + random.random())
                 log.warning("sink flush failed, backing off", stage=self._stage, attempt=attempt,
                             delay=round(delay, 2), error=str(exc)[:300])
-                if stop.wait(delay):
+                if not self._backoff(consumer, delay, stop):
                     self._sink.discard()
-                    log.warning("stopping during backoff: batch left uncommitted", stage=self._stage)
+                    log.warning("batch abandoned uncommitted (stopping or partitions revoked)", stage=self._stage)
                     return None
+
+    def _backoff(self, consumer: Any, delay: float, stop: threading.Event) -> bool:
+        """Wait with the partitions paused, still polling; False if the batch must be abandoned."""
+        assignment = consumer.assignment()
+        consumer.pause(assignment)
+        try:
+            deadline = time.monotonic() + delay
+            while time.monotonic() < deadline:
+                self._report_lag(consumer)
+                if stop.is_set() or self._revoked:
+                    return False
+                for msg in consumer.consume(1, min(0.2, max(0.0, deadline - time.monotonic()))):
+                    if msg.error() is None:  # prefetched before the pause: rewind, so nothing is skipped
+                        consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
+            return not (stop.is_set() or self._revoked)
+        finally:
+            if not self._revoked:
+                consumer.resume(assignment)
 
     def _dead(self, record: SourceRecord, exc: Exception) -> None:
         log.warning("dead-lettered", stage=self._stage, where=record.where(), error=str(exc)[:300])

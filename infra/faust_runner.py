@@ -24,6 +24,7 @@ from schemas.topics import TOPICS
 
 from . import logs
 from .errors import PoisonMessageError, RetryableError
+from .health import Health
 from .kafka import SourceRecord, bootstrap, dead_letter_headers, topic_name
 from .metrics import Metrics, Outcome
 from .serde import decode, encode, headers_for
@@ -38,7 +39,7 @@ def _record(event: Any) -> SourceRecord:
     return SourceRecord(msg.topic, msg.partition, msg.offset, msg.key, msg.value, list(msg.headers or []))
 
 
-def build_app(settings: Settings, stage: StreamStage, metrics: Metrics) -> faust.App:
+def build_app(settings: Settings, stage: StreamStage, metrics: Metrics, health: Health | None = None) -> faust.App:
     session_s = settings.kafka.session_timeout_ms / 1000
     datadir = settings.data_dir / "faust" / stage.name
     datadir.mkdir(parents=True, exist_ok=True)
@@ -82,9 +83,26 @@ def build_app(settings: Settings, stage: StreamStage, metrics: Metrics) -> faust
                 await sink(topic).send(key=key, value=value, headers=headers)
             metrics.batch_seconds.labels(stage.name).observe(time.perf_counter() - started)
             metrics.last_progress.labels(stage.name).set(time.time())
+            if health is not None:
+                health.progressed(len(records))
             yield len(records)
 
+    async def report_lag() -> None:
+        """Lag from faust's fetch high-water marks and its committed offsets (next offset to read)."""
+        if health is None:
+            return
+        lag = {}
+        for tp in app.consumer.assignment():
+            if tp.topic != source.get_topic_name():
+                continue
+            high = app.consumer.highwater(tp)
+            committed = app.consumer._committed_offset.get(tp)  # faust keeps no public accessor
+            if high is not None and high >= 0:
+                lag[f"{tp.topic}[{tp.partition}]"] = max(0, high - (committed or 0))
+        health.set_lag(lag)
+
     app.agent(source, name=f"ragbus.{stage.name}")(agent)
+    app.timer(interval=2.0, name=f"ragbus.{stage.name}.lag")(report_lag)
     return app
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Outcome(StrEnum):
@@ -37,9 +37,7 @@ class Metrics:
                                          "Citations removed because they named no retrieved chunk", registry=r)
         self.lag = Gauge("ragbus_consumer_lag", "Messages behind the fetch high-water mark",
                          ["stage", "topic", "partition"], registry=r)
+        self.stalled = Gauge("ragbus_stage_stalled", "1 when the stage has lag but makes no progress", ["stage"],
+                             registry=r)
         self.last_progress = Gauge("ragbus_last_progress_timestamp_seconds",
                                    "Unix time a stage last finished a batch", ["stage"], registry=r)
-
-    def serve(self, port: int) -> None:
-        if port:
-            start_http_server(port, registry=self.registry)

@@ -5,7 +5,7 @@ MongoDB, Anthropic) and one contract suite in tests/contract that every adapter 
 
 Version rules shared by all adapters (they are what makes redelivery and reordering harmless):
 - A document's row holds the highest version seen; a status update for an older version is ignored,
-  and at the same version status only moves forward (received < chunked < embedded < indexed/failed
+  and at the same version status only moves forward (received < chunked < embedded < failed < indexed
   < deleted).
 - A delete at version v removes chunks with version <= v; a finished version v removes chunks < v.
   Both are bounded by version, so they commute with late or repeated writes.

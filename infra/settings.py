@@ -114,8 +114,10 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".ragbus")
     log_level: str = "INFO"
     log_format: Literal["console", "json"] = "console"
-    #: Prometheus /metrics port of a worker; 0 disables the endpoint.
+    #: Port of a worker's /metrics (Prometheus) and /health endpoints; 0 disables them.
     metrics_port: int = Field(0, ge=0, le=65535)
+    #: A stage with lag that finishes nothing for this long is reported stalled.
+    stall_after_s: float = Field(60.0, gt=0)
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
@@ -125,6 +127,9 @@ class Settings(BaseSettings):
     anthropic: AnthropicSettings = Field(default_factory=AnthropicSettings)
     weaviate: WeaviateSettings = Field(default_factory=WeaviateSettings)
     mongodb: MongoSettings = Field(default_factory=MongoSettings)
+
+    def health_dir(self) -> Path:
+        return self.data_dir / "health"
 
     def broker_file(self) -> Path:
         return self.data_dir / "broker.json"

@@ -17,6 +17,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="ragbus: event-driven RAG on Kafka.")
 topics_app = typer.Typer(no_args_is_help=True, help="Provision Kafka topics.")
 app.add_typer(topics_app, name="topics")
+dlq_app = typer.Typer(no_args_is_help=True, help="Inspect and replay dead letters.")
+app.add_typer(dlq_app, name="dlq")
 
 DEMO_QUESTION = "How does ragbus make sure a redelivered event does not create duplicate chunks?"
 
@@ -228,6 +230,54 @@ def status(as_json: bool = typer.Option(False, "--json"),
                f"vector index {report['chunks']['vector_index']}")
     dl = report["dead_letters"]
     typer.echo("dead letters: " + (", ".join(f"{k} {v}" for k, v in dl.items()) if isinstance(dl, dict) else dl))
+    stages = report["stages"]
+    if not stages:
+        typer.echo("stages: none reporting on this machine")
+    for st in stages:
+        state = "STALLED" if st["stalled"] else "ok"
+        typer.echo(f"stage {st['stage']} (pid {st['pid']}): {state}, lag {st['lag']}, processed {st['processed']}")
+    if any(st["stalled"] for st in stages):
+        raise typer.Exit(3)
+
+
+def _stages(stage: str | None) -> list[str]:
+    from schemas.topics import STAGES
+
+    if stage is not None and stage not in STAGES:
+        raise RagbusError(f"unknown stage {stage!r}: choose from {', '.join(STAGES)}")
+    return [stage] if stage else list(STAGES)
+
+
+@dlq_app.command("list")
+def dlq_list(stage: str = typer.Option(None, help="only this stage's dead letters"),
+             as_json: bool = typer.Option(False, "--json", help="one JSON object per dead letter")) -> None:
+    """Show dead letters: where each came from and why it could not be processed."""
+    from infra.dlq import list_dead_letters
+    from infra.kafka import check_reachable
+
+    settings = _settings()
+    check_reachable(settings)
+    n = 0
+    for dl in list_dead_letters(settings, _stages(stage)):
+        n += 1
+        if as_json:
+            typer.echo(dl.model_dump_json())
+        else:
+            typer.echo(f"{dl.stage:<9} {dl.topic}[{dl.partition}]@{dl.offset} {dl.error_type}: {dl.reason[:160]}")
+    if not as_json:
+        typer.echo(f"{n} dead letters", err=True)
+
+
+@dlq_app.command("replay")
+def dlq_replay(stage: str = typer.Option(..., help="whose dead letters to re-publish"),
+               limit: int = typer.Option(None, min=1, help="at most this many")) -> None:
+    """Re-publish a stage's dead letters to the topics they came from (after a fix). Each is replayed once."""
+    from infra.dlq import replay
+    from infra.kafka import check_reachable
+
+    settings = _settings()
+    check_reachable(settings)
+    typer.echo(f"replayed {replay(settings, _stages(stage)[0], limit)} dead letters of {stage}", err=True)
 
 
 @app.command()

@@ -7,6 +7,7 @@ from typing import Any
 from infra import wiring
 from infra.embedder import embedding_dim
 from infra.errors import ConfigurationError
+from infra.health import read_health
 from infra.kafka import check_reachable
 from infra.settings import Settings
 from infra.tail import Tail
@@ -33,6 +34,7 @@ def collect_status(settings: Settings, tenant: str | None = None) -> dict[str, A
     report: dict[str, Any] = {
         "documents": store.status_counts(tenant),
         "chunks": {"document_store": store.count_chunks(tenant), "vector_index": index.count(tenant)},
+        "stages": read_health(settings.health_dir()),
     }
     try:
         check_reachable(settings, timeout_s=3)

@@ -3,6 +3,7 @@ threads (several may share a process)."""
 
 from __future__ import annotations
 
+import faulthandler
 import signal
 import threading
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from consumers import answerer, indexer, status
 from infra import consumer_runner, faust_runner, logs, wiring
 from infra.errors import ConfigurationError
+from infra.health import Health, serve
 from infra.kafka import EventProducer, check_reachable
 from infra.metrics import Metrics
 from infra.settings import Settings
@@ -22,40 +24,41 @@ CONSUMER_STAGES = ("indexer", "status", "answerer")
 log = logs.get(__name__)
 
 
-def _chunker_stage(settings: Settings, metrics: Metrics) -> faust_runner.faust.App:
+def _chunker_stage(settings: Settings, metrics: Metrics, health: Health) -> faust_runner.faust.App:
     from infra.embedder import load_tokenizer
 
     store = wiring.build_store(settings)
     split = Chunker(load_tokenizer(settings.embedder.model), settings.chunker.size_tokens,
                     settings.chunker.overlap_tokens)
-    return faust_runner.build_app(settings, chunker.stage(split, store.get_content), metrics)
+    return faust_runner.build_app(settings, chunker.stage(split, store.get_content), metrics, health)
 
 
-def _embedder_stage(settings: Settings, metrics: Metrics) -> faust_runner.faust.App:
+def _embedder_stage(settings: Settings, metrics: Metrics, health: Health) -> faust_runner.faust.App:
     cached = embedding.CachedEmbedder(wiring.build_embedder(settings), wiring.build_cache(settings), metrics)
     return faust_runner.build_app(
         settings, embedding.stage(cached, settings.embedder.max_batch_events, settings.embedder.batch_window_s),
-        metrics)
+        metrics, health)
 
 
-def consumer(settings: Settings, name: str, metrics: Metrics) -> consumer_runner.ConsumerRunner:
+def consumer(settings: Settings, name: str, metrics: Metrics, health: Health | None = None
+             ) -> consumer_runner.ConsumerRunner:
     producer = EventProducer(settings)
     store = wiring.build_store(settings)
     if name == "status":
         return consumer_runner.ConsumerRunner(settings, name, TOPICS.status, status.StatusSink(store), metrics,
-                                              producer)
+                                              producer, health)
     from infra.embedder import embedding_dim
 
     dim = embedding_dim(settings.embedder.model)
     index = wiring.build_index(settings, dim)
     if name == "indexer":
         sink: consumer_runner.Sink = indexer.IndexerSink(index, store, producer, metrics, dim)
-        return consumer_runner.ConsumerRunner(settings, name, TOPICS.embedded, sink, metrics, producer)
+        return consumer_runner.ConsumerRunner(settings, name, TOPICS.embedded, sink, metrics, producer, health)
     embedder = wiring.build_embedder(settings)
     retriever = answerer.Retriever(embedder, index, settings.retrieval)
     sink = answerer.AnswererSink(retriever, wiring.build_answer_model(settings), store, producer, metrics,
                                  settings.answerer)
-    return consumer_runner.ConsumerRunner(settings, name, TOPICS.queries, sink, metrics, producer)
+    return consumer_runner.ConsumerRunner(settings, name, TOPICS.queries, sink, metrics, producer, health)
 
 
 def run_workers(settings: Settings, names: list[str]) -> None:
@@ -66,17 +69,22 @@ def run_workers(settings: Settings, names: list[str]) -> None:
     if streams and len(names) > 1:
         raise ConfigurationError(f"{streams[0]} is a faust stage and runs alone: `ragbus worker {streams[0]}`")
     check_reachable(settings)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` dumps every thread's stack to the log
     metrics = Metrics()
-    metrics.serve(settings.metrics_port)
+    healths = {n: Health(n, metrics, settings.health_dir(), settings.stall_after_s) for n in names}
+    serve(settings.metrics_port, metrics, list(healths.values()))
     if streams:
-        build: Callable[[Settings, Metrics], faust_runner.faust.App] = (
+        build: Callable[[Settings, Metrics, Health], faust_runner.faust.App] = (
             _chunker_stage if streams[0] == "chunker" else _embedder_stage)
-        faust_runner.run(build(settings, metrics), settings)
+        try:
+            faust_runner.run(build(settings, metrics, healths[streams[0]]), settings)
+        finally:
+            healths[streams[0]].remove()
         return
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    runners = [consumer(settings, n, metrics) for n in names]
+    runners = [consumer(settings, n, metrics, healths[n]) for n in names]
     errors: list[BaseException] = []
 
     def guard(fn: Callable[[threading.Event], None]) -> Callable[[threading.Event], None]:
@@ -93,7 +101,8 @@ def run_workers(settings: Settings, names: list[str]) -> None:
                for r, n in zip(runners, names, strict=True)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    while any(t.is_alive() for t in threads):  # short joins: the main thread stays free to take signals
+        for t in threads:
+            t.join(0.2)
     if errors:
         raise errors[0]

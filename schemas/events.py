@@ -233,13 +233,15 @@ class Status(StrEnum):
         return _STATUS_RANK[self]
 
 
+#: At one version: failed < indexed, so a replay that succeeds after a fix can finish a failed version,
+#: while a late failure report can never un-index one; deleted beats everything.
 _STATUS_RANK = {
     Status.RECEIVED: 0,
     Status.CHUNKED: 1,
     Status.EMBEDDED: 2,
     Status.FAILED: 3,
-    Status.INDEXED: 3,
-    Status.DELETED: 4,
+    Status.INDEXED: 4,
+    Status.DELETED: 5,
 }
 
 

@@ -80,3 +80,11 @@ def test_counts_and_listing_by_tenant(store: DocumentStore) -> None:
     assert store.status_counts("t") == {"indexed": 1, "failed": 1}
     assert store.status_counts() == {"indexed": 2, "failed": 1}
     assert [d.document_id for d in store.list_documents("u")] == ["c"]
+
+
+def test_a_failed_version_can_still_be_indexed_but_not_the_reverse(store: DocumentStore) -> None:
+    assert store.apply_status(doc(1, Status.FAILED, error="content missing"))
+    assert store.apply_status(doc(1, Status.INDEXED, chunks=2))  # replayed after the fix
+    assert not store.apply_status(doc(1, Status.FAILED, error="late report"))
+    got = store.get_document("t", "d")
+    assert got is not None and got.status is Status.INDEXED and got.error == ""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,18 +21,6 @@ from tests.conftest import ROOT
 from .helpers import wait_until
 
 pytestmark = pytest.mark.broker
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, Settings]]:
-    mp = pytest.MonkeyPatch()
-    data = tmp_path_factory.mktemp("e2e")
-    for key in ("RAGBUS_KAFKA_BOOTSTRAP_SERVERS", "RAGBUS_ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY"):
-        mp.delenv(key, raising=False)
-    mp.setenv("RAGBUS_DATA_DIR", str(data))
-    with Stack(Settings()) as s:
-        yield s, s.child_settings()
-    mp.undo()
 
 
 def ingest(settings: Settings, paths: list[Path], timeout: float = 240) -> dict[str, Status]:

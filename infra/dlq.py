@@ -1,0 +1,88 @@
+"""Reading and replaying dead letters.
+
+A dead letter's value and key are the original bytes; the reason and origin travel in
+`ragbus-dlq-*` headers. Replay re-publishes value, key and the original headers to the topic the
+message came from, after a fix, under a consumer group of its own so each dead letter is replayed
+once (at least once: a replay interrupted before its commit may publish a few twice, and every stage
+is idempotent).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+from confluent_kafka import TopicPartition
+
+from schemas.events import DeadLetter, utcnow
+from schemas.topics import STAGES, TOPICS
+
+from .kafka import DLQ_PREFIX, EventProducer, SourceRecord, commit_offsets, make_consumer, topic_name
+from .settings import Settings
+
+REPLAYED_FROM = "ragbus-replayed-from"
+
+
+def _dead_letter(msg: Any) -> DeadLetter:
+    h = {k[len(DLQ_PREFIX):]: (v or b"").decode("utf-8", "replace") for k, v in (msg.headers() or [])
+         if k.startswith(DLQ_PREFIX)}
+    value = msg.value() or b""
+    try:
+        occurred = datetime.fromisoformat(h["occurred-at"])
+    except (KeyError, ValueError):
+        occurred = utcnow()
+    return DeadLetter(
+        stage=h.get("stage", "?"), topic=h.get("topic", "?"), partition=int(h.get("partition", -1)),
+        offset=int(h.get("offset", -1)), error_type=h.get("error-type", "?"), reason=h.get("reason", ""),
+        occurred_at=occurred, attempts=int(h.get("attempts", 1)),
+        key=(msg.key() or b"").decode("utf-8", "replace") or None,
+        value_preview=value[:200].decode("utf-8", "replace"))
+
+
+def list_dead_letters(settings: Settings, stages: list[str] | None = None, idle_s: float = 1.0) -> Iterator[DeadLetter]:
+    for stage in stages or list(STAGES):
+        spec = TOPICS.dead_letter(stage)
+        consumer = make_consumer(settings, None)
+        consumer.assign([TopicPartition(topic_name(settings, spec), p, 0) for p in range(spec.partitions)])
+        try:
+            while batch := consumer.consume(500, idle_s):
+                yield from (_dead_letter(m) for m in batch if m.error() is None)
+        finally:
+            consumer.close()
+
+
+def replay(settings: Settings, stage: str, limit: int | None = None, idle_s: float = 3.0) -> int:
+    """Re-publish the stage's dead letters to their original topics; returns how many.
+
+    Only dead letters written before the replay started are replayed: one that fails again comes back
+    to the dead-letter topic as a new record, and must wait for the next replay (no loop).
+    """
+    started = utcnow()
+    spec = TOPICS.dead_letter(stage)
+    consumer = make_consumer(settings, f"{settings.kafka.topic_prefix}dlq-replay-{stage}")
+    consumer.subscribe([topic_name(settings, spec)])
+    producer = EventProducer(settings)
+    done = 0
+    deadline = time.monotonic() + idle_s + settings.kafka.session_timeout_ms / 1000
+    try:
+        while (limit is None or done < limit) and time.monotonic() < deadline:
+            batch = [m for m in consumer.consume(min(500, (limit or 500) - done), 0.5) if m.error() is None]
+            newer = next((i for i, m in enumerate(batch) if _dead_letter(m).occurred_at >= started), None)
+            if newer is not None:
+                batch, limit = batch[:newer], done + newer  # the rest is for a later replay; not committed
+            if not batch:
+                continue
+            for m in batch:
+                origin = _dead_letter(m).topic
+                kept = [(k, v) for k, v in (m.headers() or []) if not k.startswith(DLQ_PREFIX) and k != REPLAYED_FROM]
+                where = f"{m.topic()}[{m.partition()}]@{m.offset()}".encode()
+                producer.send_raw(origin, m.key(), m.value(), kept + [(REPLAYED_FROM, where)])
+            producer.flush()
+            commit_offsets(consumer, [SourceRecord.of(m) for m in batch])
+            done += len(batch)
+            deadline = time.monotonic() + idle_s
+    finally:
+        consumer.close()
+    return done
