@@ -97,7 +97,8 @@ class IndexerSink:
     def _write(self, chunks: list[ChunkRecord], live: list[_Pending]) -> dict[SourceRecord, Exception]:
         """Upsert into both stores; retry refused objects; map what still fails to its record."""
         owner = {c.chunk_id: p.record for p in live for c in p.chunks}
-        todo, failures = chunks, []
+        todo_all = list({c.chunk_id: c for c in chunks}.values())  # a batch may repeat an event (redelivery)
+        todo, failures = todo_all, []
         for _ in range(OBJECT_RETRIES + 1):
             failures = self._index.upsert(todo)
             if not failures:
@@ -106,7 +107,7 @@ class IndexerSink:
             todo = [c for c in todo if c.chunk_id in refused]
         failed = {owner[f.chunk_id]: PoisonMessageError(f"vector index refused chunk {f.chunk_id}: {f.message}")
                   for f in failures}
-        self._store.upsert_chunks([c for c in chunks if owner[c.chunk_id] not in failed])
+        self._store.upsert_chunks([c for c in todo_all if owner[c.chunk_id] not in failed])
         return failed  # type: ignore[return-value]
 
     def _delete(self, ev: DocumentDeleted) -> None:

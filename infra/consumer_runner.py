@@ -89,6 +89,7 @@ class ConsumerRunner:
     def _handle(self, consumer: Any, messages: list[Any], stop: threading.Event) -> None:
         started = time.perf_counter()
         records: list[SourceRecord] = []
+        added: list[tuple[SourceRecord, Any]] = []
         for msg in messages:
             err = msg.error()
             if err is not None:
@@ -99,10 +100,17 @@ class ConsumerRunner:
             record = SourceRecord.of(msg)
             records.append(record)
             try:
-                self._sink.add(decode(self._source, record.value), record)
+                event = decode(self._source, record.value)
+                self._sink.add(event, record)
+                added.append((record, event))
             except PoisonMessageError as exc:
                 self._dead(record, exc)
-        failures = self._flush_with_backoff(consumer, stop)
+        try:
+            failures = self._flush_with_backoff(consumer, stop)
+        except Exception as exc:
+            log.error("batch failed unexpectedly; retrying its events one by one", stage=self._stage, error=repr(exc))
+            self._sink.discard()
+            failures = self._isolate(consumer, stop, added)
         if failures is None:
             return
         for record, _, exc in failures:
@@ -141,6 +149,23 @@ class ConsumerRunner:
             if high >= 0 and done is not None and done >= 0:
                 lag[f"{tp.topic}[{tp.partition}]"] = max(0, high - done)
         self._health.set_lag(lag)
+
+    def _isolate(self, consumer: Any, stop: threading.Event, added: list[tuple[SourceRecord, Any]]
+                 ) -> list[tuple[SourceRecord, Any, Exception]] | None:
+        """Flush each event alone; an event that still fails unexpectedly is poison (dead-lettered with the
+        error), so one bad event can never stop the stage. Transient errors still back off as usual."""
+        failures: list[tuple[SourceRecord, Any, Exception]] = []
+        for record, event in added:
+            try:
+                self._sink.add(event, record)
+                done = self._flush_with_backoff(consumer, stop)
+            except Exception as exc:
+                self._sink.discard()
+                done = [(record, event, exc)]
+            if done is None:
+                return None
+            failures.extend(done)
+        return failures
 
     def _flush_with_backoff(self, consumer: Any, stop: threading.Event
                             ) -> Sequence[tuple[SourceRecord, Any, Exception]] | None:

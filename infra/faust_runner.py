@@ -126,7 +126,7 @@ class _BatchProcessor:
     def _run(self, events: list[Any]) -> tuple[list[PerEvent], int, Exception | None]:
         for attempt in range(1, self._stage.max_attempts + 1):
             try:
-                return self._stage.handle(events), attempt, None
+                return self._handle(events), attempt, None
             except RetryableError as exc:
                 self._metrics.events.labels(self._stage.name, Outcome.RETRIED).inc(len(events))
                 if attempt == self._stage.max_attempts:
@@ -136,6 +136,20 @@ class _BatchProcessor:
                             error=str(exc)[:300])
                 time.sleep(delay)
         raise AssertionError("unreachable")
+
+    def _handle(self, events: list[Any]) -> list[PerEvent]:
+        """The stage on the whole batch; if it fails unexpectedly, on each event alone, so the error lands
+        on the event that causes it (dead-lettered) instead of stopping the stage."""
+        try:
+            return self._stage.handle(events)
+        except RetryableError:
+            raise
+        except Exception as exc:
+            if len(events) == 1:
+                return [exc]
+            log.error("batch failed unexpectedly; retrying its events one by one", stage=self._stage.name,
+                      error=repr(exc))
+            return [r for ev in events for r in self._handle([ev])]
 
     def process(self, records: list[SourceRecord]) -> list[tuple[str, Any, Any, Any]]:
         sends: list[tuple[str, Any, Any, Any]] = []

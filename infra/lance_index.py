@@ -89,7 +89,9 @@ class LanceVectorIndex:
         if not chunks:
             return []
         rows, failures = [], []
-        for c in chunks:
+        # one row per id (the last wins): a batch may carry the same event twice, and merge_insert
+        # refuses a source with duplicate keys
+        for c in {c.chunk_id: c for c in chunks}.values():
             if c.vector.shape != (self._dim,):
                 failures.append(WriteFailure(c.chunk_id, f"vector has shape {c.vector.shape}, expected ({self._dim},)"))
                 continue

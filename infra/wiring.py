@@ -12,9 +12,11 @@ def sqlite_path(settings: Settings) -> str:
 
 
 def build_store(settings: Settings) -> DocumentStore:
+    """MongoDB when RAGBUS_MONGODB_URI is set, else SQLite in the data directory."""
     if settings.mongodb.uri is not None:
-        raise ConfigurationError("RAGBUS_MONGODB_URI is set, but the MongoDB adapter is not part of this "
-                                 "release yet; unset it to use the embedded SQLite store")
+        from .mongo_store import MongoDocumentStore, connect
+
+        return MongoDocumentStore(connect(settings.mongodb), settings.mongodb.database)
     from pathlib import Path
 
     from .sqlite_store import SqliteDocumentStore
@@ -23,6 +25,10 @@ def build_store(settings: Settings) -> DocumentStore:
 
 
 def build_cache(settings: Settings) -> EmbeddingCache:
+    if settings.mongodb.uri is not None:
+        from .mongo_store import MongoEmbeddingCache, connect
+
+        return MongoEmbeddingCache(connect(settings.mongodb), settings.mongodb.database)
     from pathlib import Path
 
     from .sqlite_store import SqliteEmbeddingCache

@@ -51,7 +51,9 @@ def _provision_stores(settings: Settings) -> None:
 class Stack:
     """The running stack: broker (maybe), topics, stage processes."""
 
-    def __init__(self, settings: Settings, processes: tuple[tuple[str, ...], ...] = PROCESSES) -> None:
+    def __init__(self, settings: Settings, processes: tuple[tuple[str, ...], ...] = PROCESSES,
+                 max_restart_delay_s: float = 30.0) -> None:
+        self._max_restart_delay_s = max_restart_delay_s
         self._settings = settings
         self._broker: LocalBroker | None = None
         self._children = [_Child(p) for p in processes]
@@ -116,7 +118,7 @@ class Stack:
                     child.restarts = 0
                 continue
             if child.next_start == 0.0:
-                delay = min(30.0, 0.5 * 2 ** child.restarts)
+                delay = min(self._max_restart_delay_s, 0.5 * 2 ** child.restarts)
                 child.next_start = now + delay
                 log.warning("stage process exited; restarting", stages=",".join(child.stages),
                             code=child.proc.returncode, delay_s=delay, log=child.log_path)
@@ -124,6 +126,10 @@ class Stack:
                 child.restarts += 1
                 child.next_start = 0.0
                 self._spawn(child)
+
+    def pids(self) -> dict[str, int]:
+        """Running stage processes by name (e.g. "indexer,status"): for operators and the chaos harness."""
+        return {",".join(c.stages): c.proc.pid for c in self._children if c.proc is not None and c.proc.poll() is None}
 
     def run_forever(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):

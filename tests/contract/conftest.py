@@ -22,8 +22,26 @@ def _sqlite(tmp: Path):  # type: ignore[no-untyped-def]
     return SqliteDocumentStore(tmp / "store.sqlite")
 
 
+def _mongomock(tmp: Path):  # type: ignore[no-untyped-def]
+    """MongoDB through mongomock. Shim: pymongo >= 4.11 passes `sort=` to bulk operations, which mongomock
+    4.3 does not accept (ENVIRONMENT.md); the shim drops it (ragbus never sorts bulk writes)."""
+    import mongomock
+    from mongomock.collection import BulkOperationBuilder
+
+    for name in ("add_replace", "add_update"):
+        original = getattr(BulkOperationBuilder, name)
+        if not getattr(original, "_ragbus_shim", False):
+            def shim(self, *args, _orig=original, sort=None, **kw):  # type: ignore[no-untyped-def]
+                return _orig(self, *args, **kw)
+            shim._ragbus_shim = True  # type: ignore[attr-defined]
+            setattr(BulkOperationBuilder, name, shim)
+    from infra.mongo_store import MongoDocumentStore
+
+    return MongoDocumentStore(mongomock.MongoClient(), "ragbus_test")
+
+
 VECTOR_INDEXES = {"lancedb": _lance}
-DOCUMENT_STORES = {"sqlite": _sqlite}
+DOCUMENT_STORES = {"sqlite": _sqlite, "mongomock": _mongomock}
 
 
 @pytest.fixture(params=sorted(VECTOR_INDEXES))

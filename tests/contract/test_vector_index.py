@@ -100,3 +100,9 @@ def test_a_bad_object_is_reported_not_raised(filled: VectorIndex) -> None:
     failures = filled.upsert([bad, rec("good", 1, 0, "fine", vec(5))])
     assert [f.chunk_id for f in failures] == [bad.chunk_id]
     assert filled.chunk_versions("t1", "good") and not filled.chunk_versions("t1", "bad")
+
+
+def test_the_same_chunk_twice_in_one_write_is_one_row(index: VectorIndex) -> None:
+    """A batch may carry a redelivered event next to its first delivery (found by bench/chaos.py)."""
+    assert index.upsert([CORPUS[0], CORPUS[0], CORPUS[1]]) == []
+    assert index.count("t1") == 2

@@ -217,3 +217,40 @@ def test_worker_stopped_mid_stream_resumes_without_loss_or_duplicates(broker: st
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
     assert_exactly_indexed(store, LanceVectorIndex(settings.data_dir / "lance", dim), expected)
+
+
+class PickySink(FlakySink):
+    """Fails every flush whose buffer holds document "poison" with an unexpected error (a bug, say)."""
+
+    def __init__(self) -> None:
+        super().__init__(failures=0)
+
+    def flush(self) -> list[Any]:
+        if any(ev.document_id == "poison" for ev in self.buffer):
+            raise ValueError("cannot handle this one")
+        return super().flush()
+
+
+def test_an_unexpected_error_is_pinned_on_its_event_and_the_rest_flows(broker: str, settings_factory) -> None:  # type: ignore[no-untyped-def]
+    from infra.dlq import list_dead_letters
+
+    settings = settings_factory(broker, RAGBUS_KAFKA_POLL_BATCH="50")
+    ensure_topics(settings)
+    producer = EventProducer(settings)
+    names = [f"d{i}" for i in range(10)] + ["poison"] + [f"e{i}" for i in range(10)]
+    for name in names:
+        producer.send(TOPICS.status, document_key("default", name),
+                      DocumentStatus(document_id=name, version=1, status=Status.INDEXED, stage="t"))
+    producer.flush()
+    sink = PickySink()
+    runner = ConsumerRunner(settings, "status", TOPICS.status, sink, Metrics(), EventProducer(settings))
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    thread.start()
+    wait_until(lambda: len(sink.flushed) == 20, 60, "every other event")
+    dead = list(list_dead_letters(settings, ["status"], 1.0))
+    stop.set()
+    thread.join(20)
+    assert sorted(ev.document_id for ev in sink.flushed) == sorted(n for n in names if n != "poison")
+    assert [(d.key, d.error_type, d.reason) for d in dead] == [
+        ("default/poison", "ValueError", "cannot handle this one")]

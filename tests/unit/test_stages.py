@@ -200,3 +200,10 @@ def test_retrieval_never_crosses_tenants(pipe: Pipeline) -> None:
     assert got.citations == []
     got = sink.answer(QueryRequested(query_id="q3", tenant="a", text="secret plans", retrieve_only=True))
     assert [c.document_id for c in got.citations] == ["s"]
+
+
+def test_an_event_repeated_within_one_batch_is_written_once(pipe: Pipeline) -> None:
+    events = pipe.embedded(doc(1))
+    pipe.index_events(events + events)
+    assert len(pipe.index.chunk_versions("default", "d1")) == events[0].total_chunks  # type: ignore[union-attr]
+    assert len(pipe.store.chunk_versions("default", "d1")) == events[0].total_chunks  # type: ignore[union-attr]

@@ -1,0 +1,224 @@
+"""Chaos run: stage processes SIGKILLed at random moments while documents, updates, deletes and queries
+flow; then an audit of the stores themselves.
+
+    python bench/chaos.py [--corpus ../shared/data/pydocs-faq-dev/corpus.jsonl] [--docs 300] [--kills 12]
+
+The stages run as separate processes on the local broker (as `ragbus up` runs them); a killer SIGKILLs
+a random one every few seconds and the supervisor restarts it. The workload: every document at
+version 1; later, updates (version 2) of some, re-sends of identical events, stale version-1 events
+arriving after version 2, deletes (version 3) of others, and queries throughout. At the end it checks:
+
+- every live document is `indexed` at its latest version with exactly its chunks (ids recomputed here
+  by chunking the text independently) in both the document store and the vector index;
+- no chunk of a deleted or superseded version remains; no chunk id appears twice in either store;
+- every document status is final;
+- every query got exactly one final answer (redelivery may repeat the answer event, but it is the same
+  event: one distinct event id per query).
+
+It prints the counts and exits non-zero on any mismatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from confluent_kafka import TopicPartition
+
+from infra import logs, wiring
+from infra.embedder import embedding_dim, load_tokenizer
+from infra.kafka import EventProducer, make_consumer, topic_name
+from infra.settings import Settings
+from ragbus.supervisor import Stack
+from schemas.events import DocumentArrived, DocumentDeleted, QueryRequested, Status, chunk_uuid
+from schemas.topics import TOPICS, document_key
+from streams.chunking import Chunker
+
+DEFAULT_CORPUS = Path(__file__).resolve().parent.parent.parent / "shared/data/pydocs-faq-dev/corpus.jsonl"
+
+
+def load(path: Path, n: int) -> list[dict[str, str]]:
+    rows = []
+    with path.open() as fh:
+        for line in fh:
+            row = json.loads(line)
+            if 200 < len(row["text"]) < 20_000:  # keep the run's length predictable
+                rows.append(row)
+            if len(rows) == n:
+                break
+    return rows
+
+
+class Killer(threading.Thread):
+    def __init__(self, stack: Stack, rng: random.Random, every: tuple[float, float]) -> None:
+        super().__init__(daemon=True)
+        self.stack, self.rng, self.every = stack, rng, every
+        self.kills: list[tuple[float, str]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.rng.uniform(*self.every)):
+            pids = self.stack.pids()
+            if not pids:
+                continue
+            name = self.rng.choice(sorted(pids))
+            try:
+                os.kill(pids[name], signal.SIGKILL)
+                self.kills.append((time.time(), name))
+            except ProcessLookupError:
+                pass
+
+
+def answers_by_query(settings: Settings) -> dict[str, set[str]]:
+    consumer = make_consumer(settings, None)
+    name = topic_name(settings, TOPICS.answers)
+    consumer.assign([TopicPartition(name, p, 0) for p in range(TOPICS.answers.partitions)])
+    seen: dict[str, set[str]] = defaultdict(set)
+    while batch := consumer.consume(1000, 2.0):
+        for m in batch:
+            if m.error() is None:
+                data = json.loads(m.value())
+                seen[data["query_id"]].add(data["event_id"])
+    consumer.close()
+    return seen
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    ap.add_argument("--docs", type=int, default=300)
+    ap.add_argument("--kills", type=int, default=12, help="at least this many SIGKILLs")
+    ap.add_argument("--seed", type=int, default=int(time.time()))
+    ap.add_argument("--timeout", type=float, default=1200)
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+    rows = load(args.corpus, args.docs)
+    ids = [r["id"] for r in rows]
+    updated = set(rng.sample(ids, len(ids) // 5))
+    deleted = set(rng.sample(ids, len(ids) // 10))
+    stale = set(rng.sample(sorted(updated), min(15, len(updated))))
+    resent = set(rng.sample(ids, len(ids) // 10))
+
+    with tempfile.TemporaryDirectory(prefix="ragbus-chaos-") as data:
+        os.environ["RAGBUS_DATA_DIR"] = data
+        os.environ.pop("RAGBUS_KAFKA_BOOTSTRAP_SERVERS", None)
+        os.environ.setdefault("RAGBUS_LOG_LEVEL", "WARNING")
+        settings = Settings()
+        logs.configure(settings.log_level, settings.log_format, quiet_clients=True)
+        started = time.time()
+        with Stack(settings, max_restart_delay_s=2.0) as stack:
+            child = stack.child_settings()
+            producer = EventProducer(child)
+            killer = Killer(stack, rng, (2.0, 6.0))
+            killer.start()
+
+            def doc(row: dict[str, str], version: int) -> DocumentArrived:
+                text = row["text"] if version == 1 else row["text"] + "\n\nRevised: " + row["title"]
+                return DocumentArrived(document_id=row["id"], version=version, title=row["title"], text=text)
+
+            def send(ev: DocumentArrived | DocumentDeleted | QueryRequested) -> None:
+                key = ev.query_id if isinstance(ev, QueryRequested) else document_key(ev.tenant, ev.document_id)
+                producer.send(TOPICS.queries if isinstance(ev, QueryRequested) else TOPICS.documents, key, ev)
+
+            queries: list[str] = []
+            plan: list[DocumentArrived | DocumentDeleted | QueryRequested] = [doc(r, 1) for r in rows]
+            plan += [doc(r, 1) for r in rows if r["id"] in resent]
+            plan += [doc(r, 2) for r in rows if r["id"] in updated]
+            plan += [doc(r, 1) for r in rows if r["id"] in stale]  # older version, arriving after the newer
+            plan += [DocumentDeleted(document_id=i, version=3) for i in sorted(deleted)]
+            for i, ev in enumerate(plan):
+                send(ev)
+                if i % 25 == 0:
+                    q = QueryRequested(query_id=f"chaos-q{i}", text=rng.choice(rows)["title"], top_k=3)
+                    queries.append(q.query_id)
+                    send(q)
+                    producer.flush()
+                    time.sleep(0.3)  # spread the workload over the run, so kills land mid-stream
+            producer.flush()
+
+            store = wiring.build_store(child)
+            expected = {r["id"]: (3 if r["id"] in deleted else 2 if r["id"] in updated else 1) for r in rows}
+
+            def settled() -> bool:
+                docs = {d.document_id: d for d in store.list_documents("default", 100_000)}
+                return all(i in docs and docs[i].version == v and docs[i].status.final for i, v in expected.items())
+
+            deadline = time.time() + args.timeout
+            while time.time() < deadline and (not settled() or len(killer.kills) < args.kills):
+                time.sleep(1.0)
+            killer.stop.set()
+            killer.join()
+            # quiesce: let restarted stages finish redelivered batches before auditing
+            time.sleep(8)
+            while time.time() < deadline and not settled():
+                time.sleep(1.0)
+            answered = answers_by_query(child)
+        elapsed = time.time() - started
+
+        chunker = Chunker(load_tokenizer(settings.embedder.model), settings.chunker.size_tokens,
+                          settings.chunker.overlap_tokens)
+        store = wiring.build_store(settings)
+        index = wiring.build_index(settings, embedding_dim(settings.embedder.model))
+        problems: list[str] = []
+        docs = {d.document_id: d for d in store.list_documents("default", 100_000)}
+        live_chunks = 0
+        for row in rows:
+            i, v = row["id"], expected[row["id"]]
+            d = docs.get(i)
+            in_store, in_index = store.chunk_versions("default", i), index.chunk_versions("default", i)
+            for where, chunks in (("document store", in_store), ("vector index", in_index)):
+                if len({c for c, _ in chunks}) != len(chunks):
+                    problems.append(f"{i}: duplicate chunk ids in the {where}")
+            if i in deleted:
+                if d is None or d.status is not Status.DELETED or in_store or in_index:
+                    problems.append(f"{i}: deleted at v3 but status {d and d.status} with "
+                                    f"{len(in_store)}/{len(in_index)} chunks left")
+                continue
+            want = {chunk_uuid("default", i, v, c.index) for c in chunker.chunk(doc(row, v).content_type,
+                                                                                  doc(row, v).text or "")}
+            live_chunks += len(want)
+            if d is None or d.status is not Status.INDEXED or d.version != v:
+                problems.append(f"{i}: expected indexed v{v}, found {d and (d.status.value, d.version)}")
+            for where, chunks in (("document store", in_store), ("vector index", in_index)):
+                if {c for c, _ in chunks} != want:
+                    problems.append(f"{i}: {where} holds {len(chunks)} chunks (versions "
+                                    f"{sorted({x for _, x in chunks})}), expected exactly the {len(want)} of v{v}")
+        not_final = [d.document_id for d in docs.values() if not d.status.final]
+        problems += [f"{i}: status not final" for i in not_final]
+        for q in queries:
+            if len(answered.get(q, set())) != 1:
+                problems.append(f"query {q}: {len(answered.get(q, set()))} distinct final answers")
+
+    report = {
+        "seed": args.seed, "documents": len(rows), "updates": len(updated), "stale_resends": len(stale),
+        "identical_resends": len(resent), "deletes": len(deleted), "queries": len(queries),
+        "kills": len(killer.kills), "killed": dict(sorted(_count(n for _, n in killer.kills).items())),
+        "live_chunks_checked": live_chunks, "elapsed_s": round(elapsed, 1), "problems": len(problems),
+    }
+    print(json.dumps(report))
+    for p in problems[:50]:
+        print("MISMATCH", p, file=sys.stderr)
+    return 1 if problems or len(killer.kills) < args.kills else 0
+
+
+def _count(items: object) -> dict[str, int]:
+    out: dict[str, int] = defaultdict(int)
+    for x in items:  # type: ignore[attr-defined]
+        out[x] += 1
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Production document store and embedding cache on MongoDB (pymongo).
+
+Selected by RAGBUS_MONGODB_URI. Indexes are created at start-up. Every write uses an explicit
+`w="majority", j=True` write concern, so an acknowledged write survives a primary failover, and
+every write is idempotent: upserts keyed by deterministic ids, deletes bounded by version.
+
+Status moves forward only without transactions: `apply_status` reads the row, decides with the shared
+version rules (`accept_status`), and writes with a compare-and-set on the (version, status) it read;
+a concurrent writer makes the compare fail and the decision is taken again on the new row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from bson import Binary
+from pymongo import ASCENDING, MongoClient, ReplaceOne, WriteConcern
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from schemas.events import ContentRef, Status, content_hash
+
+from .errors import ConfigurationError, RetryableError
+from .ports import ChunkRecord, DocumentRecord
+from .settings import MongoSettings
+from .sqlite_store import accept_status
+
+MAJORITY = WriteConcern(w="majority", j=True)
+#: Claim-checked content above this is refused: MongoDB documents are limited to 16 MiB.
+MAX_CONTENT_BYTES = 15 * 1024 * 1024
+CAS_ATTEMPTS = 20
+
+
+def connect(settings: MongoSettings) -> MongoClient[Any]:
+    if settings.uri is None:
+        raise ConfigurationError("RAGBUS_MONGODB_URI is not set")
+    client: MongoClient[Any] = MongoClient(settings.uri.get_secret_value(),
+                                           serverSelectionTimeoutMS=settings.timeout_ms)
+    try:
+        client.admin.command("ping")
+    except PyMongoError as exc:
+        raise ConfigurationError(f"cannot reach MongoDB (RAGBUS_MONGODB_URI) within {settings.timeout_ms} ms: "
+                                 f"{type(exc).__name__}") from exc
+    return client
+
+
+def _doc(row: Mapping[str, Any]) -> DocumentRecord:
+    return DocumentRecord(row["tenant"], row["document_id"], int(row["version"]), Status(row["status"]),
+                          int(row.get("chunks", 0)), row.get("error", ""), row.get("content_hash", ""),
+                          row.get("title", ""), row.get("source", ""))
+
+
+def _retryable(fn: Any) -> Any:
+    """Connection trouble and timeouts are transient for the runner; anything else is a bug to surface."""
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DuplicateKeyError:
+            raise
+        except PyMongoError as exc:
+            if getattr(exc, "timeout", False) or type(exc).__name__ in (
+                    "AutoReconnect", "NetworkTimeout", "ServerSelectionTimeoutError", "NotPrimaryError",
+                    "WriteConcernError", "ExecutionTimeout", "ConnectionFailure"):
+                raise RetryableError(f"mongodb: {type(exc).__name__}: {exc}") from exc
+            raise
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+class MongoDocumentStore:
+    def __init__(self, client: MongoClient[Any], database: str) -> None:
+        db = client.get_database(database, write_concern=MAJORITY)
+        self._client = client
+        self._docs = db.get_collection("documents")
+        self._chunks = db.get_collection("chunks")
+        self._contents = db.get_collection("contents")
+        self._answers = db.get_collection("answers")
+        self._docs.create_index([("tenant", ASCENDING), ("document_id", ASCENDING)], unique=True)
+        self._docs.create_index([("tenant", ASCENDING), ("status", ASCENDING)])
+        self._chunks.create_index([("tenant", ASCENDING), ("document_id", ASCENDING), ("version", ASCENDING)])
+        self._answers.create_index([("tenant", ASCENDING), ("query_id", ASCENDING)], unique=True)
+
+    @_retryable
+    def get_document(self, tenant: str, document_id: str) -> DocumentRecord | None:
+        row = self._docs.find_one({"tenant": tenant, "document_id": document_id})
+        return None if row is None else _doc(row)
+
+    @_retryable
+    def apply_status(self, record: DocumentRecord) -> bool:
+        key = {"tenant": record.tenant, "document_id": record.document_id}
+        for _ in range(CAS_ATTEMPTS):
+            row = self._docs.find_one(key)
+            current = None if row is None else _doc(row)
+            if not accept_status(current, record):
+                return False
+            keep = current if current is not None and current.version == record.version else None
+            fields = {"version": record.version, "status": record.status.value, "status_rank": record.status.rank,
+                      "chunks": record.chunks or (keep.chunks if keep else 0), "error": record.error,
+                      "content_hash": record.content_hash or (keep.content_hash if keep else ""),
+                      "title": record.title or (keep.title if keep else ""),
+                      "source": record.source or (keep.source if keep else "")}
+            if row is None:
+                try:
+                    self._docs.insert_one(key | fields)
+                    return True
+                except DuplicateKeyError:
+                    continue  # created concurrently: decide again on the new row
+            cas = key | {"version": row["version"], "status_rank": row["status_rank"]}
+            if self._docs.update_one(cas, {"$set": fields}).matched_count == 1:
+                return True
+        raise RetryableError(f"status of {record.document_id} changed {CAS_ATTEMPTS} times while being updated")
+
+    @_retryable
+    def list_documents(self, tenant: str | None = None, limit: int = 10_000) -> list[DocumentRecord]:
+        query = {} if tenant is None else {"tenant": tenant}
+        rows = self._docs.find(query).sort([("tenant", ASCENDING), ("document_id", ASCENDING)]).limit(limit)
+        return [_doc(r) for r in rows]
+
+    @_retryable
+    def status_counts(self, tenant: str | None = None) -> dict[str, int]:
+        match = [{"$match": {"tenant": tenant}}] if tenant is not None else []
+        rows = self._docs.aggregate(match + [{"$group": {"_id": "$status", "n": {"$sum": 1}}}])
+        return {r["_id"]: int(r["n"]) for r in rows}
+
+    @_retryable
+    def upsert_chunks(self, chunks: Sequence[ChunkRecord]) -> None:
+        if not chunks:
+            return
+        ops = [ReplaceOne({"_id": c.chunk_id}, {
+            "_id": c.chunk_id, "tenant": c.tenant, "document_id": c.document_id, "version": c.version,
+            "idx": c.index, "text": c.text, "title": c.title, "section_path": list(c.section_path),
+            "source": c.source, "metadata": json.dumps(dict(c.metadata))}, upsert=True) for c in chunks]
+        self._chunks.bulk_write(ops, ordered=False)
+
+    @_retryable
+    def delete_chunk_versions(self, tenant: str, document_id: str, *, below: int) -> None:
+        self._chunks.delete_many({"tenant": tenant, "document_id": document_id, "version": {"$lt": below}})
+
+    @_retryable
+    def chunk_versions(self, tenant: str, document_id: str) -> list[tuple[str, int]]:
+        rows = self._chunks.find({"tenant": tenant, "document_id": document_id}, {"_id": 1, "version": 1, "idx": 1})
+        return [(r["_id"], int(r["version"])) for r in sorted(rows, key=lambda r: (r["version"], r["idx"]))]
+
+    @_retryable
+    def count_chunks(self, tenant: str | None = None) -> int:
+        return int(self._chunks.count_documents({} if tenant is None else {"tenant": tenant}))
+
+    @_retryable
+    def put_content(self, data: bytes) -> ContentRef:
+        if len(data) > MAX_CONTENT_BYTES:
+            raise ValueError(f"content of {len(data)} bytes is over the MongoDB store's {MAX_CONTENT_BYTES}")
+        ref = ContentRef(sha256=content_hash(data), size=len(data))
+        self._contents.replace_one({"_id": ref.sha256}, {"_id": ref.sha256, "size": ref.size, "data": Binary(data)},
+                                   upsert=True)
+        return ref
+
+    @_retryable
+    def get_content(self, ref: ContentRef) -> bytes:
+        row = self._contents.find_one({"_id": ref.sha256})
+        if row is None:
+            raise KeyError(f"no stored content with sha256 {ref.sha256}")
+        return bytes(row["data"])
+
+    @_retryable
+    def get_answer(self, tenant: str, query_id: str) -> str | None:
+        row = self._answers.find_one({"tenant": tenant, "query_id": query_id})
+        return None if row is None else str(row["answer"])
+
+    @_retryable
+    def put_answer(self, tenant: str, query_id: str, answer_json: str) -> None:
+        with contextlib.suppress(DuplicateKeyError):  # the first answer stays: the query id is the idempotency key
+            self._answers.insert_one({"tenant": tenant, "query_id": query_id, "answer": answer_json})
+
+    def close(self) -> None:
+        """The client is shared (see wiring); closing it is the owner's job."""
+
+
+class MongoEmbeddingCache:
+    def __init__(self, client: MongoClient[Any], database: str) -> None:
+        self._col = client.get_database(database, write_concern=WriteConcern(w=1)).get_collection("embeddings")
+
+    @_retryable
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        return {r["_id"]: bytes(r["v"]) for r in self._col.find({"_id": {"$in": list(keys)}})}
+
+    @_retryable
+    def put_many(self, items: Mapping[str, bytes]) -> None:
+        if items:
+            # w=1: a lost cache entry only costs a re-embedding
+            self._col.bulk_write([ReplaceOne({"_id": k}, {"_id": k, "v": Binary(v)}, upsert=True)
+                                  for k, v in items.items()], ordered=False)
