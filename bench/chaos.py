@@ -62,14 +62,16 @@ def load(path: Path, n: int) -> list[dict[str, str]]:
 
 
 class Killer(threading.Thread):
-    def __init__(self, stack: Stack, rng: random.Random, every: tuple[float, float]) -> None:
+    """SIGKILLs a random stage process at random intervals until it has killed `target` times."""
+
+    def __init__(self, stack: Stack, rng: random.Random, every: tuple[float, float], target: int) -> None:
         super().__init__(daemon=True)
-        self.stack, self.rng, self.every = stack, rng, every
+        self.stack, self.rng, self.every, self.target = stack, rng, every, target
         self.kills: list[tuple[float, str]] = []
         self.stop = threading.Event()
 
     def run(self) -> None:
-        while not self.stop.wait(self.rng.uniform(*self.every)):
+        while len(self.kills) < self.target and not self.stop.wait(self.rng.uniform(*self.every)):
             pids = self.stack.pids()
             if not pids:
                 continue
@@ -100,6 +102,8 @@ def main() -> int:
     ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     ap.add_argument("--docs", type=int, default=300)
     ap.add_argument("--kills", type=int, default=12, help="at least this many SIGKILLs")
+    ap.add_argument("--kill-min-s", type=float, default=3.0, help="shortest pause between two kills")
+    ap.add_argument("--kill-max-s", type=float, default=9.0, help="longest pause between two kills")
     ap.add_argument("--seed", type=int, default=int(time.time()))
     ap.add_argument("--timeout", type=float, default=1200)
     args = ap.parse_args()
@@ -115,13 +119,15 @@ def main() -> int:
         os.environ["RAGBUS_DATA_DIR"] = data
         os.environ.pop("RAGBUS_KAFKA_BOOTSTRAP_SERVERS", None)
         os.environ.setdefault("RAGBUS_LOG_LEVEL", "WARNING")
+        # small micro-batches: a stage killed every few seconds must still commit progress in between
+        os.environ.setdefault("RAGBUS_EMBEDDER_MAX_BATCH_EVENTS", "8")
         settings = Settings()
         logs.configure(settings.log_level, settings.log_format, quiet_clients=True)
         started = time.time()
         with Stack(settings, max_restart_delay_s=2.0) as stack:
             child = stack.child_settings()
             producer = EventProducer(child)
-            killer = Killer(stack, rng, (2.0, 6.0))
+            killer = Killer(stack, rng, (args.kill_min_s, args.kill_max_s), args.kills)
             killer.start()
 
             def doc(row: dict[str, str], version: int) -> DocumentArrived:
@@ -156,7 +162,7 @@ def main() -> int:
                 return all(i in docs and docs[i].version == v and docs[i].status.final for i, v in expected.items())
 
             deadline = time.time() + args.timeout
-            while time.time() < deadline and (not settled() or len(killer.kills) < args.kills):
+            while time.time() < deadline and (not settled() or killer.is_alive()):
                 time.sleep(1.0)
             killer.stop.set()
             killer.join()

@@ -92,6 +92,7 @@ class IndexerSink:
                 self._maybe_finish(p.event)
         self._metrics.chunks.labels(STAGE).inc(sum(len(p.chunks) for p in live))
         self._pending = []
+        self._index.maintain()  # cheap unless due: folds new rows into the index's own structures
         return failures
 
     def _write(self, chunks: list[ChunkRecord], live: list[_Pending]) -> dict[SourceRecord, Exception]:

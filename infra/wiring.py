@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from .errors import ConfigurationError
 from .ports import AnswerModel, DocumentStore, Embedder, EmbeddingCache, VectorIndex
 from .settings import Settings
 
@@ -37,9 +36,11 @@ def build_cache(settings: Settings) -> EmbeddingCache:
 
 
 def build_index(settings: Settings, dim: int) -> VectorIndex:
+    """Weaviate when RAGBUS_WEAVIATE_URL is set, else LanceDB in the data directory."""
     if settings.weaviate.url is not None:
-        raise ConfigurationError("RAGBUS_WEAVIATE_URL is set, but the Weaviate adapter is not part of this "
-                                 "release yet; unset it to use the embedded LanceDB index")
+        from .weaviate_index import WeaviateVectorIndex, connect
+
+        return WeaviateVectorIndex(connect(settings.weaviate), settings.weaviate.collection, dim)
     from .lance_index import LanceVectorIndex
 
     return LanceVectorIndex(settings.data_dir / "lance", dim)

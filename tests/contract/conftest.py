@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,15 +41,32 @@ def _mongomock(tmp: Path):  # type: ignore[no-untyped-def]
     return MongoDocumentStore(mongomock.MongoClient(), "ragbus_test")
 
 
-VECTOR_INDEXES = {"lancedb": _lance}
+@contextlib.contextmanager
+def _weaviate(tmp: Path):  # type: ignore[no-untyped-def]
+    """Weaviate through the in-process double (tests/weaviate_double.py), with the real client."""
+    from infra.settings import WeaviateSettings
+    from infra.weaviate_index import WeaviateVectorIndex, connect
+    from tests.weaviate_double import WeaviateDouble
+
+    with WeaviateDouble() as double:
+        settings = WeaviateSettings(url=double.url, grpc_port=double.grpc_port, timeout_s=10)
+        yield WeaviateVectorIndex(connect(settings), settings.collection, DIM)
+
+
+VECTOR_INDEXES = {"lancedb": _lance, "weaviate-double": _weaviate}
 DOCUMENT_STORES = {"sqlite": _sqlite, "mongomock": _mongomock}
 
 
 @pytest.fixture(params=sorted(VECTOR_INDEXES))
 def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[object]:
-    adapter = VECTOR_INDEXES[request.param](tmp_path)
-    yield adapter
-    adapter.close()
+    made = VECTOR_INDEXES[request.param](tmp_path)
+    if isinstance(made, contextlib.AbstractContextManager):
+        with made as adapter:
+            yield adapter
+            adapter.close()
+        return
+    yield made
+    made.close()
 
 
 @pytest.fixture(params=sorted(DOCUMENT_STORES))

@@ -1,0 +1,215 @@
+"""Production vector index on Weaviate (weaviate-client v4).
+
+Selected by RAGBUS_WEAVIATE_URL. At start-up it checks that Weaviate is ready and recent enough, then
+creates its collection or checks an existing one: schema changes are additive (missing properties are
+added); anything incompatible is reported, never altered.
+
+Tenant isolation uses Weaviate's native multi-tenancy, not a filter: every tenant is its own shard,
+every read and write names its tenant (`with_tenant`), so a forgotten filter cannot leak another
+tenant's chunks and deleting a tenant is cheap. Tenants are created on first write
+(auto_tenant_creation).
+
+Writes use deterministic uuid5 ids (schemas.events.chunk_uuid) and read back per-object errors; the
+indexer retries or dead-letters each refused object with Weaviate's message (weaviate-python-client
+issues #577 and #885: batch errors are easy to drop). Hybrid search uses relative score fusion, the
+same fusion the embedded LanceDB adapter computes on the client.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlparse
+
+import weaviate
+from weaviate.classes.config import Configure, DataType, Property, Tokenization, VectorDistances
+from weaviate.classes.data import DataObject
+from weaviate.classes.init import AdditionalConfig, Auth, Timeout
+from weaviate.classes.query import Filter, HybridFusion, MetadataQuery
+from weaviate.exceptions import WeaviateBaseError, WeaviateInsertManyAllFailedError
+
+from .errors import ConfigurationError, RetryableError
+from .ports import ChunkRecord, SearchHit, Vector, WriteFailure
+from .settings import WeaviateSettings
+
+MIN_VERSION = (1, 27)
+VECTOR = "chunk"
+TEXT = Tokenization.WORD
+PROPERTIES = [
+    Property(name="document_id", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False),
+    Property(name="version", data_type=DataType.INT),
+    Property(name="idx", data_type=DataType.INT),
+    Property(name="text", data_type=DataType.TEXT, tokenization=TEXT),
+    Property(name="title", data_type=DataType.TEXT, tokenization=TEXT),
+    Property(name="section", data_type=DataType.TEXT, tokenization=TEXT),
+    Property(name="section_path", data_type=DataType.TEXT_ARRAY, tokenization=Tokenization.FIELD,
+             index_searchable=False),
+    Property(name="source", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False),
+    Property(name="meta", data_type=DataType.TEXT_ARRAY, tokenization=Tokenization.FIELD, index_searchable=False),
+    Property(name="metadata", data_type=DataType.TEXT, index_filterable=False, index_searchable=False),
+]
+SEARCHED = ["text", "title", "section"]
+RETURNED = ["document_id", "version", "idx", "text", "title", "section_path", "metadata"]
+
+
+def connect(settings: WeaviateSettings) -> weaviate.WeaviateClient:
+    assert settings.url is not None
+    url = urlparse(settings.url)
+    secure = url.scheme == "https"
+    try:
+        client = weaviate.connect_to_custom(
+            http_host=url.hostname or "localhost", http_port=url.port or (443 if secure else 8080), http_secure=secure,
+            grpc_host=url.hostname or "localhost", grpc_port=settings.grpc_port, grpc_secure=secure,
+            auth_credentials=Auth.api_key(settings.api_key.get_secret_value()) if settings.api_key else None,
+            additional_config=AdditionalConfig(timeout=Timeout(init=settings.timeout_s, query=settings.timeout_s,
+                                                               insert=settings.timeout_s)))
+    except WeaviateBaseError as exc:
+        raise ConfigurationError(f"cannot reach Weaviate at {settings.url} (gRPC port {settings.grpc_port}): "
+                                 f"{str(exc).splitlines()[0][:200]}") from exc
+    if not client.is_ready():
+        client.close()
+        raise ConfigurationError(f"Weaviate at {settings.url} is not ready")
+    version = tuple(int(p) for p in str(client.get_meta().get("version", "0.0")).split(".")[:2])
+    if version < MIN_VERSION:
+        client.close()
+        raise ConfigurationError(f"Weaviate {'.'.join(map(str, version))} at {settings.url} is too old: ragbus "
+                                 f"needs {'.'.join(map(str, MIN_VERSION))} or newer")
+    return client
+
+
+def _meta_terms(metadata: Mapping[str, Any]) -> list[str]:
+    return [f"{k}={json.dumps(v)}" for k, v in sorted(metadata.items())]
+
+
+def _transient(exc: Exception) -> RetryableError:
+    return RetryableError(f"weaviate: {type(exc).__name__}: {str(exc)[:300]}")
+
+
+class WeaviateVectorIndex:
+    def __init__(self, client: weaviate.WeaviateClient, collection: str, dim: int) -> None:
+        self._client = client
+        self._name = collection
+        self._dim = dim
+        self._ensure_collection()
+        self._collection = client.collections.get(collection)
+
+    def _ensure_collection(self) -> None:
+        if not self._client.collections.exists(self._name):
+            self._client.collections.create(
+                self._name,
+                properties=PROPERTIES,
+                vector_config=[Configure.Vectors.self_provided(
+                    name=VECTOR, vector_index_config=Configure.VectorIndex.hnsw(
+                        distance_metric=VectorDistances.COSINE))],
+                inverted_index_config=Configure.inverted_index(bm25_b=0.75, bm25_k1=1.2),
+                multi_tenancy_config=Configure.multi_tenancy(enabled=True, auto_tenant_creation=True,
+                                                             auto_tenant_activation=True))
+            return
+        config = self._client.collections.get(self._name).config.get()
+        problems = []
+        if not config.multi_tenancy_config.enabled:
+            problems.append("multi-tenancy is disabled")
+        if VECTOR not in (config.vector_config or {}):
+            problems.append(f"it has no named vector {VECTOR!r}")
+        existing = {p.name: p for p in config.properties}
+        for prop in PROPERTIES:
+            have = existing.get(prop.name)
+            if have is not None and have.data_type.value != prop.dataType.value:
+                problems.append(f"property {prop.name} is {have.data_type.value}, ragbus needs {prop.dataType.value}")
+        if problems:
+            raise ConfigurationError(f"the Weaviate collection {self._name} is incompatible: {'; '.join(problems)}; "
+                                     "ragbus never alters it: drop it or set RAGBUS_WEAVIATE_COLLECTION")
+        for prop in PROPERTIES:  # additive schema change: add what is missing
+            if prop.name not in existing:
+                self._client.collections.get(self._name).config.add_property(prop)
+
+    def upsert(self, chunks: Sequence[ChunkRecord]) -> list[WriteFailure]:
+        failures: list[WriteFailure] = []
+        by_tenant: dict[str, dict[str, ChunkRecord]] = {}
+        for c in chunks:
+            if c.vector.shape != (self._dim,):
+                failures.append(WriteFailure(c.chunk_id, f"vector has shape {c.vector.shape}, expected ({self._dim},)"))
+            else:
+                by_tenant.setdefault(c.tenant, {})[c.chunk_id] = c  # one object per id: the last wins
+        for tenant, group in by_tenant.items():
+            batch = list(group.values())
+            objects = [DataObject(uuid=c.chunk_id, vector={VECTOR: [float(x) for x in c.vector]}, properties={
+                "document_id": c.document_id, "version": c.version, "idx": c.index, "text": c.text,
+                "title": c.title, "section": " > ".join(c.section_path), "section_path": list(c.section_path),
+                "source": c.source, "meta": _meta_terms(c.metadata), "metadata": json.dumps(dict(c.metadata))})
+                for c in batch]
+            try:
+                result = self._collection.with_tenant(tenant).data.insert_many(objects)
+            except WeaviateInsertManyAllFailedError as exc:  # raised when every object failed
+                failures += [WriteFailure(c.chunk_id, str(exc)[:500]) for c in batch]
+                continue
+            except WeaviateBaseError as exc:
+                raise _transient(exc) from exc
+            failures += [WriteFailure(batch[i].chunk_id, err.message) for i, err in result.errors.items()]
+        return failures
+
+    def delete_versions(self, tenant: str, document_id: str, *, below: int) -> None:
+        where = Filter.by_property("document_id").equal(document_id) & Filter.by_property("version").less_than(below)
+        try:
+            self._collection.with_tenant(tenant).data.delete_many(where=where)
+        except WeaviateBaseError as exc:
+            if "tenant" in str(exc).lower() and "not found" in str(exc).lower():
+                return  # nothing was ever written for this tenant
+            raise _transient(exc) from exc
+
+    def _filters(self, filters: Mapping[str, Any] | None) -> Any:
+        parts = []
+        for key, value in sorted((filters or {}).items()):
+            if key in ("document_id", "source"):
+                parts.append(Filter.by_property(key).equal(str(value)))
+            else:
+                parts.append(Filter.by_property("meta").contains_any(_meta_terms({key: value})))
+        return Filter.all_of(parts) if len(parts) > 1 else (parts[0] if parts else None)
+
+    def hybrid_search(self, tenant: str, text: str, vector: Vector, *, limit: int, alpha: float,
+                      filters: Mapping[str, Any] | None = None) -> list[SearchHit]:
+        try:
+            result = self._collection.with_tenant(tenant).query.hybrid(
+                query=text, vector=[float(x) for x in vector], target_vector=VECTOR, alpha=alpha,
+                fusion_type=HybridFusion.RELATIVE_SCORE, query_properties=SEARCHED, limit=limit,
+                filters=self._filters(filters), return_metadata=MetadataQuery(score=True),
+                return_properties=RETURNED)
+        except WeaviateBaseError as exc:
+            if "tenant" in str(exc).lower() and "not found" in str(exc).lower():
+                return []  # a tenant that never wrote anything has nothing to find
+            raise _transient(exc) from exc
+        return [SearchHit(str(o.uuid), o.properties["document_id"], int(o.properties["version"]),
+                          int(o.properties["idx"]), o.properties["text"], float(o.metadata.score or 0.0),
+                          o.properties.get("title") or "", tuple(o.properties.get("section_path") or ()),
+                          json.loads(o.properties.get("metadata") or "{}"))
+                for o in result.objects]
+
+    def chunk_versions(self, tenant: str, document_id: str) -> list[tuple[str, int]]:
+        try:
+            result = self._collection.with_tenant(tenant).query.fetch_objects(
+                filters=Filter.by_property("document_id").equal(document_id), limit=10_000,
+                return_properties=["version", "idx"])
+        except WeaviateBaseError as exc:
+            if "tenant" in str(exc).lower() and "not found" in str(exc).lower():
+                return []
+            raise _transient(exc) from exc
+        rows = sorted(result.objects, key=lambda o: (int(o.properties["version"]), int(o.properties["idx"])))
+        return [(str(o.uuid), int(o.properties["version"])) for o in rows]
+
+    def count(self, tenant: str | None = None) -> int:
+        tenants = [tenant] if tenant is not None else list(self._collection.tenants.get())
+        total = 0
+        for t in tenants:
+            try:
+                total += int(self._collection.with_tenant(t).aggregate.over_all(total_count=True).total_count or 0)
+            except WeaviateBaseError as exc:
+                if not ("tenant" in str(exc).lower() and "not found" in str(exc).lower()):
+                    raise _transient(exc) from exc
+        return total
+
+    def maintain(self) -> None:
+        """Weaviate maintains its indexes itself."""
+
+    def close(self) -> None:
+        self._client.close()
