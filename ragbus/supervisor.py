@@ -103,7 +103,10 @@ class Stack:
         logdir.mkdir(parents=True, exist_ok=True)
         path = logdir / f"{'-'.join(child.stages)}.log"
         out = path.open("ab")
-        child.proc = subprocess.Popen([sys.executable, "-m", "ragbus.cli", "worker", *child.stages], env=self._env,
+        env = dict(self._env)
+        if self._settings.metrics_port:  # one /metrics + /health port per process: base, base+1, ...
+            env["RAGBUS_METRICS_PORT"] = str(self._settings.metrics_port + self._children.index(child))
+        child.proc = subprocess.Popen([sys.executable, "-m", "ragbus.cli", "worker", *child.stages], env=env,
                                       stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         out.close()
         child.log_path, child.started_at = str(path), time.monotonic()

@@ -72,7 +72,8 @@ def _with_defaults(schema: dict[str, Any]) -> dict[str, Any]:
     schema.setdefault("multiTenancyConfig", {"enabled": False})
     schema["multiTenancyConfig"].setdefault("autoTenantCreation", False)
     schema["multiTenancyConfig"].setdefault("autoTenantActivation", False)
-    schema.setdefault("replicationConfig", {"factor": 1, "asyncEnabled": False, "deletionStrategy": "NoAutomatedResolution"})
+    schema.setdefault("replicationConfig", {"factor": 1, "asyncEnabled": False,
+                                            "deletionStrategy": "NoAutomatedResolution"})
     schema.setdefault("shardingConfig", {"virtualPerPhysical": 128, "desiredCount": 1, "actualCount": 1,
                                          "desiredVirtualCount": 128, "actualVirtualCount": 128, "key": "_id",
                                          "strategy": "hash", "function": "murmur3"})

@@ -53,13 +53,48 @@ def _weaviate(tmp: Path):  # type: ignore[no-untyped-def]
         yield WeaviateVectorIndex(connect(settings), settings.collection, DIM)
 
 
-VECTOR_INDEXES = {"lancedb": _lance, "weaviate-double": _weaviate}
-DOCUMENT_STORES = {"sqlite": _sqlite, "mongomock": _mongomock}
+def _weaviate_container(tmp: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """Real Weaviate (integration tier): a fresh collection per test."""
+    import uuid
+
+    from infra.settings import WeaviateSettings
+    from infra.weaviate_index import WeaviateVectorIndex, connect
+
+    url, grpc_port = request.getfixturevalue("weaviate_container")
+    return WeaviateVectorIndex(connect(WeaviateSettings(url=url, grpc_port=grpc_port)), f"C{uuid.uuid4().hex}", DIM)
 
 
-@pytest.fixture(params=sorted(VECTOR_INDEXES))
+def _mongodb_container(tmp: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """Real MongoDB (integration tier): a fresh database per test."""
+    import uuid
+
+    from pydantic import SecretStr
+
+    from infra.mongo_store import MongoDocumentStore, connect
+    from infra.settings import MongoSettings
+
+    client = connect(MongoSettings(uri=SecretStr(request.getfixturevalue("mongodb_uri"))))
+    return MongoDocumentStore(client, f"t{uuid.uuid4().hex}")
+
+
+VECTOR_INDEXES = {"lancedb": _lance, "weaviate-double": _weaviate, "weaviate-container": _weaviate_container}
+DOCUMENT_STORES = {"sqlite": _sqlite, "mongomock": _mongomock, "mongodb-container": _mongodb_container}
+NEEDS_DOCKER = {"weaviate-container", "mongodb-container"}
+
+
+def _params(adapters: dict[str, object]) -> list[object]:
+    return [pytest.param(name, marks=pytest.mark.integration) if name in NEEDS_DOCKER else name
+            for name in sorted(adapters)]
+
+
+def _make(factories: dict[str, object], name: str, tmp: Path, request: pytest.FixtureRequest) -> object:
+    factory = factories[name]
+    return factory(tmp, request) if name in NEEDS_DOCKER else factory(tmp)  # type: ignore[operator]
+
+
+@pytest.fixture(params=_params(VECTOR_INDEXES))
 def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[object]:
-    made = VECTOR_INDEXES[request.param](tmp_path)
+    made = _make(VECTOR_INDEXES, request.param, tmp_path, request)
     if isinstance(made, contextlib.AbstractContextManager):
         with made as adapter:
             yield adapter
@@ -69,8 +104,8 @@ def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[object]:
     made.close()
 
 
-@pytest.fixture(params=sorted(DOCUMENT_STORES))
+@pytest.fixture(params=_params(DOCUMENT_STORES))
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[object]:
-    adapter = DOCUMENT_STORES[request.param](tmp_path)
+    adapter = _make(DOCUMENT_STORES, request.param, tmp_path, request)
     yield adapter
     adapter.close()
