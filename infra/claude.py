@@ -70,7 +70,7 @@ def estimate_cost(model: str, usage: Any) -> float:
         return 0.0
     tokens = (usage.input_tokens, usage.output_tokens, usage.cache_creation_input_tokens or 0,
               usage.cache_read_input_tokens or 0)
-    return round(sum(t * p for t, p in zip(tokens, prices, strict=True)) / 1_000_000, 8)
+    return round(float(sum(t * p for t, p in zip(tokens, prices, strict=True))) / 1_000_000, 8)
 
 
 def search_result_block(hit: SearchHit) -> dict[str, Any]:

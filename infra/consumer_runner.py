@@ -113,8 +113,8 @@ class ConsumerRunner:
             failures = self._isolate(consumer, stop, added)
         if failures is None:
             return
-        for record, _, exc in failures:
-            self._dead(record, exc)
+        for record, _, error in failures:
+            self._dead(record, error)
         try:
             self._producer.flush()
         except RetryableError as exc:

@@ -19,15 +19,15 @@ from confluent_kafka import TopicPartition
 from schemas.events import DeadLetter, utcnow
 from schemas.topics import STAGES, TOPICS
 
-from .kafka import DLQ_PREFIX, EventProducer, SourceRecord, commit_offsets, make_consumer, topic_name
+from .kafka import DLQ_PREFIX, EventProducer, SourceRecord, commit_offsets, headers_of, make_consumer, topic_name
 from .settings import Settings
 
 REPLAYED_FROM = "ragbus-replayed-from"
 
 
 def _dead_letter(msg: Any) -> DeadLetter:
-    h = {k[len(DLQ_PREFIX):]: (v or b"").decode("utf-8", "replace") for k, v in (msg.headers() or [])
-         if k.startswith(DLQ_PREFIX)}
+    h = {k[len(DLQ_PREFIX):]: (v.encode() if isinstance(v, str) else v or b"").decode("utf-8", "replace")
+         for k, v in headers_of(msg) if k.startswith(DLQ_PREFIX)}
     value = msg.value() or b""
     try:
         occurred = datetime.fromisoformat(h["occurred-at"])
@@ -76,7 +76,7 @@ def replay(settings: Settings, stage: str, limit: int | None = None, idle_s: flo
                 continue
             for m in batch:
                 origin = _dead_letter(m).topic
-                kept = [(k, v) for k, v in (m.headers() or []) if not k.startswith(DLQ_PREFIX) and k != REPLAYED_FROM]
+                kept = [(k, v) for k, v in headers_of(m) if not k.startswith(DLQ_PREFIX) and k != REPLAYED_FROM]
                 where = f"{m.topic()}[{m.partition()}]@{m.offset()}".encode()
                 producer.send_raw(origin, m.key(), m.value(), kept + [(REPLAYED_FROM, where)])
             producer.flush()

@@ -57,8 +57,9 @@ class SentenceTransformerEmbedder:
         self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
         self.name = settings.model
         get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
-        self.dim = int(get_dim() or 0)
-        self.max_tokens = int(self._model.max_seq_length)
+        dim = get_dim()
+        self.dim = int(dim) if dim else 0
+        self.max_tokens = int(self._model.max_seq_length or 0)
         self._batch = settings.batch_size
 
     def embed(self, texts: Sequence[str]) -> np.ndarray[Any, np.dtype[np.float32]]:

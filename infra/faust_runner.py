@@ -27,11 +27,12 @@ from .errors import PoisonMessageError, RetryableError
 from .health import Health
 from .kafka import SourceRecord, bootstrap, dead_letter_headers, topic_name
 from .metrics import Metrics, Outcome
-from .serde import decode, encode, headers_for
+from .serde import Headers, decode, encode, headers_for
 from .settings import Settings
 from .stage import Out, PerEvent, StreamStage
 
 log = logs.get(__name__)
+FaustApp = faust.App
 
 
 def _record(event: Any) -> SourceRecord:
@@ -96,7 +97,7 @@ def build_app(settings: Settings, stage: StreamStage, metrics: Metrics, health: 
             if tp.topic != source.get_topic_name():
                 continue
             high = app.consumer.highwater(tp)
-            committed = app.consumer._committed_offset.get(tp)  # faust keeps no public accessor
+            committed = getattr(app.consumer, "_committed_offset", {}).get(tp)  # faust has no public accessor
             if high is not None and high >= 0:
                 lag[f"{tp.topic}[{tp.partition}]"] = max(0, high - (committed or 0))
         health.set_lag(lag)
@@ -114,7 +115,7 @@ class _BatchProcessor:
         self._stage = stage
         self._metrics = metrics
 
-    def _out(self, out: Out) -> tuple[str, bytes, bytes, list[tuple[str, bytes]]]:
+    def _out(self, out: Out) -> tuple[str, bytes, bytes, Headers]:
         return topic_name(self._settings, out.topic), out.key, encode(out.event), headers_for(out.event)
 
     def _dead(self, record: SourceRecord, exc: Exception, attempts: int = 1) -> tuple[str, Any, Any, Any]:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from pydantic import BaseModel
 
 from schemas.events import utcnow
@@ -177,7 +177,12 @@ class SourceRecord:
     @classmethod
     def of(cls, msg: Message) -> SourceRecord:
         return cls(msg.topic() or "", msg.partition() or 0, msg.offset() or 0, msg.key(), msg.value(),
-                   list(msg.headers() or []))
+                   headers_of(msg))
+
+
+def headers_of(msg: Message) -> Headers:
+    raw = msg.headers() or []
+    return list(raw.items()) if isinstance(raw, dict) else list(raw)
 
 
 def dead_letter_headers(record: SourceRecord, stage: str, exc: BaseException, attempts: int = 1) -> Headers:
@@ -191,7 +196,7 @@ def dead_letter_headers(record: SourceRecord, stage: str, exc: BaseException, at
         "occurred-at": utcnow().isoformat(),
         "attempts": str(attempts),
     }
-    kept = [(k, v) for k, v in record.headers if not k.startswith(DLQ_PREFIX)]
+    kept: Headers = [(k, v) for k, v in record.headers if not k.startswith(DLQ_PREFIX)]
     return kept + [(DLQ_PREFIX + k, v.encode()) for k, v in fields.items()]
 
 

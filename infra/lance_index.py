@@ -134,7 +134,8 @@ class LanceVectorIndex:
             vec_rows = (self._table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
                         .distance_type("cosine").where(where, prefilter=True).limit(candidates).to_list())
         if alpha < 1:
-            kw_rows = (self._table.search(MatchQuery(text, "search_text"), query_type="fts")
+            query = MatchQuery(text, "search_text")  # type: ignore[call-arg]  # the other fields have defaults
+            kw_rows = (self._table.search(query, query_type="fts")
                        .where(where, prefilter=True).limit(candidates).to_list())
         fused = relative_score_fusion(
             [(r["chunk_id"], 1.0 - float(r["_distance"]), r) for r in vec_rows],

@@ -13,7 +13,7 @@ from schemas.topics import TopicSpec
 from .errors import PoisonMessageError
 
 SUPPORTED_SCHEMA_VERSIONS = frozenset({SCHEMA_VERSION})
-Headers = list[tuple[str, bytes]]
+Headers = list[tuple[str, str | bytes | None]]
 
 
 def encode(event: BaseModel) -> bytes:

@@ -12,6 +12,7 @@ import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import cast
 
 from schemas.events import ContentRef, Status, content_hash
 
@@ -125,7 +126,7 @@ class SqliteDocumentStore:
         return [DocumentRecord(r[0], r[1], r[2], Status(r[3]), r[4], r[5], r[6], r[7], r[8]) for r in rows]
 
     def status_counts(self, tenant: str | None = None) -> dict[str, int]:
-        sql, args = "SELECT status, count(*) FROM documents", ()
+        sql, args = "SELECT status, count(*) FROM documents", cast(tuple[object, ...], ())
         if tenant is not None:
             sql, args = sql + " WHERE tenant=?", (tenant,)
         with self._db.lock:
@@ -148,7 +149,7 @@ class SqliteDocumentStore:
                 (tenant, document_id)).fetchall()]
 
     def count_chunks(self, tenant: str | None = None) -> int:
-        sql, args = "SELECT count(*) FROM chunks", ()
+        sql, args = "SELECT count(*) FROM chunks", cast(tuple[object, ...], ())
         if tenant is not None:
             sql, args = sql + " WHERE tenant=?", (tenant,)
         with self._db.lock:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import weaviate
@@ -140,7 +140,7 @@ class WeaviateVectorIndex:
                 "source": c.source, "meta": _meta_terms(c.metadata), "metadata": json.dumps(dict(c.metadata))})
                 for c in batch]
             try:
-                result = self._collection.with_tenant(tenant).data.insert_many(objects)
+                result = self._collection.with_tenant(tenant).data.insert_many(objects)  # type: ignore[arg-type]
             except WeaviateInsertManyAllFailedError as exc:  # raised when every object failed
                 failures += [WriteFailure(c.chunk_id, str(exc)[:500]) for c in batch]
                 continue
@@ -179,11 +179,13 @@ class WeaviateVectorIndex:
             if "tenant" in str(exc).lower() and "not found" in str(exc).lower():
                 return []  # a tenant that never wrote anything has nothing to find
             raise _transient(exc) from exc
-        return [SearchHit(str(o.uuid), o.properties["document_id"], int(o.properties["version"]),
-                          int(o.properties["idx"]), o.properties["text"], float(o.metadata.score or 0.0),
-                          o.properties.get("title") or "", tuple(o.properties.get("section_path") or ()),
-                          json.loads(o.properties.get("metadata") or "{}"))
-                for o in result.objects]
+        hits = []
+        for o in result.objects:
+            p = cast(dict[str, Any], o.properties)
+            hits.append(SearchHit(str(o.uuid), p["document_id"], int(p["version"]), int(p["idx"]), p["text"],
+                                  float(o.metadata.score or 0.0), p.get("title") or "",
+                                  tuple(p.get("section_path") or ()), json.loads(p.get("metadata") or "{}")))
+        return hits
 
     def chunk_versions(self, tenant: str, document_id: str) -> list[tuple[str, int]]:
         try:
@@ -194,8 +196,9 @@ class WeaviateVectorIndex:
             if "tenant" in str(exc).lower() and "not found" in str(exc).lower():
                 return []
             raise _transient(exc) from exc
-        rows = sorted(result.objects, key=lambda o: (int(o.properties["version"]), int(o.properties["idx"])))
-        return [(str(o.uuid), int(o.properties["version"])) for o in rows]
+        rows = [(str(o.uuid), cast(dict[str, Any], o.properties)) for o in result.objects]
+        rows.sort(key=lambda r: (int(r[1]["version"]), int(r[1]["idx"])))
+        return [(u, int(p["version"])) for u, p in rows]
 
     def count(self, tenant: str | None = None) -> int:
         tenants = [tenant] if tenant is not None else list(self._collection.tenants.get())

@@ -24,7 +24,7 @@ CONSUMER_STAGES = ("indexer", "status", "answerer")
 log = logs.get(__name__)
 
 
-def _chunker_stage(settings: Settings, metrics: Metrics, health: Health) -> faust_runner.faust.App:
+def _chunker_stage(settings: Settings, metrics: Metrics, health: Health) -> faust_runner.FaustApp:
     from infra.embedder import load_tokenizer
 
     store = wiring.build_store(settings)
@@ -33,7 +33,7 @@ def _chunker_stage(settings: Settings, metrics: Metrics, health: Health) -> faus
     return faust_runner.build_app(settings, chunker.stage(split, store.get_content), metrics, health)
 
 
-def _embedder_stage(settings: Settings, metrics: Metrics, health: Health) -> faust_runner.faust.App:
+def _embedder_stage(settings: Settings, metrics: Metrics, health: Health) -> faust_runner.FaustApp:
     cached = embedding.CachedEmbedder(wiring.build_embedder(settings), wiring.build_cache(settings), metrics)
     return faust_runner.build_app(
         settings, embedding.stage(cached, settings.embedder.max_batch_events, settings.embedder.batch_window_s),
@@ -74,7 +74,7 @@ def run_workers(settings: Settings, names: list[str]) -> None:
     healths = {n: Health(n, metrics, settings.health_dir(), settings.stall_after_s) for n in names}
     serve(settings.metrics_port, metrics, list(healths.values()))
     if streams:
-        build: Callable[[Settings, Metrics, Health], faust_runner.faust.App] = (
+        build: Callable[[Settings, Metrics, Health], faust_runner.FaustApp] = (
             _chunker_stage if streams[0] == "chunker" else _embedder_stage)
         try:
             faust_runner.run(build(settings, metrics, healths[streams[0]]), settings)

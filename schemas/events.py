@@ -87,7 +87,7 @@ class Envelope(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1  # SCHEMA_VERSION
     occurred_at: datetime = Field(default_factory=utcnow)
     correlation_id: Annotated[str, StringConstraints(max_length=128)] = ""
     tenant: Tenant = "default"

@@ -24,3 +24,10 @@ def test_stage_modules_do_not_import_vendor_sdks() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ""
+
+
+def test_mypy_strict_is_clean() -> None:
+    """mypy --strict (pydantic plugin) over the stage, schema and composition packages and what they import."""
+    mypy = shutil.which("mypy") or str(ROOT / ".venv" / "bin" / "mypy")
+    done = subprocess.run([mypy], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, done.stdout[-4000:]
