@@ -36,12 +36,12 @@ pytestmark = pytest.mark.broker
 DOCS = 60
 
 
-def corpus(tmp: Path) -> tuple[Pipeline, list[ChunksEmbedded], dict[str, int]]:
-    """Embedded events for DOCS documents (3 versions of some), and the chunk count of each latest version."""
+def corpus(tmp: Path, docs: int = DOCS) -> tuple[Pipeline, list[ChunksEmbedded], dict[str, int]]:
+    """Embedded events for `docs` documents (2 versions of some), and the chunk count of each latest version."""
     pipe = Pipeline(tmp / "gen", chunk_tokens=24)
     events: list[Any] = []
     expected: dict[str, int] = {}
-    for i in range(DOCS):
+    for i in range(docs):
         for version in (1, 2) if i % 5 == 0 else (1,):
             text = " ".join(f"Document {i} version {version} sentence {j} about partitions." for j in range(8))
             evs = pipe.embedded(DocumentArrived(document_id=f"doc-{i}", version=version, text=text, title=f"D{i}"))
@@ -62,7 +62,7 @@ def assert_exactly_indexed(store: SqliteDocumentStore, index: LanceVectorIndex, 
         in_store, in_index = store.chunk_versions("default", doc_id), index.chunk_versions("default", doc_id)
         assert sorted(in_store) == sorted(in_index), doc_id
         assert len(in_store) == n and len({c for c, _ in in_store}) == n, doc_id  # no duplicates
-        assert {v for _, v in in_store} == {2 if doc_id in {f"doc-{i}" for i in range(0, DOCS, 5)} else 1}
+        assert {v for _, v in in_store} == {2 if int(doc_id.split("-")[1]) % 5 == 0 else 1}
         got = store.get_document("default", doc_id)
         assert got is not None and got.status is Status.INDEXED, doc_id
 
@@ -192,7 +192,7 @@ def test_worker_stopped_mid_stream_resumes_without_loss_or_duplicates(broker: st
     ensure_topics(settings)
     gen = tmp_path / "gen"
     gen.mkdir()
-    pipe, events, expected = corpus(gen)
+    pipe, events, expected = corpus(gen, docs=200)  # enough that the worker is stopped mid-stream
     # the worker uses the real embedder's dimension for its index: re-encode the test vectors to it
     from infra.embedder import embedding_dim
 
@@ -202,7 +202,7 @@ def test_worker_stopped_mid_stream_resumes_without_loss_or_duplicates(broker: st
     publish(settings, events)
     store = SqliteDocumentStore(settings.data_dir / "ragbus.sqlite")
     proc = worker(settings, "indexer")
-    wait_until(lambda: store.count_chunks() > 10, 60, "the worker to start indexing")
+    wait_until(lambda: store.count_chunks() > 0, 60, "the worker to start indexing")
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=30)
     if sig == signal.SIGTERM:
