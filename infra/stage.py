@@ -15,6 +15,8 @@ from pydantic import BaseModel
 
 from schemas.topics import TopicSpec
 
+from .errors import RetryableError
+
 
 @dataclass(frozen=True)
 class Out:
@@ -48,11 +50,9 @@ def per_event(fn: Callable[[Any], list[Out]]) -> BatchHandler:
         for event in events:
             try:
                 results.append(fn(event))
-            except Exception as exc:
-                from .errors import RetryableError
-
-                if isinstance(exc, RetryableError):
-                    raise
+            except RetryableError:
+                raise  # the whole batch backs off and is retried
+            except Exception as exc:  # reported as this event's failure: it is dead-lettered, the rest go on
                 results.append(exc)
         return results
 

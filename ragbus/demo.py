@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from infra.kafka import EventProducer
+from infra.settings import Settings
 from infra.tail import Tail
 from infra.wiring import build_store
 from schemas.events import QueryRequested
@@ -26,10 +27,7 @@ def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def run_demo(settings_in: object, question: str, timeout_s: float) -> int:
-    from infra.settings import Settings
-
-    assert isinstance(settings_in, Settings)
+def run_demo(settings_in: Settings, question: str, timeout_s: float) -> int:
     started = time.monotonic()
     with Stack(settings_in) as stack:
         settings = stack.child_settings()
