@@ -127,7 +127,7 @@ class IndexerSink:
             return
         applied = self._store.apply_status(DocumentRecord(
             ev.tenant, ev.document_id, ev.version, Status.INDEXED, ev.total_chunks, "", ev.content_hash, ev.title,
-            ev.source))
+            ev.source, dict(ev.metadata)))
         doc = self._store.get_document(ev.tenant, ev.document_id)
         # A newer version or a delete may have landed meanwhile: clean up to whatever the row now says.
         bound = cleanup_bound(doc) if doc is not None else ev.version

@@ -25,7 +25,7 @@ from schemas.events import ContentRef, Status, content_hash
 from .errors import ConfigurationError, RetryableError
 from .ports import ChunkRecord, DocumentRecord
 from .settings import MongoSettings
-from .sqlite_store import accept_status
+from .sqlite_store import accept_status, merge_record
 
 MAJORITY = WriteConcern(w="majority", j=True)
 #: Claim-checked content above this is refused: MongoDB documents are limited to 16 MiB.
@@ -49,7 +49,7 @@ def connect(settings: MongoSettings) -> MongoClient[Any]:
 def _doc(row: Mapping[str, Any]) -> DocumentRecord:
     return DocumentRecord(row["tenant"], row["document_id"], int(row["version"]), Status(row["status"]),
                           int(row.get("chunks", 0)), row.get("error", ""), row.get("content_hash", ""),
-                          row.get("title", ""), row.get("source", ""))
+                          row.get("title", ""), row.get("source", ""), row.get("metadata") or {})
 
 
 def _retryable(fn: Any) -> Any:
@@ -96,11 +96,10 @@ class MongoDocumentStore:
             if not accept_status(current, record):
                 return False
             keep = current if current is not None and current.version == record.version else None
-            fields = {"version": record.version, "status": record.status.value, "status_rank": record.status.rank,
-                      "chunks": record.chunks or (keep.chunks if keep else 0), "error": record.error,
-                      "content_hash": record.content_hash or (keep.content_hash if keep else ""),
-                      "title": record.title or (keep.title if keep else ""),
-                      "source": record.source or (keep.source if keep else "")}
+            m = merge_record(keep, record)
+            fields = {"version": m.version, "status": m.status.value, "status_rank": m.status.rank,
+                      "chunks": m.chunks, "error": m.error, "content_hash": m.content_hash, "title": m.title,
+                      "source": m.source, "metadata": dict(m.metadata)}
             if row is None:
                 try:
                     self._docs.insert_one(key | fields)

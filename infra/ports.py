@@ -71,6 +71,8 @@ class DocumentRecord:
     content_hash: str = ""
     title: str = ""
     source: str = ""
+    #: The upstream event's user metadata (kept with the version that is indexed).
+    metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
 class VectorIndex(Protocol):

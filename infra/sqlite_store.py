@@ -7,12 +7,13 @@ transaction, so a killed process leaves nothing half-written.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from schemas.events import ContentRef, Status, content_hash
 
@@ -24,7 +25,7 @@ CREATE TABLE IF NOT EXISTS documents (
   tenant TEXT NOT NULL, document_id TEXT NOT NULL, version INTEGER NOT NULL, status TEXT NOT NULL,
   status_rank INTEGER NOT NULL, chunks INTEGER NOT NULL DEFAULT 0, error TEXT NOT NULL DEFAULT '',
   content_hash TEXT NOT NULL DEFAULT '', title TEXT NOT NULL DEFAULT '', source TEXT NOT NULL DEFAULT '',
-  updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+  metadata TEXT NOT NULL DEFAULT '{}', updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
   PRIMARY KEY (tenant, document_id));
 CREATE INDEX IF NOT EXISTS documents_status ON documents (tenant, status);
 CREATE TABLE IF NOT EXISTS chunks (
@@ -40,6 +41,17 @@ CREATE TABLE IF NOT EXISTS embeddings (key TEXT PRIMARY KEY, vector BLOB NOT NUL
 """
 
 
+def merge_record(same_version: DocumentRecord | None, new: DocumentRecord) -> DocumentRecord:
+    """What to store: the new record, keeping descriptive fields a later status of the same version
+    does not carry (a `deleted` status knows no title)."""
+    if same_version is None:
+        return new
+    return dataclasses.replace(
+        new, chunks=new.chunks or same_version.chunks, content_hash=new.content_hash or same_version.content_hash,
+        title=new.title or same_version.title, source=new.source or same_version.source,
+        metadata=new.metadata or same_version.metadata)
+
+
 def accept_status(current: DocumentRecord | None, new: DocumentRecord) -> bool:
     """The version rules of ports.py, shared by every DocumentStore adapter."""
     if current is None:
@@ -47,6 +59,14 @@ def accept_status(current: DocumentRecord | None, new: DocumentRecord) -> bool:
     if new.version != current.version:
         return new.version > current.version
     return new.status.rank > current.status.rank
+
+
+_DOC_COLUMNS = "tenant, document_id, version, status, chunks, error, content_hash, title, source, metadata"
+
+
+def _document(row: Sequence[Any]) -> DocumentRecord:
+    return DocumentRecord(row[0], row[1], row[2], Status(row[3]), row[4], row[5], row[6], row[7], row[8],
+                          json.loads(row[9]))
 
 
 class _Db:
@@ -74,12 +94,7 @@ class SqliteDocumentStore:
     # -- documents -------------------------------------------------------------------------
     def get_document(self, tenant: str, document_id: str) -> DocumentRecord | None:
         with self._db.lock:
-            row = self._db.tx().execute(
-                "SELECT version, status, chunks, error, content_hash, title, source FROM documents "
-                "WHERE tenant=? AND document_id=?", (tenant, document_id)).fetchone()
-        if row is None:
-            return None
-        return DocumentRecord(tenant, document_id, row[0], Status(row[1]), row[2], row[3], row[4], row[5], row[6])
+            return self._get_locked(self._db.tx(), tenant, document_id)
 
     def apply_status(self, record: DocumentRecord) -> bool:
         with self._db.lock:
@@ -91,17 +106,18 @@ class SqliteDocumentStore:
                     conn.execute("COMMIT")
                     return False
                 keep = current if current is not None and current.version == record.version else None
+                merged = merge_record(keep, record)
                 conn.execute(
                     "INSERT INTO documents (tenant, document_id, version, status, status_rank, chunks, error,"
-                    " content_hash, title, source) VALUES (?,?,?,?,?,?,?,?,?,?) "
+                    " content_hash, title, source, metadata) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
                     "ON CONFLICT (tenant, document_id) DO UPDATE SET version=excluded.version,"
                     " status=excluded.status, status_rank=excluded.status_rank, chunks=excluded.chunks,"
                     " error=excluded.error, content_hash=excluded.content_hash, title=excluded.title,"
-                    " source=excluded.source, updated_at=strftime('%Y-%m-%dT%H:%M:%fZ','now')",
-                    (record.tenant, record.document_id, record.version, record.status.value, record.status.rank,
-                     record.chunks or (keep.chunks if keep else 0), record.error,
-                     record.content_hash or (keep.content_hash if keep else ""),
-                     record.title or (keep.title if keep else ""), record.source or (keep.source if keep else "")))
+                    " source=excluded.source, metadata=excluded.metadata,"
+                    " updated_at=strftime('%Y-%m-%dT%H:%M:%fZ','now')",
+                    (merged.tenant, merged.document_id, merged.version, merged.status.value, merged.status.rank,
+                     merged.chunks, merged.error, merged.content_hash, merged.title, merged.source,
+                     json.dumps(dict(merged.metadata))))
                 conn.execute("COMMIT")
                 return True
             except sqlite3.OperationalError as exc:
@@ -110,20 +126,18 @@ class SqliteDocumentStore:
                 raise RetryableError(f"sqlite: {exc}") from exc
 
     def _get_locked(self, conn: sqlite3.Connection, tenant: str, document_id: str) -> DocumentRecord | None:
-        row = conn.execute("SELECT version, status, chunks, error, content_hash, title, source FROM documents "
-                           "WHERE tenant=? AND document_id=?", (tenant, document_id)).fetchone()
-        if row is None:
-            return None
-        return DocumentRecord(tenant, document_id, row[0], Status(row[1]), row[2], row[3], row[4], row[5], row[6])
+        row = conn.execute(f"SELECT {_DOC_COLUMNS} FROM documents WHERE tenant=? AND document_id=?",
+                           (tenant, document_id)).fetchone()
+        return None if row is None else _document(row)
 
     def list_documents(self, tenant: str | None = None, limit: int = 10_000) -> list[DocumentRecord]:
-        sql = "SELECT tenant, document_id, version, status, chunks, error, content_hash, title, source FROM documents"
+        sql = f"SELECT {_DOC_COLUMNS} FROM documents"
         args: tuple[object, ...] = ()
         if tenant is not None:
             sql, args = sql + " WHERE tenant=?", (tenant,)
         with self._db.lock:
             rows = self._db.tx().execute(sql + " ORDER BY tenant, document_id LIMIT ?", (*args, limit)).fetchall()
-        return [DocumentRecord(r[0], r[1], r[2], Status(r[3]), r[4], r[5], r[6], r[7], r[8]) for r in rows]
+        return [_document(r) for r in rows]
 
     def status_counts(self, tenant: str | None = None) -> dict[str, int]:
         sql, args = "SELECT status, count(*) FROM documents", cast(tuple[object, ...], ())

@@ -15,11 +15,15 @@ def doc(version: int, status: Status, document_id: str = "d", tenant: str = "t",
 
 def test_status_moves_forward_only(store: DocumentStore) -> None:
     assert store.apply_status(doc(1, Status.CHUNKED))
-    assert store.apply_status(doc(1, Status.INDEXED, chunks=3, content_hash="h", title="T"))
+    assert store.apply_status(doc(1, Status.INDEXED, chunks=3, content_hash="h", title="T", metadata={"lang": "en"}))
     assert not store.apply_status(doc(1, Status.CHUNKED))  # stale event
     assert not store.apply_status(doc(1, Status.INDEXED, chunks=3))  # redelivery changes nothing
     got = store.get_document("t", "d")
     assert got is not None and (got.status, got.chunks, got.content_hash, got.title) == (Status.INDEXED, 3, "h", "T")
+    assert got.metadata == {"lang": "en"}
+    assert store.apply_status(doc(1, Status.DELETED))  # a later status of the same version keeps the description
+    got = store.get_document("t", "d")
+    assert got is not None and got.title == "T" and got.metadata == {"lang": "en"}
 
 
 def test_newer_version_wins_and_older_is_ignored(store: DocumentStore) -> None:
