@@ -203,6 +203,7 @@ class ConsumerRunner:
                 consumer.resume(assignment)
 
     def _dead(self, record: SourceRecord, exc: Exception) -> None:
-        log.warning("dead-lettered", stage=self._stage, where=record.where(), error=str(exc)[:300])
+        log.warning("dead-lettered", stage=self._stage, where=record.where(), correlation_id=record.correlation_id(),
+                    error=str(exc)[:300])
         self._metrics.events.labels(self._stage, Outcome.DEAD_LETTERED).inc()
         send_dead_letter(self._producer, self._settings, self._stage, record, exc)

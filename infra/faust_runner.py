@@ -119,7 +119,8 @@ class _BatchProcessor:
         return topic_name(self._settings, out.topic), out.key, encode(out.event), headers_for(out.event)
 
     def _dead(self, record: SourceRecord, exc: Exception, attempts: int = 1) -> tuple[str, Any, Any, Any]:
-        log.warning("dead-lettered", stage=self._stage.name, where=record.where(), error=str(exc)[:300])
+        log.warning("dead-lettered", stage=self._stage.name, where=record.where(),
+                    correlation_id=record.correlation_id(), error=str(exc)[:300])
         self._metrics.events.labels(self._stage.name, Outcome.DEAD_LETTERED).inc()
         dlq = topic_name(self._settings, TOPICS.dead_letter(self._stage.name))
         return dlq, record.key, record.value, dead_letter_headers(record, self._stage.name, exc, attempts)

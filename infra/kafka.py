@@ -174,6 +174,12 @@ class SourceRecord:
     def where(self) -> str:
         return f"{self.topic}[{self.partition}]@{self.offset}"
 
+    def correlation_id(self) -> str:
+        for key, value in self.headers:
+            if key == "ragbus-correlation-id":
+                return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
+        return ""
+
     @classmethod
     def of(cls, msg: Message) -> SourceRecord:
         return cls(msg.topic() or "", msg.partition() or 0, msg.offset() or 0, msg.key(), msg.value(),
