@@ -70,6 +70,7 @@ def main() -> None:
                                d["title"], tuple(c.section_path)) for (d, c), v in zip(pieces, vectors, strict=True)]
         for i in range(0, len(records), 2000):
             index.upsert(records[i:i + 2000])
+        index.maintain()  # what the indexer does every 30 s: fold the new rows into the full-text index
         qvecs = embedder.embed([q["text"] for q in queries])
         results = {}
         for alpha in (float(a) for a in args.alphas.split(",")):
