@@ -7,7 +7,6 @@ import json
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,15 +100,6 @@ def _jsonl(file: Path, settings: Settings, store: DocumentStore | None, tenant: 
                          title=str(row.get("title", "")), source=f"{file.as_posix()}:{n}",
                          content_type=ContentType(row.get("content_type", "text/plain")), data=text,
                          metadata=row.get("metadata") or {})
-
-
-@dataclass
-class IngestReport:
-    published: list[DocumentArrived]
-    final: dict[str, DocumentStatus]
-
-    def failed(self) -> list[DocumentStatus]:
-        return [s for s in self.final.values() if s.status.value == "failed"]
 
 
 def publish(settings: Settings, producer: EventProducer, events: Iterable[DocumentArrived]) -> list[DocumentArrived]:

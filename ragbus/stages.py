@@ -33,8 +33,18 @@ def _chunker_stage(settings: Settings, metrics: Metrics, health: Health) -> faus
     return faust_runner.build_app(settings, chunker.stage(split, store.get_content), metrics, health)
 
 
+#: Tokens left for the contextual header (title > section path) in front of each chunk.
+HEADER_TOKENS = 32
+
+
 def _embedder_stage(settings: Settings, metrics: Metrics, health: Health) -> faust_runner.FaustApp:
-    cached = embedding.CachedEmbedder(wiring.build_embedder(settings), wiring.build_cache(settings), metrics)
+    model = wiring.build_embedder(settings)
+    limit = getattr(model, "max_tokens", 0)
+    if limit and settings.chunker.size_tokens + HEADER_TOKENS > limit:
+        raise ConfigurationError(
+            f"RAGBUS_CHUNK_SIZE_TOKENS={settings.chunker.size_tokens} plus a {HEADER_TOKENS}-token header exceeds "
+            f"{settings.embedder.model}'s {limit}-token input: chunks would be truncated; lower the chunk size")
+    cached = embedding.CachedEmbedder(model, wiring.build_cache(settings), metrics)
     return faust_runner.build_app(
         settings, embedding.stage(cached, settings.embedder.max_batch_events, settings.embedder.batch_window_s),
         metrics, health)
