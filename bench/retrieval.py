@@ -44,6 +44,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--alphas", default="0,0.25,0.5,0.75,0.9,1")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--no-optimize", action="store_true",
+                    help="search before the index is optimised (every new row outside the full-text index)")
     args = ap.parse_args()
     settings = Settings()
     corpus = [json.loads(line) for line in (args.data / "corpus.jsonl").open()]
@@ -70,7 +72,8 @@ def main() -> None:
                                d["title"], tuple(c.section_path)) for (d, c), v in zip(pieces, vectors, strict=True)]
         for i in range(0, len(records), 2000):
             index.upsert(records[i:i + 2000])
-        index.maintain()  # what the indexer does every 30 s: fold the new rows into the full-text index
+        if not args.no_optimize:
+            index.maintain()  # what the indexer does every 30 s: fold the new rows into the full-text index
         qvecs = embedder.embed([q["text"] for q in queries])
         results = {}
         for alpha in (float(a) for a in args.alphas.split(",")):

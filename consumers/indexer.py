@@ -106,10 +106,11 @@ class IndexerSink:
                 break
             refused = {f.chunk_id for f in failures}
             todo = [c for c in todo if c.chunk_id in refused]
-        failed = {owner[f.chunk_id]: PoisonMessageError(f"vector index refused chunk {f.chunk_id}: {f.message}")
-                  for f in failures}
+        failed: dict[SourceRecord, Exception] = {
+            owner[f.chunk_id]: PoisonMessageError(f"vector index refused chunk {f.chunk_id}: {f.message}")
+            for f in failures}
         self._store.upsert_chunks([c for c in todo_all if owner[c.chunk_id] not in failed])
-        return failed  # type: ignore[return-value]
+        return failed
 
     def _delete(self, ev: DocumentDeleted) -> None:
         version = ev.effective_version

@@ -53,6 +53,7 @@ class ConsumerRunner:
     def __init__(self, settings: Settings, stage: str, source: TopicSpec, sink: Sink, metrics: Metrics,
                  producer: EventProducer, health: Health | None = None) -> None:
         self._health = health
+        self._revoked = False  # set by the rebalance callback; read between polls and during backoff
         self._committed: dict[tuple[str, int], int] = {}
         self._lag_at = 0.0
         self._settings = settings
@@ -65,7 +66,6 @@ class ConsumerRunner:
 
     def run(self, stop: threading.Event) -> None:
         consumer = make_consumer(self._settings, f"{self._settings.kafka.topic_prefix}{self._stage}")
-        self._revoked = False
 
         def on_revoke(_: Any, partitions: list[Any]) -> None:
             self._revoked = True

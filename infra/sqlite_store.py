@@ -7,11 +7,12 @@ transaction, so a killed process leaves nothing half-written.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -83,6 +84,25 @@ class _Db:
     def tx(self) -> sqlite3.Connection:
         return self._conn
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction (BEGIN IMMEDIATE: writers queue on the lock instead of failing later);
+        a locked or busy database is transient for the runner."""
+        with self.lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                yield conn
+                conn.execute("COMMIT")
+            except sqlite3.OperationalError as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise RetryableError(f"sqlite: {exc}") from exc
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
     def close(self) -> None:
         self._conn.close()
 
@@ -97,33 +117,24 @@ class SqliteDocumentStore:
             return self._get_locked(self._db.tx(), tenant, document_id)
 
     def apply_status(self, record: DocumentRecord) -> bool:
-        with self._db.lock:
-            conn = self._db.tx()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                current = self._get_locked(conn, record.tenant, record.document_id)
-                if not accept_status(current, record):
-                    conn.execute("COMMIT")
-                    return False
-                keep = current if current is not None and current.version == record.version else None
-                merged = merge_record(keep, record)
-                conn.execute(
-                    "INSERT INTO documents (tenant, document_id, version, status, status_rank, chunks, error,"
-                    " content_hash, title, source, metadata) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
-                    "ON CONFLICT (tenant, document_id) DO UPDATE SET version=excluded.version,"
-                    " status=excluded.status, status_rank=excluded.status_rank, chunks=excluded.chunks,"
-                    " error=excluded.error, content_hash=excluded.content_hash, title=excluded.title,"
-                    " source=excluded.source, metadata=excluded.metadata,"
-                    " updated_at=strftime('%Y-%m-%dT%H:%M:%fZ','now')",
-                    (merged.tenant, merged.document_id, merged.version, merged.status.value, merged.status.rank,
-                     merged.chunks, merged.error, merged.content_hash, merged.title, merged.source,
-                     json.dumps(dict(merged.metadata))))
-                conn.execute("COMMIT")
-                return True
-            except sqlite3.OperationalError as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise RetryableError(f"sqlite: {exc}") from exc
+        with self._db.transaction() as conn:
+            current = self._get_locked(conn, record.tenant, record.document_id)
+            if not accept_status(current, record):
+                return False
+            keep = current if current is not None and current.version == record.version else None
+            merged = merge_record(keep, record)
+            conn.execute(
+                "INSERT INTO documents (tenant, document_id, version, status, status_rank, chunks, error,"
+                " content_hash, title, source, metadata) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+                "ON CONFLICT (tenant, document_id) DO UPDATE SET version=excluded.version,"
+                " status=excluded.status, status_rank=excluded.status_rank, chunks=excluded.chunks,"
+                " error=excluded.error, content_hash=excluded.content_hash, title=excluded.title,"
+                " source=excluded.source, metadata=excluded.metadata,"
+                " updated_at=strftime('%Y-%m-%dT%H:%M:%fZ','now')",
+                (merged.tenant, merged.document_id, merged.version, merged.status.value, merged.status.rank,
+                 merged.chunks, merged.error, merged.content_hash, merged.title, merged.source,
+                 json.dumps(dict(merged.metadata))))
+            return True
 
     def _get_locked(self, conn: sqlite3.Connection, tenant: str, document_id: str) -> DocumentRecord | None:
         row = conn.execute(f"SELECT {_DOC_COLUMNS} FROM documents WHERE tenant=? AND document_id=?",
@@ -194,18 +205,9 @@ class SqliteDocumentStore:
                     [(tenant, query_id, answer_json)])
 
     def _write(self, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
-        if not rows:
-            return
-        with self._db.lock:
-            conn = self._db.tx()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
+        if rows:
+            with self._db.transaction() as conn:
                 conn.executemany(sql, rows)
-                conn.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise RetryableError(f"sqlite: {exc}") from exc
 
     def close(self) -> None:
         self._db.close()
@@ -227,18 +229,9 @@ class SqliteEmbeddingCache:
         return out
 
     def put_many(self, items: Mapping[str, bytes]) -> None:
-        if not items:
-            return
-        with self._db.lock:
-            conn = self._db.tx()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
+        if items:
+            with self._db.transaction() as conn:
                 conn.executemany("INSERT OR IGNORE INTO embeddings VALUES (?,?)", list(items.items()))
-                conn.execute("COMMIT")
-            except sqlite3.OperationalError as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise RetryableError(f"sqlite: {exc}") from exc
 
     def close(self) -> None:
         self._db.close()

@@ -82,6 +82,12 @@ def _meta_terms(metadata: Mapping[str, Any]) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in sorted(metadata.items())]
 
 
+def _tenant_missing(exc: Exception) -> bool:
+    """A tenant that never wrote anything does not exist yet (auto-creation happens on first write)."""
+    text = str(exc).lower()
+    return "tenant" in text and "not found" in text
+
+
 def _transient(exc: Exception) -> RetryableError:
     return RetryableError(f"weaviate: {type(exc).__name__}: {str(exc)[:300]}")
 
@@ -154,7 +160,7 @@ class WeaviateVectorIndex:
         try:
             self._collection.with_tenant(tenant).data.delete_many(where=where)
         except WeaviateBaseError as exc:
-            if "tenant" in str(exc).lower() and "not found" in str(exc).lower():
+            if _tenant_missing(exc):
                 return  # nothing was ever written for this tenant
             raise _transient(exc) from exc
 
@@ -176,7 +182,7 @@ class WeaviateVectorIndex:
                 filters=self._filters(filters), return_metadata=MetadataQuery(score=True),
                 return_properties=RETURNED)
         except WeaviateBaseError as exc:
-            if "tenant" in str(exc).lower() and "not found" in str(exc).lower():
+            if _tenant_missing(exc):
                 return []  # a tenant that never wrote anything has nothing to find
             raise _transient(exc) from exc
         hits = []
@@ -193,7 +199,7 @@ class WeaviateVectorIndex:
                 filters=Filter.by_property("document_id").equal(document_id), limit=10_000,
                 return_properties=["version", "idx"])
         except WeaviateBaseError as exc:
-            if "tenant" in str(exc).lower() and "not found" in str(exc).lower():
+            if _tenant_missing(exc):
                 return []
             raise _transient(exc) from exc
         rows = [(str(o.uuid), cast(dict[str, Any], o.properties)) for o in result.objects]
@@ -207,7 +213,7 @@ class WeaviateVectorIndex:
             try:
                 total += int(self._collection.with_tenant(t).aggregate.over_all(total_count=True).total_count or 0)
             except WeaviateBaseError as exc:
-                if not ("tenant" in str(exc).lower() and "not found" in str(exc).lower()):
+                if not _tenant_missing(exc):
                     raise _transient(exc) from exc
         return total
 
