@@ -32,6 +32,17 @@ class KafkaSettings(BaseSettings):
     message_max_bytes: int = Field(2 * 1024 * 1024, ge=1024 * 1024)
 
 
+class DecodeSettings(BaseSettings):
+    """Bounds checked on every message's bytes *before* parsing, so no input can exhaust the parser."""
+
+    model_config = _cfg("RAGBUS_DECODE_")
+
+    #: Largest message value accepted (bytes), as the topics' max.message.bytes; larger ones are dead-lettered unread.
+    max_bytes: int = Field(2 * 1024 * 1024, ge=1024)
+    #: Deepest JSON nesting accepted; ragbus's own events nest 4 levels deep.
+    max_depth: int = Field(32, ge=4, le=512)
+
+
 class EmbedderSettings(BaseSettings):
     model_config = _cfg("RAGBUS_EMBEDDER_")
 
@@ -120,6 +131,7 @@ class Settings(BaseSettings):
     stall_after_s: float = Field(60.0, gt=0)
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    decode: DecodeSettings = Field(default_factory=DecodeSettings)
     embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
     chunker: ChunkerSettings = Field(default_factory=ChunkerSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)

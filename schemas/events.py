@@ -175,7 +175,7 @@ class _DocumentPart(Envelope):
 
     document_id: DocumentId
     version: Annotated[int, Field(ge=0)]
-    content_hash: str
+    content_hash: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
     title: ShortText = ""
     source: Annotated[str, StringConstraints(max_length=2048)] = ""
     metadata: Metadata = Field(default_factory=dict)
@@ -198,7 +198,8 @@ class ChunksProduced(_DocumentPart):
 class EmbeddedChunk(Chunk):
     """A chunk with its vector, base64 of little-endian float32 (a third of the size of JSON floats)."""
 
-    vector_b64: str
+    #: At most 8192 float32 values (the `dim` bound) in base64.
+    vector_b64: Annotated[str, StringConstraints(max_length=43_692)]
 
     def vector(self) -> np.ndarray[Any, np.dtype[np.float32]]:
         return np.frombuffer(base64.b64decode(self.vector_b64), dtype="<f4")

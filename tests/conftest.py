@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import Phase, settings
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -43,3 +44,8 @@ def settings_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: 
         return Settings()
 
     return make
+
+
+# `pytest --hypothesis-profile=no-shrink`: report the first failing example at once (the broker-backed
+# property tests wait up to 90 s per example, which shrinking multiplies).
+settings.register_profile("no-shrink", phases=[Phase.explicit, Phase.reuse, Phase.generate])

@@ -1,15 +1,20 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from infra.errors import PoisonMessageError
 from infra.serde import decode, encode
 from schemas import generate
 from schemas.events import INLINE_TEXT_MAX_BYTES, ContentRef, DocumentArrived, QueryRequested
-from schemas.topics import TOPICS
+from schemas.topics import TOPICS, TopicSpec
+from tests import hostile
+from tests.hostile import GOOD
 
 
 def test_document_needs_exactly_one_content() -> None:
@@ -63,6 +68,36 @@ def test_effective_version_defaults_to_event_time() -> None:
 def test_decode_errors_carry_a_reason(raw: bytes | None, reason: str) -> None:
     with pytest.raises(PoisonMessageError, match=reason):
         decode(TOPICS.documents, raw)
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    (b"[" * 10_000, "nests 10000 levels deep, over the limit of 32 (RAGBUS_DECODE_MAX_DEPTH)"),
+    (b'{"a":' * 40 + b"1" + b"}" * 40, "nests 40 levels deep"),
+    (b'{"a": ' + b"9" * 5000 + b"}", "invalid JSON: ValueError"),
+    (b'{"padding": "' + b"y" * (3 * 1024 * 1024) + b'"}', "over the limit of 2097152 (RAGBUS_DECODE_MAX_BYTES)"),
+])
+def test_decode_bounds_size_and_depth_before_parsing(raw: bytes, reason: str) -> None:
+    with pytest.raises(PoisonMessageError, match=re.escape(reason)):
+        decode(TOPICS.documents, raw)
+
+
+def test_brackets_inside_strings_do_not_count_as_depth() -> None:
+    text = "[" * 100 + ' "quoted \" [[[ " ' + "{" * 100
+    ev = decode(TOPICS.documents, encode(DocumentArrived(document_id="a", text=text)))
+    assert ev.text == text
+
+
+@pytest.mark.parametrize("spec", [TOPICS.documents, TOPICS.chunks, TOPICS.embedded, TOPICS.queries],
+                         ids=lambda s: s.name)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_decode_is_total(spec: TopicSpec, data: st.DataObject) -> None:
+    """Whatever the bytes, decoding returns an event or raises PoisonMessageError with a reason, nothing else."""
+    raw = data.draw(st.one_of(st.binary(max_size=3000), hostile.values(spec, GOOD[spec.name])))
+    try:
+        decode(spec, raw)
+    except PoisonMessageError as exc:
+        assert str(exc).strip()
 
 
 def test_query_bounds() -> None:
