@@ -10,6 +10,11 @@ fetches nothing), so memory stays bounded at one batch however far behind it fal
 revokes partitions during the backoff, or the stage is asked to stop, the batch is abandoned
 uncommitted: the partitions' next owner processes it again, and the writes are idempotent.
 Between batches nothing is buffered, so a revocation there needs no work at all.
+
+Nothing is committed unfinished: an exception of any type out of decoding, `add` or `flush` is pinned
+on the event that raises it (the batch is retried event by event) and that event is dead-lettered with
+the exception as its reason. Anything that still escapes a batch (a bug in this loop, a fatal client
+error) ends the loop before the commit, so the batch is redelivered to whoever consumes next.
 """
 
 from __future__ import annotations
@@ -100,10 +105,13 @@ class ConsumerRunner:
             record = SourceRecord.of(msg)
             records.append(record)
             try:
-                event = decode(self._source, record.value)
+                event = decode(self._source, record.value, self._settings.decode)
                 self._sink.add(event, record)
                 added.append((record, event))
             except PoisonMessageError as exc:
+                self._dead(record, exc)
+            except Exception as exc:  # a bug in the sink on this event: pinned on it, the rest go on
+                self._crashed(record, exc)
                 self._dead(record, exc)
         try:
             failures = self._flush_with_backoff(consumer, stop)
@@ -161,6 +169,7 @@ class ConsumerRunner:
                 done = self._flush_with_backoff(consumer, stop)
             except Exception as exc:
                 self._sink.discard()
+                self._crashed(record, exc)
                 done = [(record, event, exc)]
             if done is None:
                 return None
@@ -201,6 +210,14 @@ class ConsumerRunner:
         finally:
             if not self._revoked:
                 consumer.resume(assignment)
+
+    def _crashed(self, record: SourceRecord, exc: BaseException) -> None:
+        log.error("stage raised an unexpected error on an event; dead-lettering it", stage=self._stage,
+                  where=record.where(), correlation_id=record.correlation_id(),
+                  error=f"{type(exc).__name__}: {exc}"[:300])
+        self._metrics.crashes.labels(self._stage).inc()
+        if self._health is not None:
+            self._health.crashed(record.where(), record.correlation_id(), exc)
 
     def _dead(self, record: SourceRecord, exc: Exception) -> None:
         log.warning("dead-lettered", stage=self._stage, where=record.where(), correlation_id=record.correlation_id(),

@@ -2,8 +2,18 @@
 
 Delivery: faust acknowledges an event after the agent has moved past it and, before committing an
 offset, flushes its producer (faust.transport.consumer._commit_offsets), so an offset is never
-committed before the outputs of its event reached the broker. Outputs are deterministic, so the
-redelivery after a crash republishes identical events, which downstream sinks write idempotently.
+committed before the outputs of its event reached the broker. Downstream sinks write idempotently,
+so the redelivery after a crash is harmless.
+
+No event is acknowledged before it is finished. `Stream.take_events` acknowledges a batch in a
+`finally` when the agent asks for the next one, *and* when the agent's loop is left by an exception
+(the generator is closed), after which faust commits (`Consumer.on_task_error`, `on_stop`). So the
+agent body never lets an exception out while it holds a batch: the batch processor is total (every
+exception of the stage becomes a retry, or a dead letter for the one event that raised it), and if
+anything still escapes (a bug in this runner, the producer refusing a send) the process exits at
+once without acknowledging, exactly like a SIGKILL: the group resumes from the committed offset. A
+stop request in the middle of a batch lets the batch finish within a grace period, else exits the
+same way.
 
 Values are read as raw bytes and decoded here, so an undecodable message still reaches the
 dead-letter topic byte for byte. The stage function runs in a one-thread executor: the model never
@@ -13,19 +23,19 @@ blocks the event loop (heartbeats, fetching the next batch) and the order of eve
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import faust
 
-from schemas.topics import TOPICS
-
 from . import logs
 from .errors import PoisonMessageError, RetryableError
 from .health import Health
-from .kafka import SourceRecord, bootstrap, dead_letter_headers, topic_name
+from .kafka import SourceRecord, bootstrap, dead_letter, topic_name
 from .metrics import Metrics, Outcome
 from .serde import Headers, decode, encode, headers_for
 from .settings import Settings
@@ -33,6 +43,10 @@ from .stage import Out, PerEvent, StreamStage
 
 log = logs.get(__name__)
 FaustApp = faust.App
+#: How long a stop request waits for the batch in hand before the process exits without acknowledging it.
+STOP_GRACE_S = 20.0
+#: Exit code of a worker that stopped itself rather than acknowledge a batch it could not finish.
+EXIT_UNFINISHED_BATCH = 70
 
 
 def _record(event: Any) -> SourceRecord:
@@ -72,16 +86,36 @@ def build_app(settings: Settings, stage: StreamStage, metrics: Metrics, health: 
         return sinks[name]
 
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ragbus-{stage.name}")
-    processor = _BatchProcessor(settings, stage, metrics)
+    processor = _BatchProcessor(settings, stage, metrics, health)
+    starts = 0
+
+    async def finish(records: list[SourceRecord]) -> None:
+        sends = await asyncio.get_running_loop().run_in_executor(executor, processor.process, records)
+        for topic, key, value, headers in sends:
+            await sink(topic).send(key=key, value=value, headers=headers)
 
     async def agent(stream: Any) -> Any:
-        loop = asyncio.get_running_loop()
+        nonlocal starts
+        starts += 1
+        if starts > 1:  # faust restarts an agent that crashed: say so, it is never normal
+            metrics.restarts.labels(stage.name).inc()
+            if health is not None:
+                health.restarted()
+            log.error("agent restarted after a crash", stage=stage.name, restarts=starts - 1)
         async for batch in stream.take_events(stage.max_batch, within=stage.window_s or 0.001):
             records = [_record(e) for e in batch]
             started = time.perf_counter()
-            sends = await loop.run_in_executor(executor, processor.process, records)
-            for topic, key, value, headers in sends:
-                await sink(topic).send(key=key, value=value, headers=headers)
+            work = asyncio.ensure_future(finish(records))
+            try:
+                await asyncio.shield(work)
+            except asyncio.CancelledError:  # stopping: finish the batch in hand, or leave it unacknowledged
+                try:
+                    await asyncio.wait_for(work, STOP_GRACE_S)
+                except BaseException as exc:
+                    _exit_unacknowledged(stage.name, records, exc)
+                raise
+            except BaseException as exc:
+                _exit_unacknowledged(stage.name, records, exc)
             metrics.batch_seconds.labels(stage.name).observe(time.perf_counter() - started)
             metrics.last_progress.labels(stage.name).set(time.time())
             if health is not None:
@@ -107,13 +141,26 @@ def build_app(settings: Settings, stage: StreamStage, metrics: Metrics, health: 
     return app
 
 
-class _BatchProcessor:
-    """Decode, run the stage with bounded retries, and turn results into (topic, key, value, headers)."""
+def _exit_unacknowledged(stage: str, records: list[SourceRecord], exc: BaseException) -> None:
+    """Leave the process without acknowledging `records` (faust would commit them on any other way out)."""
+    where = f"{records[0].where()}..{records[-1].offset}" if records else "(empty batch)"
+    log.critical("batch could not be finished; exiting without acknowledging it, so it is redelivered",
+                 stage=stage, batch=where, events=len(records), error=f"{type(exc).__name__}: {exc}"[:500])
+    sys.stderr.flush()
+    os._exit(EXIT_UNFINISHED_BATCH)
 
-    def __init__(self, settings: Settings, stage: StreamStage, metrics: Metrics) -> None:
+
+class _BatchProcessor:
+    """Decode, run the stage with bounded retries, and turn results into (topic, key, value, headers).
+
+    Total: every exception of the stage, of any type, ends as a retry or as the dead letter of the one
+    event that raised it; `process` itself raises only if this code is broken."""
+
+    def __init__(self, settings: Settings, stage: StreamStage, metrics: Metrics, health: Health | None) -> None:
         self._settings = settings
         self._stage = stage
         self._metrics = metrics
+        self._health = health
 
     def _out(self, out: Out) -> tuple[str, bytes, bytes, Headers]:
         return topic_name(self._settings, out.topic), out.key, encode(out.event), headers_for(out.event)
@@ -122,8 +169,15 @@ class _BatchProcessor:
         log.warning("dead-lettered", stage=self._stage.name, where=record.where(),
                     correlation_id=record.correlation_id(), error=str(exc)[:300])
         self._metrics.events.labels(self._stage.name, Outcome.DEAD_LETTERED).inc()
-        dlq = topic_name(self._settings, TOPICS.dead_letter(self._stage.name))
-        return dlq, record.key, record.value, dead_letter_headers(record, self._stage.name, exc, attempts)
+        return dead_letter(self._settings, self._stage.name, record, exc, attempts)
+
+    def _crashed(self, record: SourceRecord, exc: BaseException) -> None:
+        log.error("stage raised an unexpected error on an event; dead-lettering it", stage=self._stage.name,
+                  where=record.where(), correlation_id=record.correlation_id(),
+                  error=f"{type(exc).__name__}: {exc}"[:300])
+        self._metrics.crashes.labels(self._stage.name).inc()
+        if self._health is not None:
+            self._health.crashed(record.where(), record.correlation_id(), exc)
 
     def _run(self, events: list[Any]) -> tuple[list[PerEvent], int, Exception | None]:
         for attempt in range(1, self._stage.max_attempts + 1):
@@ -158,20 +212,34 @@ class _BatchProcessor:
         good: list[tuple[SourceRecord, Any]] = []
         for record in records:
             try:
-                good.append((record, decode(self._stage.source, record.value)))
+                good.append((record, decode(self._stage.source, record.value, self._settings.decode)))
             except PoisonMessageError as exc:
                 sends.append(self._dead(record, exc))
         results, attempts, gave_up = self._run([ev for _, ev in good]) if good else ([], 1, None)
         for i, (record, event) in enumerate(good):
             result: PerEvent = gave_up if gave_up is not None else results[i]
-            if isinstance(result, Exception):
-                sends.append(self._dead(record, result, attempts))
-                if self._stage.on_failure:
-                    sends.extend(self._out(o) for o in self._stage.on_failure(event, result))
-                continue
-            self._metrics.events.labels(self._stage.name, Outcome.OK).inc()
-            sends.extend(self._out(o) for o in result)
+            if not isinstance(result, Exception):
+                try:
+                    sends.extend([self._out(o) for o in result])
+                    self._metrics.events.labels(self._stage.name, Outcome.OK).inc()
+                    continue
+                except Exception as exc:  # an output that cannot be encoded: the stage's bug, this event's fault
+                    result = exc
+            if not isinstance(result, PoisonMessageError | RetryableError):
+                self._crashed(record, result)
+            sends.append(self._dead(record, result, attempts))
+            sends.extend(self._failure_outputs(record, event, result))
         return sends
+
+    def _failure_outputs(self, record: SourceRecord, event: Any, exc: Exception) -> list[tuple[str, Any, Any, Any]]:
+        if self._stage.on_failure is None:
+            return []
+        try:
+            return [self._out(o) for o in self._stage.on_failure(event, exc)]
+        except Exception as hook_exc:  # the event is dead-lettered already; only its status report is lost
+            log.error("could not report a dead-lettered event's failure", stage=self._stage.name,
+                      where=record.where(), error=repr(hook_exc)[:300])
+            return []
 
 
 def run(app: faust.App, settings: Settings) -> None:

@@ -38,11 +38,27 @@ class Health:
         self.processed = 0
         self.last_progress = time.time()
         self.lag: dict[str, int] = {}
+        self.crashes = 0
+        self.restarts = 0
+        self.last_crash: dict[str, Any] | None = None
 
     def progressed(self, n: int) -> None:
         with self._lock:
             self.processed += n
             self.last_progress = time.time()
+
+    def crashed(self, where: str, correlation_id: str, error: BaseException) -> None:
+        """An unexpected exception out of the stage's handler (the event was isolated and dead-lettered)."""
+        with self._lock:
+            self.crashes += 1
+            self.last_crash = {"at": round(time.time(), 3), "where": where, "correlation_id": correlation_id,
+                               "error": f"{type(error).__name__}: {error}"[:300]}
+        self.write()
+
+    def restarted(self) -> None:
+        with self._lock:
+            self.restarts += 1
+        self.write()
 
     def set_lag(self, lag: dict[str, int]) -> None:
         with self._lock:
@@ -62,6 +78,7 @@ class Health:
             return {"stage": self.stage, "pid": os.getpid(), "processed": self.processed,
                     "lag": sum(self.lag.values()), "last_progress": round(self.last_progress, 3),
                     "stalled": sum(self.lag.values()) > 0 and time.time() - self.last_progress > self._stall_after_s,
+                    "crashes": self.crashes, "restarts": self.restarts, "last_crash": self.last_crash,
                     "updated_at": round(time.time(), 3)}
 
     def write(self) -> None:

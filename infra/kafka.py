@@ -206,11 +206,27 @@ def dead_letter_headers(record: SourceRecord, stage: str, exc: BaseException, at
     return kept + [(DLQ_PREFIX + k, v.encode()) for k, v in fields.items()]
 
 
+#: Room left in a dead letter for its key and headers.
+_DLQ_OVERHEAD = 64 * 1024
+
+
+def dead_letter(settings: Settings, stage: str, record: SourceRecord, exc: BaseException,
+                attempts: int = 1) -> tuple[str, bytes | None, bytes | None, Headers]:
+    """(topic, key, value, headers) of a dead letter. The value is the original bytes, unless they are too
+    large for any topic (the reason the event failed): then their head, with `ragbus-dlq-truncated`
+    giving the original size, so the dead letter itself can always be written."""
+    headers = dead_letter_headers(record, stage, exc, attempts)
+    value = record.value
+    limit = settings.kafka.message_max_bytes - _DLQ_OVERHEAD
+    if value is not None and len(value) > limit:
+        headers.append((DLQ_PREFIX + "truncated", str(len(value)).encode()))
+        value = value[:limit]
+    return topic_name(settings, TOPICS.dead_letter(stage)), record.key, value, headers
+
+
 def send_dead_letter(producer: EventProducer, settings: Settings, stage: str, record: SourceRecord,
                      exc: BaseException, attempts: int = 1) -> None:
-    spec = TOPICS.dead_letter(stage)
-    producer.send_raw(topic_name(settings, spec), record.key, record.value,
-                      dead_letter_headers(record, stage, exc, attempts))
+    producer.send_raw(*dead_letter(settings, stage, record, exc, attempts))
 
 
 def commit_offsets(consumer: Consumer, records: list[SourceRecord]) -> None:

@@ -39,5 +39,11 @@ class Metrics:
                          ["stage", "topic", "partition"], registry=r)
         self.stalled = Gauge("ragbus_stage_stalled", "1 when the stage has lag but makes no progress", ["stage"],
                              registry=r)
+        self.crashes = Counter("ragbus_stage_crashes_total",
+                               "Unexpected exceptions out of a stage's handler (the event is isolated, then "
+                               "dead-lettered)", ["stage"], registry=r)
+        self.restarts = Counter("ragbus_stage_restarts_total",
+                                "Times a stage's agent or consumer loop was restarted in its process", ["stage"],
+                                registry=r)
         self.last_progress = Gauge("ragbus_last_progress_timestamp_seconds",
                                    "Unix time a stage last finished a batch", ["stage"], registry=r)

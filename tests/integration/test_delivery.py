@@ -254,3 +254,40 @@ def test_an_unexpected_error_is_pinned_on_its_event_and_the_rest_flows(broker: s
     assert sorted(ev.document_id for ev in sink.flushed) == sorted(n for n in names if n != "poison")
     assert [(d.key, d.error_type, d.reason) for d in dead] == [
         ("default/poison", "ValueError", "cannot handle this one")]
+
+
+class GrumpySink(FlakySink):
+    """`add` raises an exception type no runner expects for document "poison" (a bug in a new release)."""
+
+    def __init__(self) -> None:
+        super().__init__(failures=0)
+
+    def add(self, event: Any, record: SourceRecord) -> None:
+        if event.document_id == "poison":
+            raise KeyError("no such field in this release")
+        super().add(event, record)
+
+
+def test_an_unexpected_error_in_add_is_pinned_on_its_event_and_the_batch_commits(broker: str, settings_factory) -> None:  # type: ignore[no-untyped-def]
+    from infra.dlq import list_dead_letters
+
+    settings = settings_factory(broker, RAGBUS_KAFKA_POLL_BATCH="50")
+    ensure_topics(settings)
+    producer = EventProducer(settings)
+    names = [f"d{i}" for i in range(10)] + ["poison"] + [f"e{i}" for i in range(10)]
+    for name in names:
+        producer.send(TOPICS.status, document_key("default", name),
+                      DocumentStatus(document_id=name, version=1, status=Status.INDEXED, stage="t"))
+    producer.flush()
+    sink, metrics = GrumpySink(), Metrics()
+    runner = ConsumerRunner(settings, "status", TOPICS.status, sink, metrics, EventProducer(settings))
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
+    thread.start()
+    wait_until(lambda: len(sink.flushed) == 20, 60, "every other event")
+    dead = list(list_dead_letters(settings, ["status"], 1.0))
+    assert thread.is_alive(), "the consumer loop died"
+    stop.set()
+    thread.join(20)
+    assert [(d.key, d.error_type) for d in dead] == [("default/poison", "KeyError")]
+    assert metrics.registry.get_sample_value("ragbus_stage_crashes_total", {"stage": "status"}) == 1

@@ -1,0 +1,105 @@
+"""The faust runtime never acknowledges an event it did not finish: an unexpected exception in a batch is
+pinned on its event, a stop in the middle of a batch finishes it (or leaves it for redelivery), and a
+broken runner exits without acknowledging. Driven through tests/stage_harness.py in its own process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from infra.kafka import EventProducer, ensure_topics
+from infra.settings import Settings
+from schemas.events import DocumentArrived
+from schemas.topics import TOPICS, document_key
+from tests.conftest import ROOT
+
+from .helpers import headers, read_all, wait_until
+
+pytestmark = pytest.mark.broker
+
+
+def harness(settings: Settings, fault: str) -> subprocess.Popen[str]:
+    env = dict(os.environ) | {
+        "RAGBUS_KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers or "",
+        "RAGBUS_KAFKA_TOPIC_PREFIX": settings.kafka.topic_prefix, "RAGBUS_DATA_DIR": str(settings.data_dir),
+        "RAGBUS_KAFKA_SESSION_TIMEOUT_MS": "2000", "RAGBUS_TEST_FAULT": fault}
+    return subprocess.Popen([sys.executable, "-m", "tests.stage_harness"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def publish(settings: Settings, ids: list[str]) -> None:
+    producer = EventProducer(settings)
+    for i in ids:
+        producer.send(TOPICS.documents, document_key("default", i), DocumentArrived(document_id=i, text="x"))
+    producer.flush()
+
+
+def handled(settings: Settings, expect: int) -> list[str]:
+    return [json.loads(m.value())["document_id"] for m in read_all(settings, TOPICS.status, expect, 5)]
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    return out
+
+
+def test_an_unexpected_exception_in_a_batch_is_pinned_on_its_event(broker: str, settings_factory) -> None:  # type: ignore[no-untyped-def]
+    settings = settings_factory(broker)
+    ensure_topics(settings)
+    ids = [f"doc-{i}" for i in range(30)]
+    ids[5], ids[17] = "explode-1", "explode-2"
+    publish(settings, ids)
+    proc = harness(settings, "unexpected")
+    try:
+        wait_until(lambda: len(set(handled(settings, 28))) == 28, 60, "every good event of the batches")
+        dead = read_all(settings, TOPICS.dead_letter("chunker"), 2, 10)
+        assert proc.poll() is None, "the stage died"
+    finally:
+        out = stop(proc)
+    assert sorted(set(handled(settings, 28))) == sorted(i for i in ids if not i.startswith("explode"))
+    assert sorted(m.key() for m in dead) == [b"default/explode-1", b"default/explode-2"]
+    assert {headers(m)["ragbus-dlq-error-type"] for m in dead} == {"RecursionError"}
+    assert "maximum recursion depth" in headers(dead[0])["ragbus-dlq-reason"]
+    assert "stage raised an unexpected error on an event" in out
+    assert "Traceback" not in out and "Crashed" not in out
+
+
+def test_a_stop_in_the_middle_of_a_batch_loses_nothing(broker: str, settings_factory) -> None:  # type: ignore[no-untyped-def]
+    settings = settings_factory(broker)
+    ensure_topics(settings)
+    ids = [f"doc-{i}" for i in range(48)]
+    publish(settings, ids)
+    proc = harness(settings, "slow")
+    wait_until(lambda: len(handled(settings, 1)) >= 1, 60, "the first batch")
+    out = stop(proc)  # lands in the middle of a 2-second batch
+    first = set(handled(settings, len(ids)))
+    assert len(first) < len(ids), "the stream should still have been in flight"
+    assert proc.returncode == 0, out[-3000:]
+    proc = harness(settings, "")
+    try:
+        wait_until(lambda: set(handled(settings, len(ids))) == set(ids), 60, "every event after the restart")
+    finally:
+        stop(proc)
+
+
+def test_a_broken_runner_exits_without_acknowledging_its_batch(broker: str, settings_factory) -> None:  # type: ignore[no-untyped-def]
+    settings = settings_factory(broker)
+    ensure_topics(settings)
+    ids = [f"doc-{i}" for i in range(20)] + ["bug-1"] + [f"late-{i}" for i in range(20)]
+    publish(settings, ids)
+    proc = harness(settings, "runner-bug")
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 70, out[-3000:]
+    assert "exiting without acknowledging it" in out
+    assert "bug-1" not in handled(settings, len(ids))
+    proc = harness(settings, "")  # the fixed release: resumes from the committed offset
+    try:
+        wait_until(lambda: set(handled(settings, len(ids))) == set(ids), 60, "the redelivered batch")
+    finally:
+        stop(proc)
