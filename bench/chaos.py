@@ -15,6 +15,13 @@ arriving after version 2, deletes (version 3) of others, and queries throughout.
 - every query got exactly one final answer (redelivery may repeat the answer event, but it is the same
   event: one distinct event id per query).
 
+With `--faults`, the stages run through bench/faults.py, which injects exceptions of unexpected
+types into the chunker, embedder, indexer and answerer handlers for marked documents and questions;
+with `--hostile N`, N hostile values (tests/hostile.py: random bytes, deeply nested or huge JSON, wrong
+types, unknown enums, control characters) go onto the four input topics among the good events. The
+audit then also checks that every faulty or hostile event is in its stage's dead-letter topic and
+that no good event is, while the good ones are indexed or answered exactly as above.
+
 It prints the counts and exits non-zero on any mismatch.
 """
 
@@ -45,6 +52,7 @@ from ragbus.supervisor import Stack
 from schemas.events import DocumentArrived, DocumentDeleted, QueryRequested, Status, chunk_uuid
 from schemas.topics import TOPICS, document_key
 from streams.chunking import Chunker
+from tests import hostile
 
 DEFAULT_CORPUS = Path(__file__).resolve().parent.parent.parent / "shared/data/pydocs-faq-dev/corpus.jsonl"
 
@@ -97,6 +105,26 @@ def answers_by_query(settings: Settings) -> dict[str, set[str]]:
     return seen
 
 
+def dead_letter_keys(settings: Settings) -> dict[str, set[str]]:
+    """Keys of every dead letter, by stage."""
+    out: dict[str, set[str]] = {}
+    for stage in ("chunker", "embedder", "indexer", "status", "answerer"):
+        spec = TOPICS.dead_letter(stage)
+        consumer = make_consumer(settings, None)
+        consumer.assign([TopicPartition(topic_name(settings, spec), p, 0) for p in range(spec.partitions)])
+        keys: set[str] = set()
+        while batch := consumer.consume(1000, 2.0):
+            keys.update((m.key() or b"").decode() for m in batch if m.error() is None)
+        consumer.close()
+        out[stage] = keys
+    return out
+
+
+#: Where each input topic's unreadable values end: the dead-letter topic of the stage that reads it.
+HOSTILE_TOPICS = {"chunker": TOPICS.documents, "embedder": TOPICS.chunks, "indexer": TOPICS.embedded,
+                  "answerer": TOPICS.queries}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
@@ -106,9 +134,21 @@ def main() -> int:
     ap.add_argument("--kill-max-s", type=float, default=9.0, help="longest pause between two kills")
     ap.add_argument("--seed", type=int, default=int(time.time()))
     ap.add_argument("--timeout", type=float, default=1200)
+    ap.add_argument("--faults", action="store_true", help="inject handler exceptions (bench/faults.py)")
+    ap.add_argument("--hostile", type=int, default=0, help="hostile values to publish among the good events")
     args = ap.parse_args()
     rng = random.Random(args.seed)
-    rows = load(args.corpus, args.docs)
+    rows = load(args.corpus, args.docs + (20 if args.faults else 0))
+    faulty: dict[str, str] = {}  # document id -> stage whose dead-letter topic it must end in
+    if args.faults:
+        for n, row in enumerate(rows[args.docs:]):
+            kind = ("fault-chunker", "fault-indexer", "flaky", "flaky")[n % 4]
+            row["id"] = f"{kind}-{n}-{row['id']}"
+            if kind != "flaky":
+                faulty[row["id"]] = kind.split("-")[1]
+        rng.shuffle(rows)
+    fault_rows = [r for r in rows if r["id"] in faulty]
+    rows = [r for r in rows if r["id"] not in faulty]
     ids = [r["id"] for r in rows]
     updated = set(rng.sample(ids, len(ids) // 5))
     deleted = set(rng.sample(ids, len(ids) // 10))
@@ -124,7 +164,8 @@ def main() -> int:
         settings = Settings()
         logs.configure(settings.log_level, settings.log_format, quiet_clients=True)
         started = time.time()
-        with Stack(settings, max_restart_delay_s=2.0) as stack:
+        command = (sys.executable, str(Path(__file__).resolve().parent / "faults.py")) if args.faults else None
+        with Stack(settings, max_restart_delay_s=2.0, worker_command=command) as stack:
             child = stack.child_settings()
             producer = EventProducer(child)
             killer = Killer(stack, rng, (args.kill_min_s, args.kill_max_s), args.kills)
@@ -139,16 +180,30 @@ def main() -> int:
                 producer.send(TOPICS.queries if isinstance(ev, QueryRequested) else TOPICS.documents, key, ev)
 
             queries: list[str] = []
-            plan: list[DocumentArrived | DocumentDeleted | QueryRequested] = [doc(r, 1) for r in rows]
+            fault_queries: list[str] = []
+            plan: list[DocumentArrived | DocumentDeleted | QueryRequested | tuple[str, bytes]] = [
+                doc(r, 1) for r in rows + fault_rows]
+            hostile_keys: dict[str, str] = {}
+            for n in range(args.hostile):
+                stage = rng.choice(sorted(HOSTILE_TOPICS))
+                hostile_keys[f"hostile-{n}"] = stage
+                plan.insert(rng.randrange(len(plan) + 1), (f"hostile-{n}", hostile.sample(HOSTILE_TOPICS[stage], rng)))
             plan += [doc(r, 1) for r in rows if r["id"] in resent]
             plan += [doc(r, 2) for r in rows if r["id"] in updated]
             plan += [doc(r, 1) for r in rows if r["id"] in stale]  # older version, arriving after the newer
             plan += [DocumentDeleted(document_id=i, version=3) for i in sorted(deleted)]
             for i, ev in enumerate(plan):
-                send(ev)
+                if isinstance(ev, tuple):
+                    producer.send_raw(topic_name(child, HOSTILE_TOPICS[hostile_keys[ev[0]]]), ev[0].encode(), ev[1])
+                else:
+                    send(ev)
                 if i % 25 == 0:
                     q = QueryRequested(query_id=f"chaos-q{i}", text=rng.choice(rows)["title"], top_k=3)
                     queries.append(q.query_id)
+                    send(q)
+                if args.faults and i % 100 == 50:
+                    q = QueryRequested(query_id=f"chaos-fault-q{i}", text="fault-answerer: what now?", top_k=3)
+                    fault_queries.append(q.query_id)
                     send(q)
                     producer.flush()
                     time.sleep(0.3)  # spread the workload over the run, so kills land mid-stream
@@ -171,6 +226,7 @@ def main() -> int:
             while time.time() < deadline and not settled():
                 time.sleep(1.0)
             answered = answers_by_query(child)
+            dead = dead_letter_keys(child)
         elapsed = time.time() - started
 
         chunker = Chunker(load_tokenizer(settings.embedder.model), settings.chunker.size_tokens,
@@ -201,7 +257,22 @@ def main() -> int:
                 if {c for c, _ in chunks} != want:
                     problems.append(f"{i}: {where} holds {len(chunks)} chunks (versions "
                                     f"{sorted({x for _, x in chunks})}), expected exactly the {len(want)} of v{v}")
-        not_final = [d.document_id for d in docs.values() if not d.status.final]
+        for i, stage in faulty.items():
+            in_store, in_index = store.chunk_versions("default", i), index.chunk_versions("default", i)
+            if f"default/{i}" not in dead[stage]:
+                problems.append(f"{i}: a faulty {stage} event is not in dlq.{stage}")
+            if in_store or in_index:
+                problems.append(f"{i}: a faulty {stage} event left {len(in_store)}/{len(in_index)} chunks")
+        for key, stage in hostile_keys.items():
+            if key not in dead[stage]:
+                problems.append(f"{key}: a hostile value for the {stage} is not in its dead-letter topic")
+        for q in fault_queries:
+            if q not in dead["answerer"] or answered.get(q):
+                problems.append(f"query {q}: a faulty question is not dead-lettered alone")
+        expected_dead = {f"default/{i}" for i in faulty} | set(hostile_keys) | set(fault_queries)
+        for stage, keys in dead.items():
+            problems += [f"{k}: a good event in dlq.{stage}" for k in sorted(keys - expected_dead)]
+        not_final = [d.document_id for d in docs.values() if not d.status.final and d.document_id not in faulty]
         problems += [f"{i}: status not final" for i in not_final]
         for q in queries:
             if len(answered.get(q, set())) != 1:
@@ -212,6 +283,7 @@ def main() -> int:
         "identical_resends": len(resent), "deletes": len(deleted), "queries": len(queries),
         "kills": len(killer.kills), "killed": dict(sorted(_count(n for _, n in killer.kills).items())),
         "live_chunks_checked": live_chunks, "elapsed_s": round(elapsed, 1), "problems": len(problems),
+        "faulty_events": len(faulty) + len(fault_queries), "hostile_values": len(hostile_keys),
     }
     print(json.dumps(report))
     for p in problems[:50]:

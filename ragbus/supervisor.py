@@ -52,8 +52,10 @@ class Stack:
     """The running stack: broker (maybe), topics, stage processes."""
 
     def __init__(self, settings: Settings, processes: tuple[tuple[str, ...], ...] = PROCESSES,
-                 max_restart_delay_s: float = 30.0) -> None:
+                 max_restart_delay_s: float = 30.0, worker_command: tuple[str, ...] | None = None) -> None:
         self._max_restart_delay_s = max_restart_delay_s
+        #: How a stage process is started; the chaos harness wraps it to inject faults.
+        self._worker_command = worker_command or (sys.executable, "-m", "ragbus.cli", "worker")
         self._settings = settings
         self._broker: LocalBroker | None = None
         self._children = [_Child(p) for p in processes]
@@ -106,7 +108,7 @@ class Stack:
         env = dict(self._env)
         if self._settings.metrics_port:  # one /metrics + /health port per process: base, base+1, ...
             env["RAGBUS_METRICS_PORT"] = str(self._settings.metrics_port + self._children.index(child))
-        child.proc = subprocess.Popen([sys.executable, "-m", "ragbus.cli", "worker", *child.stages], env=env,
+        child.proc = subprocess.Popen([*self._worker_command, *child.stages], env=env,
                                       stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         out.close()
         child.log_path, child.started_at = str(path), time.monotonic()
