@@ -44,14 +44,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from confluent_kafka import TopicPartition
 
-from infra import logs, wiring
-from infra.embedder import embedding_dim, load_tokenizer
-from infra.kafka import EventProducer, make_consumer, topic_name
+from chunking.splitter import Chunker
+from infra import wiring
+from infra.kafka.clients import EventProducer, make_consumer, topic_name
+from infra.models.embedder import embedding_dim, load_tokenizer
+from infra.ops import logs
 from infra.settings import Settings
 from ragbus.supervisor import Stack
 from schemas.events import DocumentArrived, DocumentDeleted, QueryRequested, Status, chunk_uuid
 from schemas.topics import TOPICS, document_key
-from streams.chunking import Chunker
 from tests import hostile
 
 DEFAULT_CORPUS = Path(__file__).resolve().parent.parent.parent / "shared/data/pydocs-faq-dev/corpus.jsonl"

@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from consumers import answerer, indexer
 from ragbus import cli
-from streams import chunker, embedding
+from streams import chunker
+from streams import embedder as embedding
 
 #: Exception types no stage expects (none of them is a PoisonMessageError or a RetryableError).
 UNEXPECTED: tuple[type[BaseException], ...] = (KeyError, RecursionError, ZeroDivisionError, AttributeError,

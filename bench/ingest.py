@@ -28,16 +28,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from infra import logs, wiring
-from infra.embedder import SentenceTransformerEmbedder, load_tokenizer
-from infra.kafka import EventProducer
+from chunking.splitter import Chunker, embedding_text
+from infra import wiring
+from infra.kafka.clients import EventProducer
+from infra.kafka.tail import Tail
+from infra.models.embedder import SentenceTransformerEmbedder, load_tokenizer
+from infra.ops import logs
 from infra.settings import Settings
-from infra.tail import Tail
 from ragbus.client import documents_from, new_correlation, publish, wait_final
 from ragbus.supervisor import Stack
 from schemas.events import DocumentArrived
 from schemas.topics import TOPICS
-from streams.chunking import Chunker, embedding_text
 
 
 def run_pipeline(settings: Settings, events: list[DocumentArrived], timeout: float) -> tuple[float, int, int]:

@@ -23,12 +23,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from infra.embedder import SentenceTransformerEmbedder, load_tokenizer
-from infra.lance_index import LanceVectorIndex
-from infra.ports import ChunkRecord
+from chunking.splitter import Chunker, embedding_text
+from infra.models.embedder import SentenceTransformerEmbedder, load_tokenizer
 from infra.settings import Settings
+from infra.stores.lance import LanceVectorIndex
+from kernel.ports import ChunkRecord
 from schemas.events import ContentType, chunk_uuid
-from streams.chunking import Chunker, embedding_text
 
 DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared/data/pydocs-faq-dev"
 

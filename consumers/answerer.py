@@ -20,11 +20,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from infra.extractive import ExtractiveAnswerer, citations_from
-from infra.kafka import EventProducer, SourceRecord
-from infra.metrics import Metrics
-from infra.ports import AnswerModel, DocumentStore, Embedder, GeneratedAnswer, SearchHit, VectorIndex
+from infra.kafka.clients import EventProducer, SourceRecord
+from infra.ops.metrics import Metrics
 from infra.settings import AnswererSettings, RetrievalSettings
+from kernel.ports import AnswerModel, DocumentStore, Embedder, GeneratedAnswer, SearchHit, VectorIndex
+from retrieval.extractive import ExtractiveAnswerer, citations_from
 from schemas.events import AnswerDelta, AnswerGenerated, QueryRequested, Timings, Usage, utcnow
 from schemas.topics import TOPICS
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from infra.errors import PoisonMessageError
-from infra.kafka import EventProducer, SourceRecord
-from infra.metrics import Metrics
-from infra.ports import ChunkRecord, DocumentRecord, DocumentStore, VectorIndex
+from infra.kafka.clients import EventProducer, SourceRecord
+from infra.ops.metrics import Metrics
+from kernel.errors import PoisonMessageError
+from kernel.ports import ChunkRecord, DocumentRecord, DocumentStore, VectorIndex
 from schemas.events import ChunksEmbedded, DocumentDeleted, DocumentStatus, Status, chunk_uuid
 from schemas.topics import TOPICS, document_key
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from infra.kafka import SourceRecord
-from infra.ports import DocumentRecord, DocumentStore
+from infra.kafka.clients import SourceRecord
+from kernel.ports import DocumentRecord, DocumentStore
 from schemas.events import DocumentStatus
 
 STAGE = "status"

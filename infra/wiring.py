@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .ports import AnswerModel, DocumentStore, Embedder, EmbeddingCache, VectorIndex
-from .settings import Settings
+from infra.settings import Settings
+from kernel.ports import AnswerModel, DocumentStore, Embedder, EmbeddingCache, VectorIndex
 
 
 def sqlite_path(settings: Settings) -> str:
@@ -13,24 +13,24 @@ def sqlite_path(settings: Settings) -> str:
 def build_store(settings: Settings) -> DocumentStore:
     """MongoDB when RAGBUS_MONGODB_URI is set, else SQLite in the data directory."""
     if settings.mongodb.uri is not None:
-        from .mongo_store import MongoDocumentStore, connect
+        from infra.stores.mongo import MongoDocumentStore, connect
 
         return MongoDocumentStore(connect(settings.mongodb), settings.mongodb.database)
     from pathlib import Path
 
-    from .sqlite_store import SqliteDocumentStore
+    from infra.stores.sqlite import SqliteDocumentStore
 
     return SqliteDocumentStore(Path(sqlite_path(settings)))
 
 
 def build_cache(settings: Settings) -> EmbeddingCache:
     if settings.mongodb.uri is not None:
-        from .mongo_store import MongoEmbeddingCache, connect
+        from infra.stores.mongo import MongoEmbeddingCache, connect
 
         return MongoEmbeddingCache(connect(settings.mongodb), settings.mongodb.database)
     from pathlib import Path
 
-    from .sqlite_store import SqliteEmbeddingCache
+    from infra.stores.sqlite import SqliteEmbeddingCache
 
     return SqliteEmbeddingCache(Path(sqlite_path(settings)))
 
@@ -38,16 +38,16 @@ def build_cache(settings: Settings) -> EmbeddingCache:
 def build_index(settings: Settings, dim: int) -> VectorIndex:
     """Weaviate when RAGBUS_WEAVIATE_URL is set, else LanceDB in the data directory."""
     if settings.weaviate.url is not None:
-        from .weaviate_index import WeaviateVectorIndex, connect
+        from infra.stores.weaviate import WeaviateVectorIndex, connect
 
         return WeaviateVectorIndex(connect(settings.weaviate), settings.weaviate.collection, dim)
-    from .lance_index import LanceVectorIndex
+    from infra.stores.lance import LanceVectorIndex
 
     return LanceVectorIndex(settings.data_dir / "lance", dim)
 
 
 def build_embedder(settings: Settings) -> Embedder:
-    from .embedder import SentenceTransformerEmbedder
+    from infra.models.embedder import SentenceTransformerEmbedder
 
     return SentenceTransformerEmbedder(settings.embedder)
 
@@ -55,9 +55,9 @@ def build_embedder(settings: Settings) -> Embedder:
 def build_answer_model(settings: Settings) -> AnswerModel:
     """Claude when a key is set; otherwise the offline extractive answerer (answers say degraded)."""
     if settings.anthropic.api_key is not None:
-        from .claude import ClaudeAnswerer
+        from infra.models.claude import ClaudeAnswerer
 
         return ClaudeAnswerer(settings.anthropic, agentic_steps=settings.answerer.agentic_max_steps)
-    from .extractive import ExtractiveAnswerer
+    from retrieval.extractive import ExtractiveAnswerer
 
     return ExtractiveAnswerer()

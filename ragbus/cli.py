@@ -9,9 +9,9 @@ from typing import Any
 
 import typer
 
-from infra import logs
-from infra.errors import RagbusError
+from infra.ops import logs
 from infra.settings import Settings
+from kernel.errors import RagbusError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ragbus: event-driven RAG on Kafka.")
@@ -56,7 +56,7 @@ def worker(stages: list[str] = typer.Argument(..., help="chunker | embedder | in
 @topics_app.command("create")
 def topics_create() -> None:
     """Create every topic with its partitions and config (existing ones are checked, not altered)."""
-    from infra.kafka import check_reachable, ensure_topics
+    from infra.kafka.clients import check_reachable, ensure_topics
 
     settings = _settings()
     check_reachable(settings)
@@ -73,8 +73,8 @@ def ingest(paths: list[Path] = typer.Argument(..., help="files, directories or .
     from rich.progress import Progress
 
     from infra import wiring
-    from infra.kafka import EventProducer, check_reachable
-    from infra.tail import Tail
+    from infra.kafka.clients import EventProducer, check_reachable
+    from infra.kafka.tail import Tail
     from schemas.topics import TOPICS
 
     from .client import documents_from, new_correlation, publish, wait_final
@@ -111,8 +111,8 @@ def delete(document_ids: list[str] = typer.Argument(..., help="ids of the docume
     """Publish a document-deleted event per id: removes its chunks from every store."""
     from pydantic import ValidationError
 
-    from infra.kafka import EventProducer, check_reachable
-    from infra.serde import summarize
+    from infra.kafka.clients import EventProducer, check_reachable
+    from infra.kafka.serde import summarize
     from schemas.events import DocumentDeleted
     from schemas.topics import TOPICS, document_key
 
@@ -129,20 +129,6 @@ def delete(document_ids: list[str] = typer.Argument(..., help="ids of the docume
     typer.echo(f"published {len(events)} deletes", err=True)
 
 
-def _print_answer(answer: Any, streamed: bool) -> None:
-    if not streamed:
-        typer.echo(answer.answer or "(retrieval only)")
-    if answer.degraded:
-        typer.echo(f"\n[degraded: {answer.degraded_reason}]")
-    if answer.citations:
-        typer.echo("\nCitations:")
-    for c in answer.citations:
-        where = " > ".join([c.title, *c.section_path]) if (c.title or c.section_path) else ""
-        snippet = " ".join(c.text.split())[:160]
-        typer.echo(f"  [{c.rank}] {c.document_id}" + (f" ({where})" if where else "") +
-                   f"  score {c.score:.3f}\n      {snippet}")
-
-
 @app.command()
 def ask(question: str = typer.Argument(None, help="the question (or use --queries)"),
         tenant: str = typer.Option("default"),
@@ -154,11 +140,12 @@ def ask(question: str = typer.Argument(None, help="the question (or use --querie
     """Publish a query event and wait for its answer on the answers topic."""
     from pydantic import ValidationError
 
-    from infra.kafka import check_reachable
-    from infra.serde import summarize
+    from infra.kafka.clients import check_reachable
+    from infra.kafka.serde import summarize
     from schemas.events import QueryRequested
 
     from .client import ask_many
+    from .render import print_answer
 
     settings = _settings()
     try:
@@ -188,7 +175,7 @@ def ask(question: str = typer.Argument(None, help="the question (or use --querie
             if single:
                 if streamed:
                     typer.echo()
-                _print_answer(answers[q.query_id], streamed)
+                print_answer(answers[q.query_id], streamed)
             else:
                 typer.echo(answers[q.query_id].model_dump_json())
         else:
@@ -252,8 +239,8 @@ def _stages(stage: str | None) -> list[str]:
 def dlq_list(stage: str = typer.Option(None, help="only this stage's dead letters"),
              as_json: bool = typer.Option(False, "--json", help="one JSON object per dead letter")) -> None:
     """Show dead letters: where each came from and why it could not be processed."""
-    from infra.dlq import list_dead_letters
-    from infra.kafka import check_reachable
+    from infra.kafka.clients import check_reachable
+    from infra.kafka.deadletters import list_dead_letters
 
     settings = _settings()
     check_reachable(settings)
@@ -272,8 +259,8 @@ def dlq_list(stage: str = typer.Option(None, help="only this stage's dead letter
 def dlq_replay(stage: str = typer.Option(..., help="whose dead letters to re-publish"),
                limit: int = typer.Option(None, min=1, help="at most this many")) -> None:
     """Re-publish a stage's dead letters to the topics they came from (after a fix). Each is replayed once."""
-    from infra.dlq import replay
-    from infra.kafka import check_reachable
+    from infra.kafka.clients import check_reachable
+    from infra.kafka.deadletters import replay
 
     settings = _settings()
     check_reachable(settings)

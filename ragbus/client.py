@@ -10,11 +10,11 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from infra.errors import RagbusError
-from infra.kafka import EventProducer
-from infra.ports import DocumentStore
+from infra.kafka.clients import EventProducer
+from infra.kafka.tail import Tail
 from infra.settings import Settings
-from infra.tail import Tail
+from kernel.errors import RagbusError
+from kernel.ports import DocumentStore
 from schemas.events import (
     INLINE_TEXT_MAX_BYTES,
     AnswerDelta,

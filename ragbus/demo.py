@@ -10,14 +10,15 @@ import sys
 import time
 from pathlib import Path
 
-from infra.kafka import EventProducer
+from infra.kafka.clients import EventProducer
+from infra.kafka.tail import Tail
 from infra.settings import Settings
-from infra.tail import Tail
 from infra.wiring import build_store
 from schemas.events import QueryRequested
 from schemas.topics import TOPICS
 
 from .client import ask_many, documents_from, new_correlation, publish, wait_final
+from .render import print_answer
 from .supervisor import Stack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,9 +49,8 @@ def run_demo(settings_in: Settings, question: str, timeout_s: float) -> int:
         if answer is None:
             _say("no answer arrived")
             return 1
-        from .cli import _print_answer
 
         print("A: ", end="")
-        _print_answer(answer, streamed=False)
+        print_answer(answer, streamed=False)
         _say(f"\nanswered in {answer.timings.total_ms:.0f} ms; total demo time {time.monotonic() - started:.1f}s")
         return 0 if answer.citations else 1

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from infra import wiring
-from infra.embedder import embedding_dim
-from infra.errors import ConfigurationError
-from infra.health import read_health
-from infra.kafka import check_reachable
+from infra.kafka.clients import check_reachable
+from infra.kafka.tail import Tail
+from infra.models.embedder import embedding_dim
+from infra.ops.health import read_health
 from infra.settings import Settings
-from infra.tail import Tail
+from kernel.errors import ConfigurationError
 from schemas.topics import STAGES, TOPICS
 
 

@@ -8,16 +8,19 @@ import signal
 import threading
 from collections.abc import Callable
 
+from chunking.splitter import Chunker
 from consumers import answerer, indexer, status
-from infra import consumer_runner, faust_runner, logs, wiring
-from infra.errors import ConfigurationError
-from infra.health import Health, serve
-from infra.kafka import EventProducer, check_reachable
-from infra.metrics import Metrics
+from infra import wiring
+from infra.kafka import consumer_runner, faust_runner
+from infra.kafka.clients import EventProducer, check_reachable
+from infra.ops import logs
+from infra.ops.health import Health, serve
+from infra.ops.metrics import Metrics
 from infra.settings import Settings
+from kernel.errors import ConfigurationError
 from schemas.topics import STAGES, TOPICS
-from streams import chunker, embedding
-from streams.chunking import Chunker
+from streams import chunker
+from streams import embedder as embedding
 
 STREAM_STAGES = ("chunker", "embedder")
 CONSUMER_STAGES = ("indexer", "status", "answerer")
@@ -25,7 +28,7 @@ log = logs.get(__name__)
 
 
 def _chunker_stage(settings: Settings, metrics: Metrics, health: Health) -> faust_runner.FaustApp:
-    from infra.embedder import load_tokenizer
+    from infra.models.embedder import load_tokenizer
 
     store = wiring.build_store(settings)
     split = Chunker(load_tokenizer(settings.embedder.model), settings.chunker.size_tokens,
@@ -57,7 +60,7 @@ def consumer(settings: Settings, name: str, metrics: Metrics, health: Health | N
     if name == "status":
         return consumer_runner.ConsumerRunner(settings, name, TOPICS.status, status.StatusSink(store), metrics,
                                               producer, health)
-    from infra.embedder import embedding_dim
+    from infra.models.embedder import embedding_dim
 
     dim = embedding_dim(settings.embedder.model)
     index = wiring.build_index(settings, dim)

@@ -16,9 +16,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from infra import logs
-from infra.broker import LocalBroker
-from infra.kafka import check_reachable, ensure_topics
+from infra.kafka.broker import LocalBroker
+from infra.kafka.clients import check_reachable, ensure_topics
+from infra.ops import logs
 from infra.settings import Settings
 
 log = logs.get(__name__)
@@ -42,7 +42,7 @@ class _Child:
 def _provision_stores(settings: Settings) -> None:
     """Create store schemas and indexes once, before several stage processes open them."""
     from infra import wiring
-    from infra.embedder import embedding_dim
+    from infra.models.embedder import embedding_dim
 
     wiring.build_store(settings).close()
     wiring.build_index(settings, embedding_dim(settings.embedder.model)).close()

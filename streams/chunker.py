@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from infra.errors import PoisonMessageError
-from infra.stage import Out, StreamStage, per_event
+from chunking.splitter import Chunker
+from kernel.errors import PoisonMessageError
+from kernel.stage import Out, StreamStage, per_event
 from schemas.events import (
     CHUNKS_PER_PART,
     DOCUMENT_MAX_BYTES,
@@ -23,8 +24,6 @@ from schemas.events import (
     content_hash,
 )
 from schemas.topics import TOPICS, document_key
-
-from .chunking import Chunker
 
 ContentLoader = Callable[[ContentRef], bytes]
 STAGE = "chunker"

@@ -18,7 +18,7 @@ pytest_plugins = ["tests.containers"]
 @pytest.fixture(scope="session")
 def broker() -> Iterator[str]:
     """One local Tansu broker for the session; tests isolate themselves with a topic prefix."""
-    from infra.broker import LocalBroker
+    from infra.kafka.broker import LocalBroker
 
     with LocalBroker(Path(os.environ.get("TMPDIR", "/tmp")) / f"ragbus-test-broker-{os.getpid()}.log") as b:
         yield b.bootstrap

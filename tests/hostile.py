@@ -16,8 +16,8 @@ from typing import Any
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from infra.errors import PoisonMessageError
-from infra.serde import decode
+from infra.kafka.serde import decode
+from kernel.errors import PoisonMessageError
 from schemas.topics import TopicSpec
 
 #: Hostile values stay below the topics' 2 MiB message limit, which the broker enforces before ragbus reads.

@@ -19,11 +19,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from infra import faust_runner, logs
-from infra.health import Health
-from infra.metrics import Metrics
+from infra.kafka import faust_runner
+from infra.ops import logs
+from infra.ops.health import Health
+from infra.ops.metrics import Metrics
 from infra.settings import Settings
-from infra.stage import Out, PerEvent, StreamStage
+from kernel.stage import Out, PerEvent, StreamStage
 from schemas.events import DocumentStatus, Status
 from schemas.topics import TOPICS, document_key
 

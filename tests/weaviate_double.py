@@ -40,8 +40,8 @@ from weaviate.proto.v1 import (
     weaviate_pb2_grpc,
 )
 
-from infra.broker import free_port
-from infra.fusion import relative_score_fusion
+from infra.kafka.broker import free_port
+from retrieval.fusion import relative_score_fusion
 
 VERSION = "1.32.4"  # tests may patch WeaviateDouble.version
 F = base_pb2.Filters

@@ -12,13 +12,13 @@ DIM = 8
 
 
 def _lance(tmp: Path):  # type: ignore[no-untyped-def]
-    from infra.lance_index import LanceVectorIndex
+    from infra.stores.lance import LanceVectorIndex
 
     return LanceVectorIndex(tmp / "lance", DIM)
 
 
 def _sqlite(tmp: Path):  # type: ignore[no-untyped-def]
-    from infra.sqlite_store import SqliteDocumentStore
+    from infra.stores.sqlite import SqliteDocumentStore
 
     return SqliteDocumentStore(tmp / "store.sqlite")
 
@@ -36,7 +36,7 @@ def _mongomock(tmp: Path):  # type: ignore[no-untyped-def]
                 return _orig(self, *args, **kw)
             shim._ragbus_shim = True  # type: ignore[attr-defined]
             setattr(BulkOperationBuilder, name, shim)
-    from infra.mongo_store import MongoDocumentStore
+    from infra.stores.mongo import MongoDocumentStore
 
     return MongoDocumentStore(mongomock.MongoClient(), "ragbus_test")
 
@@ -45,7 +45,7 @@ def _mongomock(tmp: Path):  # type: ignore[no-untyped-def]
 def _weaviate(tmp: Path):  # type: ignore[no-untyped-def]
     """Weaviate through the in-process double (tests/weaviate_double.py), with the real client."""
     from infra.settings import WeaviateSettings
-    from infra.weaviate_index import WeaviateVectorIndex, connect
+    from infra.stores.weaviate import WeaviateVectorIndex, connect
     from tests.weaviate_double import WeaviateDouble
 
     with WeaviateDouble() as double:
@@ -58,7 +58,7 @@ def _weaviate_container(tmp: Path, request: pytest.FixtureRequest):  # type: ign
     import uuid
 
     from infra.settings import WeaviateSettings
-    from infra.weaviate_index import WeaviateVectorIndex, connect
+    from infra.stores.weaviate import WeaviateVectorIndex, connect
 
     url, grpc_port = request.getfixturevalue("weaviate_container")
     return WeaviateVectorIndex(connect(WeaviateSettings(url=url, grpc_port=grpc_port)), f"C{uuid.uuid4().hex}", DIM)
@@ -70,8 +70,8 @@ def _mongodb_container(tmp: Path, request: pytest.FixtureRequest):  # type: igno
 
     from pydantic import SecretStr
 
-    from infra.mongo_store import MongoDocumentStore, connect
     from infra.settings import MongoSettings
+    from infra.stores.mongo import MongoDocumentStore, connect
 
     client = connect(MongoSettings(uri=SecretStr(request.getfixturevalue("mongodb_uri"))))
     return MongoDocumentStore(client, f"t{uuid.uuid4().hex}")

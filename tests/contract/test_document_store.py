@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from infra.ports import ChunkRecord, DocumentRecord, DocumentStore
+from kernel.ports import ChunkRecord, DocumentRecord, DocumentStore
 from schemas.events import Status, chunk_uuid
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from infra.ports import ChunkRecord, VectorIndex
+from kernel.ports import ChunkRecord, VectorIndex
 from schemas.events import chunk_uuid
 
 from .conftest import DIM

@@ -6,9 +6,9 @@ import pytest
 import weaviate
 from weaviate.classes.config import Configure, DataType, Property
 
-from infra.errors import ConfigurationError
 from infra.settings import WeaviateSettings
-from infra.weaviate_index import WeaviateVectorIndex, connect
+from infra.stores.weaviate import WeaviateVectorIndex, connect
+from kernel.errors import ConfigurationError
 from tests.weaviate_double import WeaviateDouble
 
 

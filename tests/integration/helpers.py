@@ -6,7 +6,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from infra.kafka import make_consumer, topic_name
+from infra.kafka.clients import make_consumer, topic_name
 from infra.settings import Settings
 from schemas.topics import TopicSpec
 

@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 from infra import wiring
-from infra.dlq import list_dead_letters, replay
-from infra.kafka import EventProducer, topic_name
+from infra.kafka.clients import EventProducer, topic_name
+from infra.kafka.deadletters import list_dead_letters, replay
+from infra.kafka.tail import Tail
 from infra.settings import Settings
-from infra.tail import Tail
 from ragbus.client import ask_many, publish, wait_final
 from ragbus.supervisor import Stack
 from schemas.events import INLINE_TEXT_MAX_BYTES, ContentRef, DocumentArrived, QueryRequested, Status, content_hash

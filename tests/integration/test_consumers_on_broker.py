@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from consumers.status import StatusSink
-from infra.consumer_runner import ConsumerRunner
-from infra.kafka import EventProducer, ensure_topics, topic_name
-from infra.metrics import Metrics
-from infra.sqlite_store import SqliteDocumentStore
+from infra.kafka.clients import EventProducer, ensure_topics, topic_name
+from infra.kafka.consumer_runner import ConsumerRunner
+from infra.ops.metrics import Metrics
+from infra.stores.sqlite import SqliteDocumentStore
 from schemas.events import DocumentStatus, Status
 from schemas.topics import TOPICS, document_key
 

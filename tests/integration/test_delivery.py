@@ -17,14 +17,14 @@ from typing import Any
 import pytest
 
 from consumers.indexer import IndexerSink
-from infra.consumer_runner import ConsumerRunner
-from infra.errors import RetryableError
-from infra.health import Health, serve
-from infra.kafka import EventProducer, SourceRecord, ensure_topics
-from infra.lance_index import LanceVectorIndex
-from infra.metrics import Metrics
+from infra.kafka.clients import EventProducer, SourceRecord, ensure_topics
+from infra.kafka.consumer_runner import ConsumerRunner
+from infra.ops.health import Health, serve
+from infra.ops.metrics import Metrics
 from infra.settings import Settings
-from infra.sqlite_store import SqliteDocumentStore
+from infra.stores.lance import LanceVectorIndex
+from infra.stores.sqlite import SqliteDocumentStore
+from kernel.errors import RetryableError
 from schemas.events import ChunksEmbedded, DocumentArrived, DocumentStatus, Status
 from schemas.topics import TOPICS, document_key
 from tests.conftest import ROOT
@@ -157,7 +157,7 @@ def test_failing_sink_backs_off_paused_with_bounded_memory(broker: str, settings
 def test_health_endpoint_reports_a_stall(tmp_path: Path) -> None:
     metrics = Metrics()
     health = Health("embedder", metrics, tmp_path, stall_after_s=0.2)
-    from infra.broker import free_port
+    from infra.kafka.broker import free_port
 
     port = free_port()
     server = serve(port, metrics, [health])
@@ -194,7 +194,7 @@ def test_worker_stopped_mid_stream_resumes_without_loss_or_duplicates(broker: st
     gen.mkdir()
     pipe, events, expected = corpus(gen, docs=200)  # enough that the worker is stopped mid-stream
     # the worker uses the real embedder's dimension for its index: re-encode the test vectors to it
-    from infra.embedder import embedding_dim
+    from infra.models.embedder import embedding_dim
 
     dim = embedding_dim(settings.embedder.model)
     events = [ev.model_copy(update={"dim": dim, "chunks": [c.model_copy(update={"vector_b64": c.encode_vector(
@@ -232,7 +232,7 @@ class PickySink(FlakySink):
 
 
 def test_an_unexpected_error_is_pinned_on_its_event_and_the_rest_flows(broker: str, settings_factory) -> None:  # type: ignore[no-untyped-def]
-    from infra.dlq import list_dead_letters
+    from infra.kafka.deadletters import list_dead_letters
 
     settings = settings_factory(broker, RAGBUS_KAFKA_POLL_BATCH="50")
     ensure_topics(settings)
@@ -269,7 +269,7 @@ class GrumpySink(FlakySink):
 
 
 def test_an_unexpected_error_in_add_is_pinned_on_its_event_and_the_batch_commits(broker: str, settings_factory) -> None:  # type: ignore[no-untyped-def]
-    from infra.dlq import list_dead_letters
+    from infra.kafka.deadletters import list_dead_letters
 
     settings = settings_factory(broker, RAGBUS_KAFKA_POLL_BATCH="50")
     ensure_topics(settings)

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from infra import wiring
-from infra.embedder import embedding_dim
-from infra.kafka import EventProducer
+from infra.kafka.clients import EventProducer
+from infra.kafka.tail import Tail
+from infra.models.embedder import embedding_dim
 from infra.settings import Settings
-from infra.tail import Tail
 from ragbus.client import ask_many, documents_from, new_correlation, publish, wait_final
 from ragbus.supervisor import Stack
 from schemas.events import DocumentDeleted, QueryRequested, Status

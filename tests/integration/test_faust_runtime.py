@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from infra.kafka import EventProducer, ensure_topics
+from infra.kafka.clients import EventProducer, ensure_topics
 from infra.settings import Settings
 from schemas.events import DocumentArrived
 from schemas.topics import TOPICS, document_key

@@ -18,11 +18,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from infra import wiring
-from infra.embedder import embedding_dim
-from infra.kafka import EventProducer, make_consumer, topic_name
-from infra.serde import encode
+from infra.kafka.clients import EventProducer, make_consumer, topic_name
+from infra.kafka.serde import encode
+from infra.kafka.tail import Tail
+from infra.models.embedder import embedding_dim
 from infra.settings import Settings
-from infra.tail import Tail
 from ragbus.supervisor import Stack
 from schemas.events import (
     Chunk,

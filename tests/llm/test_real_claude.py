@@ -6,9 +6,9 @@ import os
 
 import pytest
 
-from infra.claude import ClaudeAnswerer
-from infra.ports import SearchHit
+from infra.models.claude import ClaudeAnswerer
 from infra.settings import AnthropicSettings
+from kernel.ports import SearchHit
 
 pytestmark = [
     pytest.mark.llm,

@@ -10,8 +10,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from consumers.answerer import AnswererSink, Retriever
-from infra.claude import ClaudeAnswerer
-from infra.metrics import Metrics
+from infra.models.claude import ClaudeAnswerer
+from infra.ops.metrics import Metrics
 from infra.settings import AnswererSettings, AnthropicSettings, RetrievalSettings
 from schemas.events import AnswerDelta, AnswerGenerated, QueryRequested, utcnow
 from schemas.topics import TOPICS

@@ -2,10 +2,11 @@ from __future__ import annotations
 
 import pytest
 
-from infra.embedder import load_tokenizer
-from infra.errors import PoisonMessageError
+from chunking.sections import html_sections, markdown_sections
+from chunking.splitter import Chunker, embedding_text
+from infra.models.embedder import load_tokenizer
+from kernel.errors import PoisonMessageError
 from schemas.events import ContentType
-from streams.chunking import Chunker, embedding_text, html_sections, markdown_sections
 from tests.pdf import tiny_pdf
 
 

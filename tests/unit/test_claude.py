@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from infra.claude import PROMPT_VERSION, SYSTEM_PROMPT, ClaudeAnswerer, estimate_cost
-from infra.ports import SearchHit
+from infra.models.claude import PROMPT_VERSION, SYSTEM_PROMPT, ClaudeAnswerer, estimate_cost
 from infra.settings import AnthropicSettings
+from kernel.ports import SearchHit
 from tests import fake_claude as fc
 
 HITS = [

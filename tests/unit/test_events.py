@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from infra.errors import PoisonMessageError
-from infra.serde import decode, encode
+from infra.kafka.serde import decode, encode
+from kernel.errors import PoisonMessageError
 from schemas import generate
 from schemas.events import INLINE_TEXT_MAX_BYTES, ContentRef, DocumentArrived, QueryRequested
 from schemas.topics import TOPICS, TopicSpec

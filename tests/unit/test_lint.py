@@ -18,7 +18,7 @@ def test_ruff_is_clean() -> None:
 
 def test_stage_modules_do_not_import_vendor_sdks() -> None:
     """Belt and braces for TID251: importing the pure stage modules loads no broker or store client."""
-    code = ("import sys; import streams.chunker, streams.embedding, consumers.indexer, consumers.answerer; "
+    code = ("import sys; import streams.chunker, streams.embedder, consumers.indexer, consumers.answerer; "
             "bad = [m for m in ('faust', 'lancedb', 'weaviate', 'pymongo', 'anthropic') if m in sys.modules]; "
             "print(','.join(bad))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)

@@ -7,16 +7,17 @@ from typing import Any
 
 import pytest
 
+from chunking.splitter import Chunker
 from consumers.answerer import AnswererSink, Retriever
 from consumers.indexer import IndexerSink
-from infra.embedder import load_tokenizer
-from infra.errors import PoisonMessageError
-from infra.extractive import ExtractiveAnswerer
-from infra.kafka import SourceRecord
-from infra.lance_index import LanceVectorIndex
-from infra.metrics import Metrics
+from infra.kafka.clients import SourceRecord
+from infra.models.embedder import load_tokenizer
+from infra.ops.metrics import Metrics
 from infra.settings import RetrievalSettings
-from infra.sqlite_store import SqliteDocumentStore
+from infra.stores.lance import LanceVectorIndex
+from infra.stores.sqlite import SqliteDocumentStore
+from kernel.errors import PoisonMessageError
+from retrieval.extractive import ExtractiveAnswerer
 from schemas.events import (
     ChunksEmbedded,
     ChunksProduced,
@@ -28,8 +29,7 @@ from schemas.events import (
 )
 from schemas.topics import TOPICS
 from streams.chunker import chunk_event
-from streams.chunking import Chunker
-from streams.embedding import CachedEmbedder, embed_events
+from streams.embedder import CachedEmbedder, embed_events
 from tests.doubles import DictCache, HashEmbedder, RecordingProducer
 
 REC = SourceRecord("t", 0, 0, None, None, [])

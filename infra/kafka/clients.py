@@ -16,12 +16,11 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from pydantic import BaseModel
 
+from infra.kafka.serde import Headers, encode, headers_for
+from infra.settings import Settings
+from kernel.errors import ConfigurationError, RetryableError
 from schemas.events import utcnow
 from schemas.topics import TOPICS, TopicSpec
-
-from .errors import ConfigurationError, RetryableError
-from .serde import Headers, encode, headers_for
-from .settings import Settings
 
 DLQ_PREFIX = "ragbus-dlq-"
 

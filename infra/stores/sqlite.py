@@ -16,10 +16,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+from kernel.errors import RetryableError
+from kernel.ports import ChunkRecord, DocumentRecord
 from schemas.events import ContentRef, Status, content_hash
-
-from .errors import RetryableError
-from .ports import ChunkRecord, DocumentRecord
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (

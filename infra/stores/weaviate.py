@@ -29,9 +29,9 @@ from weaviate.classes.init import AdditionalConfig, Auth, Timeout
 from weaviate.classes.query import Filter, HybridFusion, MetadataQuery
 from weaviate.exceptions import WeaviateBaseError, WeaviateInsertManyAllFailedError
 
-from .errors import ConfigurationError, RetryableError
-from .ports import ChunkRecord, SearchHit, Vector, WriteFailure
-from .settings import WeaviateSettings
+from infra.settings import WeaviateSettings
+from kernel.errors import ConfigurationError, RetryableError
+from kernel.ports import ChunkRecord, SearchHit, Vector, WriteFailure
 
 MIN_VERSION = (1, 27)
 VECTOR = "chunk"

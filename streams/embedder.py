@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from infra.metrics import Metrics
-from infra.ports import Embedder, EmbeddingCache
-from infra.stage import Out, PerEvent, StreamStage
+from chunking.splitter import embedding_text
+from infra.ops.metrics import Metrics
+from kernel.ports import Embedder, EmbeddingCache
+from kernel.stage import Out, PerEvent, StreamStage
 from schemas.events import (
     ChunksEmbedded,
     ChunksProduced,
@@ -29,7 +30,6 @@ from schemas.events import (
 from schemas.topics import TOPICS, document_key
 
 from .chunker import failed_status
-from .chunking import embedding_text
 
 STAGE = "embedder"
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .metrics import Metrics
+from infra.ops.metrics import Metrics
 
 #: A health file not refreshed for this long belongs to a process that is gone.
 STALE_AFTER_S = 30.0

@@ -14,7 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .errors import ConfigurationError
+from kernel.errors import ConfigurationError
 
 
 def broker_binary() -> Path:

@@ -27,15 +27,14 @@ from typing import Any, Protocol
 
 from confluent_kafka import KafkaException, TopicPartition
 
+from infra.kafka.clients import EventProducer, SourceRecord, commit_offsets, make_consumer, send_dead_letter, topic_name
+from infra.kafka.serde import decode
+from infra.ops import logs
+from infra.ops.health import Health
+from infra.ops.metrics import Metrics, Outcome
+from infra.settings import Settings
+from kernel.errors import PoisonMessageError, RetryableError
 from schemas.topics import TopicSpec
-
-from . import logs
-from .errors import PoisonMessageError, RetryableError
-from .health import Health
-from .kafka import EventProducer, SourceRecord, commit_offsets, make_consumer, send_dead_letter, topic_name
-from .metrics import Metrics, Outcome
-from .serde import decode
-from .settings import Settings
 
 log = logs.get(__name__)
 

@@ -22,9 +22,9 @@ import pyarrow as pa
 from lancedb.index import FTS, BTree, IvfHnswSq
 from lancedb.query import MatchQuery
 
-from .errors import ConfigurationError
-from .fusion import relative_score_fusion
-from .ports import ChunkRecord, SearchHit, Vector, WriteFailure
+from kernel.errors import ConfigurationError
+from kernel.ports import ChunkRecord, SearchHit, Vector, WriteFailure
+from retrieval.fusion import relative_score_fusion
 
 TABLE = "chunks"
 #: Below this many rows exact search is fast and perfectly accurate; above it, build an ANN index.

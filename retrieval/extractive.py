@@ -10,9 +10,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from kernel.ports import GeneratedAnswer, SearchHit
 from schemas.events import Citation
-
-from .ports import GeneratedAnswer, SearchHit
 
 PROMPT_VERSION = "extractive-1"
 NO_KEY_REASON = "no Anthropic API key is set (RAGBUS_ANTHROPIC_API_KEY): offline extractive answer"

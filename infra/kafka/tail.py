@@ -7,12 +7,11 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
+from infra.kafka.clients import make_consumer, topic_name
+from infra.kafka.serde import decode
+from infra.settings import Settings
+from kernel.errors import PoisonMessageError
 from schemas.topics import TopicSpec
-
-from .errors import PoisonMessageError
-from .kafka import make_consumer, topic_name
-from .serde import decode
-from .settings import Settings
 
 
 class Tail:

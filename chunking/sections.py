@@ -1,9 +1,7 @@
-"""Structure-aware, token-aware chunking (pure functions, no I/O).
+"""Documents cut along their own structure (pure functions, no I/O): Markdown and HTML headings, PDF pages.
 
-Documents are first cut into sections along their own structure (Markdown/HTML headings, PDF pages),
-so a chunk never straddles two sections and carries its section path. Each section is then split by
-`semantic-text-splitter` using the embedding model's own tokenizer, preferring paragraph, then
-sentence, then word boundaries, with a configurable token overlap.
+Each section keeps the path of headings above it, so a chunk never straddles two sections and knows
+where it sits in its document.
 """
 
 from __future__ import annotations
@@ -11,16 +9,12 @@ from __future__ import annotations
 import io
 import re
 import unicodedata
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from bs4 import BeautifulSoup
 from markdown_it import MarkdownIt
-from semantic_text_splitter import MarkdownSplitter, TextSplitter
 
-from infra.errors import PoisonMessageError
-from schemas.events import Chunk, ContentType
+from kernel.errors import PoisonMessageError
 
 MAX_SECTION_DEPTH = 16
 _HEADINGS = ("h1", "h2", "h3", "h4", "h5", "h6")
@@ -108,47 +102,3 @@ def decode_bytes(data: bytes) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PoisonMessageError(f"content is not UTF-8 text: {exc.reason} at byte {exc.start}") from exc
-
-
-class Chunker:
-    """Splits documents into chunks of at most `size` tokens of the embedding model's tokenizer."""
-
-    def __init__(self, tokenizer: Any, size: int, overlap: int) -> None:
-        if overlap >= size:
-            raise ValueError(f"chunk overlap {overlap} must be below chunk size {size}")
-        self._tok = tokenizer
-        self._md = MarkdownSplitter.from_huggingface_tokenizer(tokenizer, size, overlap)
-        self._text = TextSplitter.from_huggingface_tokenizer(tokenizer, size, overlap)
-
-    def sections(self, content_type: ContentType, content: str | bytes) -> list[Section]:
-        if content_type is ContentType.PDF:
-            if not isinstance(content, bytes):
-                raise PoisonMessageError("application/pdf content must be bytes")
-            return pdf_sections(content)
-        text = check_text(content if isinstance(content, str) else decode_bytes(content))
-        if content_type is ContentType.MARKDOWN:
-            return markdown_sections(text)
-        if content_type is ContentType.HTML:
-            return html_sections(text)
-        return [Section((), text.strip())] if text.strip() else []
-
-    def _pieces(self, content_type: ContentType, sections: list[Section]) -> Iterator[tuple[tuple[str, ...], str]]:
-        splitter = self._md if content_type in (ContentType.MARKDOWN, ContentType.HTML) else self._text
-        for section in sections:
-            for piece in splitter.chunks(section.text):
-                if piece.strip():
-                    yield section.path, piece
-
-    def chunk(self, content_type: ContentType, content: str | bytes) -> list[Chunk]:
-        pieces = list(self._pieces(content_type, self.sections(content_type, content)))
-        if not pieces:
-            raise PoisonMessageError("document has no text to index after parsing (empty or only markup)")
-        counts = [len(e.ids) for e in self._tok.encode_batch([p for _, p in pieces], add_special_tokens=False)]
-        return [Chunk(index=i, text=text, section_path=list(path), token_count=n)
-                for i, ((path, text), n) in enumerate(zip(pieces, counts, strict=True))]
-
-
-def embedding_text(title: str, section_path: list[str], text: str) -> str:
-    """What is embedded: the chunk with its title and section path as context (contextual header)."""
-    header = " > ".join([p for p in [title, *section_path] if p])
-    return f"{header}\n{text}" if header else text

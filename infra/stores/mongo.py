@@ -20,12 +20,11 @@ from bson import Binary
 from pymongo import ASCENDING, MongoClient, ReplaceOne, WriteConcern
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from infra.settings import MongoSettings
+from infra.stores.sqlite import accept_status, merge_record
+from kernel.errors import ConfigurationError, RetryableError
+from kernel.ports import ChunkRecord, DocumentRecord
 from schemas.events import ContentRef, Status, content_hash
-
-from .errors import ConfigurationError, RetryableError
-from .ports import ChunkRecord, DocumentRecord
-from .settings import MongoSettings
-from .sqlite_store import accept_status, merge_record
 
 MAJORITY = WriteConcern(w="majority", j=True)
 #: Claim-checked content above this is refused: MongoDB documents are limited to 16 MiB.

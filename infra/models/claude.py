@@ -19,11 +19,10 @@ from typing import Any
 import anthropic
 from pydantic import BaseModel, Field, ValidationError
 
+from infra.settings import AnthropicSettings
+from kernel.ports import GeneratedAnswer, SearchHit
+from retrieval.extractive import ExtractiveAnswerer
 from schemas.events import Citation
-
-from .extractive import ExtractiveAnswerer
-from .ports import GeneratedAnswer, SearchHit
-from .settings import AnthropicSettings
 
 PROMPT_VERSION = "rag-answer-2026-11-24.1"
 SYSTEM_PROMPT = (

@@ -16,11 +16,18 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
+from infra.kafka.clients import (
+    DLQ_PREFIX,
+    EventProducer,
+    SourceRecord,
+    commit_offsets,
+    headers_of,
+    make_consumer,
+    topic_name,
+)
+from infra.settings import Settings
 from schemas.events import DeadLetter, utcnow
 from schemas.topics import STAGES, TOPICS
-
-from .kafka import DLQ_PREFIX, EventProducer, SourceRecord, commit_offsets, headers_of, make_consumer, topic_name
-from .settings import Settings
 
 REPLAYED_FROM = "ragbus-replayed-from"
 

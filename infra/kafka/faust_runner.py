@@ -32,14 +32,14 @@ from typing import Any
 
 import faust
 
-from . import logs
-from .errors import PoisonMessageError, RetryableError
-from .health import Health
-from .kafka import SourceRecord, bootstrap, dead_letter, topic_name
-from .metrics import Metrics, Outcome
-from .serde import Headers, decode, encode, headers_for
-from .settings import Settings
-from .stage import Out, PerEvent, StreamStage
+from infra.kafka.clients import SourceRecord, bootstrap, dead_letter, topic_name
+from infra.kafka.serde import Headers, decode, encode, headers_for
+from infra.ops import logs
+from infra.ops.health import Health
+from infra.ops.metrics import Metrics, Outcome
+from infra.settings import Settings
+from kernel.errors import PoisonMessageError, RetryableError
+from kernel.stage import Out, PerEvent, StreamStage
 
 log = logs.get(__name__)
 FaustApp = faust.App

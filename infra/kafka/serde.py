@@ -15,11 +15,10 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
+from infra.settings import DecodeSettings
+from kernel.errors import PoisonMessageError
 from schemas.events import SCHEMA_VERSION
 from schemas.topics import TopicSpec
-
-from .errors import PoisonMessageError
-from .settings import DecodeSettings
 
 SUPPORTED_SCHEMA_VERSIONS = frozenset({SCHEMA_VERSION})
 Headers = list[tuple[str, str | bytes | None]]

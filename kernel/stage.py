@@ -13,9 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from kernel.errors import RetryableError
 from schemas.topics import TopicSpec
-
-from .errors import RetryableError
 
 
 @dataclass(frozen=True)

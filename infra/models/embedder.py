@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigurationError
-from .settings import EmbedderSettings
+from infra.settings import EmbedderSettings
+from kernel.errors import ConfigurationError
 
 PACKAGED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 
