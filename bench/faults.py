@@ -5,7 +5,8 @@
 The faults are keyed on document ids and question texts, so every redelivery meets the same fault:
 
 - `fault-chunker-*` documents: the chunker raises an exception of an unexpected type, every time;
-- `fault-indexer-*` documents: the indexer's `add` raises an exception of an unexpected type, every time;
+- `fault-indexer-*` documents: the indexer raises an exception of an unexpected type for any batch
+  holding one, every time (the runner runs the batch's events one by one to find it);
 - `flaky-*` documents: the embedder's batch call raises once per process for a batch holding one of
   them, and succeeds when the runner retries the event alone (a transient bug);
 - questions containing `fault-answerer`: the answerer raises, every time.
@@ -39,8 +40,8 @@ def unexpected(key: str) -> BaseException:
 
 
 def install() -> None:
-    chunk_event, embed_events, add, answer = (chunker.chunk_event, embedding.embed_events, indexer.IndexerSink.add,
-                                              answerer.AnswererSink.answer)
+    chunk_event, embed_events, index, answer = (chunker.chunk_event, embedding.embed_events, indexer.Indexer.handle,
+                                                answerer.Answerer.answer)
     seen: set[str] = set()
 
     def faulty_chunk_event(event: Any, *args: Any) -> Any:
@@ -55,10 +56,11 @@ def install() -> None:
             raise unexpected(sorted(flaky)[0])
         return embed_events(events, *args)
 
-    def faulty_add(self: Any, event: Any, record: Any) -> None:
-        if event.document_id.startswith("fault-indexer"):
-            raise unexpected(event.document_id)
-        add(self, event, record)
+    def faulty_index(self: Any, events: Any) -> Any:
+        for event in events:
+            if event.document_id.startswith("fault-indexer"):
+                raise unexpected(event.document_id)
+        return index(self, events)
 
     def faulty_answer(self: Any, query: Any) -> Any:
         if "fault-answerer" in query.text:
@@ -67,8 +69,8 @@ def install() -> None:
 
     chunker.chunk_event = faulty_chunk_event
     embedding.embed_events = faulty_embed_events
-    indexer.IndexerSink.add = faulty_add  # type: ignore[method-assign]
-    answerer.AnswererSink.answer = faulty_answer  # type: ignore[method-assign]
+    indexer.Indexer.handle = faulty_index  # type: ignore[method-assign]
+    answerer.Answerer.answer = faulty_answer  # type: ignore[method-assign]
 
 
 if __name__ == "__main__":

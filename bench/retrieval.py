@@ -80,7 +80,7 @@ def main() -> None:
             ndcg, recall, latency = [], [], []
             for q, qv in zip(queries, qvecs, strict=True):
                 t = time.perf_counter()
-                hits = index.hybrid_search("eval", q["text"], qv, limit=50, alpha=alpha)
+                hits = index.hybrid_search("eval", q["text"], qv, limit=50, candidates=200, alpha=alpha)
                 latency.append(time.perf_counter() - t)
                 ranked = list(dict.fromkeys(h.document_id for h in hits))
                 ndcg.append(ndcg_at_10(ranked, qrels.get(q["id"], set())))

@@ -25,7 +25,6 @@ class Chunker:
     def __init__(self, tokenizer: Any, size: int, overlap: int) -> None:
         if overlap >= size:
             raise ValueError(f"chunk overlap {overlap} must be below chunk size {size}")
-        self._tok = tokenizer
         self._md = MarkdownSplitter.from_huggingface_tokenizer(tokenizer, size, overlap)
         self._text = TextSplitter.from_huggingface_tokenizer(tokenizer, size, overlap)
 
@@ -49,12 +48,12 @@ class Chunker:
                     yield section.path, piece
 
     def chunk(self, content_type: ContentType, content: str | bytes) -> list[Chunk]:
+        """The splitter counts tokens as it cuts, so each chunk is at most `size` tokens without a
+        second pass of the tokenizer."""
         pieces = list(self._pieces(content_type, self.sections(content_type, content)))
         if not pieces:
             raise PoisonMessageError("document has no text to index after parsing (empty or only markup)")
-        counts = [len(e.ids) for e in self._tok.encode_batch([p for _, p in pieces], add_special_tokens=False)]
-        return [Chunk(index=i, text=text, section_path=list(path), token_count=n)
-                for i, ((path, text), n) in enumerate(zip(pieces, counts, strict=True))]
+        return [Chunk(index=i, text=text, section_path=list(path)) for i, (path, text) in enumerate(pieces)]
 
 
 def embedding_text(title: str, section_path: list[str], text: str) -> str:

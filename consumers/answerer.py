@@ -2,13 +2,16 @@
 
 The query id is the idempotency key: the first answer is stored before it is published, and a
 redelivered or repeated query republishes the stored answer without retrieving or calling the model
-again. Retrieval embeds the question, runs hybrid search within the query's tenant and keeps, per
-document, only the newest version present (old chunks stay searchable while an update is indexed).
+again. Retrieval (retrieval/) embeds the question, runs hybrid search within the query's tenant and
+keeps, per document, only the newest version present.
 
 Answers are also cached by prompt version, model, normalised question and retrieved chunk ids (per
 tenant), so the same question over the same chunks costs one model call. Degraded answers are never
-cached: when the model recovers, the next query gets a real answer. Queries of one batch are answered
-concurrently (model calls wait on the network) and published in their order.
+cached: when the model recovers, the next query gets a real answer. A model that gives no usable
+answer in time (AnswerModelError) gets an extractive answer marked degraded with the reason; a model
+that never will (ConfigurationError: a rejected key, an unknown model) breaks the stage instead of
+passing degraded answers off as service. Queries of one batch are answered concurrently (model calls
+wait on the network) and published in their order.
 """
 
 from __future__ import annotations
@@ -16,27 +19,21 @@ from __future__ import annotations
 import hashlib
 import time
 import unicodedata
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
-from infra.kafka.clients import EventProducer, SourceRecord
 from infra.ops.metrics import Metrics
-from infra.settings import AnswererSettings, RetrievalSettings
-from kernel.ports import AnswerModel, DocumentStore, Embedder, GeneratedAnswer, SearchHit, VectorIndex
+from kernel.errors import AnswerModelError, ConfigurationError, RetryableError
+from kernel.ports import AnswerModel, DocumentStore, GeneratedAnswer, OnDelta, SearchHit
+from kernel.stage import Emit, Out, PerEvent, Stage
 from retrieval.extractive import ExtractiveAnswerer, citations_from
+from retrieval.retriever import Retriever
 from schemas.events import AnswerDelta, AnswerGenerated, QueryRequested, Timings, Usage, utcnow
 from schemas.topics import TOPICS
 
 STAGE = "answerer"
 CACHE_PREFIX = "cache:"
-
-
-def newest_versions_only(hits: Sequence[SearchHit]) -> list[SearchHit]:
-    newest: dict[str, int] = {}
-    for h in hits:
-        newest[h.document_id] = max(newest.get(h.document_id, -1), h.version)
-    return [h for h in hits if h.version == newest[h.document_id]]
 
 
 def normalise(question: str) -> str:
@@ -49,43 +46,31 @@ def cache_key(model: AnswerModel, question: str, hits: Sequence[SearchHit], agen
     return CACHE_PREFIX + hashlib.sha256(material.encode()).hexdigest()
 
 
-class Retriever:
-    def __init__(self, embedder: Embedder, index: VectorIndex, settings: RetrievalSettings) -> None:
-        self._embedder = embedder
-        self._index = index
-        self._settings = settings
-
-    def retrieve(self, tenant: str, question: str, top_k: int,
-                 filters: dict[str, Any] | None = None) -> list[SearchHit]:
-        vector = self._embedder.embed([question])[0]
-        hits = self._index.hybrid_search(tenant, question, vector, limit=top_k * 2, alpha=self._settings.alpha,
-                                         filters=filters)
-        return newest_versions_only(hits)[:top_k]
-
-
-class AnswererSink:
-    def __init__(self, retriever: Retriever, model: AnswerModel, store: DocumentStore, producer: EventProducer,
-                 metrics: Metrics, settings: AnswererSettings | None = None) -> None:
+class Answerer:
+    def __init__(self, retriever: Retriever, model: AnswerModel, store: DocumentStore, metrics: Metrics,
+                 emit: Emit, *, concurrency: int = 8, cache_answers: bool = True) -> None:
         self._retriever = retriever
         self._model = model
         self._store = store
-        self._producer = producer
         self._metrics = metrics
-        self._settings = settings or AnswererSettings()
-        self._pool = ThreadPoolExecutor(self._settings.concurrency, thread_name_prefix="ragbus-answer")
-        self._pending: list[tuple[SourceRecord, QueryRequested]] = []
+        self._emit = emit
+        self._cache_answers = cache_answers
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="ragbus-answer")
 
-    def add(self, event: Any, record: SourceRecord) -> None:
-        self._pending.append((record, event))
+    def stage(self, max_batch: int, window_s: float) -> Stage:
+        return Stage(name=STAGE, source=TOPICS.queries, handle=self.handle, max_batch=max_batch, window_s=window_s)
 
-    def discard(self) -> None:
-        self._pending = []
-
-    def flush(self) -> list[tuple[SourceRecord, Any, Exception]]:
-        for answer in self._pool.map(self.answer, [q for _, q in self._pending]):
-            self._producer.send(TOPICS.answers, answer.query_id, answer)
-        self._pending = []
-        return []
+    def handle(self, queries: Sequence[QueryRequested]) -> list[PerEvent]:
+        futures = [self._pool.submit(self.answer, q) for q in queries]
+        results: list[PerEvent] = []
+        for q, future in zip(queries, futures, strict=True):
+            try:
+                results.append([Out(TOPICS.answers, q.query_id.encode(), future.result())])
+            except (RetryableError, ConfigurationError):
+                raise  # about the stage (a store down, a rejected key), not this query
+            except Exception as exc:  # this query's own failure: dead-lettered, the others are answered
+                results.append(exc)
+        return results
 
     def answer(self, q: QueryRequested) -> AnswerGenerated:
         stored = self._store.get_answer(q.tenant, q.query_id)
@@ -94,7 +79,7 @@ class AnswererSink:
             return AnswerGenerated.model_validate_json(stored)
         started = time.perf_counter()
         remaining_s = q.deadline_ms / 1000 - (utcnow() - q.occurred_at).total_seconds()
-        hits = self._retriever.retrieve(q.tenant, q.text, q.top_k, dict(q.filters))
+        hits = self._retriever.retrieve(q.tenant, q.text, q.top_k, q.filters)
         retrieved = time.perf_counter()
         common = {"tenant": q.tenant, "correlation_id": q.correlation_id or q.query_id, "query_id": q.query_id,
                   "question": q.text}
@@ -102,42 +87,47 @@ class AnswererSink:
             answer = AnswerGenerated(**common, answer="", degraded=False, retrieve_only=True,
                                      citations=citations_from(hits), timings=_timings(started, retrieved, retrieved))
         else:
-            gen, cached = self._generate(q, hits, remaining_s - (retrieved - started))
-            answer = _answer_event(common, gen, cached, _timings(started, retrieved, time.perf_counter()))
-        self._store.put_answer(q.tenant, q.query_id, answer.model_dump_json())
-        first = self._store.get_answer(q.tenant, q.query_id)  # another answerer may have stored one first
-        answer = AnswerGenerated.model_validate_json(first) if first else answer
+            answer = self._generate(q, hits, remaining_s - (retrieved - started), common, started, retrieved)
+        # the first answer stored wins: another answerer may have answered this query id meanwhile
+        answer = AnswerGenerated.model_validate_json(
+            self._store.put_answer(q.tenant, q.query_id, answer.model_dump_json()))
         self._account(answer)
         self._metrics.answer_seconds.observe(time.perf_counter() - started)
         return answer
 
-    def _generate(self, q: QueryRequested, hits: list[SearchHit], remaining_s: float) -> tuple[GeneratedAnswer, bool]:
+    def _generate(self, q: QueryRequested, hits: list[SearchHit], remaining_s: float, common: dict[str, str],
+                  started: float, retrieved: float) -> AnswerGenerated:
         key = cache_key(self._model, q.text, hits, q.agentic)
-        if self._settings.cache_answers:
-            hit = self._store.get_answer(q.tenant, key)
-            if hit is not None:
-                a = AnswerGenerated.model_validate_json(hit)
-                return GeneratedAnswer(a.answer, a.citations, a.model, a.prompt_version, a.degraded,
-                                       dropped_citations=a.dropped_citations), True
-        if remaining_s <= 0:
-            reason = f"the query's deadline ({q.deadline_ms} ms) passed before generation: extractive answer"
-            return ExtractiveAnswerer(reason=reason).answer(q.text, hits), False
+        cached = self._store.get_answer(q.tenant, key) if self._cache_answers else None
+        if cached is not None:
+            return AnswerGenerated.model_validate_json(cached).model_copy(update=common | {
+                "event_id": uuid.uuid4(), "occurred_at": utcnow(), "cached": True, "usage": Usage(),
+                "timings": _timings(started, retrieved, time.perf_counter())})
+        on_delta = self._deltas(q) if q.stream else None
+        try:
+            if remaining_s <= 0:
+                raise AnswerModelError(f"the query's deadline ({q.deadline_ms} ms) passed before generation")
+            gen = self._model.answer(q.text, hits, on_delta=on_delta, deadline_s=remaining_s,
+                                     search=self._search(q) if q.agentic else None)
+        except AnswerModelError as exc:
+            gen = ExtractiveAnswerer(reason=f"{exc}: offline extractive answer").answer(q.text, hits,
+                                                                                        on_delta=on_delta)
+        answer = _answer_event(common, gen, _timings(started, retrieved, time.perf_counter()))
+        if self._cache_answers and not answer.degraded:
+            self._store.put_answer(q.tenant, key, answer.model_dump_json())
+        return answer
+
+    def _search(self, q: QueryRequested) -> Callable[[str, int], list[SearchHit]]:
         def search(text: str, k: int) -> list[SearchHit]:  # follow-ups stay in the query's tenant and filters
-            return self._retriever.retrieve(q.tenant, text, k, dict(q.filters))
+            return self._retriever.retrieve(q.tenant, text, k, q.filters)
+        return search
 
-        gen = self._model.answer(q.text, hits, on_delta=self._delta_sink(q) if q.stream else None,
-                                 deadline_s=remaining_s, search=search if q.agentic else None)
-        if self._settings.cache_answers and not gen.degraded:
-            entry = _answer_event({"tenant": q.tenant, "query_id": "cached", "question": q.text}, gen, False, Timings())
-            self._store.put_answer(q.tenant, key, entry.model_dump_json())
-        return gen, False
-
-    def _delta_sink(self, q: QueryRequested) -> Any:
+    def _deltas(self, q: QueryRequested) -> OnDelta:
         seq = iter(range(1_000_000_000))
 
         def on_delta(text: str) -> None:
-            self._producer.send(TOPICS.answer_deltas, q.query_id, AnswerDelta(
-                tenant=q.tenant, correlation_id=q.correlation_id, query_id=q.query_id, seq=next(seq), text=text))
+            self._emit(Out(TOPICS.answer_deltas, q.query_id.encode(), AnswerDelta(
+                tenant=q.tenant, correlation_id=q.correlation_id, query_id=q.query_id, seq=next(seq), text=text)))
 
         return on_delta
 
@@ -155,14 +145,13 @@ class AnswererSink:
             self._metrics.citations_dropped.inc(a.dropped_citations)
 
 
-def _answer_event(common: dict[str, Any], gen: GeneratedAnswer, cached: bool, timings: Timings) -> AnswerGenerated:
-    usage = Usage() if cached else Usage(
-        input_tokens=gen.input_tokens, output_tokens=gen.output_tokens,
-        cache_creation_input_tokens=gen.cache_creation_input_tokens,
-        cache_read_input_tokens=gen.cache_read_input_tokens, cost_usd=gen.cost_usd)
+def _answer_event(common: dict[str, str], gen: GeneratedAnswer, timings: Timings) -> AnswerGenerated:
+    usage = Usage(input_tokens=gen.input_tokens, output_tokens=gen.output_tokens,
+                  cache_creation_input_tokens=gen.cache_creation_input_tokens,
+                  cache_read_input_tokens=gen.cache_read_input_tokens, cost_usd=gen.cost_usd)
     return AnswerGenerated(**common, answer=gen.text, degraded=gen.degraded, degraded_reason=gen.degraded_reason,
                            citations=gen.citations, model=gen.model, prompt_version=gen.prompt_version,
-                           dropped_citations=gen.dropped_citations, cached=cached, timings=timings, usage=usage)
+                           dropped_citations=gen.dropped_citations, timings=timings, usage=usage)
 
 
 def _timings(started: float, retrieved: float, done: float) -> Timings:

@@ -9,19 +9,21 @@ Old chunks stay searchable until the new version is complete: an update never le
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Sequence
 
-from infra.kafka.clients import EventProducer, SourceRecord
 from infra.ops.metrics import Metrics
 from kernel.errors import PoisonMessageError
 from kernel.ports import ChunkRecord, DocumentRecord, DocumentStore, VectorIndex
+from kernel.stage import Out, PerEvent, Stage
+from kernel.versions import cleanup_bound, superseded
 from schemas.events import ChunksEmbedded, DocumentDeleted, DocumentStatus, Status, chunk_uuid
 from schemas.topics import TOPICS, document_key
+from streams.chunker import failed_status
 
 STAGE = "indexer"
-#: Per-object write failures are retried this many times within one flush before dead-lettering.
+#: Per-object write failures are retried this many times within one batch before dead-lettering.
 OBJECT_RETRIES = 2
+Event = ChunksEmbedded | DocumentDeleted
 
 
 def chunk_records(ev: ChunksEmbedded, dim: int | None = None) -> list[ChunkRecord]:
@@ -37,95 +39,79 @@ def chunk_records(ev: ChunksEmbedded, dim: int | None = None) -> list[ChunkRecor
     return records
 
 
-def superseded(doc: DocumentRecord | None, version: int) -> bool:
-    """True when the store already knows a newer version, or a delete at this version or later."""
-    if doc is None:
-        return False
-    return doc.version > version or (doc.status is Status.DELETED and doc.version >= version)
+def status(ev: Event, value: Status, *, version: int, chunks: int = 0) -> Out:
+    return Out(TOPICS.status, document_key(ev.tenant, ev.document_id), DocumentStatus(
+        tenant=ev.tenant, correlation_id=ev.correlation_id, document_id=ev.document_id, version=version,
+        status=value, stage=STAGE, chunks=chunks))
 
 
-def cleanup_bound(doc: DocumentRecord) -> int:
-    """Chunks below this version must not exist given the document's current row."""
-    return doc.version + 1 if doc.status is Status.DELETED else doc.version
-
-
-@dataclass
-class _Pending:
-    record: SourceRecord
-    event: ChunksEmbedded | DocumentDeleted
-    chunks: list[ChunkRecord]
-
-
-class IndexerSink:
-    def __init__(self, index: VectorIndex, store: DocumentStore, producer: EventProducer, metrics: Metrics,
-                 dim: int | None = None) -> None:
+class Indexer:
+    def __init__(self, index: VectorIndex, store: DocumentStore, metrics: Metrics, dim: int | None = None) -> None:
         self._index = index
         self._store = store
-        self._producer = producer
         self._metrics = metrics
         self._dim = dim
-        self._pending: list[_Pending] = []
 
-    def add(self, event: Any, record: SourceRecord) -> None:
-        try:
-            chunks = chunk_records(event, self._dim) if isinstance(event, ChunksEmbedded) else []
-        except PoisonMessageError as exc:
-            self._status(event, Status.FAILED, error=str(exc))
-            raise
-        self._pending.append(_Pending(record, event, chunks))
+    def stage(self, max_batch: int, window_s: float) -> Stage:
+        return Stage(name=STAGE, source=TOPICS.embedded, handle=self.handle,
+                     on_failure=lambda ev, exc: failed_status(ev, exc, STAGE), max_batch=max_batch,
+                     window_s=window_s)
 
-    def discard(self) -> None:
-        self._pending = []
-
-    def flush(self) -> list[tuple[SourceRecord, Any, Exception]]:
-        pending, failures = self._pending, []
-        live = [p for p in pending if isinstance(p.event, DocumentDeleted)
-                or not superseded(self._store.get_document(p.event.tenant, p.event.document_id), p.event.version)]
-        failed = self._write([c for p in live for c in p.chunks], live)
-        for p in live:
-            if p.record in failed:
-                failures.append((p.record, p.event, failed[p.record]))
-                self._status(p.event, Status.FAILED, error=str(failed[p.record]))
-            elif isinstance(p.event, DocumentDeleted):
-                self._delete(p.event)
-            else:
-                self._maybe_finish(p.event)
-        self._metrics.chunks.labels(STAGE).inc(sum(len(p.chunks) for p in live))
-        self._pending = []
+    def handle(self, events: Sequence[Event]) -> list[PerEvent]:
+        results: list[PerEvent] = [[] for _ in events]
+        chunks: dict[int, list[ChunkRecord]] = {}
+        for i, ev in enumerate(events):
+            if isinstance(ev, DocumentDeleted):
+                continue
+            try:
+                records = chunk_records(ev, self._dim)
+            except PoisonMessageError as exc:
+                results[i] = exc
+                continue
+            if not superseded(self._store.get_document(ev.tenant, ev.document_id), ev.version):
+                chunks[i] = records
+        failed = self._write(chunks)
+        for i, ev in enumerate(events):
+            if i in failed:
+                results[i] = failed[i]
+            elif isinstance(ev, DocumentDeleted):
+                results[i] = self._delete(ev)
+            elif i in chunks:
+                results[i] = self._maybe_finish(ev)
+        self._metrics.chunks.labels(STAGE).inc(sum(len(c) for c in chunks.values()))
         self._index.maintain()  # cheap unless due: folds new rows into the index's own structures
-        return failures
+        return results
 
-    def _write(self, chunks: list[ChunkRecord], live: list[_Pending]) -> dict[SourceRecord, Exception]:
-        """Upsert into both stores; retry refused objects; map what still fails to its record."""
-        owner = {c.chunk_id: p.record for p in live for c in p.chunks}
-        todo_all = list({c.chunk_id: c for c in chunks}.values())  # a batch may repeat an event (redelivery)
+    def _write(self, chunks: dict[int, list[ChunkRecord]]) -> dict[int, Exception]:
+        """Upsert into both stores; retry refused objects; map what still fails to its event."""
+        owner = {c.chunk_id: i for i, records in chunks.items() for c in records}
+        todo_all = list({c.chunk_id: c for records in chunks.values() for c in records}.values())
         todo, failures = todo_all, []
-        for _ in range(OBJECT_RETRIES + 1):
+        for _ in range(OBJECT_RETRIES + 1):  # a batch may repeat an event (redelivery): one object per id
             failures = self._index.upsert(todo)
             if not failures:
                 break
             refused = {f.chunk_id for f in failures}
             todo = [c for c in todo if c.chunk_id in refused]
-        failed: dict[SourceRecord, Exception] = {
+        failed: dict[int, Exception] = {
             owner[f.chunk_id]: PoisonMessageError(f"vector index refused chunk {f.chunk_id}: {f.message}")
             for f in failures}
         self._store.upsert_chunks([c for c in todo_all if owner[c.chunk_id] not in failed])
         return failed
 
-    def _delete(self, ev: DocumentDeleted) -> None:
+    def _delete(self, ev: DocumentDeleted) -> list[Out]:
         version = ev.effective_version
         applied = self._store.apply_status(DocumentRecord(ev.tenant, ev.document_id, version, Status.DELETED))
         doc = self._store.get_document(ev.tenant, ev.document_id)
         bound = cleanup_bound(doc) if doc is not None else version + 1
         self._index.delete_versions(ev.tenant, ev.document_id, below=bound)
         self._store.delete_chunk_versions(ev.tenant, ev.document_id, below=bound)
-        if applied:
-            self._status(ev, Status.DELETED, version=version)
+        return [status(ev, Status.DELETED, version=version)] if applied else []
 
-    def _maybe_finish(self, ev: ChunksEmbedded) -> None:
+    def _maybe_finish(self, ev: ChunksEmbedded) -> list[Out]:
         stored = sum(1 for _, v in self._store.chunk_versions(ev.tenant, ev.document_id) if v == ev.version)
         if stored < ev.total_chunks:
-            return
+            return []
         applied = self._store.apply_status(DocumentRecord(
             ev.tenant, ev.document_id, ev.version, Status.INDEXED, ev.total_chunks, "", ev.content_hash, ev.title,
             ev.source, dict(ev.metadata)))
@@ -135,11 +121,7 @@ class IndexerSink:
         self._index.delete_versions(ev.tenant, ev.document_id, below=bound)
         self._store.delete_chunk_versions(ev.tenant, ev.document_id, below=bound)
         if applied or (doc is not None and doc.version == ev.version and doc.status is Status.INDEXED):
-            self._status(ev, Status.INDEXED, chunks=ev.total_chunks)
+            return [status(ev, Status.INDEXED, version=ev.version, chunks=ev.total_chunks)]
+        return []
 
-    def _status(self, ev: ChunksEmbedded | DocumentDeleted, status: Status, *, chunks: int = 0, error: str = "",
-                version: int | None = None) -> None:
-        v = version if version is not None else getattr(ev, "version", None) or 0
-        self._producer.send(TOPICS.status, document_key(ev.tenant, ev.document_id), DocumentStatus(
-            tenant=ev.tenant, correlation_id=ev.correlation_id, document_id=ev.document_id, version=v,
-            status=status, stage=STAGE, chunks=chunks, error=error[:2000]))
+

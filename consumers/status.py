@@ -1,34 +1,32 @@
 """status.v1 -> document store (at-least-once; forward-only, so redelivery and reordering are harmless).
 
 The faust stages cannot write to stores (they are Kafka -> Kafka); they publish status events and this
-sink applies them under the store's version rules.
+stage applies them under the version rules. The indexer writes `indexed` and `deleted` itself (it has
+to: finishing or deleting a version cleans up older chunks under the same rules), so those are skipped
+here rather than written a second time.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
 
-from infra.kafka.clients import SourceRecord
 from kernel.ports import DocumentRecord, DocumentStore
-from schemas.events import DocumentStatus
+from kernel.stage import PerEvent, Stage
+from schemas.events import DocumentStatus, Status
+from schemas.topics import TOPICS
 
 STAGE = "status"
+#: Statuses whose producer already applied them to the store.
+APPLIED_BY_PRODUCER = {("indexer", Status.INDEXED), ("indexer", Status.DELETED)}
 
 
-class StatusSink:
-    def __init__(self, store: DocumentStore) -> None:
-        self._store = store
-        self._pending: list[DocumentStatus] = []
+def apply_statuses(store: DocumentStore, events: Sequence[DocumentStatus]) -> list[PerEvent]:
+    for ev in events:
+        if (ev.stage, ev.status) not in APPLIED_BY_PRODUCER:
+            store.apply_status(DocumentRecord(ev.tenant, ev.document_id, ev.version, ev.status, ev.chunks, ev.error))
+    return [[] for _ in events]
 
-    def add(self, event: Any, record: SourceRecord) -> None:
-        self._pending.append(event)
 
-    def discard(self) -> None:
-        self._pending = []
-
-    def flush(self) -> list[tuple[SourceRecord, Any, Exception]]:
-        for ev in self._pending:
-            self._store.apply_status(DocumentRecord(ev.tenant, ev.document_id, ev.version, ev.status, ev.chunks,
-                                                    ev.error))
-        self._pending = []
-        return []
+def stage(store: DocumentStore, max_batch: int, window_s: float) -> Stage:
+    return Stage(name=STAGE, source=TOPICS.status, handle=lambda events: apply_statuses(store, events),
+                 max_batch=max_batch, window_s=window_s)

@@ -43,6 +43,26 @@ class DecodeSettings(BaseSettings):
     max_depth: int = Field(32, ge=4, le=512)
 
 
+class DeliverySettings(BaseSettings):
+    """The delivery policy of every stage (infra/kafka/delivery.py), the same in both runtimes."""
+
+    model_config = _cfg("RAGBUS_DELIVERY_")
+
+    #: Attempts at a batch that fails transiently (RetryableError) before the stage reports itself broken.
+    retry_attempts: int = Field(6, ge=1, le=100)
+    #: Exponential backoff with jitter between attempts: first wait and cap (a retry_after wins).
+    backoff_initial_s: float = Field(0.2, gt=0, le=60)
+    backoff_max_s: float = Field(30.0, gt=0, le=600)
+    #: The failure breaker: it opens when, within the window, at least `breaker_min_failures` events
+    #: failed unexpectedly and they are at least `breaker_failure_ratio` of the events handled.
+    breaker_window_s: float = Field(60.0, gt=0)
+    breaker_min_failures: int = Field(5, ge=1)
+    breaker_failure_ratio: float = Field(0.5, gt=0, le=1)
+    #: While broken, the held batch is probed this often (doubling up to `probe_max_s`).
+    probe_interval_s: float = Field(5.0, gt=0)
+    probe_max_s: float = Field(120.0, gt=0)
+
+
 class EmbedderSettings(BaseSettings):
     model_config = _cfg("RAGBUS_EMBEDDER_")
 
@@ -132,6 +152,7 @@ class Settings(BaseSettings):
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     decode: DecodeSettings = Field(default_factory=DecodeSettings)
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
     chunker: ChunkerSettings = Field(default_factory=ChunkerSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)

@@ -57,7 +57,9 @@ def build_answer_model(settings: Settings) -> AnswerModel:
     if settings.anthropic.api_key is not None:
         from infra.models.claude import ClaudeAnswerer
 
-        return ClaudeAnswerer(settings.anthropic, agentic_steps=settings.answerer.agentic_max_steps)
+        model = ClaudeAnswerer(settings.anthropic, agentic_steps=settings.answerer.agentic_max_steps)
+        model.check()
+        return model
     from retrieval.extractive import ExtractiveAnswerer
 
     return ExtractiveAnswerer()

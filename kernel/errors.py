@@ -1,4 +1,5 @@
-"""Errors that tell the runner what to do (STYLE.md: errors say what the runner must do)."""
+"""Errors that say what the runner must do. Adapters classify their backends' failures into these by
+exception type and status code, never by matching message text."""
 
 from __future__ import annotations
 
@@ -20,4 +21,11 @@ class PoisonMessageError(RagbusError):
 
 
 class ConfigurationError(RagbusError):
-    """Fail at start-up; the message tells the user what to set or start."""
+    """Nothing works until an operator acts (a wrong key, a missing model, an unreachable service at
+    start-up). At start-up the process exits with this message, which says what to set or start; at
+    run time the stage stops taking events and reports itself broken with it."""
+
+
+class AnswerModelError(RagbusError):
+    """The language model gave no usable answer within the query's deadline (overloaded, timing out, or
+    an empty reply). The answerer falls back to an extractive answer marked degraded with this reason."""

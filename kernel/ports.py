@@ -1,19 +1,14 @@
 """Ports: what the stages need from the outside world, as Protocols.
 
 Every port has one adapter per backend (embedded: LanceDB, SQLite, local model; production: Weaviate,
-MongoDB, Anthropic) and one contract suite in tests/contract that every adapter must pass.
-
-Version rules shared by all adapters (they are what makes redelivery and reordering harmless):
-- A document's row holds the highest version seen; a status update for an older version is ignored,
-  and at the same version status only moves forward (received < chunked < embedded < failed < indexed
-  < deleted).
-- A delete at version v removes chunks with version <= v; a finished version v removes chunks < v.
-  Both are bounded by version, so they commute with late or repeated writes.
+MongoDB, Anthropic) and one contract suite in tests/contract that every adapter must pass. Adapters
+apply the version rules of kernel/versions.py and raise kernel.errors types, classified from their
+backend's exception types and status codes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -84,7 +79,8 @@ class VectorIndex(Protocol):
         """Delete the document's chunks whose version is < `below`."""
 
     def hybrid_search(self, tenant: str, text: str, vector: Vector, *, limit: int, alpha: float,
-                      filters: Mapping[str, Any] | None = None) -> list[SearchHit]: ...
+                      candidates: int, filters: Mapping[str, Any] | None = None) -> list[SearchHit]:
+        """Relative-score fusion of the `candidates` best of each retriever, best `limit` first."""
 
     def chunk_versions(self, tenant: str, document_id: str) -> list[tuple[str, int]]:
         """(chunk_id, version) of every stored chunk of a document: for audits and tests."""
@@ -98,7 +94,8 @@ class VectorIndex(Protocol):
 
 
 class DocumentStore(Protocol):
-    """Documents and their status, chunk text, claim-checked content and the query/answer log."""
+    """Documents and their status, the ids and versions of their stored chunks (the text lives in the
+    vector index), claim-checked content and the query/answer log."""
 
     def get_document(self, tenant: str, document_id: str) -> DocumentRecord | None: ...
 
@@ -118,7 +115,8 @@ class DocumentStore(Protocol):
 
     def get_answer(self, tenant: str, query_id: str) -> str | None: ...
 
-    def put_answer(self, tenant: str, query_id: str, answer_json: str) -> None: ...
+    def put_answer(self, tenant: str, query_id: str, answer_json: str) -> str:
+        """Store the answer unless one is stored for the query id already; return the stored one."""
 
     def status_counts(self, tenant: str | None = None) -> dict[str, int]: ...
 
@@ -161,16 +159,22 @@ class GeneratedAnswer:
     cost_usd: float = 0.0
 
 
+OnDelta = Callable[[str], None]
+Search = Callable[[str, int], list[SearchHit]]
+
+
 class AnswerModel(Protocol):
     """Turns a question and retrieved chunks into a cited answer.
 
     `on_delta` receives streamed text (None: no streaming); `deadline_s` is the time left to answer;
     `search(query, top_k)` runs a follow-up retrieval in the query's tenant (agentic mode only).
-    An AnswerModel never raises for a model failure: it returns a degraded answer that says why.
+    Raises AnswerModelError when the model gives no usable answer in time (the caller then answers
+    extractively, degraded, with that reason) and ConfigurationError when it never will (a rejected
+    key, an unknown model): a model failure is never passed off as an answer.
     """
 
     name: str
     prompt_version: str
 
-    def answer(self, question: str, hits: Sequence[SearchHit], *, on_delta: Any = None,
-               deadline_s: float | None = None, search: Any = None) -> GeneratedAnswer: ...
+    def answer(self, question: str, hits: Sequence[SearchHit], *, on_delta: OnDelta | None = None,
+               deadline_s: float | None = None, search: Search | None = None) -> GeneratedAnswer: ...

@@ -1,8 +1,15 @@
-"""What a stage is to its runner: a function from a batch of typed events to typed outputs.
+"""The stage contract: a stage is a function from a batch of typed events to typed outputs.
 
-Business logic never sees offsets or clients. A stage returns, per input event, either the events to
-publish or the exception that event raised (so one bad event in a micro-batch does not fail the
-others). Raising RetryableError fails the whole batch: the runner backs off and retries it.
+A runner (infra/kafka) owns consumers, producers, offsets and commits; a stage never sees them and
+can be called in a unit test with plain events. `handle(events)` returns, per input event and in
+order, either the events to publish for it (`list[Out]`) or the exception that event raised, so one
+bad event in a micro-batch does not fail the others. Raising instead fails the whole batch, and the
+runner's delivery policy decides what that means by the exception's type:
+
+- RetryableError: transient; back off (honouring `retry_after`) and run the batch again;
+- ConfigurationError: the stage cannot work until an operator acts; it stops taking events;
+- anything else: unexpected; the events are run one at a time so the error lands on the event that
+  raises it, and that event alone is dead-lettered.
 """
 
 from __future__ import annotations
@@ -13,45 +20,49 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from kernel.errors import RetryableError
+from kernel.errors import ConfigurationError, RetryableError
 from schemas.topics import TopicSpec
 
 
 @dataclass(frozen=True)
 class Out:
+    """An event to publish, on `topic` under `key`."""
+
     topic: TopicSpec
     key: bytes
     event: BaseModel
 
 
 PerEvent = list[Out] | Exception
-BatchHandler = Callable[[Sequence[Any]], list[PerEvent]]
+Handler = Callable[[Sequence[Any]], list[PerEvent]]
+#: Outputs to publish when an event is dead-lettered (e.g. a `failed` status for `ingest --wait`).
 FailureHook = Callable[[Any, Exception], list[Out]]
+#: Publishes at once, before the batch is finished (streamed answer deltas); the runner provides it.
+Emit = Callable[[Out], None]
 
 
 @dataclass(frozen=True)
-class StreamStage:
+class Stage:
     name: str
     source: TopicSpec
-    handle: BatchHandler
-    #: Outputs to publish when an event is dead-lettered (e.g. a `failed` status for `ingest --wait`).
+    handle: Handler
     on_failure: FailureHook | None = None
+    #: Events handed to `handle` at most at once, and the longest wait to fill a batch.
     max_batch: int = 1
     window_s: float = 0.0
-    max_attempts: int = 5
 
 
-def per_event(fn: Callable[[Any], list[Out]]) -> BatchHandler:
-    """Lift a one-event function into a batch handler that isolates each event's failure."""
+def per_event(fn: Callable[[Any], list[Out]]) -> Handler:
+    """Lift a one-event function into a batch handler that keeps each event's failure to itself."""
 
     def handle(events: Sequence[Any]) -> list[PerEvent]:
         results: list[PerEvent] = []
         for event in events:
             try:
                 results.append(fn(event))
-            except RetryableError:
-                raise  # the whole batch backs off and is retried
-            except Exception as exc:  # reported as this event's failure: it is dead-lettered, the rest go on
+            except (RetryableError, ConfigurationError):
+                raise  # about the stage, not this event: the whole batch waits
+            except Exception as exc:  # this event's failure: it is dead-lettered, the rest go on
                 results.append(exc)
         return results
 

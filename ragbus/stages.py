@@ -13,14 +13,16 @@ from consumers import answerer, indexer, status
 from infra import wiring
 from infra.kafka import consumer_runner, faust_runner
 from infra.kafka.clients import EventProducer, check_reachable
+from infra.kafka.delivery import BatchPolicy
 from infra.ops import logs
 from infra.ops.health import Health, serve
 from infra.ops.metrics import Metrics
 from infra.settings import Settings
 from kernel.errors import ConfigurationError
-from schemas.topics import STAGES, TOPICS
-from streams import chunker
-from streams import embedder as embedding
+from kernel.stage import Out, Stage
+from retrieval.retriever import Retriever
+from schemas.topics import STAGES
+from streams import chunker, embedder
 
 STREAM_STAGES = ("chunker", "embedder")
 CONSUMER_STAGES = ("indexer", "status", "answerer")
@@ -33,7 +35,8 @@ def _chunker_stage(settings: Settings, metrics: Metrics, health: Health) -> faus
     store = wiring.build_store(settings)
     split = Chunker(load_tokenizer(settings.embedder.model), settings.chunker.size_tokens,
                     settings.chunker.overlap_tokens)
-    return faust_runner.build_app(settings, chunker.stage(split, store.get_content), metrics, health)
+    stage = chunker.stage(split, store.get_content)
+    return faust_runner.build_app(settings, BatchPolicy(settings, stage, metrics, health), metrics, health)
 
 
 #: Tokens left for the contextual header (title > section path) in front of each chunk.
@@ -47,31 +50,38 @@ def _embedder_stage(settings: Settings, metrics: Metrics, health: Health) -> fau
         raise ConfigurationError(
             f"RAGBUS_CHUNK_SIZE_TOKENS={settings.chunker.size_tokens} plus a {HEADER_TOKENS}-token header exceeds "
             f"{settings.embedder.model}'s {limit}-token input: chunks would be truncated; lower the chunk size")
-    cached = embedding.CachedEmbedder(model, wiring.build_cache(settings), metrics)
-    return faust_runner.build_app(
-        settings, embedding.stage(cached, settings.embedder.max_batch_events, settings.embedder.batch_window_s),
-        metrics, health)
+    cached = embedder.CachedEmbedder(model, wiring.build_cache(settings), metrics)
+    stage = embedder.stage(cached, settings.embedder.max_batch_events, settings.embedder.batch_window_s)
+    return faust_runner.build_app(settings, BatchPolicy(settings, stage, metrics, health), metrics, health)
 
 
 def consumer(settings: Settings, name: str, metrics: Metrics, health: Health | None = None
              ) -> consumer_runner.ConsumerRunner:
+    """A consumer stage wired to its adapters; its runner owns the producer and the commits."""
     producer = EventProducer(settings)
     store = wiring.build_store(settings)
+    batch, window = settings.kafka.poll_batch, settings.kafka.poll_timeout_s
+    stage: Stage
     if name == "status":
-        return consumer_runner.ConsumerRunner(settings, name, TOPICS.status, status.StatusSink(store), metrics,
-                                              producer, health)
-    from infra.models.embedder import embedding_dim
+        stage = status.stage(store, batch, window)
+    else:
+        from infra.models.embedder import embedding_dim
 
-    dim = embedding_dim(settings.embedder.model)
-    index = wiring.build_index(settings, dim)
-    if name == "indexer":
-        sink: consumer_runner.Sink = indexer.IndexerSink(index, store, producer, metrics, dim)
-        return consumer_runner.ConsumerRunner(settings, name, TOPICS.embedded, sink, metrics, producer, health)
-    embedder = wiring.build_embedder(settings)
-    retriever = answerer.Retriever(embedder, index, settings.retrieval)
-    sink = answerer.AnswererSink(retriever, wiring.build_answer_model(settings), store, producer, metrics,
-                                 settings.answerer)
-    return consumer_runner.ConsumerRunner(settings, name, TOPICS.queries, sink, metrics, producer, health)
+        dim = embedding_dim(settings.embedder.model)
+        index = wiring.build_index(settings, dim)
+        if name == "indexer":
+            stage = indexer.Indexer(index, store, metrics, dim).stage(batch, window)
+        else:
+            retriever = Retriever(wiring.build_embedder(settings), index, alpha=settings.retrieval.alpha,
+                                  candidates=settings.retrieval.candidates)
+
+            def emit(out: Out) -> None:  # streamed deltas go out at once, ahead of the batch's commit
+                producer.send(out.topic, out.key, out.event)
+
+            stage = answerer.Answerer(retriever, wiring.build_answer_model(settings), store, metrics, emit,
+                                      concurrency=settings.answerer.concurrency,
+                                      cache_answers=settings.answerer.cache_answers).stage(batch, window)
+    return consumer_runner.ConsumerRunner(settings, BatchPolicy(settings, stage, metrics, health), producer, health)
 
 
 def run_workers(settings: Settings, names: list[str]) -> None:

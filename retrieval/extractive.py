@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
 
-from kernel.ports import GeneratedAnswer, SearchHit
+from kernel.ports import GeneratedAnswer, OnDelta, Search, SearchHit
 from schemas.events import Citation
 
 PROMPT_VERSION = "extractive-1"
@@ -39,8 +38,8 @@ class ExtractiveAnswerer:
         self._max = max_sentences
         self._reason = reason
 
-    def answer(self, question: str, hits: Sequence[SearchHit], *, on_delta: Any = None,
-               deadline_s: float | None = None, search: Any = None) -> GeneratedAnswer:
+    def answer(self, question: str, hits: Sequence[SearchHit], *, on_delta: OnDelta | None = None,
+               deadline_s: float | None = None, search: Search | None = None) -> GeneratedAnswer:
         citations = citations_from(hits)
         if not hits:
             text = "No indexed document matches this question."

@@ -167,7 +167,6 @@ class Chunk(BaseModel):
     index: Annotated[int, Field(ge=0)]
     text: Annotated[str, StringConstraints(min_length=1, max_length=32_000)]
     section_path: Annotated[list[ShortText], Field(max_length=16)] = Field(default_factory=list)
-    token_count: Annotated[int, Field(ge=0)] = 0
 
 
 class _DocumentPart(Envelope):

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from chunking.splitter import Chunker
 from kernel.errors import PoisonMessageError
-from kernel.stage import Out, StreamStage, per_event
+from kernel.stage import Out, Stage, per_event
 from schemas.events import (
     CHUNKS_PER_PART,
     DOCUMENT_MAX_BYTES,
@@ -84,8 +84,8 @@ def failed_status(event: object, exc: Exception, stage: str) -> list[Out]:
         version=version, status=Status.FAILED, stage=stage, error=f"{type(exc).__name__}: {exc}"[:2000]))]
 
 
-def stage(chunker: Chunker, load: ContentLoader) -> StreamStage:
-    return StreamStage(
+def stage(chunker: Chunker, load: ContentLoader) -> Stage:
+    return Stage(
         name=STAGE, source=TOPICS.documents,
         handle=per_event(lambda ev: chunk_event(ev, chunker, load)),
         on_failure=lambda ev, exc: failed_status(ev, exc, STAGE),

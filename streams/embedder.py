@@ -18,7 +18,7 @@ import numpy as np
 from chunking.splitter import embedding_text
 from infra.ops.metrics import Metrics
 from kernel.ports import Embedder, EmbeddingCache
-from kernel.stage import Out, PerEvent, StreamStage
+from kernel.stage import Out, PerEvent, Stage
 from schemas.events import (
     ChunksEmbedded,
     ChunksProduced,
@@ -95,8 +95,8 @@ def embed_events(events: Sequence[ChunksProduced | DocumentDeleted], embedder: C
     return results
 
 
-def stage(embedder: CachedEmbedder, max_batch: int, window_s: float) -> StreamStage:
-    return StreamStage(
+def stage(embedder: CachedEmbedder, max_batch: int, window_s: float) -> Stage:
+    return Stage(
         name=STAGE, source=TOPICS.chunks, handle=lambda evs: embed_events(evs, embedder),
         on_failure=lambda ev, exc: failed_status(ev, exc, STAGE), max_batch=max_batch, window_s=window_s,
     )

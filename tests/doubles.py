@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel
 
+from kernel.stage import Out
 from schemas.topics import TopicSpec
 
 
@@ -50,17 +50,8 @@ class DictCache:
         self.data.update(items)
 
 
-class RecordingProducer:
-    """Stands in for EventProducer in pure sink tests: keeps what was sent."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[TopicSpec, bytes | str | None, BaseModel]] = []
-
-    def send(self, spec: TopicSpec, key: bytes | str | None, event: BaseModel, extra_headers: Any = None) -> None:
-        self.sent.append((spec, key, event))
-
-    def flush(self, timeout_s: float = 30.0) -> None:
-        return None
+class Outputs(list[Out]):
+    """Collects what a stage returns or emits, for assertions."""
 
     def of(self, spec: TopicSpec) -> list[Any]:
-        return [e for s, _, e in self.sent if s.name == spec.name]
+        return [o.event for o in self if o.topic.name == spec.name]

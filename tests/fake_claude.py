@@ -77,6 +77,14 @@ def error(status: int, kind: str = "overloaded_error") -> Reply:
     return reply
 
 
+def model_info() -> Reply:
+    """GET /v1/models/{id}: the model exists."""
+    def reply(body: dict[str, Any]) -> httpx2.Response:
+        return httpx2.Response(200, json={"type": "model", "id": body["path"].rsplit("/", 1)[-1],
+                                          "display_name": "Claude", "created_at": "2026-01-01T00:00:00Z"})
+    return reply
+
+
 def timeout() -> Reply:
     def reply(body: dict[str, Any]) -> httpx2.Response:
         raise httpx2.ReadTimeout("scripted timeout")
@@ -91,7 +99,7 @@ class FakeClaude:
         self.requests: list[dict[str, Any]] = []
 
     def handler(self, request: httpx2.Request) -> httpx2.Response:
-        body = json.loads(request.content or b"{}")
+        body = json.loads(request.content or b"{}") | {"path": request.url.path}
         self.requests.append(body)
         reply = self.script.pop(0) if len(self.script) > 1 else self.script[0]
         return reply(body)

@@ -9,7 +9,8 @@ whole batch in one call, as the embedder does). RAGBUS_TEST_FAULT picks the faul
   with "explode" (a type no runner expects);
 - `slow`: each batch takes 0.25 s per event, so a stop request lands in the middle of one;
 - `runner-bug`: the runner itself breaks on the batch holding a document whose id starts with "bug"
-  (simulates a bug outside the stage, where nothing can be isolated).
+  (simulates a bug outside the stage, where nothing can be isolated);
+- `broken-release`: every event raises RuntimeError until the file named by RAGBUS_TEST_FIXED exists.
 """
 
 from __future__ import annotations
@@ -17,14 +18,16 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from infra.kafka import faust_runner
+from infra.kafka.delivery import BatchPolicy
 from infra.ops import logs
 from infra.ops.health import Health
 from infra.ops.metrics import Metrics
 from infra.settings import Settings
-from kernel.stage import Out, PerEvent, StreamStage
+from kernel.stage import Out, PerEvent, Stage
 from schemas.events import DocumentStatus, Status
 from schemas.topics import TOPICS, document_key
 
@@ -36,6 +39,8 @@ def handle(events: Sequence[Any]) -> list[PerEvent]:
         time.sleep(0.25 * len(events))
     if FAULT == "unexpected" and any(e.document_id.startswith("explode") for e in events):
         raise RecursionError("maximum recursion depth exceeded (scripted)")
+    if FAULT == "broken-release" and not Path(os.environ["RAGBUS_TEST_FIXED"]).exists():
+        raise RuntimeError("a bug in this release (scripted)")
     return [[Out(TOPICS.status, document_key(e.tenant, e.document_id), DocumentStatus(
         tenant=e.tenant, document_id=e.document_id, version=1, status=Status.RECEIVED, stage="harness"))]
         for e in events]
@@ -45,18 +50,19 @@ def main() -> None:
     settings = Settings()
     logs.configure(settings.log_level, settings.log_format)
     metrics = Metrics()
-    stage = StreamStage(name="chunker", source=TOPICS.documents, handle=handle, max_batch=8, window_s=0.05)
+    stage = Stage(name="chunker", source=TOPICS.documents, handle=handle, max_batch=8, window_s=0.05)
     if FAULT == "runner-bug":
-        real = faust_runner._BatchProcessor.process
+        real = BatchPolicy.process
 
-        def broken(self: Any, records: list[Any]) -> Any:
+        def broken(self: Any, records: list[Any], wait: Any) -> Any:
             if any((r.key or b"").split(b"/")[-1].startswith(b"bug") for r in records):
                 raise RuntimeError("scripted bug in the runner")
-            return real(self, records)
+            return real(self, records, wait)
 
-        faust_runner._BatchProcessor.process = broken  # type: ignore[method-assign]
+        BatchPolicy.process = broken  # type: ignore[method-assign]
     health = Health(stage.name, metrics, settings.health_dir(), settings.stall_after_s)
-    faust_runner.run(faust_runner.build_app(settings, stage, metrics, health), settings)
+    policy = BatchPolicy(settings, stage, metrics, health)
+    faust_runner.run(faust_runner.build_app(settings, policy, metrics, health), settings)
 
 
 if __name__ == "__main__":

@@ -9,20 +9,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from pydantic import BaseModel
 
-from infra.kafka.serde import Headers, encode, headers_for
+from infra.kafka.records import Headers, SourceRecord
+from infra.kafka.serde import encode, headers_for
 from infra.settings import Settings
 from kernel.errors import ConfigurationError, RetryableError
-from schemas.events import utcnow
 from schemas.topics import TOPICS, TopicSpec
-
-DLQ_PREFIX = "ragbus-dlq-"
 
 
 def bootstrap(settings: Settings) -> str:
@@ -158,77 +156,7 @@ class EventProducer:
             raise RetryableError(f"{len(errors)} messages failed delivery, first: {errors[0]}")
 
 
-@dataclass(frozen=True, eq=False)
-class SourceRecord:
-    """Where a message came from: enough to dead-letter it and to log `topic[partition]@offset`.
-    Compared by identity: one record per consumed message."""
-
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    headers: Headers
-
-    def where(self) -> str:
-        return f"{self.topic}[{self.partition}]@{self.offset}"
-
-    def correlation_id(self) -> str:
-        for key, value in self.headers:
-            if key == "ragbus-correlation-id":
-                return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
-        return ""
-
-    @classmethod
-    def of(cls, msg: Message) -> SourceRecord:
-        return cls(msg.topic() or "", msg.partition() or 0, msg.offset() or 0, msg.key(), msg.value(),
-                   headers_of(msg))
-
-
-def headers_of(msg: Message) -> Headers:
-    raw = msg.headers() or []
-    return list(raw.items()) if isinstance(raw, dict) else list(raw)
-
-
-def dead_letter_headers(record: SourceRecord, stage: str, exc: BaseException, attempts: int = 1) -> Headers:
-    fields = {
-        "stage": stage,
-        "topic": record.topic,
-        "partition": str(record.partition),
-        "offset": str(record.offset),
-        "error-type": type(exc).__name__,
-        "reason": str(exc)[:4000],
-        "occurred-at": utcnow().isoformat(),
-        "attempts": str(attempts),
-    }
-    kept: Headers = [(k, v) for k, v in record.headers if not k.startswith(DLQ_PREFIX)]
-    return kept + [(DLQ_PREFIX + k, v.encode()) for k, v in fields.items()]
-
-
-#: Room left in a dead letter for its key and headers.
-_DLQ_OVERHEAD = 64 * 1024
-
-
-def dead_letter(settings: Settings, stage: str, record: SourceRecord, exc: BaseException,
-                attempts: int = 1) -> tuple[str, bytes | None, bytes | None, Headers]:
-    """(topic, key, value, headers) of a dead letter. The value is the original bytes, unless they are too
-    large for any topic (the reason the event failed): then their head, with `ragbus-dlq-truncated`
-    giving the original size, so the dead letter itself can always be written."""
-    headers = dead_letter_headers(record, stage, exc, attempts)
-    value = record.value
-    limit = settings.kafka.message_max_bytes - _DLQ_OVERHEAD
-    if value is not None and len(value) > limit:
-        headers.append((DLQ_PREFIX + "truncated", str(len(value)).encode()))
-        value = value[:limit]
-    return topic_name(settings, TOPICS.dead_letter(stage)), record.key, value, headers
-
-
-def send_dead_letter(producer: EventProducer, settings: Settings, stage: str, record: SourceRecord,
-                     exc: BaseException, attempts: int = 1) -> None:
-    producer.send_raw(*dead_letter(settings, stage, record, exc, attempts))
-
-
-def commit_offsets(consumer: Consumer, records: list[SourceRecord]) -> None:
+def commit_offsets(consumer: Consumer, records: Sequence[SourceRecord]) -> None:
     """Commit the next offset of every partition seen in `records` (synchronously)."""
     latest: dict[tuple[str, int], int] = {}
     for r in records:

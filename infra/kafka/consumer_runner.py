@@ -1,148 +1,144 @@
-"""The confluent-kafka poll loop for stages that write to the outside world.
+"""Runs a Stage on a confluent-kafka consumer: for stages that write to the outside world.
 
-Checkpoint order (Quix-style): poll a batch -> decode (undecodable -> dead letter) -> `sink.add()` each
-event -> `sink.flush()` writes -> producer flush (outputs and dead letters durable) -> commit offsets.
-A crash anywhere before the commit redelivers the batch, and sinks write idempotently.
+Checkpoint order (Quix-style): poll a batch -> the delivery policy (decode, the stage's writes, outputs
+and dead letters decided) -> produce them -> producer flush (durable) -> commit offsets. A crash anywhere
+before the commit redelivers the batch, and stages write idempotently.
 
-A whole-batch RetryableError (the backend is down) retries the same batch with jittered exponential
-backoff. Meanwhile the runner pauses its partitions and keeps polling (so it stays in the group but
-fetches nothing), so memory stays bounded at one batch however far behind it falls. If a rebalance
-revokes partitions during the backoff, or the stage is asked to stop, the batch is abandoned
-uncommitted: the partitions' next owner processes it again, and the writes are idempotent.
-Between batches nothing is buffered, so a revocation there needs no work at all.
-
-Nothing is committed unfinished: an exception of any type out of decoding, `add` or `flush` is pinned
-on the event that raises it (the batch is retried event by event) and that event is dead-lettered with
-the exception as its reason. Anything that still escapes a batch (a bug in this loop, a fatal client
-error) ends the loop before the commit, so the batch is redelivered to whoever consumes next.
+This module is only the transport. What happens to a batch (retries, dead letters, isolating the event
+that breaks it, the failure breaker) is the delivery policy's (delivery.py), shared with the faust
+runtime. While the policy waits (backoff, a broken stage probing), the partitions are paused and the
+consumer keeps polling, so it stays in its group but fetches nothing: memory stays bounded at one batch
+however far behind it falls. If a rebalance revokes the partitions meanwhile, or the stage is asked to
+stop, the batch is abandoned uncommitted and its next owner processes it again. Between batches nothing
+is buffered, so a revocation there needs no work at all. If the outputs cannot be delivered, the
+consumer seeks back to the batch's first offsets, so no later commit can pass over it.
 """
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
-from confluent_kafka import KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from infra.kafka.clients import EventProducer, SourceRecord, commit_offsets, make_consumer, send_dead_letter, topic_name
-from infra.kafka.serde import decode
 from infra.ops import logs
 from infra.ops.health import Health
-from infra.ops.metrics import Metrics, Outcome
 from infra.settings import Settings
-from kernel.errors import PoisonMessageError, RetryableError
-from schemas.topics import TopicSpec
+from kernel.errors import RetryableError
+
+from .clients import EventProducer, commit_offsets, make_consumer, topic_name
+from .delivery import BatchPolicy
+from .records import SourceRecord
 
 log = logs.get(__name__)
-
-MAX_BACKOFF_S = 30.0
 LAG_EVERY_S = 2.0
 
 
-class Sink(Protocol):
-    def add(self, event: Any, record: SourceRecord) -> None:
-        """Buffer one event; raise PoisonMessageError if it can never be processed."""
-
-    def flush(self) -> Sequence[tuple[SourceRecord, Any, Exception]]:
-        """Write what was buffered; return per-record permanent failures, or raise RetryableError."""
-
-    def discard(self) -> None:
-        """Drop the buffer (the batch is abandoned and will be redelivered)."""
-
-
 class ConsumerRunner:
-    def __init__(self, settings: Settings, stage: str, source: TopicSpec, sink: Sink, metrics: Metrics,
-                 producer: EventProducer, health: Health | None = None) -> None:
+    def __init__(self, settings: Settings, policy: BatchPolicy, producer: EventProducer,
+                 health: Health | None = None) -> None:
+        self._settings = settings
+        self._policy = policy
+        self._stage = policy.stage
+        self._producer = producer
         self._health = health
-        self._revoked = False  # set by the rebalance callback; read between polls and during backoff
+        self._revoked = False  # set by the rebalance callback; read between polls and while waiting
         self._committed: dict[tuple[str, int], int] = {}
         self._lag_at = 0.0
-        self._settings = settings
-        self._stage = stage
-        self._source = source
-        self._sink = sink
-        self._metrics = metrics
-        self._producer = producer
         self.batches = 0
 
     def run(self, stop: threading.Event) -> None:
-        consumer = make_consumer(self._settings, f"{self._settings.kafka.topic_prefix}{self._stage}")
+        consumer = make_consumer(self._settings, f"{self._settings.kafka.topic_prefix}{self._stage.name}")
 
         def on_revoke(_: Any, partitions: list[Any]) -> None:
             self._revoked = True
-            log.info("partitions revoked", stage=self._stage, partitions=[p.partition for p in partitions])
+            log.info("partitions revoked", stage=self._stage.name, partitions=[p.partition for p in partitions])
 
-        consumer.subscribe([topic_name(self._settings, self._source)], on_revoke=on_revoke)
-        log.info("stage started", stage=self._stage, topic=topic_name(self._settings, self._source))
+        source = topic_name(self._settings, self._stage.source)
+        consumer.subscribe([source], on_revoke=on_revoke)
+        log.info("stage started", stage=self._stage.name, topic=source)
         try:
             while not stop.is_set():
-                messages = consumer.consume(self._settings.kafka.poll_batch, self._settings.kafka.poll_timeout_s)
+                messages = consumer.consume(self._stage.max_batch, self._stage.window_s or 0.001)
                 self._revoked = False  # nothing was buffered across that poll
-                if messages:
-                    self._handle(consumer, messages, stop)
+                records = self._records(messages)
+                if records:
+                    self._handle(consumer, records, stop)
                 self._report_lag(consumer)
         finally:
             if self._health is not None:
                 self._health.remove()
             consumer.close()  # leaves the group at once, so the partitions move without a session timeout
-            log.info("stage stopped", stage=self._stage)
+            log.info("stage stopped", stage=self._stage.name)
 
-    def _handle(self, consumer: Any, messages: list[Any], stop: threading.Event) -> None:
-        started = time.perf_counter()
-        records: list[SourceRecord] = []
-        added: list[tuple[SourceRecord, Any]] = []
+    def _records(self, messages: list[Any]) -> list[SourceRecord]:
+        records = []
         for msg in messages:
             err = msg.error()
-            if err is not None:
-                if err.fatal():
-                    raise KafkaException(err)
-                log.warning("consumer error", stage=self._stage, error=err.str())
-                continue
-            record = SourceRecord.of(msg)
-            records.append(record)
-            try:
-                event = decode(self._source, record.value, self._settings.decode)
-                self._sink.add(event, record)
-                added.append((record, event))
-            except PoisonMessageError as exc:
-                self._dead(record, exc)
-            except Exception as exc:  # a bug in the sink on this event: pinned on it, the rest go on
-                self._crashed(record, exc)
-                self._dead(record, exc)
-        try:
-            failures = self._flush_with_backoff(consumer, stop)
-        except Exception as exc:
-            log.error("batch failed unexpectedly; retrying its events one by one", stage=self._stage, error=repr(exc))
-            self._sink.discard()
-            failures = self._isolate(consumer, stop, added)
-        if failures is None:
+            if err is None:
+                records.append(SourceRecord.of(msg))
+            elif err.fatal():
+                raise KafkaException(err)
+            else:
+                log.warning("consumer error", stage=self._stage.name, error=err.str())
+        return records
+
+    def _handle(self, consumer: Consumer, records: list[SourceRecord], stop: threading.Event) -> None:
+        started = time.perf_counter()
+        done = self._policy.process(records, lambda seconds: self._wait(consumer, seconds, stop))
+        if done is None:
+            log.warning("batch abandoned uncommitted (stopping or partitions revoked)", stage=self._stage.name)
             return
-        for record, _, error in failures:
-            self._dead(record, error)
         try:
+            for send in done.sends:
+                self._producer.send_raw(send.topic, send.key, send.value, send.headers)
             self._producer.flush()
-        except RetryableError as exc:
-            log.error("outputs not delivered; batch left uncommitted", stage=self._stage, error=str(exc))
+        except (RetryableError, KafkaException, BufferError) as exc:
+            log.error("outputs not delivered; the batch will be consumed again", stage=self._stage.name,
+                      error=str(exc)[:300])
+            self._rewind(consumer, records)
             return
         try:
             commit_offsets(consumer, records)
-            for r in records:
-                key = (r.topic, r.partition)
-                self._committed[key] = max(self._committed.get(key, 0), r.offset + 1)
         except KafkaException as exc:  # e.g. the partitions were revoked meanwhile: redelivered, idempotent
-            log.warning("commit failed; batch will be redelivered", stage=self._stage, error=str(exc))
-        ok = len(records) - len(failures)
-        self._metrics.events.labels(self._stage, Outcome.OK).inc(max(0, ok))
-        self._metrics.batch_seconds.labels(self._stage).observe(time.perf_counter() - started)
-        self._metrics.last_progress.labels(self._stage).set(time.time())
-        if self._health is not None:
-            self._health.progressed(len(records))
+            log.warning("commit failed; batch will be redelivered", stage=self._stage.name, error=str(exc))
+            return
+        for r in records:
+            key = (r.topic, r.partition)
+            self._committed[key] = max(self._committed.get(key, 0), r.offset + 1)
+        self._policy.finished(records, done, started)
         self.batches += 1
 
-    def _report_lag(self, consumer: Any) -> None:
+    @staticmethod
+    def _rewind(consumer: Consumer, records: Sequence[SourceRecord]) -> None:
+        first: dict[tuple[str, int], int] = {}
+        for r in records:
+            first[(r.topic, r.partition)] = min(first.get((r.topic, r.partition), r.offset), r.offset)
+        for (topic, partition), offset in first.items():
+            consumer.seek(TopicPartition(topic, partition, offset))
+
+    def _wait(self, consumer: Consumer, seconds: float, stop: threading.Event) -> bool:
+        """Wait with the partitions paused, still polling; False if the batch must be abandoned."""
+        assignment = consumer.assignment()
+        consumer.pause(assignment)
+        try:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                self._report_lag(consumer)
+                if stop.is_set() or self._revoked:
+                    return False
+                for msg in consumer.consume(1, min(0.2, max(0.0, deadline - time.monotonic()))):
+                    if msg.error() is None:  # prefetched before the pause: rewind, so nothing is skipped
+                        record = SourceRecord.of(msg)
+                        consumer.seek(TopicPartition(record.topic, record.partition, record.offset))
+            return not (stop.is_set() or self._revoked)
+        finally:
+            if not self._revoked:
+                consumer.resume(assignment)
+
+    def _report_lag(self, consumer: Consumer) -> None:
         """Lag per partition: fetch high-water mark minus what this stage committed (or its position)."""
         if self._health is None or time.monotonic() - self._lag_at < LAG_EVERY_S:
             return
@@ -156,70 +152,3 @@ class ConsumerRunner:
             if high >= 0 and done is not None and done >= 0:
                 lag[f"{tp.topic}[{tp.partition}]"] = max(0, high - done)
         self._health.set_lag(lag)
-
-    def _isolate(self, consumer: Any, stop: threading.Event, added: list[tuple[SourceRecord, Any]]
-                 ) -> list[tuple[SourceRecord, Any, Exception]] | None:
-        """Flush each event alone; an event that still fails unexpectedly is poison (dead-lettered with the
-        error), so one bad event can never stop the stage. Transient errors still back off as usual."""
-        failures: list[tuple[SourceRecord, Any, Exception]] = []
-        for record, event in added:
-            try:
-                self._sink.add(event, record)
-                done = self._flush_with_backoff(consumer, stop)
-            except Exception as exc:
-                self._sink.discard()
-                self._crashed(record, exc)
-                done = [(record, event, exc)]
-            if done is None:
-                return None
-            failures.extend(done)
-        return failures
-
-    def _flush_with_backoff(self, consumer: Any, stop: threading.Event
-                            ) -> Sequence[tuple[SourceRecord, Any, Exception]] | None:
-        attempt = 0
-        while True:
-            try:
-                return self._sink.flush()
-            except RetryableError as exc:
-                attempt += 1
-                self._metrics.events.labels(self._stage, Outcome.RETRIED).inc()
-                delay = exc.retry_after or min(MAX_BACKOFF_S, 0.1 * 2 ** attempt) * (0.5 + random.random())
-                log.warning("sink flush failed, backing off", stage=self._stage, attempt=attempt,
-                            delay=round(delay, 2), error=str(exc)[:300])
-                if not self._backoff(consumer, delay, stop):
-                    self._sink.discard()
-                    log.warning("batch abandoned uncommitted (stopping or partitions revoked)", stage=self._stage)
-                    return None
-
-    def _backoff(self, consumer: Any, delay: float, stop: threading.Event) -> bool:
-        """Wait with the partitions paused, still polling; False if the batch must be abandoned."""
-        assignment = consumer.assignment()
-        consumer.pause(assignment)
-        try:
-            deadline = time.monotonic() + delay
-            while time.monotonic() < deadline:
-                self._report_lag(consumer)
-                if stop.is_set() or self._revoked:
-                    return False
-                for msg in consumer.consume(1, min(0.2, max(0.0, deadline - time.monotonic()))):
-                    if msg.error() is None:  # prefetched before the pause: rewind, so nothing is skipped
-                        consumer.seek(TopicPartition(msg.topic(), msg.partition(), msg.offset()))
-            return not (stop.is_set() or self._revoked)
-        finally:
-            if not self._revoked:
-                consumer.resume(assignment)
-
-    def _crashed(self, record: SourceRecord, exc: BaseException) -> None:
-        log.error("stage raised an unexpected error on an event; dead-lettering it", stage=self._stage,
-                  where=record.where(), correlation_id=record.correlation_id(),
-                  error=f"{type(exc).__name__}: {exc}"[:300])
-        self._metrics.crashes.labels(self._stage).inc()
-        if self._health is not None:
-            self._health.crashed(record.where(), record.correlation_id(), exc)
-
-    def _dead(self, record: SourceRecord, exc: Exception) -> None:
-        log.warning("dead-lettered", stage=self._stage, where=record.where(), correlation_id=record.correlation_id(),
-                    error=str(exc)[:300])
-        self._metrics.events.labels(self._stage, Outcome.DEAD_LETTERED).inc()
-        send_dead_letter(self._producer, self._settings, self._stage, record, exc)

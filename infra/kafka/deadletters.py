@@ -16,15 +16,8 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
-from infra.kafka.clients import (
-    DLQ_PREFIX,
-    EventProducer,
-    SourceRecord,
-    commit_offsets,
-    headers_of,
-    make_consumer,
-    topic_name,
-)
+from infra.kafka.clients import EventProducer, commit_offsets, make_consumer, topic_name
+from infra.kafka.records import DLQ_PREFIX, SourceRecord, headers_of
 from infra.settings import Settings
 from schemas.events import DeadLetter, utcnow
 from schemas.topics import STAGES, TOPICS

@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
+from infra.kafka.records import Headers
 from infra.settings import DecodeSettings
 from kernel.errors import PoisonMessageError
 from schemas.events import SCHEMA_VERSION
 from schemas.topics import TopicSpec
 
 SUPPORTED_SCHEMA_VERSIONS = frozenset({SCHEMA_VERSION})
-Headers = list[tuple[str, str | bytes | None]]
 DEFAULT_LIMITS = DecodeSettings()
 
 #: A JSON string literal (the unrolled form matches in linear time, whatever the input).

@@ -5,7 +5,12 @@
   Citations that do not point at a chunk we sent are dropped and counted, never passed on.
 - Retries are the SDK's own: exponential backoff with jitter on 408/409/429/5xx/529 and timeouts,
   honouring `retry-after`/`retry-after-ms`. When the primary model still fails, the fallback model is
-  tried; when that fails too (or the deadline is near), the answer is extractive and `degraded`.
+  tried; when that fails too, returns nothing, or the deadline is near, `answer` raises
+  AnswerModelError and the answerer answers extractively, `degraded`, with the reason.
+- Failures are classified by the SDK's exception types: 400, 401, 402, 403 and 404 (a model that does
+  not exist) will not pass by retrying, so they raise ConfigurationError and break the stage loudly
+  instead of producing a stream of degraded answers. `check()` verifies the key and both models at
+  start-up.
 - Agentic mode lets the model call `search_documents` (same tenant and filters as the query) for a
   bounded number of steps; a malformed tool call gets an error result back, not a crash.
 """
@@ -13,15 +18,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import anthropic
 from pydantic import BaseModel, Field, ValidationError
 
 from infra.settings import AnthropicSettings
-from kernel.ports import GeneratedAnswer, SearchHit
-from retrieval.extractive import ExtractiveAnswerer
+from kernel.errors import AnswerModelError, ConfigurationError
+from kernel.ports import GeneratedAnswer, OnDelta, Search, SearchHit
 from schemas.events import Citation
 
 PROMPT_VERSION = "rag-answer-2026-11-24.1"
@@ -45,9 +50,9 @@ PRICES: dict[str, tuple[float, float, float, float]] = {
 #: Leave this much of the deadline for the extractive fallback and publishing.
 DEADLINE_RESERVE_S = 1.0
 
-Search = Callable[[str, int], list[SearchHit]]
-_RETRYABLE = (anthropic.APIConnectionError, anthropic.APITimeoutError, anthropic.RateLimitError,
-              anthropic.InternalServerError)
+#: Errors no retry will mend: the key, the account, the model name or the request shape is wrong.
+_REFUSED = (anthropic.BadRequestError, anthropic.AuthenticationError, anthropic.PermissionDeniedError,
+            anthropic.NotFoundError, anthropic.PaymentRequiredError)
 
 
 class SearchDocumentsInput(BaseModel):
@@ -131,10 +136,24 @@ class ClaudeAnswerer:
         self._agentic_steps = agentic_steps
         self.name = settings.model
 
-    def answer(self, question: str, hits: Sequence[SearchHit], *, on_delta: Any = None,
+    def _models(self) -> list[str]:
+        return [self._settings.model] + ([self._settings.fallback_model] if self._settings.fallback_model else [])
+
+    def check(self) -> None:
+        """At start-up: the key is accepted and every configured model exists (no tokens are spent).
+        An unreachable API is not fatal here: it may pass, and queries then degrade with the reason."""
+        for model in self._models():
+            try:
+                self._client.with_options(max_retries=1).models.retrieve(model)
+            except _REFUSED as exc:
+                raise _refused(exc) from exc
+            except anthropic.APIError:
+                return
+
+    def answer(self, question: str, hits: Sequence[SearchHit], *, on_delta: OnDelta | None = None,
                deadline_s: float | None = None, search: Search | None = None) -> GeneratedAnswer:
         deadline = time.monotonic() + (deadline_s or self._settings.timeout_s * 2)
-        models = [self._settings.model] + ([self._settings.fallback_model] if self._settings.fallback_model else [])
+        models = self._models()
         failures: list[str] = []
         for n, model in enumerate(models):
             remaining = deadline - time.monotonic() - DEADLINE_RESERVE_S
@@ -143,13 +162,19 @@ class ClaudeAnswerer:
                 break
             budget = remaining / (len(models) - n)  # leave the fallback its share of the time
             try:
-                return self._answer_with(model, question, hits, on_delta, budget, search)
-            except (*_RETRYABLE, anthropic.APIStatusError) as exc:
+                answer = self._answer_with(model, question, hits, on_delta, budget, search)
+            except _REFUSED as exc:
+                raise _refused(exc) from exc
+            except anthropic.APIError as exc:  # overloaded, rate limited, 5xx, timeouts, connection
                 failures.append(f"{model}: {_describe(exc)}")
-        reason = "Claude unavailable, offline extractive answer: " + "; ".join(failures)
-        return ExtractiveAnswerer(reason=reason[:1000]).answer(question, hits, on_delta=on_delta)
+                continue
+            if answer.text.strip():
+                return answer
+            failures.append(f"{model}: the model returned an empty answer")
+        raise AnswerModelError(("Claude gave no answer: " + "; ".join(failures))[:1000])
 
-    def _answer_with(self, model: str, question: str, hits: Sequence[SearchHit], on_delta: Any, budget_s: float,
+    def _answer_with(self, model: str, question: str, hits: Sequence[SearchHit], on_delta: OnDelta | None,
+                     budget_s: float,
                      search: Search | None) -> GeneratedAnswer:
         convo = _Conversation(question, hits)
         tools = [tool_definition()] if search is not None and self._agentic_steps else []
@@ -188,7 +213,7 @@ class ClaudeAnswerer:
             cost_usd=estimate_cost(model, usage))
 
     @staticmethod
-    def _call(client: anthropic.Anthropic, params: dict[str, Any], on_delta: Any) -> Any:
+    def _call(client: anthropic.Anthropic, params: dict[str, Any], on_delta: OnDelta | None) -> Any:
         if on_delta is None:
             return client.messages.create(**params)
         with client.messages.stream(**params) as stream:
@@ -218,6 +243,11 @@ class ClaudeAnswerer:
                             "content": [search_result_block(h) for h in found]
                             or [{"type": "text", "text": "no matching documents"}]})
         return results
+
+
+def _refused(exc: anthropic.APIStatusError) -> ConfigurationError:
+    return ConfigurationError(f"Claude refused the request ({_describe(exc)}): check RAGBUS_ANTHROPIC_API_KEY, "
+                              "RAGBUS_ANTHROPIC_MODEL and RAGBUS_ANTHROPIC_FALLBACK_MODEL")
 
 
 def _describe(exc: Exception) -> str:

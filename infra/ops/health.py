@@ -41,6 +41,20 @@ class Health:
         self.crashes = 0
         self.restarts = 0
         self.last_crash: dict[str, Any] | None = None
+        #: Why the stage stopped taking events (its failure breaker is open), or None.
+        self.broken_reason: str | None = None
+
+    def broken(self, reason: str) -> None:
+        with self._lock:
+            self.broken_reason = reason
+        self._metrics.broken.labels(self.stage).set(1)
+        self.write()
+
+    def recovered(self) -> None:
+        with self._lock:
+            self.broken_reason = None
+        self._metrics.broken.labels(self.stage).set(0)
+        self.write()
 
     def progressed(self, n: int) -> None:
         with self._lock:
@@ -79,6 +93,7 @@ class Health:
                     "lag": sum(self.lag.values()), "last_progress": round(self.last_progress, 3),
                     "stalled": sum(self.lag.values()) > 0 and time.time() - self.last_progress > self._stall_after_s,
                     "crashes": self.crashes, "restarts": self.restarts, "last_crash": self.last_crash,
+                    "broken": self.broken_reason,
                     "updated_at": round(time.time(), 3)}
 
     def write(self) -> None:
@@ -118,9 +133,10 @@ def serve(port: int, metrics: Metrics, healths: list[Health]) -> ThreadingHTTPSe
                 body, status, ctype = generate_latest(metrics.registry), 200, CONTENT_TYPE_LATEST
             elif self.path.startswith("/health"):
                 snaps = [h.snapshot() for h in healths]
-                status = 503 if any(s["stalled"] for s in snaps) else 200
-                body, ctype = json.dumps({"status": "stalled" if status == 503 else "ok", "stages": snaps}).encode(), \
-                    "application/json"
+                state = "broken" if any(s["broken"] for s in snaps) else "stalled" if any(
+                    s["stalled"] for s in snaps) else "ok"
+                status = 200 if state == "ok" else 503
+                body, ctype = json.dumps({"status": state, "stages": snaps}).encode(), "application/json"
             else:
                 body, status, ctype = b"not found\n", 404, "text/plain"
             self.send_response(status)

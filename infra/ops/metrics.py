@@ -11,7 +11,6 @@ class Outcome(StrEnum):
     OK = "ok"
     DEAD_LETTERED = "dead_lettered"
     RETRIED = "retried"
-    SKIPPED = "skipped"
 
 
 class Metrics:
@@ -45,5 +44,8 @@ class Metrics:
         self.restarts = Counter("ragbus_stage_restarts_total",
                                 "Times a stage's agent or consumer loop was restarted in its process", ["stage"],
                                 registry=r)
+        self.broken = Gauge("ragbus_stage_broken",
+                            "1 while the stage's failure breaker is open: it holds its events and probes", ["stage"],
+                            registry=r)
         self.last_progress = Gauge("ragbus_last_progress_timestamp_seconds",
                                    "Unix time a stage last finished a batch", ["stage"], registry=r)

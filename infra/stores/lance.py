@@ -125,9 +125,9 @@ class LanceVectorIndex:
         return " AND ".join(clauses)
 
     def hybrid_search(self, tenant: str, text: str, vector: Vector, *, limit: int, alpha: float,
-                      filters: Mapping[str, Any] | None = None) -> list[SearchHit]:
+                      candidates: int, filters: Mapping[str, Any] | None = None) -> list[SearchHit]:
         where = self._where(tenant, filters)
-        candidates = max(limit * 4, 50)
+        candidates = max(candidates, limit)
         vec_rows: list[dict[str, Any]] = []
         kw_rows: list[dict[str, Any]] = []
         if alpha > 0:

@@ -11,19 +11,30 @@ a concurrent writer makes the compare fail and the decision is taken again on th
 
 from __future__ import annotations
 
-import contextlib
-import json
-from collections.abc import Mapping, Sequence
-from typing import Any
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ParamSpec, TypeVar
 
 from bson import Binary
-from pymongo import ASCENDING, MongoClient, ReplaceOne, WriteConcern
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo import ASCENDING, MongoClient, ReplaceOne, ReturnDocument, WriteConcern
+from pymongo.errors import (
+    ConfigurationError as MongoConfigurationError,
+)
+from pymongo.errors import (
+    ConnectionFailure,
+    DocumentTooLarge,
+    DuplicateKeyError,
+    ExecutionTimeout,
+    OperationFailure,
+    PyMongoError,
+    WriteConcernError,
+    WTimeoutError,
+)
 
 from infra.settings import MongoSettings
-from infra.stores.sqlite import accept_status, merge_record
-from kernel.errors import ConfigurationError, RetryableError
+from kernel.errors import ConfigurationError, PoisonMessageError, RetryableError
 from kernel.ports import ChunkRecord, DocumentRecord
+from kernel.versions import accept_status, merge_record
 from schemas.events import ContentRef, Status, content_hash
 
 MAJORITY = WriteConcern(w="majority", j=True)
@@ -51,29 +62,47 @@ def _doc(row: Mapping[str, Any]) -> DocumentRecord:
                           row.get("title", ""), row.get("source", ""), row.get("metadata") or {})
 
 
-def _retryable(fn: Any) -> Any:
-    """Connection trouble and timeouts are transient for the runner; anything else is a bug to surface."""
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+#: Server error codes the MongoDB retryable-writes specification lists as transient (failover, shutdown,
+#: network), plus ExceededTimeLimit and MaxTimeMSExpired.
+RETRYABLE_CODES = frozenset({6, 7, 50, 89, 91, 134, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
+#: Unauthorized, AuthenticationFailed, and Atlas's AtlasError for a bad user: an operator must act.
+AUTH_CODES = frozenset({13, 18, 8000})
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def classify(exc: PyMongoError) -> Exception:
+    """pymongo's exception classes, error labels and server codes -> what the runner must do."""
+    if (isinstance(exc, ConnectionFailure | ExecutionTimeout | WTimeoutError | WriteConcernError)
+            or exc.has_error_label("RetryableWriteError") or exc.has_error_label("TransientTransactionError")
+            or (isinstance(exc, OperationFailure) and exc.code in RETRYABLE_CODES)):
+        return RetryableError(f"mongodb: {type(exc).__name__}: {str(exc)[:300]}")
+    if isinstance(exc, OperationFailure) and exc.code in AUTH_CODES or isinstance(exc, MongoConfigurationError):
+        return ConfigurationError(f"MongoDB refused ragbus ({type(exc).__name__}: {str(exc)[:200]}): check the "
+                                  "user, password and roles in RAGBUS_MONGODB_URI")
+    if isinstance(exc, DocumentTooLarge):
+        return PoisonMessageError(f"mongodb: {exc}")
+    return exc
+
+
+def _classified(fn: Callable[P, R]) -> Callable[P, R]:
+    """Re-raise a pymongo error as the kernel error it means (a duplicate key is left to the caller)."""
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
         except DuplicateKeyError:
             raise
         except PyMongoError as exc:
-            if getattr(exc, "timeout", False) or type(exc).__name__ in (
-                    "AutoReconnect", "NetworkTimeout", "ServerSelectionTimeoutError", "NotPrimaryError",
-                    "WriteConcernError", "ExecutionTimeout", "ConnectionFailure"):
-                raise RetryableError(f"mongodb: {type(exc).__name__}: {exc}") from exc
-            raise
-    wrapper.__doc__ = fn.__doc__
+            raise classify(exc) from exc
     return wrapper
 
 
 class MongoDocumentStore:
     def __init__(self, client: MongoClient[Any], database: str) -> None:
         db = client.get_database(database, write_concern=MAJORITY)
-        self._client = client
         self._docs = db.get_collection("documents")
-        self._chunks = db.get_collection("chunks")
+        self._chunks = db.get_collection("chunk_ids")
         self._contents = db.get_collection("contents")
         self._answers = db.get_collection("answers")
         self._docs.create_index([("tenant", ASCENDING), ("document_id", ASCENDING)], unique=True)
@@ -81,12 +110,12 @@ class MongoDocumentStore:
         self._chunks.create_index([("tenant", ASCENDING), ("document_id", ASCENDING), ("version", ASCENDING)])
         self._answers.create_index([("tenant", ASCENDING), ("query_id", ASCENDING)], unique=True)
 
-    @_retryable
+    @_classified
     def get_document(self, tenant: str, document_id: str) -> DocumentRecord | None:
         row = self._docs.find_one({"tenant": tenant, "document_id": document_id})
         return None if row is None else _doc(row)
 
-    @_retryable
+    @_classified
     def apply_status(self, record: DocumentRecord) -> bool:
         key = {"tenant": record.tenant, "document_id": record.document_id}
         for _ in range(CAS_ATTEMPTS):
@@ -94,8 +123,7 @@ class MongoDocumentStore:
             current = None if row is None else _doc(row)
             if not accept_status(current, record):
                 return False
-            keep = current if current is not None and current.version == record.version else None
-            m = merge_record(keep, record)
+            m = merge_record(current, record)
             fields = {"version": m.version, "status": m.status.value, "status_rank": m.status.rank,
                       "chunks": m.chunks, "error": m.error, "content_hash": m.content_hash, "title": m.title,
                       "source": m.source, "metadata": dict(m.metadata)}
@@ -110,42 +138,41 @@ class MongoDocumentStore:
                 return True
         raise RetryableError(f"status of {record.document_id} changed {CAS_ATTEMPTS} times while being updated")
 
-    @_retryable
+    @_classified
     def list_documents(self, tenant: str | None = None, limit: int = 10_000) -> list[DocumentRecord]:
         query = {} if tenant is None else {"tenant": tenant}
         rows = self._docs.find(query).sort([("tenant", ASCENDING), ("document_id", ASCENDING)]).limit(limit)
         return [_doc(r) for r in rows]
 
-    @_retryable
+    @_classified
     def status_counts(self, tenant: str | None = None) -> dict[str, int]:
         match = [{"$match": {"tenant": tenant}}] if tenant is not None else []
         rows = self._docs.aggregate(match + [{"$group": {"_id": "$status", "n": {"$sum": 1}}}])
         return {r["_id"]: int(r["n"]) for r in rows}
 
-    @_retryable
+    @_classified
     def upsert_chunks(self, chunks: Sequence[ChunkRecord]) -> None:
         if not chunks:
             return
         ops = [ReplaceOne({"_id": c.chunk_id}, {
             "_id": c.chunk_id, "tenant": c.tenant, "document_id": c.document_id, "version": c.version,
-            "idx": c.index, "text": c.text, "title": c.title, "section_path": list(c.section_path),
-            "source": c.source, "metadata": json.dumps(dict(c.metadata))}, upsert=True) for c in chunks]
+            "idx": c.index}, upsert=True) for c in chunks]
         self._chunks.bulk_write(ops, ordered=False)
 
-    @_retryable
+    @_classified
     def delete_chunk_versions(self, tenant: str, document_id: str, *, below: int) -> None:
         self._chunks.delete_many({"tenant": tenant, "document_id": document_id, "version": {"$lt": below}})
 
-    @_retryable
+    @_classified
     def chunk_versions(self, tenant: str, document_id: str) -> list[tuple[str, int]]:
         rows = self._chunks.find({"tenant": tenant, "document_id": document_id}, {"_id": 1, "version": 1, "idx": 1})
         return [(r["_id"], int(r["version"])) for r in sorted(rows, key=lambda r: (r["version"], r["idx"]))]
 
-    @_retryable
+    @_classified
     def count_chunks(self, tenant: str | None = None) -> int:
         return int(self._chunks.count_documents({} if tenant is None else {"tenant": tenant}))
 
-    @_retryable
+    @_classified
     def put_content(self, data: bytes) -> ContentRef:
         if len(data) > MAX_CONTENT_BYTES:
             raise ValueError(f"content of {len(data)} bytes is over the MongoDB store's {MAX_CONTENT_BYTES}")
@@ -154,22 +181,29 @@ class MongoDocumentStore:
                                    upsert=True)
         return ref
 
-    @_retryable
+    @_classified
     def get_content(self, ref: ContentRef) -> bytes:
         row = self._contents.find_one({"_id": ref.sha256})
         if row is None:
             raise KeyError(f"no stored content with sha256 {ref.sha256}")
         return bytes(row["data"])
 
-    @_retryable
+    @_classified
     def get_answer(self, tenant: str, query_id: str) -> str | None:
         row = self._answers.find_one({"tenant": tenant, "query_id": query_id})
         return None if row is None else str(row["answer"])
 
-    @_retryable
-    def put_answer(self, tenant: str, query_id: str, answer_json: str) -> None:
-        with contextlib.suppress(DuplicateKeyError):  # the first answer stays: the query id is the idempotency key
-            self._answers.insert_one({"tenant": tenant, "query_id": query_id, "answer": answer_json})
+    @_classified
+    def put_answer(self, tenant: str, query_id: str, answer_json: str) -> str:
+        """Insert unless an answer is stored already (the query id is the idempotency key); one round trip
+        returns whichever answer is stored."""
+        key = {"tenant": tenant, "query_id": query_id}
+        try:
+            row = self._answers.find_one_and_update(key, {"$setOnInsert": {"answer": answer_json}}, upsert=True,
+                                                    return_document=ReturnDocument.AFTER)
+        except DuplicateKeyError:  # a concurrent upsert of the same key won the race
+            row = self._answers.find_one(key)
+        return str(row["answer"]) if row else answer_json
 
     def close(self) -> None:
         """The client is shared (see wiring); closing it is the owner's job."""
@@ -179,11 +213,11 @@ class MongoEmbeddingCache:
     def __init__(self, client: MongoClient[Any], database: str) -> None:
         self._col = client.get_database(database, write_concern=WriteConcern(w=1)).get_collection("embeddings")
 
-    @_retryable
+    @_classified
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         return {r["_id"]: bytes(r["v"]) for r in self._col.find({"_id": {"$in": list(keys)}})}
 
-    @_retryable
+    @_classified
     def put_many(self, items: Mapping[str, bytes]) -> None:
         if items:
             # w=1: a lost cache entry only costs a re-embedding

@@ -8,7 +8,6 @@ transaction, so a killed process leaves nothing half-written.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import sqlite3
 import threading
@@ -18,6 +17,7 @@ from typing import Any, cast
 
 from kernel.errors import RetryableError
 from kernel.ports import ChunkRecord, DocumentRecord
+from kernel.versions import accept_status, merge_record
 from schemas.events import ContentRef, Status, content_hash
 
 _SCHEMA = """
@@ -28,11 +28,10 @@ CREATE TABLE IF NOT EXISTS documents (
   metadata TEXT NOT NULL DEFAULT '{}', updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
   PRIMARY KEY (tenant, document_id));
 CREATE INDEX IF NOT EXISTS documents_status ON documents (tenant, status);
-CREATE TABLE IF NOT EXISTS chunks (
+CREATE TABLE IF NOT EXISTS chunk_ids (
   chunk_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, document_id TEXT NOT NULL, version INTEGER NOT NULL,
-  idx INTEGER NOT NULL, text TEXT NOT NULL, title TEXT NOT NULL, section_path TEXT NOT NULL,
-  source TEXT NOT NULL, metadata TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS chunks_doc ON chunks (tenant, document_id, version);
+  idx INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS chunk_ids_doc ON chunk_ids (tenant, document_id, version);
 CREATE TABLE IF NOT EXISTS contents (sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS answers (
   tenant TEXT NOT NULL, query_id TEXT NOT NULL, answer TEXT NOT NULL,
@@ -41,25 +40,9 @@ CREATE TABLE IF NOT EXISTS embeddings (key TEXT PRIMARY KEY, vector BLOB NOT NUL
 """
 
 
-def merge_record(same_version: DocumentRecord | None, new: DocumentRecord) -> DocumentRecord:
-    """What to store: the new record, keeping descriptive fields a later status of the same version
-    does not carry (a `deleted` status knows no title)."""
-    if same_version is None:
-        return new
-    return dataclasses.replace(
-        new, chunks=new.chunks or same_version.chunks, content_hash=new.content_hash or same_version.content_hash,
-        title=new.title or same_version.title, source=new.source or same_version.source,
-        metadata=new.metadata or same_version.metadata)
-
-
-def accept_status(current: DocumentRecord | None, new: DocumentRecord) -> bool:
-    """The version rules of ports.py, shared by every DocumentStore adapter."""
-    if current is None:
-        return True
-    if new.version != current.version:
-        return new.version > current.version
-    return new.status.rank > current.status.rank
-
+#: SQLite result codes (primary, the low byte of an extended code) that pass: another writer holds the lock,
+#: the disk is full or failing. Anything else (a missing table, a malformed query) is a bug to surface.
+TRANSIENT = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR})
 
 _DOC_COLUMNS = "tenant, document_id, version, status, chunks, error, content_hash, title, source, metadata"
 
@@ -96,7 +79,9 @@ class _Db:
             except sqlite3.OperationalError as exc:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
-                raise RetryableError(f"sqlite: {exc}") from exc
+                if exc.sqlite_errorcode & 0xFF in TRANSIENT:
+                    raise RetryableError(f"sqlite: {exc.sqlite_errorname}: {exc}") from exc
+                raise
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -120,8 +105,7 @@ class SqliteDocumentStore:
             current = self._get_locked(conn, record.tenant, record.document_id)
             if not accept_status(current, record):
                 return False
-            keep = current if current is not None and current.version == record.version else None
-            merged = merge_record(keep, record)
+            merged = merge_record(current, record)
             conn.execute(
                 "INSERT INTO documents (tenant, document_id, version, status, status_rank, chunks, error,"
                 " content_hash, title, source, metadata) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
@@ -158,22 +142,21 @@ class SqliteDocumentStore:
 
     # -- chunks ----------------------------------------------------------------------------
     def upsert_chunks(self, chunks: Sequence[ChunkRecord]) -> None:
-        rows = [(c.chunk_id, c.tenant, c.document_id, c.version, c.index, c.text, c.title,
-                 json.dumps(list(c.section_path)), c.source, json.dumps(dict(c.metadata))) for c in chunks]
-        self._write("INSERT OR REPLACE INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+        rows = [(c.chunk_id, c.tenant, c.document_id, c.version, c.index) for c in chunks]
+        self._write("INSERT OR REPLACE INTO chunk_ids VALUES (?,?,?,?,?)", rows)
 
     def delete_chunk_versions(self, tenant: str, document_id: str, *, below: int) -> None:
-        self._write("DELETE FROM chunks WHERE tenant=? AND document_id=? AND version<?",
+        self._write("DELETE FROM chunk_ids WHERE tenant=? AND document_id=? AND version<?",
                     [(tenant, document_id, below)])
 
     def chunk_versions(self, tenant: str, document_id: str) -> list[tuple[str, int]]:
         with self._db.lock:
             return [(r[0], r[1]) for r in self._db.tx().execute(
-                "SELECT chunk_id, version FROM chunks WHERE tenant=? AND document_id=? ORDER BY version, idx",
+                "SELECT chunk_id, version FROM chunk_ids WHERE tenant=? AND document_id=? ORDER BY version, idx",
                 (tenant, document_id)).fetchall()]
 
     def count_chunks(self, tenant: str | None = None) -> int:
-        sql, args = "SELECT count(*) FROM chunks", cast(tuple[object, ...], ())
+        sql, args = "SELECT count(*) FROM chunk_ids", cast(tuple[object, ...], ())
         if tenant is not None:
             sql, args = sql + " WHERE tenant=?", (tenant,)
         with self._db.lock:
@@ -199,9 +182,13 @@ class SqliteDocumentStore:
                                         (tenant, query_id)).fetchone()
         return None if row is None else str(row[0])
 
-    def put_answer(self, tenant: str, query_id: str, answer_json: str) -> None:
-        self._write("INSERT OR IGNORE INTO answers (tenant, query_id, answer) VALUES (?,?,?)",
-                    [(tenant, query_id, answer_json)])
+    def put_answer(self, tenant: str, query_id: str, answer_json: str) -> str:
+        with self._db.transaction() as conn:
+            conn.execute("INSERT OR IGNORE INTO answers (tenant, query_id, answer) VALUES (?,?,?)",
+                         (tenant, query_id, answer_json))
+            row = conn.execute("SELECT answer FROM answers WHERE tenant=? AND query_id=?",
+                               (tenant, query_id)).fetchone()
+        return str(row[0])
 
     def _write(self, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
         if rows:

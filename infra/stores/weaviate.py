@@ -13,6 +13,13 @@ Writes use deterministic uuid5 ids (schemas.events.chunk_uuid) and read back per
 indexer retries or dead-letters each refused object with Weaviate's message (weaviate-python-client
 issues #577 and #885: batch errors are easy to drop). Hybrid search uses relative score fusion, the
 same fusion the embedded LanceDB adapter computes on the client.
+
+Failures are classified by the client's exception types and the gRPC status code underneath them, never
+by message text (`classify`): unreachable, timing out, overloaded -> RetryableError; refused credentials
+or permissions -> ConfigurationError; anything else is permanent and surfaces as itself (the runner pins
+it on its event), so a permanent error is never retried forever. Real Weaviate reports a read of a
+tenant that does not exist yet as a plain gRPC UNKNOWN error; so reads first ask whether the tenant
+exists (once per tenant and process, a REST HEAD) instead of recognising that error.
 """
 
 from __future__ import annotations
@@ -22,12 +29,23 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 from urllib.parse import urlparse
 
+import grpc
 import weaviate
 from weaviate.classes.config import Configure, DataType, Property, Tokenization, VectorDistances
 from weaviate.classes.data import DataObject
 from weaviate.classes.init import AdditionalConfig, Auth, Timeout
 from weaviate.classes.query import Filter, HybridFusion, MetadataQuery
-from weaviate.exceptions import WeaviateBaseError, WeaviateInsertManyAllFailedError
+from weaviate.exceptions import (
+    AuthenticationFailedError,
+    InsufficientPermissionsError,
+    UnexpectedStatusCodeError,
+    WeaviateBaseError,
+    WeaviateConnectionError,
+    WeaviateGRPCUnavailableError,
+    WeaviateInsertManyAllFailedError,
+    WeaviateRetryError,
+    WeaviateTimeoutError,
+)
 
 from infra.settings import WeaviateSettings
 from kernel.errors import ConfigurationError, RetryableError
@@ -82,14 +100,43 @@ def _meta_terms(metadata: Mapping[str, Any]) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in sorted(metadata.items())]
 
 
-def _tenant_missing(exc: Exception) -> bool:
-    """A tenant that never wrote anything does not exist yet (auto-creation happens on first write)."""
-    text = str(exc).lower()
-    return "tenant" in text and "not found" in text
+def _vector(v: Vector) -> Sequence[float]:
+    """The client takes numpy arrays (weaviate.util.get_vector converts them in C), though its hints say
+    Sequence: no Python-level list of floats is built here."""
+    return cast(Sequence[float], v)
 
 
-def _transient(exc: Exception) -> RetryableError:
-    return RetryableError(f"weaviate: {type(exc).__name__}: {str(exc)[:300]}")
+_TRANSIENT_GRPC = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                             grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED})
+_REFUSED_GRPC = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
+
+
+def _grpc_code(exc: BaseException) -> grpc.StatusCode | None:
+    """The status code of the gRPC call the client's exception was raised from, if any."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return None
+        if isinstance(seen, grpc.Call):
+            code = seen.code()
+            return code if isinstance(code, grpc.StatusCode) else None
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def classify(exc: WeaviateBaseError) -> Exception:
+    """The client's exception types and gRPC/HTTP status codes -> what the runner must do."""
+    code = _grpc_code(exc)
+    status = exc.status_code if isinstance(exc, UnexpectedStatusCodeError) else None
+    if (isinstance(exc, AuthenticationFailedError | InsufficientPermissionsError) or code in _REFUSED_GRPC
+            or status in (401, 403)):
+        return ConfigurationError(f"Weaviate refused ragbus ({type(exc).__name__}): check RAGBUS_WEAVIATE_API_KEY "
+                                  "and the key's permissions on the collection")
+    if (isinstance(exc, WeaviateConnectionError | WeaviateTimeoutError | WeaviateGRPCUnavailableError
+                   | WeaviateRetryError) or code in _TRANSIENT_GRPC or (status is not None and
+                                                                        (status == 429 or status >= 500))):
+        return RetryableError(f"weaviate: {type(exc).__name__}: {str(exc)[:300]}")
+    return exc
 
 
 class WeaviateVectorIndex:
@@ -99,6 +146,7 @@ class WeaviateVectorIndex:
         self._dim = dim
         self._ensure_collection()
         self._collection = client.collections.get(collection)
+        self._tenants: set[str] = set()
 
     def _ensure_collection(self) -> None:
         if not self._client.collections.exists(self._name):
@@ -140,7 +188,7 @@ class WeaviateVectorIndex:
                 by_tenant.setdefault(c.tenant, {})[c.chunk_id] = c  # one object per id: the last wins
         for tenant, group in by_tenant.items():
             batch = list(group.values())
-            objects = [DataObject(uuid=c.chunk_id, vector={VECTOR: [float(x) for x in c.vector]}, properties={
+            objects = [DataObject(uuid=c.chunk_id, vector={VECTOR: _vector(c.vector)}, properties={
                 "document_id": c.document_id, "version": c.version, "idx": c.index, "text": c.text,
                 "title": c.title, "section": " > ".join(c.section_path), "section_path": list(c.section_path),
                 "source": c.source, "meta": _meta_terms(c.metadata), "metadata": json.dumps(dict(c.metadata))})
@@ -151,18 +199,30 @@ class WeaviateVectorIndex:
                 failures += [WriteFailure(c.chunk_id, str(exc)[:500]) for c in batch]
                 continue
             except WeaviateBaseError as exc:
-                raise _transient(exc) from exc
+                raise classify(exc) from exc
+            self._tenants.add(tenant)
             failures += [WriteFailure(batch[i].chunk_id, err.message) for i, err in result.errors.items()]
         return failures
 
+    def _exists(self, tenant: str) -> bool:
+        """Whether the tenant exists (a tenant is created by its first write; positive answers are kept)."""
+        if tenant not in self._tenants:
+            try:
+                if not self._collection.tenants.exists(tenant):
+                    return False
+            except WeaviateBaseError as exc:
+                raise classify(exc) from exc
+            self._tenants.add(tenant)
+        return True
+
     def delete_versions(self, tenant: str, document_id: str, *, below: int) -> None:
+        if not self._exists(tenant):
+            return  # nothing was ever written for this tenant
         where = Filter.by_property("document_id").equal(document_id) & Filter.by_property("version").less_than(below)
         try:
             self._collection.with_tenant(tenant).data.delete_many(where=where)
         except WeaviateBaseError as exc:
-            if _tenant_missing(exc):
-                return  # nothing was ever written for this tenant
-            raise _transient(exc) from exc
+            raise classify(exc) from exc
 
     def _filters(self, filters: Mapping[str, Any] | None) -> Any:
         parts = []
@@ -174,19 +234,19 @@ class WeaviateVectorIndex:
         return Filter.all_of(parts) if len(parts) > 1 else (parts[0] if parts else None)
 
     def hybrid_search(self, tenant: str, text: str, vector: Vector, *, limit: int, alpha: float,
-                      filters: Mapping[str, Any] | None = None) -> list[SearchHit]:
+                      candidates: int, filters: Mapping[str, Any] | None = None) -> list[SearchHit]:
+        if not self._exists(tenant):
+            return []  # a tenant that never wrote anything has nothing to find
         try:
             result = self._collection.with_tenant(tenant).query.hybrid(
-                query=text, vector=[float(x) for x in vector], target_vector=VECTOR, alpha=alpha,
-                fusion_type=HybridFusion.RELATIVE_SCORE, query_properties=SEARCHED, limit=limit,
+                query=text, vector=_vector(vector), target_vector=VECTOR, alpha=alpha,
+                fusion_type=HybridFusion.RELATIVE_SCORE, query_properties=SEARCHED, limit=max(limit, candidates),
                 filters=self._filters(filters), return_metadata=MetadataQuery(score=True),
                 return_properties=RETURNED)
         except WeaviateBaseError as exc:
-            if _tenant_missing(exc):
-                return []  # a tenant that never wrote anything has nothing to find
-            raise _transient(exc) from exc
+            raise classify(exc) from exc
         hits = []
-        for o in result.objects:
+        for o in result.objects[:limit]:
             p = cast(dict[str, Any], o.properties)
             hits.append(SearchHit(str(o.uuid), p["document_id"], int(p["version"]), int(p["idx"]), p["text"],
                                   float(o.metadata.score or 0.0), p.get("title") or "",
@@ -194,28 +254,25 @@ class WeaviateVectorIndex:
         return hits
 
     def chunk_versions(self, tenant: str, document_id: str) -> list[tuple[str, int]]:
+        if not self._exists(tenant):
+            return []
         try:
             result = self._collection.with_tenant(tenant).query.fetch_objects(
                 filters=Filter.by_property("document_id").equal(document_id), limit=10_000,
                 return_properties=["version", "idx"])
         except WeaviateBaseError as exc:
-            if _tenant_missing(exc):
-                return []
-            raise _transient(exc) from exc
+            raise classify(exc) from exc
         rows = [(str(o.uuid), cast(dict[str, Any], o.properties)) for o in result.objects]
         rows.sort(key=lambda r: (int(r[1]["version"]), int(r[1]["idx"])))
         return [(u, int(p["version"])) for u, p in rows]
 
     def count(self, tenant: str | None = None) -> int:
-        tenants = [tenant] if tenant is not None else list(self._collection.tenants.get())
-        total = 0
-        for t in tenants:
-            try:
-                total += int(self._collection.with_tenant(t).aggregate.over_all(total_count=True).total_count or 0)
-            except WeaviateBaseError as exc:
-                if not _tenant_missing(exc):
-                    raise _transient(exc) from exc
-        return total
+        try:
+            tenants = [tenant] if tenant is not None else list(self._collection.tenants.get())
+            return sum(int(self._collection.with_tenant(t).aggregate.over_all(total_count=True).total_count or 0)
+                       for t in tenants if self._exists(t))
+        except WeaviateBaseError as exc:
+            raise classify(exc) from exc
 
     def maintain(self) -> None:
         """Weaviate maintains its indexes itself."""

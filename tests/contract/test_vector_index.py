@@ -47,19 +47,19 @@ def test_upsert_is_idempotent(filled: VectorIndex) -> None:
 
 
 def test_vector_search_ranks_nearest_first(filled: VectorIndex) -> None:
-    hits = filled.hybrid_search("t1", "anything", vec(2), limit=2, alpha=1.0)
+    hits = filled.hybrid_search("t1", "anything", vec(2), limit=2, candidates=50, alpha=1.0)
     assert hits[0].document_id == "mongo"
     assert hits[0].score >= hits[1].score
     assert hits[0].title == "title mongo" and hits[0].section_path == ("Sec",)
 
 
 def test_keyword_search_finds_the_term(filled: VectorIndex) -> None:
-    hits = filled.hybrid_search("t1", "BM25 hybrid", vec(0), limit=3, alpha=0.0)
+    hits = filled.hybrid_search("t1", "BM25 hybrid", vec(0), limit=3, candidates=50, alpha=0.0)
     assert hits[0].document_id == "weaviate"
 
 
 def test_hybrid_fuses_both_signals(filled: VectorIndex) -> None:
-    hits = filled.hybrid_search("t1", "BSON documents", vec(0), limit=4, alpha=0.5)
+    hits = filled.hybrid_search("t1", "BSON documents", vec(0), limit=4, candidates=50, alpha=0.5)
     ids = [h.document_id for h in hits]
     assert "mongo" in ids[:2] and "kafka" in ids[:2]
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
@@ -68,21 +68,23 @@ def test_hybrid_fuses_both_signals(filled: VectorIndex) -> None:
 def test_search_never_crosses_tenants(filled: VectorIndex) -> None:
     for alpha in (0.0, 0.5, 1.0):
         assert {h.document_id for h in filled.hybrid_search("t2", "Kafka partitions", vec(0), limit=10,
-                                                            alpha=alpha)} == {"other"}
-        assert filled.hybrid_search("nobody", "Kafka", vec(0), limit=10, alpha=alpha) == []
+                                                            candidates=50, alpha=alpha)} == {"other"}
+        assert filled.hybrid_search("nobody", "Kafka", vec(0), limit=10, candidates=50, alpha=alpha) == []
 
 
 def test_filters_on_document_and_metadata(filled: VectorIndex) -> None:
-    hits = filled.hybrid_search("t1", "Kafka", vec(0), limit=10, alpha=0.5, filters={"document_id": "mongo"})
+    hits = filled.hybrid_search("t1", "Kafka", vec(0), limit=10, candidates=50, alpha=0.5,
+                                filters={"document_id": "mongo"})
     assert {h.document_id for h in hits} == {"mongo"}
-    hits = filled.hybrid_search("t1", "Kafka", vec(0), limit=10, alpha=0.5, filters={"lang": "en"})
+    hits = filled.hybrid_search("t1", "Kafka", vec(0), limit=10, candidates=50, alpha=0.5, filters={"lang": "en"})
     assert {h.document_id for h in hits} == {"kafka"}
     assert hits[0].metadata == {"lang": "en"}
 
 
 def test_quotes_in_values_are_data_not_syntax(filled: VectorIndex) -> None:
     assert filled.upsert([rec("it's", 1, 0, "O'Reilly's book.", vec(4))]) == []
-    hits = filled.hybrid_search("t1", "O'Reilly", vec(4), limit=5, alpha=0.5, filters={"document_id": "it's"})
+    hits = filled.hybrid_search("t1", "O'Reilly", vec(4), limit=5, candidates=50, alpha=0.5,
+                                filters={"document_id": "it's"})
     assert [h.document_id for h in hits] == ["it's"]
 
 

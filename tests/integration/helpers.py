@@ -6,8 +6,13 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from infra.kafka.clients import make_consumer, topic_name
+from infra.kafka.clients import EventProducer, make_consumer, topic_name
+from infra.kafka.consumer_runner import ConsumerRunner
+from infra.kafka.delivery import BatchPolicy
+from infra.ops.health import Health
+from infra.ops.metrics import Metrics
 from infra.settings import Settings
+from kernel.stage import Stage
 from schemas.topics import TopicSpec
 
 
@@ -26,6 +31,13 @@ def read_all(settings: Settings, spec: TopicSpec, expect: int, timeout_s: float 
     finally:
         consumer.close()
     return got
+
+
+def runner_for(settings: Settings, stage: Stage, metrics: Metrics | None = None,
+               health: Health | None = None) -> ConsumerRunner:
+    """A consumer runner for `stage`, with the delivery policy every stage gets."""
+    metrics = metrics or Metrics()
+    return ConsumerRunner(settings, BatchPolicy(settings, stage, metrics, health), EventProducer(settings), health)
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float = 60.0, what: str = "condition") -> None:

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from consumers.status import StatusSink
+from consumers import status
 from infra.kafka.clients import EventProducer, ensure_topics, topic_name
 from infra.kafka.consumer_runner import ConsumerRunner
-from infra.ops.metrics import Metrics
 from infra.stores.sqlite import SqliteDocumentStore
+from kernel.stage import PerEvent, Stage
 from schemas.events import DocumentStatus, Status
 from schemas.topics import TOPICS, document_key
 
-from .helpers import headers, read_all, wait_until
+from .helpers import headers, read_all, runner_for, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -40,7 +41,7 @@ def test_status_sink_commits_after_write_and_dead_letters_bad_input(broker: str,
     producer.send_raw(raw, b"k", b'{"type": "document.status", "schema_version": 2}', [])
     producer.flush()
 
-    runner = ConsumerRunner(settings, "status", TOPICS.status, StatusSink(store), Metrics(), EventProducer(settings))
+    runner = runner_for(settings, status.stage(store, 256, 0.25))
     thread, stop = _run(runner)
     wait_until(lambda: store.get_document("default", "a") is not None, 30, "the status to be stored")
     dead = read_all(settings, TOPICS.dead_letter("status"), expect=2)
@@ -60,11 +61,13 @@ def test_status_sink_commits_after_write_and_dead_letters_bad_input(broker: str,
     newer = DocumentStatus(document_id="b", version=1, status=Status.FAILED, stage="test", error="boom")
     producer.send(TOPICS.status, document_key("default", "b"), newer)
     producer.flush()
-    sink = StatusSink(store)
     seen: list[str] = []
-    original_add = sink.add
-    sink.add = lambda ev, rec: (seen.append(ev.document_id), original_add(ev, rec))[1]  # type: ignore[method-assign]
-    runner2 = ConsumerRunner(settings, "status", TOPICS.status, sink, Metrics(), EventProducer(settings))
+
+    def recording(events: Sequence[DocumentStatus]) -> list[PerEvent]:
+        seen.extend(ev.document_id for ev in events)
+        return status.apply_statuses(store, events)
+
+    runner2 = runner_for(settings, Stage("status", TOPICS.status, recording, max_batch=256, window_s=0.25))
     thread, stop = _run(runner2)
     wait_until(lambda: store.get_document("default", "b") is not None, 30, "the second status")
     stop.set()

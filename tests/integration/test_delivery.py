@@ -11,13 +11,14 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from consumers.indexer import IndexerSink
-from infra.kafka.clients import EventProducer, SourceRecord, ensure_topics
+from consumers.indexer import Indexer
+from infra.kafka.clients import EventProducer, ensure_topics
 from infra.kafka.consumer_runner import ConsumerRunner
 from infra.ops.health import Health, serve
 from infra.ops.metrics import Metrics
@@ -25,12 +26,13 @@ from infra.settings import Settings
 from infra.stores.lance import LanceVectorIndex
 from infra.stores.sqlite import SqliteDocumentStore
 from kernel.errors import RetryableError
+from kernel.stage import PerEvent, Stage, per_event
 from schemas.events import ChunksEmbedded, DocumentArrived, DocumentStatus, Status
 from schemas.topics import TOPICS, document_key
 from tests.conftest import ROOT
 from tests.unit.test_stages import Pipeline
 
-from .helpers import wait_until
+from .helpers import runner_for, wait_until
 
 pytestmark = pytest.mark.broker
 DOCS = 60
@@ -67,10 +69,11 @@ def assert_exactly_indexed(store: SqliteDocumentStore, index: LanceVectorIndex, 
         assert got is not None and got.status is Status.INDEXED, doc_id
 
 
-class SlowSink(IndexerSink):
-    def flush(self) -> list[tuple[SourceRecord, Any, Exception]]:
+def slow_indexer(indexer: Indexer) -> Stage:
+    def handle(events: Sequence[Any]) -> list[PerEvent]:
         time.sleep(0.4)  # keep the stream in flight long enough to hand it over mid-way
-        return super().flush()
+        return indexer.handle(events)
+    return Stage("indexer", TOPICS.embedded, handle, max_batch=3, window_s=0.25)
 
 
 def test_rebalance_handoff_loses_and_duplicates_nothing(broker: str, settings_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -80,8 +83,7 @@ def test_rebalance_handoff_loses_and_duplicates_nothing(broker: str, settings_fa
     store, index = SqliteDocumentStore(tmp_path / "s.sqlite"), LanceVectorIndex(tmp_path / "l", pipe.embedder.dim)
 
     def runner() -> tuple[ConsumerRunner, threading.Event, threading.Thread]:
-        sink = SlowSink(index, store, EventProducer(settings), Metrics(), pipe.embedder.dim)
-        r = ConsumerRunner(settings, "indexer", TOPICS.embedded, sink, Metrics(), EventProducer(settings))
+        r = runner_for(settings, slow_indexer(Indexer(index, store, Metrics(), pipe.embedder.dim)))
         stop = threading.Event()
         t = threading.Thread(target=r.run, args=(stop,), daemon=True)
         t.start()
@@ -103,54 +105,56 @@ def test_rebalance_handoff_loses_and_duplicates_nothing(broker: str, settings_fa
     assert_exactly_indexed(store, index, expected)
 
 
-class FlakySink:
-    """Fails `failures` flushes, then succeeds; records what was added while failing."""
+class FlakyStage:
+    """A status stage whose backend fails `failures` times, then works; records what it was handed."""
 
-    def __init__(self, failures: int) -> None:
+    def __init__(self, failures: int = 0) -> None:
         self.failures = failures
-        self.added: list[Any] = []
-        self.flushed: list[Any] = []
-        self.buffer: list[Any] = []
+        self.handed: list[str] = []
+        self.done: list[str] = []
 
-    def add(self, event: Any, record: SourceRecord) -> None:
-        self.added.append(event)
-        self.buffer.append(event)
-
-    def flush(self) -> list[Any]:
+    def handle(self, events: Sequence[Any]) -> list[PerEvent]:
+        self.handed += [ev.document_id for ev in events]
         if self.failures:
             self.failures -= 1
             raise RetryableError("store unavailable", retry_after=0.3)
-        self.flushed += self.buffer
-        self.buffer = []
-        return []
+        self.done += [ev.document_id for ev in events]
+        return [[] for _ in events]
 
-    def discard(self) -> None:
-        self.buffer = []
+    def stage(self, batch: int = 10) -> Stage:
+        return Stage("status", TOPICS.status, self.handle, max_batch=batch, window_s=0.25)
 
 
-def test_failing_sink_backs_off_paused_with_bounded_memory(broker: str, settings_factory) -> None:  # type: ignore[no-untyped-def]
-    settings = settings_factory(broker, RAGBUS_KAFKA_POLL_BATCH="10")
-    ensure_topics(settings)
+def publish_statuses(settings: Settings, names: list[str]) -> None:
     producer = EventProducer(settings)
-    for i in range(40):
-        producer.send(TOPICS.status, document_key("default", f"d{i}"),
-                      DocumentStatus(document_id=f"d{i}", version=1, status=Status.INDEXED, stage="t"))
+    for name in names:
+        producer.send(TOPICS.status, document_key("default", name),
+                      DocumentStatus(document_id=name, version=1, status=Status.INDEXED, stage="t"))
     producer.flush()
-    sink = FlakySink(failures=4)
-    metrics = Metrics()
-    health = Health("status", metrics, None, stall_after_s=0.5)
-    runner = ConsumerRunner(settings, "status", TOPICS.status, sink, metrics, EventProducer(settings), health)
+
+
+def run(runner: ConsumerRunner) -> tuple[threading.Event, threading.Thread]:
     stop = threading.Event()
     thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
     thread.start()
-    wait_until(lambda: sink.failures <= 2, 30, "the sink to fail twice")
-    assert len(sink.added) <= 10, "a failing sink must not be handed more than one batch"
-    assert sink.flushed == []
-    wait_until(health.stalled, 20, "the stage to be reported stalled while its sink fails")
-    wait_until(lambda: len(sink.flushed) == 40, 60, "every event after the sink recovered")
+    return stop, thread
+
+
+def test_failing_sink_backs_off_paused_with_bounded_memory(broker: str, settings_factory) -> None:  # type: ignore[no-untyped-def]
+    settings = settings_factory(broker)
+    ensure_topics(settings)
+    publish_statuses(settings, [f"d{i}" for i in range(40)])
+    flaky, metrics = FlakyStage(failures=4), Metrics()
+    health = Health("status", metrics, None, stall_after_s=0.5)
+    stop, thread = run(runner_for(settings, flaky.stage(), metrics, health))
+    wait_until(lambda: flaky.failures <= 2, 30, "the backend to fail twice")
+    assert len(set(flaky.handed)) <= 10, "a failing stage must not be handed more than one batch"
+    assert flaky.done == []
+    wait_until(health.stalled, 20, "the stage to be reported stalled while its backend fails")
+    wait_until(lambda: len(flaky.done) == 40, 60, "every event after the backend recovered")
     stop.set()
     thread.join(20)
-    assert len(sink.added) == 40 and not health.stalled()
+    assert sorted(flaky.done) == sorted(f"d{i}" for i in range(40)) and not health.stalled()
     assert metrics.registry.get_sample_value("ragbus_events_total", {"stage": "status", "status": "retried"}) == 4
 
 
@@ -219,75 +223,85 @@ def test_worker_stopped_mid_stream_resumes_without_loss_or_duplicates(broker: st
     assert_exactly_indexed(store, LanceVectorIndex(settings.data_dir / "lance", dim), expected)
 
 
-class PickySink(FlakySink):
-    """Fails every flush whose buffer holds document "poison" with an unexpected error (a bug, say)."""
+class PickyStage(FlakyStage):
+    """Raises an unexpected error for any batch that holds document "poison" (a bug, say)."""
 
-    def __init__(self) -> None:
-        super().__init__(failures=0)
-
-    def flush(self) -> list[Any]:
-        if any(ev.document_id == "poison" for ev in self.buffer):
+    def handle(self, events: Sequence[Any]) -> list[PerEvent]:
+        if any(ev.document_id == "poison" for ev in events):
             raise ValueError("cannot handle this one")
-        return super().flush()
+        return super().handle(events)
 
 
-def test_an_unexpected_error_is_pinned_on_its_event_and_the_rest_flows(broker: str, settings_factory) -> None:  # type: ignore[no-untyped-def]
+NAMES = [f"d{i}" for i in range(10)] + ["poison"] + [f"e{i}" for i in range(10)]
+
+
+@pytest.mark.parametrize("stage", [
+    PickyStage().stage(50),  # the batch raises: the runner runs its events one by one
+    # one event raises a type nobody expects, inside a per-event handler: only its result is an error
+    Stage("status", TOPICS.status, per_event(lambda ev: ({}[ev.document_id] if ev.document_id == "poison" else [])),
+          max_batch=50, window_s=0.25),
+], ids=["batch raises ValueError", "event raises KeyError"])
+def test_an_unexpected_error_is_pinned_on_its_event_and_the_rest_flows(broker: str, settings_factory,  # type: ignore[no-untyped-def]
+                                                                       stage: Stage) -> None:
     from infra.kafka.deadletters import list_dead_letters
 
-    settings = settings_factory(broker, RAGBUS_KAFKA_POLL_BATCH="50")
+    settings = settings_factory(broker)
     ensure_topics(settings)
-    producer = EventProducer(settings)
-    names = [f"d{i}" for i in range(10)] + ["poison"] + [f"e{i}" for i in range(10)]
-    for name in names:
-        producer.send(TOPICS.status, document_key("default", name),
-                      DocumentStatus(document_id=name, version=1, status=Status.INDEXED, stage="t"))
-    producer.flush()
-    sink = PickySink()
-    runner = ConsumerRunner(settings, "status", TOPICS.status, sink, Metrics(), EventProducer(settings))
-    stop = threading.Event()
-    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
-    thread.start()
-    wait_until(lambda: len(sink.flushed) == 20, 60, "every other event")
-    dead = list(list_dead_letters(settings, ["status"], 1.0))
-    stop.set()
-    thread.join(20)
-    assert sorted(ev.document_id for ev in sink.flushed) == sorted(n for n in names if n != "poison")
-    assert [(d.key, d.error_type, d.reason) for d in dead] == [
-        ("default/poison", "ValueError", "cannot handle this one")]
-
-
-class GrumpySink(FlakySink):
-    """`add` raises an exception type no runner expects for document "poison" (a bug in a new release)."""
-
-    def __init__(self) -> None:
-        super().__init__(failures=0)
-
-    def add(self, event: Any, record: SourceRecord) -> None:
-        if event.document_id == "poison":
-            raise KeyError("no such field in this release")
-        super().add(event, record)
-
-
-def test_an_unexpected_error_in_add_is_pinned_on_its_event_and_the_batch_commits(broker: str, settings_factory) -> None:  # type: ignore[no-untyped-def]
-    from infra.kafka.deadletters import list_dead_letters
-
-    settings = settings_factory(broker, RAGBUS_KAFKA_POLL_BATCH="50")
-    ensure_topics(settings)
-    producer = EventProducer(settings)
-    names = [f"d{i}" for i in range(10)] + ["poison"] + [f"e{i}" for i in range(10)]
-    for name in names:
-        producer.send(TOPICS.status, document_key("default", name),
-                      DocumentStatus(document_id=name, version=1, status=Status.INDEXED, stage="t"))
-    producer.flush()
-    sink, metrics = GrumpySink(), Metrics()
-    runner = ConsumerRunner(settings, "status", TOPICS.status, sink, metrics, EventProducer(settings))
-    stop = threading.Event()
-    thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
-    thread.start()
-    wait_until(lambda: len(sink.flushed) == 20, 60, "every other event")
+    publish_statuses(settings, NAMES)
+    metrics = Metrics()
+    runner = runner_for(settings, stage, metrics)
+    stop, thread = run(runner)
+    wait_until(lambda: metrics.registry.get_sample_value(
+        "ragbus_events_total", {"stage": "status", "status": "ok"}) == 20, 60, "every other event")
     dead = list(list_dead_letters(settings, ["status"], 1.0))
     assert thread.is_alive(), "the consumer loop died"
     stop.set()
     thread.join(20)
-    assert [(d.key, d.error_type) for d in dead] == [("default/poison", "KeyError")]
+    assert [(d.key, d.error_type) for d in dead] in ([("default/poison", "ValueError")],
+                                                     [("default/poison", "KeyError")])
     assert metrics.registry.get_sample_value("ragbus_stage_crashes_total", {"stage": "status"}) == 1
+
+
+class BrokenRelease(FlakyStage):
+    """Fails every event the way `error` says until `fixed` is set (a bad release, an outage)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+        self.fixed = threading.Event()
+
+    def handle(self, events: Sequence[Any]) -> list[PerEvent]:
+        self.handed += [ev.document_id for ev in events]
+        if not self.fixed.is_set():
+            raise self.error
+        self.done += [ev.document_id for ev in events]
+        return [[] for _ in events]
+
+
+@pytest.mark.parametrize("error", [RuntimeError("a bug in this release"), RetryableError("backend down")],
+                         ids=["unexpected error on every event", "transient error that does not pass"])
+def test_a_stage_that_fails_on_everything_stops_instead_of_emptying_its_stream(
+        broker: str, settings_factory, error: Exception) -> None:  # type: ignore[no-untyped-def]
+    from infra.kafka.deadletters import list_dead_letters
+
+    settings = settings_factory(broker, RAGBUS_DELIVERY_RETRY_ATTEMPTS="2", RAGBUS_DELIVERY_BACKOFF_INITIAL_S="0.05",
+                                RAGBUS_DELIVERY_PROBE_INTERVAL_S="0.3")
+    ensure_topics(settings)
+    names = [f"d{i}" for i in range(30)]
+    publish_statuses(settings, names)
+    broken, metrics = BrokenRelease(error), Metrics()
+    health = Health("status", metrics, None)
+    stop, thread = run(runner_for(settings, broken.stage(10), metrics, health))
+    wait_until(lambda: health.broken_reason is not None, 30, "the stage to report itself broken")
+    time.sleep(1.5)  # it keeps probing meanwhile, and must not move on
+    assert metrics.registry.get_sample_value("ragbus_stage_broken", {"stage": "status"}) == 1
+    assert type(error).__name__ in health.broken_reason or str(error) in health.broken_reason
+    assert len(set(broken.handed)) <= 10, "a broken stage must hold its batch, not take the next ones"
+    assert list(list_dead_letters(settings, ["status"], 0.5)) == [], "nothing may be dead-lettered"
+    broken.fixed.set()
+    wait_until(lambda: sorted(set(broken.done)) == sorted(names), 60, "every event once the stage recovered")
+    stop.set()
+    thread.join(20)
+    assert health.broken_reason is None
+    assert metrics.registry.get_sample_value("ragbus_stage_broken", {"stage": "status"}) == 0
+    assert list(list_dead_letters(settings, ["status"], 0.5)) == []

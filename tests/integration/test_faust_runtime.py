@@ -9,10 +9,12 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from infra.kafka.clients import EventProducer, ensure_topics
+from infra.ops.health import read_health
 from infra.settings import Settings
 from schemas.events import DocumentArrived
 from schemas.topics import TOPICS, document_key
@@ -23,11 +25,11 @@ from .helpers import headers, read_all, wait_until
 pytestmark = pytest.mark.broker
 
 
-def harness(settings: Settings, fault: str) -> subprocess.Popen[str]:
+def harness(settings: Settings, fault: str, **env_extra: str) -> subprocess.Popen[str]:
     env = dict(os.environ) | {
         "RAGBUS_KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers or "",
         "RAGBUS_KAFKA_TOPIC_PREFIX": settings.kafka.topic_prefix, "RAGBUS_DATA_DIR": str(settings.data_dir),
-        "RAGBUS_KAFKA_SESSION_TIMEOUT_MS": "2000", "RAGBUS_TEST_FAULT": fault}
+        "RAGBUS_KAFKA_SESSION_TIMEOUT_MS": "2000", "RAGBUS_TEST_FAULT": fault} | env_extra
     return subprocess.Popen([sys.executable, "-m", "tests.stage_harness"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -103,3 +105,25 @@ def test_a_broken_runner_exits_without_acknowledging_its_batch(broker: str, sett
         wait_until(lambda: set(handled(settings, len(ids))) == set(ids), 60, "the redelivered batch")
     finally:
         stop(proc)
+
+
+def test_a_faust_stage_that_fails_on_everything_holds_its_events_until_fixed(broker: str, settings_factory,  # type: ignore[no-untyped-def]
+                                                                              tmp_path: Path) -> None:
+    settings = settings_factory(broker, RAGBUS_DELIVERY_PROBE_INTERVAL_S="0.5")
+    ensure_topics(settings)
+    ids = [f"doc-{i}" for i in range(20)]
+    publish(settings, ids)
+    fixed = tmp_path / "fixed"
+    proc = harness(settings, "broken-release", RAGBUS_TEST_FIXED=str(fixed))
+    try:
+        wait_until(lambda: any(h.get("broken") for h in read_health(settings.health_dir())), 60,
+                   "the stage to report itself broken")
+        assert "a bug in this release" in next(h["broken"] for h in read_health(settings.health_dir()))
+        assert handled(settings, 1) == [] and read_all(settings, TOPICS.dead_letter("chunker"), 1, 2) == []
+        fixed.touch()  # the fix is deployed (the probe sees it)
+        wait_until(lambda: set(handled(settings, len(ids))) == set(ids), 60, "every event after the fix")
+        assert read_all(settings, TOPICS.dead_letter("chunker"), 1, 2) == []
+        assert not any(h.get("broken") for h in read_health(settings.health_dir()))
+    finally:
+        out = stop(proc)
+    assert "stage broken: holding its events uncommitted" in out and "stage recovered" in out

@@ -1,5 +1,5 @@
-"""The answerer sink with the Claude model behind a scripted transport: idempotency, cache, streaming,
-deadlines, accounting."""
+"""The answerer stage with the Claude model behind a scripted transport: idempotency, cache, streaming,
+deadlines, accounting, and failures by type."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from consumers.answerer import AnswererSink, Retriever
+from consumers.answerer import Answerer
 from infra.models.claude import ClaudeAnswerer
 from infra.ops.metrics import Metrics
-from infra.settings import AnswererSettings, AnthropicSettings, RetrievalSettings
+from infra.settings import AnthropicSettings
+from kernel.errors import ConfigurationError
 from schemas.events import AnswerDelta, AnswerGenerated, QueryRequested, utcnow
 from schemas.topics import TOPICS
 from tests import fake_claude as fc
@@ -27,10 +28,9 @@ def pipe(tmp_path: Path) -> Pipeline:
     return p
 
 
-def sink(pipe: Pipeline, fake: fc.FakeClaude, registry: CollectorRegistry | None = None) -> AnswererSink:
+def sink(pipe: Pipeline, fake: fc.FakeClaude, registry: CollectorRegistry | None = None) -> Answerer:
     model = ClaudeAnswerer(AnthropicSettings(api_key="k", max_retries=1), client=fake.client(1), agentic_steps=2)
-    return AnswererSink(Retriever(pipe.embedder, pipe.index, RetrievalSettings()), model, pipe.store,
-                        pipe.producer, Metrics(registry), AnswererSettings(concurrency=2))  # type: ignore[arg-type]
+    return Answerer(pipe.retriever(), model, pipe.store, Metrics(registry), pipe.outputs.append, concurrency=2)
 
 
 def cited_reply(fake_source: str = "") -> fc.Reply:
@@ -77,14 +77,14 @@ def test_degraded_answers_are_not_cached(pipe: Pipeline) -> None:
 def test_streaming_publishes_ordered_deltas_then_one_final_answer(pipe: Pipeline) -> None:
     fake = fc.FakeClaude(fc.stream(["Order ", "per ", "partition."], []))
     s = sink(pipe, fake)
-    s.add(QueryRequested(query_id="q-s", text="How is order kept?", stream=True), None)  # type: ignore[arg-type]
-    s.flush()
-    deltas = [e for e in pipe.producer.of(TOPICS.answer_deltas) if isinstance(e, AnswerDelta)]
+    [result] = s.handle([QueryRequested(query_id="q-s", text="How is order kept?", stream=True)])
+    assert not isinstance(result, Exception)
+    deltas = [e for e in pipe.outputs.of(TOPICS.answer_deltas) if isinstance(e, AnswerDelta)]
     assert [(d.seq, d.text) for d in deltas] == [(0, "Order "), (1, "per "), (2, "partition.")]
-    finals = [e for e in pipe.producer.of(TOPICS.answers) if isinstance(e, AnswerGenerated)]
+    finals = [o.event for o in result if isinstance(o.event, AnswerGenerated)]
     assert [f.query_id for f in finals] == ["q-s"] and finals[0].answer == "Order per partition."
-    keys = {k for spec, k, _ in pipe.producer.sent if spec.name in ("answers.v1", "answer-deltas.v1")}
-    assert keys == {"q-s"}
+    keys = {o.key for o in [*pipe.outputs, *result] if o.topic.name in ("answers.v1", "answer-deltas.v1")}
+    assert keys == {b"q-s"}
 
 
 def test_a_query_past_its_deadline_still_gets_one_degraded_answer(pipe: Pipeline) -> None:
@@ -103,5 +103,21 @@ def test_agentic_query_searches_in_its_own_tenant(pipe: Pipeline) -> None:
     s = sink(pipe, fake)
     s.answer(QueryRequested(query_id="q-ag", text="What is BSON?", agentic=True))
     tool_results = fake.requests[1]["messages"][-1]["content"][0]["content"]
-    assert all(r.get("source") != "secret" for r in tool_results if isinstance(r, dict))
-    assert "secret" not in str(tool_results)
+    found = {r["source"] for r in tool_results if r.get("type") == "search_result"}
+    own = {c for d in ("kafka", "mongo") for c, _ in pipe.index.chunk_versions("default", d)}
+    other = {c for c, _ in pipe.index.chunk_versions("b", "secret")}
+    assert found and other and found <= own and not found & other
+
+
+def test_a_rejected_key_breaks_the_stage_instead_of_degrading(pipe: Pipeline) -> None:
+    fake = fc.FakeClaude(fc.error(401, "authentication_error"))
+    with pytest.raises(ConfigurationError, match="RAGBUS_ANTHROPIC_API_KEY"):
+        sink(pipe, fake).handle([QueryRequested(query_id="q-key", text="How is order kept?")])
+    assert pipe.store.get_answer("default", "q-key") is None  # nothing stored: the query is answered later
+
+
+def test_an_empty_model_reply_is_degraded_not_an_answer(pipe: Pipeline) -> None:
+    fake = fc.FakeClaude(fc.message([fc.text("   ")]))
+    got = sink(pipe, fake).answer(QueryRequested(query_id="q-empty", text="How is order kept?"))
+    assert got.degraded and "empty answer" in got.degraded_reason and got.answer.strip()
+    assert fake.models == ["claude-sonnet-4-6", "claude-haiku-4-5"]

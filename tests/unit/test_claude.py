@@ -8,6 +8,7 @@ import pytest
 
 from infra.models.claude import PROMPT_VERSION, SYSTEM_PROMPT, ClaudeAnswerer, estimate_cost
 from infra.settings import AnthropicSettings
+from kernel.errors import AnswerModelError, ConfigurationError
 from kernel.ports import SearchHit
 from tests import fake_claude as fc
 
@@ -71,12 +72,11 @@ def test_429_is_retried_then_succeeds() -> None:
     assert fake.models == ["claude-sonnet-4-6", "claude-sonnet-4-6"]
 
 
-def test_persistent_529_falls_back_then_degrades_with_the_reason() -> None:
+def test_persistent_529_falls_back_then_gives_up_with_the_reason() -> None:
     fake = fc.FakeClaude(fc.error(529))
-    got = answerer(fake).answer("How is order kept?", HITS)
+    with pytest.raises(AnswerModelError, match="Claude gave no answer.*529"):
+        answerer(fake).answer("How is order kept?", HITS)
     assert fake.models == ["claude-sonnet-4-6"] * 3 + ["claude-haiku-4-5"] * 3  # 1 try + 2 retries each
-    assert got.degraded and "Claude unavailable" in got.degraded_reason and "529" in got.degraded_reason
-    assert got.citations and got.model == "extractive"
 
 
 def test_fallback_model_answers_when_the_primary_is_overloaded() -> None:
@@ -86,16 +86,36 @@ def test_fallback_model_answers_when_the_primary_is_overloaded() -> None:
     assert not got.degraded and got.model == "claude-haiku-4-5"
 
 
-def test_timeout_degrades_within_the_deadline() -> None:
+def test_timeout_gives_up_within_the_deadline() -> None:
     fake = fc.FakeClaude(fc.timeout())
-    got = answerer(fake, max_retries=0).answer("q", HITS, deadline_s=5)
-    assert got.degraded and "APITimeoutError" in got.degraded_reason
+    with pytest.raises(AnswerModelError, match="APITimeoutError"):
+        answerer(fake, max_retries=0).answer("q", HITS, deadline_s=5)
 
 
 def test_no_time_left_means_no_model_call() -> None:
     fake = fc.FakeClaude(fc.message([fc.text("never")]))
-    got = answerer(fake).answer("q", HITS, deadline_s=0.5)
-    assert fake.requests == [] and got.degraded and "deadline" in got.degraded_reason
+    with pytest.raises(AnswerModelError, match="deadline"):
+        answerer(fake).answer("q", HITS, deadline_s=0.5)
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize(("status", "kind"), [(400, "invalid_request_error"), (401, "authentication_error"),
+                                              (403, "permission_error"), (404, "not_found_error")])
+def test_refusals_are_configuration_errors_not_retried(status: int, kind: str) -> None:
+    fake = fc.FakeClaude(fc.error(status, kind))
+    with pytest.raises(ConfigurationError, match=f"{status}.*RAGBUS_ANTHROPIC_API_KEY"):
+        answerer(fake).answer("q", HITS)
+    assert len(fake.requests) == 1  # no retry, no fallback: neither would mend it
+
+
+def test_check_at_start_up_verifies_the_key_and_the_models() -> None:
+    ok = fc.FakeClaude(fc.model_info())
+    answerer(ok).check()
+    assert [r["path"] for r in ok.requests] == ["/v1/models/claude-sonnet-4-6", "/v1/models/claude-haiku-4-5"]
+    with pytest.raises(ConfigurationError, match="401"):
+        answerer(fc.FakeClaude(fc.error(401, "authentication_error"))).check()
+    with pytest.raises(ConfigurationError, match="404"):
+        answerer(fc.FakeClaude(fc.model_info(), fc.error(404, "not_found_error"))).check()
 
 
 def test_agentic_search_and_malformed_tool_calls() -> None:
@@ -122,7 +142,8 @@ def test_agentic_search_and_malformed_tool_calls() -> None:
 
 def test_agentic_steps_are_bounded() -> None:
     fake = fc.FakeClaude(fc.message([fc.tool_use({"query": "again"})], stop="tool_use"))
-    answerer(fake, steps=2).answer("q", HITS, search=lambda q, k: [])
+    with pytest.raises(AnswerModelError, match="empty answer"):  # it never answered: not passed off as one
+        answerer(fake, steps=2, fallback_model=None).answer("q", HITS, search=lambda q, k: [])
     assert len(fake.requests) == 3
     assert "tools" not in fake.requests[-1]  # the last step must answer
 

@@ -1,4 +1,4 @@
-"""The stage functions and sinks, without a broker: real embedded stores, a hashing embedder."""
+"""The stage functions, without a broker: real embedded stores, a hashing embedder."""
 
 from __future__ import annotations
 
@@ -8,16 +8,15 @@ from typing import Any
 import pytest
 
 from chunking.splitter import Chunker
-from consumers.answerer import AnswererSink, Retriever
-from consumers.indexer import IndexerSink
-from infra.kafka.clients import SourceRecord
+from consumers.answerer import Answerer
+from consumers.indexer import Indexer
 from infra.models.embedder import load_tokenizer
 from infra.ops.metrics import Metrics
-from infra.settings import RetrievalSettings
 from infra.stores.lance import LanceVectorIndex
 from infra.stores.sqlite import SqliteDocumentStore
 from kernel.errors import PoisonMessageError
 from retrieval.extractive import ExtractiveAnswerer
+from retrieval.retriever import Retriever
 from schemas.events import (
     ChunksEmbedded,
     ChunksProduced,
@@ -30,9 +29,7 @@ from schemas.events import (
 from schemas.topics import TOPICS
 from streams.chunker import chunk_event
 from streams.embedder import CachedEmbedder, embed_events
-from tests.doubles import DictCache, HashEmbedder, RecordingProducer
-
-REC = SourceRecord("t", 0, 0, None, None, [])
+from tests.doubles import DictCache, HashEmbedder, Outputs
 
 
 class Pipeline:
@@ -44,8 +41,8 @@ class Pipeline:
         self.chunker = Chunker(load_tokenizer("all-MiniLM-L6-v2"), chunk_tokens, 8)
         self.store = SqliteDocumentStore(tmp / "db.sqlite")
         self.index = LanceVectorIndex(tmp / "lance", self.embedder.dim)
-        self.producer = RecordingProducer()
-        self.sink = IndexerSink(self.index, self.store, self.producer, Metrics(), self.embedder.dim)  # type: ignore[arg-type]
+        self.outputs = Outputs()
+        self.indexer = Indexer(self.index, self.store, Metrics(), self.embedder.dim)
 
     def embedded(self, ev: DocumentArrived | DocumentDeleted) -> list[ChunksEmbedded | DocumentDeleted]:
         chunked = [o.event for o in chunk_event(ev, self.chunker, self.store.get_content) if o.topic is TOPICS.chunks]
@@ -53,12 +50,15 @@ class Pipeline:
         return [o.event for r in results if not isinstance(r, Exception) for o in r if o.topic is TOPICS.embedded]  # type: ignore[misc]
 
     def index_events(self, events: list[Any]) -> None:
-        for e in events:
-            self.sink.add(e, REC)
-        assert self.sink.flush() == []
+        for result in self.indexer.handle(events):
+            assert not isinstance(result, Exception), result
+            self.outputs.extend(result)
 
     def run(self, ev: DocumentArrived | DocumentDeleted) -> None:
         self.index_events(self.embedded(ev))
+
+    def retriever(self) -> Retriever:
+        return Retriever(self.embedder, self.index, alpha=0.75, candidates=50)
 
     def versions(self, doc: str, tenant: str = "default") -> tuple[set[int], set[int]]:
         return ({v for _, v in self.index.chunk_versions(tenant, doc)},
@@ -153,16 +153,18 @@ def test_a_version_is_indexed_only_when_all_parts_arrived(pipe: Pipeline) -> Non
     assert pipe.store.get_document("default", "d1") is None
     pipe.index_events(parts[-1:])
     assert pipe.store.get_document("default", "d1").status is Status.INDEXED  # type: ignore[union-attr]
-    statuses = [e.status for e in pipe.producer.of(TOPICS.status)]
+    statuses = [e.status for e in pipe.outputs.of(TOPICS.status)]
     assert statuses == [Status.INDEXED]
 
 
 def test_wrong_vector_dimension_is_poison_with_a_failed_status(pipe: Pipeline) -> None:
     ev = pipe.embedded(doc(1))[0]
     bad = ev.model_copy(update={"dim": 3})  # type: ignore[union-attr]
-    with pytest.raises(PoisonMessageError, match="expects"):
-        pipe.sink.add(bad, REC)
-    assert [s.status for s in pipe.producer.of(TOPICS.status)] == [Status.FAILED]
+    [result] = pipe.indexer.handle([bad])
+    assert isinstance(result, PoisonMessageError) and "expects" in str(result)
+    stage = pipe.indexer.stage(1, 0)
+    assert stage.on_failure is not None
+    assert [o.event.status for o in stage.on_failure(bad, result)] == [Status.FAILED]  # type: ignore[attr-defined]
 
 
 class CountingModel(ExtractiveAnswerer):
@@ -175,10 +177,9 @@ class CountingModel(ExtractiveAnswerer):
         return super().answer(*args, **kw)
 
 
-def answerer(pipe: Pipeline) -> tuple[AnswererSink, CountingModel]:
+def answerer(pipe: Pipeline) -> tuple[Answerer, CountingModel]:
     model = CountingModel()
-    retriever = Retriever(pipe.embedder, pipe.index, RetrievalSettings())
-    return AnswererSink(retriever, model, pipe.store, pipe.producer, Metrics()), model  # type: ignore[arg-type]
+    return Answerer(pipe.retriever(), model, pipe.store, Metrics(), pipe.outputs.append), model
 
 
 def test_answer_cites_the_right_document_and_redelivery_does_not_call_the_model(pipe: Pipeline) -> None:

@@ -1,0 +1,276 @@
+"""The delivery policy: what becomes of a batch of consumed records. There is one, and both runtimes (faust
+agents and confluent-kafka consumers) hand every batch to it, so retries, dead letters, isolation, the
+failure breaker, metrics and log fields are the same in every stage.
+
+For a batch of records, `BatchPolicy.process`:
+
+1. decodes each record; one that cannot be decoded is dead-lettered with the reason (decoding is total);
+2. runs the stage on the decoded events, and by the type of what it raises:
+   - RetryableError: tenacity retries the batch with exponential backoff and jitter (a `retry_after`
+     wins), `retry_attempts` times; the runtime's `wait` keeps the consumer in its group meanwhile;
+     still failing, the backend is down: the stage breaks (below);
+   - ConfigurationError: nothing will work until an operator acts: the stage breaks at once;
+   - anything else: the events are run one at a time, so the exception lands on the event that raises
+     it; that event is dead-lettered with the exception as its reason, the rest go on;
+3. encodes the outputs; an output too large for any topic is its event's failure, not the runner's.
+
+The failure breaker (`Breaker`) is what stops a stage that fails on everything (a bad release, a
+mis-classified outage) from emptying its stream into the dead-letter topic one event at a time: when,
+within a window, unexpected failures reach a count and a share of the events handled, the stage
+breaks. Breaking means: the batch in hand is held (nothing of it is dead-lettered or committed), the
+stage reports itself broken (`/health` 503, `ragbus_stage_broken`, an ERROR log saying why), and it
+probes: every `probe_interval_s` (doubling) it runs the held events one at a time; as soon as one is
+handled, the breaker closes and the batch is processed as usual. A restart closes it too. A poison
+event among good ones does not break anything: it is dead-lettered alone.
+
+`process` returns the messages to produce (outputs, dead letters, failure statuses), or None when the
+runtime's `wait` says to give the batch up (stopping, partitions revoked): then nothing of the batch
+may be committed, and it is redelivered.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import tenacity
+
+from infra.ops import logs
+from infra.ops.health import Health
+from infra.ops.metrics import Metrics, Outcome
+from infra.settings import DeliverySettings, Settings
+from kernel.errors import ConfigurationError, PoisonMessageError, RetryableError
+from kernel.stage import Out, PerEvent, Stage
+
+from .records import Send, SourceRecord, dead_letter
+from .serde import decode, encode, headers_for
+
+log = logs.get(__name__)
+#: `wait(seconds) -> bool`: the runtime waits without leaving its consumer group; False means give up.
+Wait = Callable[[float], bool]
+_PROBE_EVENTS = 3
+
+
+@dataclass(frozen=True)
+class Done:
+    """A processed batch: what to produce before its offsets are committed."""
+
+    sends: list[Send]
+    dead_lettered: int
+
+
+class _Broken(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Abandoned(Exception):
+    pass
+
+
+class Breaker:
+    """Counts handled and unexpectedly failed events over a sliding window."""
+
+    def __init__(self, settings: DeliverySettings, clock: Callable[[], float] = time.monotonic) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._events: deque[tuple[float, int, int]] = deque()
+
+    def record(self, ok: int, failed: int) -> bool:
+        """Add a batch's counts; True when the failures now cross the threshold."""
+        now = self._clock()
+        self._events.append((now, ok, failed))
+        while self._events and self._events[0][0] < now - self._settings.breaker_window_s:
+            self._events.popleft()
+        failures = sum(f for _, _, f in self._events)
+        handled = failures + sum(o for _, o, _ in self._events)
+        return (failures >= self._settings.breaker_min_failures
+                and failures >= self._settings.breaker_failure_ratio * handled)
+
+    def reset(self) -> None:
+        self._events.clear()
+
+
+class BatchPolicy:
+    def __init__(self, settings: Settings, stage: Stage, metrics: Metrics, health: Health | None = None) -> None:
+        self._settings = settings
+        self._policy = settings.delivery
+        self._stage = stage
+        self._metrics = metrics
+        self._health = health
+        self._breaker = Breaker(settings.delivery)
+        self._backoff = tenacity.wait_exponential_jitter(multiplier=self._policy.backoff_initial_s,
+                                                         jitter=self._policy.backoff_initial_s,
+                                                         max=self._policy.backoff_max_s)
+
+    @property
+    def stage(self) -> Stage:
+        return self._stage
+
+    # -- the batch ---------------------------------------------------------------------------------
+    def process(self, records: Sequence[SourceRecord], wait: Wait) -> Done | None:
+        while True:
+            try:
+                return self._attempt(records, wait)
+            except _Abandoned:
+                return None
+            except _Broken as broken:
+                if not self._hold(records, wait, broken.reason):
+                    return None
+
+    def _attempt(self, records: Sequence[SourceRecord], wait: Wait) -> Done:
+        sends: list[Send] = []
+        decoded: list[tuple[SourceRecord, Any]] = []
+        for record in records:
+            try:
+                decoded.append((record, decode(self._stage.source, record.value, self._settings.decode)))
+            except PoisonMessageError as exc:
+                sends.append(self._dead(record, exc))
+        dead = len(sends)
+        if not decoded:
+            return Done(sends, dead)
+        results = self._run([event for _, event in decoded], wait)
+        outputs: list[list[Send] | Exception] = [self._encode(r) for r in results]
+        failed = [(rec, ev, out) for (rec, ev), out in zip(decoded, outputs, strict=True)
+                  if isinstance(out, Exception) and not isinstance(out, PoisonMessageError)]
+        if self._breaker.record(len(outputs) - len(failed), len(failed)):
+            raise _Broken(f"{len(failed)} of {len(outputs)} events of the last batch failed unexpectedly "
+                          f"(last: {type(failed[-1][2]).__name__}: {str(failed[-1][2])[:200]})")
+        for (record, event), out in zip(decoded, outputs, strict=True):
+            if isinstance(out, Exception):
+                if not isinstance(out, PoisonMessageError):
+                    self._crashed(record, out)
+                sends.append(self._dead(record, out))
+                sends += self._failure_outputs(record, event, out)
+                dead += 1
+            else:
+                sends += out
+        return Done(sends, dead)
+
+    def _run(self, events: list[Any], wait: Wait) -> list[PerEvent]:
+        """The stage on the batch, with retries; an unexpected failure is run down to its event."""
+        try:
+            return self._retrying(lambda: self._stage.handle(events), wait)
+        except ConfigurationError as exc:
+            raise _Broken(f"configuration: {exc}") from exc
+        except RetryableError as exc:
+            raise _Broken(f"still failing after {self._policy.retry_attempts} attempts: {exc}") from exc
+        except (_Abandoned, _Broken):
+            raise
+        except Exception as exc:
+            if len(events) == 1:
+                return [exc]
+            log.warning("batch failed unexpectedly; running its events one by one", stage=self._stage.name,
+                        events=len(events), error=f"{type(exc).__name__}: {exc}"[:300])
+            return [result for event in events for result in self._run([event], wait)]
+
+    def _retrying(self, call: Callable[[], list[PerEvent]], wait: Wait) -> list[PerEvent]:
+        def sleep(seconds: float) -> None:
+            if not wait(seconds):
+                raise _Abandoned
+
+        def delay(state: tenacity.RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            after = getattr(exc, "retry_after", None)
+            return float(after) if after else backoff(state)
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            self._metrics.events.labels(self._stage.name, Outcome.RETRIED).inc()
+            exc = state.outcome.exception() if state.outcome else None
+            log.warning("transient failure; retrying the batch", stage=self._stage.name,
+                        attempt=state.attempt_number, delay_s=round(state.upcoming_sleep, 2), error=str(exc)[:300])
+
+        backoff = self._backoff
+        retrying = tenacity.Retrying(
+            retry=tenacity.retry_if_exception_type(RetryableError), wait=delay, sleep=sleep, reraise=True,
+            stop=tenacity.stop_after_attempt(self._policy.retry_attempts), before_sleep=before_sleep)
+        return retrying(call)
+
+    # -- breaking and recovering ------------------------------------------------------------------
+    def _hold(self, records: Sequence[SourceRecord], wait: Wait, reason: str) -> bool:
+        """Hold the batch while the stage is broken; True once a probe event went through."""
+        log.error("stage broken: holding its events uncommitted and probing", stage=self._stage.name, reason=reason,
+                  batch=f"{records[0].where()}..{records[-1].offset}" if records else "")
+        self._metrics.broken.labels(self._stage.name).set(1)
+        if self._health is not None:
+            self._health.broken(reason)
+        delay = self._policy.probe_interval_s
+        while True:
+            if not wait(delay):
+                return False
+            if self._probe(records):
+                self._breaker.reset()
+                self._metrics.broken.labels(self._stage.name).set(0)
+                if self._health is not None:
+                    self._health.recovered()
+                log.warning("stage recovered: a probe event went through", stage=self._stage.name)
+                return True
+            delay = min(delay * 2, self._policy.probe_max_s)
+
+    def _probe(self, records: Sequence[SourceRecord]) -> bool:
+        for record in records[:_PROBE_EVENTS]:
+            try:
+                event = decode(self._stage.source, record.value, self._settings.decode)
+                result = self._stage.handle([event])[0]
+            except PoisonMessageError:
+                return True  # the stage works: it judged this event bad
+            except Exception as exc:
+                log.info("probe failed", stage=self._stage.name, where=record.where(), error=repr(exc)[:200])
+                continue
+            if not isinstance(result, Exception) or isinstance(result, PoisonMessageError):
+                return True
+        return False
+
+    # -- outputs, dead letters ------------------------------------------------------------------
+    def _encode(self, result: PerEvent) -> list[Send] | Exception:
+        if isinstance(result, Exception):
+            return result
+        try:
+            return [self._send(out) for out in result]
+        except Exception as exc:  # an output that cannot be encoded or is too large: this event's failure
+            return exc
+
+    def _send(self, out: Out) -> Send:
+        value = encode(out.event)
+        if len(value) > self._settings.kafka.message_max_bytes:
+            raise PoisonMessageError(f"the {out.topic.name} event this produces is {len(value)} bytes, over the "
+                                     f"{self._settings.kafka.message_max_bytes}-byte message limit")
+        return Send(out.topic.physical(self._settings.kafka.topic_prefix), out.key, value, headers_for(out.event))
+
+    def _failure_outputs(self, record: SourceRecord, event: Any, exc: Exception) -> list[Send]:
+        if self._stage.on_failure is None:
+            return []
+        try:
+            return [self._send(o) for o in self._stage.on_failure(event, exc)]
+        except Exception as hook_exc:  # the event is dead-lettered already; only its status report is lost
+            log.error("could not report a dead-lettered event's failure", stage=self._stage.name,
+                      where=record.where(), error=repr(hook_exc)[:300])
+            return []
+
+    def _crashed(self, record: SourceRecord, exc: Exception) -> None:
+        log.error("stage raised an unexpected error on an event; dead-lettering it", stage=self._stage.name,
+                  where=record.where(), correlation_id=record.correlation_id(),
+                  error=f"{type(exc).__name__}: {exc}"[:300])
+        self._metrics.crashes.labels(self._stage.name).inc()
+        if self._health is not None:
+            self._health.crashed(record.where(), record.correlation_id(), exc)
+
+    def _dead(self, record: SourceRecord, exc: Exception) -> Send:
+        log.warning("dead-lettered", stage=self._stage.name, where=record.where(),
+                    correlation_id=record.correlation_id(), error_type=type(exc).__name__, error=str(exc)[:300])
+        self._metrics.events.labels(self._stage.name, Outcome.DEAD_LETTERED).inc()
+        return dead_letter(self._settings.kafka.topic_prefix, self._settings.kafka.message_max_bytes,
+                           self._stage.name, record, exc)
+
+    # -- after the runtime committed ---------------------------------------------------------------
+    def finished(self, records: Sequence[SourceRecord], done: Done, started: float) -> None:
+        """Accounting once the batch's offsets are committed (or acknowledged)."""
+        self._metrics.events.labels(self._stage.name, Outcome.OK).inc(len(records) - done.dead_lettered)
+        self._metrics.batch_seconds.labels(self._stage.name).observe(time.perf_counter() - started)
+        self._metrics.last_progress.labels(self._stage.name).set(time.time())
+        if self._health is not None:
+            self._health.progressed(len(records))
