@@ -9,9 +9,9 @@ sentence, then word boundaries, with a configurable token overlap.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from semantic_text_splitter import MarkdownSplitter, TextSplitter
+from tokenizers import Tokenizer
 
 from kernel.errors import PoisonMessageError
 from schemas.events import Chunk, ContentType
@@ -22,7 +22,7 @@ from .sections import Section, check_text, decode_bytes, html_sections, markdown
 class Chunker:
     """Splits documents into chunks of at most `size` tokens of the embedding model's tokenizer."""
 
-    def __init__(self, tokenizer: Any, size: int, overlap: int) -> None:
+    def __init__(self, tokenizer: Tokenizer, size: int, overlap: int) -> None:
         if overlap >= size:
             raise ValueError(f"chunk overlap {overlap} must be below chunk size {size}")
         self._md = MarkdownSplitter.from_huggingface_tokenizer(tokenizer, size, overlap)

@@ -17,6 +17,11 @@ import numpy as np
 from schemas.events import Citation, ContentRef, Status
 
 Vector = np.ndarray[Any, np.dtype[np.float32]]
+#: A metadata value, as the wire contract allows it (schemas.events.MetaValue).
+Scalar = str | int | float | bool
+Metadata = Mapping[str, Scalar]
+#: One L2-normalised float32 row per text.
+Vectors = np.ndarray[Any, np.dtype[np.float32]]
 
 
 @dataclass(frozen=True)
@@ -31,7 +36,7 @@ class ChunkRecord:
     title: str = ""
     section_path: tuple[str, ...] = ()
     source: str = ""
-    metadata: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Metadata = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,7 @@ class SearchHit:
     score: float
     title: str = ""
     section_path: tuple[str, ...] = ()
-    metadata: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Metadata = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,7 @@ class DocumentRecord:
     title: str = ""
     source: str = ""
     #: The upstream event's user metadata (kept with the version that is indexed).
-    metadata: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Metadata = field(default_factory=dict)
 
 
 class VectorIndex(Protocol):
@@ -79,7 +84,7 @@ class VectorIndex(Protocol):
         """Delete the document's chunks whose version is < `below`."""
 
     def hybrid_search(self, tenant: str, text: str, vector: Vector, *, limit: int, alpha: float,
-                      candidates: int, filters: Mapping[str, Any] | None = None) -> list[SearchHit]:
+                      candidates: int, filters: Metadata | None = None) -> list[SearchHit]:
         """Relative-score fusion of the `candidates` best of each retriever, best `limit` first."""
 
     def chunk_versions(self, tenant: str, document_id: str) -> list[tuple[str, int]]:
@@ -139,7 +144,7 @@ class Embedder(Protocol):
     name: str
     dim: int
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray[Any, np.dtype[np.float32]]:
+    def embed(self, texts: Sequence[str]) -> Vectors:
         """L2-normalised float32 vectors, one row per text."""
 
 

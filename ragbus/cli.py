@@ -142,7 +142,7 @@ def ask(question: str = typer.Argument(None, help="the question (or use --querie
 
     from infra.kafka.clients import check_reachable
     from infra.kafka.serde import summarize
-    from schemas.events import QueryRequested
+    from schemas.events import AnswerDelta, QueryRequested
 
     from .client import ask_many
     from .render import print_answer
@@ -162,7 +162,7 @@ def ask(question: str = typer.Argument(None, help="the question (or use --querie
     check_reachable(settings)
     streamed = False
 
-    def show(delta: Any) -> None:
+    def show(delta: AnswerDelta) -> None:
         nonlocal streamed
         streamed = True
         typer.echo(delta.text, nl=False)

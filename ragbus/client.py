@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +112,7 @@ def publish(settings: Settings, producer: EventProducer, events: Iterable[Docume
 
 
 def wait_final(tail: Tail, events: list[DocumentArrived], timeout_s: float,
-               progress: Any = None) -> dict[str, DocumentStatus]:
+               progress: Callable[[DocumentStatus], None] | None = None) -> dict[str, DocumentStatus]:
     """Follow status.v1 until every published document version is indexed or failed."""
     wanted = {(e.tenant, e.document_id): e.effective_version for e in events}
     final: dict[str, DocumentStatus] = {}
@@ -132,7 +132,7 @@ def new_correlation() -> str:
 
 
 def ask_many(settings: Settings, queries: list[QueryRequested], timeout_s: float,
-             on_delta: Any = None) -> dict[str, AnswerGenerated]:
+             on_delta: Callable[[AnswerDelta], None] | None = None) -> dict[str, AnswerGenerated]:
     """Publish queries and collect exactly one answer per query id (or none when the deadline passes)."""
     producer = EventProducer(settings)
     with Tail(settings, TOPICS.answers) as answers, Tail(settings, TOPICS.answer_deltas) as deltas:

@@ -4,10 +4,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
-from kernel.ports import Embedder, SearchHit, VectorIndex
+from kernel.ports import Embedder, Metadata, SearchHit, VectorIndex
 
 
 def newest_versions_only(hits: Sequence[SearchHit]) -> list[SearchHit]:
@@ -25,7 +24,7 @@ class Retriever:
         self.candidates = candidates
 
     def retrieve(self, tenant: str, question: str, top_k: int,
-                 filters: Mapping[str, Any] | None = None) -> list[SearchHit]:
+                 filters: Metadata | None = None) -> list[SearchHit]:
         vector = self._embedder.embed([question])[0]
         hits = self._index.hybrid_search(tenant, question, vector, limit=top_k * 2, alpha=self.alpha,
                                          candidates=max(self.candidates, top_k * 2), filters=filters)

@@ -1,6 +1,7 @@
 """Writes JSON Schema for every event and topic into schemas/jsonschema/ (`make schemas`).
 
-The files are committed; tests/unit/test_schemas.py fails when they are stale.
+The files are committed; tests/unit/test_events.py::test_committed_json_schemas_are_current fails when they
+are stale.
 """
 
 from __future__ import annotations

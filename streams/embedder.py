@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
 from chunking.splitter import embedding_text
 from infra.ops.metrics import Metrics
-from kernel.ports import Embedder, EmbeddingCache
+from kernel.ports import Embedder, EmbeddingCache, Vectors
 from kernel.stage import Out, PerEvent, Stage
 from schemas.events import (
     ChunksEmbedded,
@@ -48,7 +47,7 @@ class CachedEmbedder:
     def _key(self, text: str) -> str:
         return hashlib.sha256(f"{self.name}\x1f{text}".encode()).hexdigest()
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray[Any, np.dtype[np.float32]]:
+    def embed(self, texts: Sequence[str]) -> Vectors:
         keys = [self._key(t) for t in texts]
         found = self._cache.get_many(list(dict.fromkeys(keys)))
         missing = list(dict.fromkeys(k for k in keys if k not in found))

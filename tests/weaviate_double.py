@@ -8,6 +8,11 @@ filters (equal, less than, contains any, and/or) on text, int and text[] propert
 (BM25 over the query properties + cosine, relative score fusion, alpha), fetch with filters,
 delete-many by filter, object counts and tenant listing.
 
+Where it answers like the real server, that is on purpose and sourced: hybrid fusion follows Weaviate's
+FusionRelativeScore (its own implementation below, not ragbus's fusion), a read of a tenant that does
+not exist fails with gRPC UNKNOWN (the server returns a plain error there), `tenants.exists` is the REST
+HEAD /v1/schema/{class}/tenants/{name} answering 200 or 404.
+
 What it does not model (so tests here cannot tell you about it): HNSW approximation and recall,
 Weaviate's exact BM25 tokenisation and stemming, consistency levels, replication, persistence,
 authentication, references, generative and rerank modules, and every schema default the real server
@@ -41,7 +46,6 @@ from weaviate.proto.v1 import (
 )
 
 from infra.kafka.broker import free_port
-from retrieval.fusion import relative_score_fusion
 
 VERSION = "1.32.4"  # tests may patch WeaviateDouble.version
 F = base_pb2.Filters
@@ -53,6 +57,8 @@ class Store:
         self.data: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}  # collection -> tenant -> uuid -> obj
         self.version = VERSION
         self.lock = threading.Lock()
+        #: When set, every data call (batch, delete, search, aggregate) fails with this gRPC status.
+        self.fail_with: grpc.StatusCode | None = None
 
     def dims(self, collection: str) -> dict[str, int]:
         return self.schemas[collection].setdefault("_dims", {})
@@ -65,7 +71,9 @@ def _with_defaults(schema: dict[str, Any]) -> dict[str, Any]:
     inv = schema["invertedIndexConfig"]
     inv.setdefault("bm25", {"b": 0.75, "k1": 1.2})
     inv.setdefault("cleanupIntervalSeconds", 60)
-    inv.setdefault("stopwords", {"preset": "en", "additions": None, "removals": None})
+    stopwords = inv.setdefault("stopwords", {})
+    for key, value in {"preset": "en", "additions": None, "removals": None}.items():
+        stopwords.setdefault(key, value)
     inv.setdefault("indexNullState", False)
     inv.setdefault("indexPropertyLength", False)
     inv.setdefault("indexTimestamps", False)
@@ -128,8 +136,12 @@ def _rest(store: Store) -> type[BaseHTTPRequestHandler]:
             return self._send(404, {"error": [{"message": f"no route {path}"}]})
 
         def do_HEAD(self) -> None:
-            self._send(200 if re.fullmatch(r"/v1/schema/([^/]+)", self.path) and
-                       self.path.split("/")[-1] in store.schemas else 404)
+            path = self.path.split("?")[0]
+            tenant = re.fullmatch(r"/v1/schema/([^/]+)/tenants/([^/]+)", path)
+            if tenant:  # tenants.exists(): 200 or 404, as the server answers
+                return self._send(200 if tenant.group(2) in store.data.get(tenant.group(1), {}) else 404)
+            self._send(200 if re.fullmatch(r"/v1/schema/([^/]+)", path) and path.split("/")[-1] in store.schemas
+                       else 404)
 
         def do_POST(self) -> None:
             body = self._body()
@@ -237,19 +249,41 @@ def _bm25(query: str, objs: list[tuple[str, dict[str, Any]]], fields: list[str])
     return sorted(scores.items(), key=lambda kv: -kv[1])
 
 
+def _relative_score_fusion(result_sets: list[tuple[float, list[tuple[str, float, str]]]]) -> list[tuple[str, float]]:
+    """Weaviate's FusionRelativeScore (usecases/traverser/hybrid), written from its documented algorithm, not
+    from ragbus's: per result set, scores are min-max normalised and weighted (a set whose scores are all
+    equal gives each result the full weight); the sums are sorted by score, then by the secondary sort
+    value (the raw score of the last set that held the result), then by id. Sets come keyword first."""
+    fused: dict[str, tuple[float, float]] = {}
+    for weight, results in result_sets:
+        if not results:
+            continue
+        lo, hi = min(r[1] for r in results), max(r[1] for r in results)
+        for uid, raw, _ in results:
+            score = weight * ((raw - lo) / (hi - lo) if hi != lo else 1.0)
+            fused[uid] = (fused.get(uid, (0.0, 0.0))[0] + score, raw)
+    ranked = sorted(fused.items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0]))
+    return [(uid, score) for uid, (score, _) in ranked]
+
+
 class Servicer(weaviate_pb2_grpc.WeaviateServicer):
     def __init__(self, store: Store) -> None:
         self.s = store
 
+    def _maybe_fail(self, context: Any) -> None:
+        if self.s.fail_with is not None:
+            context.abort(self.s.fail_with, f"scripted failure: {self.s.fail_with.name}")
+
     def _tenant(self, collection: str, tenant: str, context: Any, create: bool = False) -> dict[str, Any]:
         tenants = self.s.data.setdefault(collection, {})
         if tenant not in tenants:
-            if not create:
-                context.abort(grpc.StatusCode.NOT_FOUND, f'tenant not found: "{tenant}"')
+            if not create:  # the server returns a plain Go error here, which gRPC sends as UNKNOWN
+                context.abort(grpc.StatusCode.UNKNOWN, f'tenant not found: "{tenant}"')
             tenants[tenant] = {}
         return tenants[tenant]
 
     def BatchObjects(self, request: Any, context: Any) -> Any:
+        self._maybe_fail(context)
         errors = []
         with self.s.lock:
             for i, obj in enumerate(request.objects):
@@ -266,6 +300,7 @@ class Servicer(weaviate_pb2_grpc.WeaviateServicer):
         return batch_pb2.BatchObjectsReply(took=0.001, errors=errors)
 
     def BatchDelete(self, request: Any, context: Any) -> Any:
+        self._maybe_fail(context)
         with self.s.lock:
             objs = self._tenant(request.collection, request.tenant, context)
             gone = [u for u, o in objs.items() if _match(request.filters, o["props"])]
@@ -274,6 +309,7 @@ class Servicer(weaviate_pb2_grpc.WeaviateServicer):
         return batch_delete_pb2.BatchDeleteReply(took=0.001, matches=len(gone), successful=len(gone))
 
     def Search(self, request: Any, context: Any) -> Any:
+        self._maybe_fail(context)
         with self.s.lock:
             objs = dict(self._tenant(request.collection, request.tenant, context))
         kept = [(u, o) for u, o in objs.items()
@@ -295,7 +331,7 @@ class Servicer(weaviate_pb2_grpc.WeaviateServicer):
                 vec_hits.sort(key=lambda x: -x[1])
             kw = [(u, s, u) for u, s in _bm25(h.query, [(u, o["props"]) for u, o in kept], list(h.properties))] \
                 if alpha < 1 else []
-            ranked = relative_score_fusion(vec_hits, kw, alpha, limit)
+            ranked = _relative_score_fusion([(1.0 - alpha, kw), (alpha, vec_hits)])[:limit]
         else:
             ranked = [(u, 0.0) for u, _ in sorted(kept, key=lambda x: x[0])][:limit]
         results = []
@@ -310,6 +346,7 @@ class Servicer(weaviate_pb2_grpc.WeaviateServicer):
         return search_get_pb2.SearchReply(took=0.001, results=results)
 
     def Aggregate(self, request: Any, context: Any) -> Any:
+        self._maybe_fail(context)
         objs = self._tenant(request.collection, request.tenant, context)
         return aggregate_pb2.AggregateReply(took=0.001, single_result=aggregate_pb2.AggregateReply.Single(
             objects_count=len(objs)))

@@ -8,7 +8,8 @@ reason, time, attempts).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+
+from confluent_kafka import Message
 
 from schemas.events import utcnow
 from schemas.topics import TOPICS
@@ -51,13 +52,13 @@ class SourceRecord:
         return ""
 
     @classmethod
-    def of(cls, msg: Any) -> SourceRecord:
+    def of(cls, msg: Message) -> SourceRecord:
         """From a confluent-kafka Message."""
         return cls(msg.topic() or "", msg.partition() or 0, msg.offset() or 0, msg.key(), msg.value(),
                    headers_of(msg))
 
 
-def headers_of(msg: Any) -> Headers:
+def headers_of(msg: Message) -> Headers:
     raw = msg.headers() or []
     return list(raw.items()) if isinstance(raw, dict) else list(raw)
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from infra.settings import EmbedderSettings
 from kernel.errors import ConfigurationError
+from kernel.ports import Vectors
 
 PACKAGED = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 
@@ -34,10 +35,8 @@ def model_dir(name: str) -> Path:
     return path
 
 
-def load_tokenizer(name: str) -> Any:
+def load_tokenizer(name: str) -> Tokenizer:
     """The model's own tokenizer (fast, no torch), with truncation off so it counts whole texts."""
-    from tokenizers import Tokenizer
-
     tok = Tokenizer.from_file(str(model_dir(name) / "tokenizer.json"))
     tok.no_truncation()
     tok.no_padding()
@@ -62,7 +61,7 @@ class SentenceTransformerEmbedder:
         self.max_tokens = int(self._model.max_seq_length or 0)
         self._batch = settings.batch_size
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray[Any, np.dtype[np.float32]]:
+    def embed(self, texts: Sequence[str]) -> Vectors:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         vectors = self._model.encode(list(texts), batch_size=self._batch, normalize_embeddings=True,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from lancedb.index import FTS, BTree, IvfHnswSq
 from lancedb.query import MatchQuery
 
 from kernel.errors import ConfigurationError
-from kernel.ports import ChunkRecord, SearchHit, Vector, WriteFailure
+from kernel.ports import ChunkRecord, Metadata, SearchHit, Vector, WriteFailure
 from retrieval.fusion import relative_score_fusion
 
 TABLE = "chunks"
@@ -36,7 +36,7 @@ def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _meta_terms(metadata: Mapping[str, Any]) -> list[str]:
+def _meta_terms(metadata: Metadata) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in sorted(metadata.items())]
 
 
@@ -113,7 +113,7 @@ class LanceVectorIndex:
             self._table.delete(f"tenant = {_quote(tenant)} AND document_id = {_quote(document_id)} "
                                f"AND version < {int(below)}")
 
-    def _where(self, tenant: str, filters: Mapping[str, Any] | None) -> str:
+    def _where(self, tenant: str, filters: Metadata | None) -> str:
         clauses = [f"tenant = {_quote(tenant)}"]
         for key, value in sorted((filters or {}).items()):
             if key == "document_id":
@@ -125,7 +125,7 @@ class LanceVectorIndex:
         return " AND ".join(clauses)
 
     def hybrid_search(self, tenant: str, text: str, vector: Vector, *, limit: int, alpha: float,
-                      candidates: int, filters: Mapping[str, Any] | None = None) -> list[SearchHit]:
+                      candidates: int, filters: Metadata | None = None) -> list[SearchHit]:
         where = self._where(tenant, filters)
         candidates = max(candidates, limit)
         vec_rows: list[dict[str, Any]] = []

@@ -71,8 +71,10 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def classify(exc: PyMongoError) -> Exception:
+def classify(exc: PyMongoError | DocumentTooLarge) -> Exception:
     """pymongo's exception classes, error labels and server codes -> what the runner must do."""
+    if isinstance(exc, DocumentTooLarge):  # a bson error, not a PyMongoError: this document, not the store
+        return PoisonMessageError(f"mongodb: {exc}")
     if (isinstance(exc, ConnectionFailure | ExecutionTimeout | WTimeoutError | WriteConcernError)
             or exc.has_error_label("RetryableWriteError") or exc.has_error_label("TransientTransactionError")
             or (isinstance(exc, OperationFailure) and exc.code in RETRYABLE_CODES)):
@@ -80,8 +82,6 @@ def classify(exc: PyMongoError) -> Exception:
     if isinstance(exc, OperationFailure) and exc.code in AUTH_CODES or isinstance(exc, MongoConfigurationError):
         return ConfigurationError(f"MongoDB refused ragbus ({type(exc).__name__}: {str(exc)[:200]}): check the "
                                   "user, password and roles in RAGBUS_MONGODB_URI")
-    if isinstance(exc, DocumentTooLarge):
-        return PoisonMessageError(f"mongodb: {exc}")
     return exc
 
 
@@ -93,7 +93,7 @@ def _classified(fn: Callable[P, R]) -> Callable[P, R]:
             return fn(*args, **kwargs)
         except DuplicateKeyError:
             raise
-        except PyMongoError as exc:
+        except (PyMongoError, DocumentTooLarge) as exc:
             raise classify(exc) from exc
     return wrapper
 

@@ -17,15 +17,16 @@ same fusion the embedded LanceDB adapter computes on the client.
 Failures are classified by the client's exception types and the gRPC status code underneath them, never
 by message text (`classify`): unreachable, timing out, overloaded -> RetryableError; refused credentials
 or permissions -> ConfigurationError; anything else is permanent and surfaces as itself (the runner pins
-it on its event), so a permanent error is never retried forever. Real Weaviate reports a read of a
-tenant that does not exist yet as a plain gRPC UNKNOWN error; so reads first ask whether the tenant
-exists (once per tenant and process, a REST HEAD) instead of recognising that error.
+it on its event), so a permanent error is never retried forever. (The client itself retries UNAVAILABLE
+searches and batches with exponential backoff for about a minute before it raises.) Real Weaviate
+reports a read of a tenant that does not exist yet as a plain gRPC UNKNOWN error; so reads first ask
+whether the tenant exists (once per tenant and process, a REST HEAD) instead of recognising that error.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, cast
 from urllib.parse import urlparse
 
@@ -49,7 +50,7 @@ from weaviate.exceptions import (
 
 from infra.settings import WeaviateSettings
 from kernel.errors import ConfigurationError, RetryableError
-from kernel.ports import ChunkRecord, SearchHit, Vector, WriteFailure
+from kernel.ports import ChunkRecord, Metadata, SearchHit, Vector, WriteFailure
 
 MIN_VERSION = (1, 27)
 VECTOR = "chunk"
@@ -96,7 +97,7 @@ def connect(settings: WeaviateSettings) -> weaviate.WeaviateClient:
     return client
 
 
-def _meta_terms(metadata: Mapping[str, Any]) -> list[str]:
+def _meta_terms(metadata: Metadata) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in sorted(metadata.items())]
 
 
@@ -224,7 +225,7 @@ class WeaviateVectorIndex:
         except WeaviateBaseError as exc:
             raise classify(exc) from exc
 
-    def _filters(self, filters: Mapping[str, Any] | None) -> Any:
+    def _filters(self, filters: Metadata | None) -> Any:
         parts = []
         for key, value in sorted((filters or {}).items()):
             if key in ("document_id", "source"):
@@ -234,7 +235,7 @@ class WeaviateVectorIndex:
         return Filter.all_of(parts) if len(parts) > 1 else (parts[0] if parts else None)
 
     def hybrid_search(self, tenant: str, text: str, vector: Vector, *, limit: int, alpha: float,
-                      candidates: int, filters: Mapping[str, Any] | None = None) -> list[SearchHit]:
+                      candidates: int, filters: Metadata | None = None) -> list[SearchHit]:
         if not self._exists(tenant):
             return []  # a tenant that never wrote anything has nothing to find
         try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -11,10 +11,14 @@ import pytest
 DIM = 8
 
 
+# A vector index factory is a context manager that yields `open()`: each call opens another adapter on
+# the same backend (as another process would), so the suite can check what a fresh reader sees.
+
+@contextlib.contextmanager
 def _lance(tmp: Path):  # type: ignore[no-untyped-def]
     from infra.stores.lance import LanceVectorIndex
 
-    return LanceVectorIndex(tmp / "lance", DIM)
+    yield lambda: LanceVectorIndex(tmp / "lance", DIM)
 
 
 def _sqlite(tmp: Path):  # type: ignore[no-untyped-def]
@@ -23,9 +27,10 @@ def _sqlite(tmp: Path):  # type: ignore[no-untyped-def]
     return SqliteDocumentStore(tmp / "store.sqlite")
 
 
-def _mongomock(tmp: Path):  # type: ignore[no-untyped-def]
-    """MongoDB through mongomock. Shim: pymongo >= 4.11 passes `sort=` to bulk operations, which mongomock
-    4.3 does not accept (ENVIRONMENT.md); the shim drops it (ragbus never sorts bulk writes)."""
+def _mongomock_database() -> tuple[object, str]:
+    """A mongomock client and a database name. Shim: pymongo >= 4.11 passes `sort=` to bulk operations,
+    which mongomock 4.3 does not accept (ENVIRONMENT.md); the shim drops it (ragbus never sorts bulk
+    writes)."""
     import mongomock
     from mongomock.collection import BulkOperationBuilder
 
@@ -36,9 +41,13 @@ def _mongomock(tmp: Path):  # type: ignore[no-untyped-def]
                 return _orig(self, *args, **kw)
             shim._ragbus_shim = True  # type: ignore[attr-defined]
             setattr(BulkOperationBuilder, name, shim)
+    return mongomock.MongoClient(), "ragbus_test"
+
+
+def _mongomock(tmp: Path):  # type: ignore[no-untyped-def]
     from infra.stores.mongo import MongoDocumentStore
 
-    return MongoDocumentStore(mongomock.MongoClient(), "ragbus_test")
+    return MongoDocumentStore(*_mongomock_database())
 
 
 @contextlib.contextmanager
@@ -50,9 +59,10 @@ def _weaviate(tmp: Path):  # type: ignore[no-untyped-def]
 
     with WeaviateDouble() as double:
         settings = WeaviateSettings(url=double.url, grpc_port=double.grpc_port, timeout_s=10)
-        yield WeaviateVectorIndex(connect(settings), settings.collection, DIM)
+        yield lambda: WeaviateVectorIndex(connect(settings), settings.collection, DIM)
 
 
+@contextlib.contextmanager
 def _weaviate_container(tmp: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     """Real Weaviate (integration tier): a fresh collection per test."""
     import uuid
@@ -61,7 +71,8 @@ def _weaviate_container(tmp: Path, request: pytest.FixtureRequest):  # type: ign
     from infra.stores.weaviate import WeaviateVectorIndex, connect
 
     url, grpc_port = request.getfixturevalue("weaviate_container")
-    return WeaviateVectorIndex(connect(WeaviateSettings(url=url, grpc_port=grpc_port)), f"C{uuid.uuid4().hex}", DIM)
+    name = f"C{uuid.uuid4().hex}"
+    yield lambda: WeaviateVectorIndex(connect(WeaviateSettings(url=url, grpc_port=grpc_port)), name, DIM)
 
 
 def _mongodb_container(tmp: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
@@ -93,15 +104,21 @@ def _make(factories: dict[str, object], name: str, tmp: Path, request: pytest.Fi
 
 
 @pytest.fixture(params=_params(VECTOR_INDEXES))
-def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[object]:
-    made = _make(VECTOR_INDEXES, request.param, tmp_path, request)
-    if isinstance(made, contextlib.AbstractContextManager):
-        with made as adapter:
-            yield adapter
-            adapter.close()
-        return
-    yield made
-    made.close()
+def index_opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], object]]:
+    """Opens adapters on one backend; every adapter opened is closed at the end."""
+    opened: list[object] = []
+    with _make(VECTOR_INDEXES, request.param, tmp_path, request) as open_one:  # type: ignore[attr-defined]
+        def opener() -> object:
+            opened.append(open_one())
+            return opened[-1]
+        yield opener
+        for adapter in opened:
+            adapter.close()  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def index(index_opener: Callable[[], object]) -> object:
+    return index_opener()
 
 
 @pytest.fixture(params=_params(DOCUMENT_STORES))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
@@ -108,3 +110,15 @@ def test_the_same_chunk_twice_in_one_write_is_one_row(index: VectorIndex) -> Non
     """A batch may carry a redelivered event next to its first delivery (found by bench/chaos.py)."""
     assert index.upsert([CORPUS[0], CORPUS[0], CORPUS[1]]) == []
     assert index.count("t1") == 2
+
+
+def test_a_fresh_reader_sees_every_tenant_and_an_unknown_tenant_has_nothing(
+        filled: VectorIndex, index_opener: Callable[[], VectorIndex]) -> None:
+    reader = index_opener()  # another process: knows nothing of what `filled` wrote
+    assert {h.document_id for h in reader.hybrid_search("t2", "Kafka partitions", vec(0), limit=5, candidates=50,
+                                                        alpha=0.5)} == {"other"}
+    assert reader.chunk_versions("t1", "kafka") == filled.chunk_versions("t1", "kafka") != []
+    assert reader.count("t1") == 4
+    assert reader.hybrid_search("never", "Kafka", vec(0), limit=5, candidates=50, alpha=0.5) == []
+    assert reader.chunk_versions("never", "kafka") == [] and reader.count("never") == 0
+    reader.delete_versions("never", "kafka", below=10)  # nothing to delete is not an error

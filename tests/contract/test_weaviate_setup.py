@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import grpc
+import numpy as np
 import pytest
 import weaviate
 from weaviate.classes.config import Configure, DataType, Property
+from weaviate.exceptions import WeaviateBaseError
 
 from infra.settings import WeaviateSettings
 from infra.stores.weaviate import WeaviateVectorIndex, connect
-from kernel.errors import ConfigurationError
+from kernel.errors import ConfigurationError, RetryableError
+from kernel.ports import ChunkRecord
+from schemas.events import chunk_uuid
 from tests.weaviate_double import WeaviateDouble
 
 
@@ -63,3 +68,26 @@ def test_an_incompatible_collection_is_reported(double: WeaviateDouble, create: 
     client.collections.create("Chunks", **create)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="incompatible"):
         WeaviateVectorIndex(client, "Chunks", 4)
+
+
+@pytest.mark.parametrize(("code", "expected"), [
+    (grpc.StatusCode.UNAVAILABLE, RetryableError), (grpc.StatusCode.DEADLINE_EXCEEDED, RetryableError),
+    (grpc.StatusCode.RESOURCE_EXHAUSTED, RetryableError), (grpc.StatusCode.PERMISSION_DENIED, ConfigurationError),
+    (grpc.StatusCode.UNAUTHENTICATED, ConfigurationError), (grpc.StatusCode.INVALID_ARGUMENT, WeaviateBaseError),
+    (grpc.StatusCode.UNKNOWN, WeaviateBaseError),
+], ids=lambda v: getattr(v, "name", getattr(v, "__name__", str(v))))
+def test_failures_are_classified_by_grpc_status_not_message(double: WeaviateDouble, code: grpc.StatusCode,
+                                                           expected: type[Exception]) -> None:
+    index = WeaviateVectorIndex(connect(settings(double)), "Chunks", 4)
+    chunk = ChunkRecord(chunk_uuid("t", "d", 1, 0), "t", "d", 1, 0, "text", np.ones(4, dtype=np.float32) / 2)
+    assert index.upsert([chunk]) == []
+    double.store.fail_with = code
+    calls = [lambda: index.delete_versions("t", "d", below=5)]
+    if code is not grpc.StatusCode.UNAVAILABLE:  # the client itself retries UNAVAILABLE searches and batches
+        calls += [lambda: index.upsert([chunk]),  # with backoff for about a minute before it raises
+                  lambda: index.hybrid_search("t", "text", chunk.vector, limit=3, candidates=10, alpha=0.5)]
+    for call in calls:
+        with pytest.raises(expected) as raised:
+            call()
+        if expected is WeaviateBaseError:  # permanent: surfaces as itself, never as a kernel error
+            assert not isinstance(raised.value, RetryableError | ConfigurationError)

@@ -75,7 +75,8 @@ def test_bad_input_is_dead_lettered_with_reasons_and_good_input_still_flows(stac
         assert dead[name].topic == documents and dead[name].stage == "chunker" and dead[name].offset >= 0
     assert "looks binary" in dead[document_key("bad", "binary").decode()].reason
 
-    # retrieved text is data: the injection is cited like any other chunk, and the pipeline still answers
+    # an injected instruction is indexed, retrieved and cited like any other text (how the Claude path keeps
+    # it data is tested in tests/unit/test_answerer.py and, against the real API, in tests/llm)
     queries = [QueryRequested(query_id="q-penguins", tenant="bad", text="How do penguins stay warm?"),
                QueryRequested(query_id="q-scripts", tenant="bad", text="カフカ ログ 🚀")]
     answers = ask_many(settings, queries, 60)

@@ -54,14 +54,28 @@ def test_html_headings_become_section_paths() -> None:
     assert [(s.path, s.text) for s in html_sections(html)] == [(("Top",), "One."), (("Top", "Sub"), "Two.")]
 
 
-def test_chunks_respect_the_token_budget_and_overlap(chunker: Chunker, tokenizer) -> None:  # type: ignore[no-untyped-def]
-    text = " ".join(f"Sentence number {i} talks about Kafka partitions and offsets." for i in range(200))
-    chunks = chunker.chunk(ContentType.TEXT, text)
+#: Words that never repeat, so an overlap can only come from the splitter copying text across chunks.
+UNIQUE = " ".join(f"w{i}x" for i in range(1500))
+
+
+def test_chunks_respect_the_token_budget(chunker: Chunker, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    chunks = chunker.chunk(ContentType.TEXT, UNIQUE)
     assert len(chunks) > 5
     assert all(len(tokenizer.encode(c.text, add_special_tokens=False).ids) <= 64 for c in chunks)
     assert [c.index for c in chunks] == list(range(len(chunks)))
-    # overlap: each chunk starts with words the previous one ended with
-    assert any(chunks[i + 1].text.split()[0] in chunks[i].text.split()[-20:] for i in range(len(chunks) - 1))
+
+
+@pytest.mark.parametrize("overlap", [0, 16])
+def test_neighbouring_chunks_overlap_by_the_configured_tokens(tokenizer, overlap: int) -> None:  # type: ignore[no-untyped-def]
+    chunks = Chunker(tokenizer, 64, overlap).chunk(ContentType.TEXT, UNIQUE)
+    for before, after in zip(chunks, chunks[1:], strict=False):
+        a, b = before.text.split(), after.text.split()
+        shared = next((n for n in range(min(len(a), len(b)), 0, -1) if a[-n:] == b[:n]), 0)
+        if overlap == 0:
+            assert shared == 0 and int(b[0][1:-1]) == int(a[-1][1:-1]) + 1  # contiguous, nothing repeated
+        else:
+            assert shared > 0  # the next chunk starts with the words this one ended with
+            assert len(tokenizer.encode(" ".join(b[:shared]), add_special_tokens=False).ids) <= overlap
 
 
 def test_chunks_never_straddle_sections(chunker: Chunker) -> None:
