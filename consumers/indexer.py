@@ -14,11 +14,10 @@ from collections.abc import Sequence
 from infra.ops.metrics import Metrics
 from kernel.errors import PoisonMessageError
 from kernel.ports import ChunkRecord, DocumentRecord, DocumentStore, VectorIndex
-from kernel.stage import Out, PerEvent, Stage
+from kernel.stage import Out, PerEvent, Stage, failed_status
 from kernel.versions import cleanup_bound, superseded
 from schemas.events import ChunksEmbedded, DocumentDeleted, DocumentStatus, Status, chunk_uuid
 from schemas.topics import TOPICS, document_key
-from streams.chunker import failed_status
 
 STAGE = "indexer"
 #: Per-object write failures are retried this many times within one batch before dead-lettering.

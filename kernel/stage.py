@@ -21,7 +21,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from kernel.errors import ConfigurationError, RetryableError
-from schemas.topics import TopicSpec
+from schemas.events import DocumentDeleted, DocumentStatus, Status
+from schemas.topics import TOPICS, TopicSpec, document_key
 
 
 @dataclass(frozen=True)
@@ -67,3 +68,17 @@ def per_event(fn: Callable[[Any], list[Out]]) -> Handler:
         return results
 
     return handle
+
+
+def failed_status(event: object, exc: Exception, stage: str) -> list[Out]:
+    """A `failed` status for a dead-lettered document event, so waiters and the store learn why."""
+    document_id = getattr(event, "document_id", None)
+    if document_id is None or isinstance(event, DocumentDeleted):
+        return []
+    tenant = getattr(event, "tenant", "default")
+    version = getattr(event, "effective_version", None)
+    if version is None:
+        version = getattr(event, "version", 0)
+    return [Out(TOPICS.status, document_key(tenant, document_id), DocumentStatus(
+        tenant=tenant, correlation_id=getattr(event, "correlation_id", ""), document_id=document_id,
+        version=version, status=Status.FAILED, stage=stage, error=f"{type(exc).__name__}: {exc}"[:2000]))]

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from chunking.splitter import Chunker
 from kernel.errors import PoisonMessageError
-from kernel.stage import Out, Stage, per_event
+from kernel.stage import Out, Stage, failed_status, per_event
 from schemas.events import (
     CHUNKS_PER_PART,
     DOCUMENT_MAX_BYTES,
@@ -68,20 +68,6 @@ def chunk_event(event: DocumentArrived | DocumentDeleted, chunker: Chunker, load
         **envelope, document_id=event.document_id, version=version, status=Status.CHUNKED, stage=STAGE,
         chunks=len(chunks))))
     return outs
-
-
-def failed_status(event: object, exc: Exception, stage: str) -> list[Out]:
-    """A `failed` status for a dead-lettered document event, so waiters and the store learn why."""
-    document_id = getattr(event, "document_id", None)
-    if document_id is None or isinstance(event, DocumentDeleted):
-        return []
-    tenant = getattr(event, "tenant", "default")
-    version = getattr(event, "effective_version", None)
-    if version is None:
-        version = getattr(event, "version", 0)
-    return [Out(TOPICS.status, document_key(tenant, document_id), DocumentStatus(
-        tenant=tenant, correlation_id=getattr(event, "correlation_id", ""), document_id=document_id,
-        version=version, status=Status.FAILED, stage=stage, error=f"{type(exc).__name__}: {exc}"[:2000]))]
 
 
 def stage(chunker: Chunker, load: ContentLoader) -> Stage:

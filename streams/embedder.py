@@ -17,7 +17,7 @@ import numpy as np
 from chunking.splitter import embedding_text
 from infra.ops.metrics import Metrics
 from kernel.ports import Embedder, EmbeddingCache, Vectors
-from kernel.stage import Out, PerEvent, Stage
+from kernel.stage import Out, PerEvent, Stage, failed_status
 from schemas.events import (
     ChunksEmbedded,
     ChunksProduced,
@@ -27,8 +27,6 @@ from schemas.events import (
     Status,
 )
 from schemas.topics import TOPICS, document_key
-
-from .chunker import failed_status
 
 STAGE = "embedder"
 
