@@ -142,10 +142,10 @@ def ask(question: str = typer.Argument(None, help="the question (or use --querie
 
     from infra.kafka.clients import check_reachable
     from infra.kafka.serde import summarize
-    from schemas.events import AnswerDelta, QueryRequested
+    from schemas.events import QueryRequested
 
     from .client import ask_many
-    from .render import print_answer
+    from .render import StreamView
 
     settings = _settings()
     try:
@@ -160,22 +160,14 @@ def ask(question: str = typer.Argument(None, help="the question (or use --querie
     except ValidationError as exc:
         raise RagbusError(f"invalid query: {summarize(exc)}") from exc
     check_reachable(settings)
-    streamed = False
-
-    def show(delta: AnswerDelta) -> None:
-        nonlocal streamed
-        streamed = True
-        typer.echo(delta.text, nl=False)
-
     single = queries is None and not as_json
-    answers = ask_many(settings, batch, timeout, on_delta=show if single else None)
+    view = StreamView() if single else None
+    answers = ask_many(settings, batch, timeout, on_delta=view.delta if view is not None else None)
     missing = [q.query_id for q in batch if q.query_id not in answers]
     for q in batch:
         if q.query_id in answers:
-            if single:
-                if streamed:
-                    typer.echo()
-                print_answer(answers[q.query_id], streamed)
+            if view is not None:
+                view.finish(answers[q.query_id])  # the final answer, exactly, whatever was streamed
             else:
                 typer.echo(answers[q.query_id].model_dump_json())
         else:

@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from infra.kafka.clients import EventProducer
 from infra.kafka.tail import Tail
@@ -139,15 +139,42 @@ def ask_many(settings: Settings, queries: list[QueryRequested], timeout_s: float
         for q in queries:
             producer.send(TOPICS.queries, q.query_id, q)
         producer.flush()
-        wanted = {q.query_id for q in queries}
-        got: dict[str, AnswerGenerated] = {}
-        deadline = time.monotonic() + timeout_s
-        while wanted - got.keys() and time.monotonic() < deadline:
-            if on_delta is not None:
-                for d in deltas.poll(0.05):
-                    if isinstance(d, AnswerDelta) and d.query_id in wanted:
-                        on_delta(d)
-            for a in answers.poll(0.2):
-                if a.query_id in wanted and a.query_id not in got:
-                    got[a.query_id] = a
-        return got
+        return collect_answers(answers, deltas, {q.query_id for q in queries}, timeout_s, on_delta)
+
+
+class Polls(Protocol):
+    def poll(self, timeout_s: float) -> Iterator[Any]: ...
+
+
+#: How long the deltas topic is read after the last answer arrived (each read waits this long at most).
+DRAIN_S = 0.5
+
+
+def collect_answers(answers: Polls, deltas: Polls, wanted: set[str], timeout_s: float,
+                    on_delta: Callable[[AnswerDelta], None] | None = None) -> dict[str, AnswerGenerated]:
+    """Read answers until every wanted query has one, passing deltas on as they come.
+
+    A query's deltas are published before its answer, but on another topic: when the answer is read,
+    deltas may still be unread. So after the answers the deltas topic is drained until a read comes back
+    empty; no delta of an answered query is dropped."""
+    got: dict[str, AnswerGenerated] = {}
+    deadline = time.monotonic() + timeout_s
+
+    def pass_on(timeout: float) -> int:
+        n = 0
+        for d in deltas.poll(timeout):
+            if isinstance(d, AnswerDelta) and d.query_id in wanted and on_delta is not None:
+                on_delta(d)
+                n += 1
+        return n
+
+    while wanted - got.keys() and time.monotonic() < deadline:
+        if on_delta is not None:
+            pass_on(0.05)
+        for a in answers.poll(0.2):
+            if a.query_id in wanted and a.query_id not in got:
+                got[a.query_id] = a
+    if on_delta is not None and got:
+        while pass_on(DRAIN_S) and time.monotonic() < deadline + 10 * DRAIN_S:
+            pass
+    return got
