@@ -132,7 +132,7 @@ def delete(document_ids: list[str] = typer.Argument(..., help="ids of the docume
 @app.command()
 def ask(question: str = typer.Argument(None, help="the question (or use --queries)"),
         tenant: str = typer.Option("default"),
-        top_k: int = typer.Option(5, "--top-k", min=1, max=50),
+        top_k: int = typer.Option(5, "--top-k", min=1, max=100),
         retrieve_only: bool = typer.Option(False, "--retrieve-only", help="ranked chunks, no generation"),
         as_json: bool = typer.Option(False, "--json", help="print the answer event as it travelled"),
         queries: Path = typer.Option(None, "--queries", help="JSONL with id and text: ask all, one JSON line each"),
@@ -191,6 +191,68 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
                 raise RagbusError(f"{path}:{n}: {exc}") from exc
             rows.append(row)
     return rows
+
+
+@app.command("eval")
+def eval_(directory: Path = typer.Argument(..., help="a BEIR directory: corpus.jsonl, queries.jsonl, qrels.tsv"),
+          tenant: str = typer.Option(None, help="tenant to ingest into (default: a fresh one) or to score"),
+          no_ingest: bool = typer.Option(False, "--no-ingest", help="score an existing tenant (needs --tenant)"),
+          as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+          top_k: int = typer.Option(100, "--top-k", help="chunks retrieved per query (recall@100 needs 100)"),
+          concurrency: int = typer.Option(1, min=1, max=64, help="queries in flight (1: latency of one query)"),
+          timeout: float = typer.Option(3600.0, help="seconds for ingestion, and again for the queries")) -> None:
+    """Ingest a BEIR set into the running stack, ask every query through the bus, print retrieval metrics."""
+    import time
+    import uuid
+
+    from rich.progress import Progress
+
+    from infra.kafka.clients import check_reachable
+    from schemas.events import Envelope
+
+    from . import evaluate
+
+    settings = _settings()
+    evaluate.check_top_k(top_k)
+    if no_ingest and not tenant:
+        raise RagbusError("--no-ingest scores an existing tenant: name it with --tenant")
+    tenant = tenant or f"eval-{uuid.uuid4().hex[:8]}"
+    Envelope(tenant=tenant)  # a bad tenant name fails here, as one line, not after the ingestion
+    eval_set = evaluate.load_set(directory)
+    check_reachable(settings)
+    ingested, ingest_s = 0, 0.0
+    with Progress(transient=as_json) as progress:
+        if not no_ingest:
+            events = evaluate.corpus_events(settings, eval_set, tenant, f"eval-{tenant}")
+            bar = progress.add_task(f"indexing into tenant {tenant}", total=len(events))
+            started = time.monotonic()
+            problems = evaluate.ingest(settings, events, timeout, lambda: progress.advance(bar))
+            ingest_s, ingested = time.monotonic() - started, len(events) - len(problems)
+            if problems:
+                for p in problems[:20]:
+                    typer.echo(f"not indexed: {p}", err=True)
+                raise RagbusError(f"{len(problems)} of {len(events)} documents were not indexed; "
+                                  "see `ragbus status` and `ragbus dlq list`")
+        bar = progress.add_task("asking", total=len(eval_set.queries))
+        asked = evaluate.ask_all(settings, tenant, eval_set.queries, top_k=top_k, concurrency=concurrency,
+                                 timeout_s=timeout, progress=lambda: progress.advance(bar))
+    result = evaluate.report(eval_set, asked, tenant=tenant, documents_ingested=ingested, ingest_s=ingest_s,
+                             top_k=top_k)
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        lo, hi = result["ndcg@10_ci95"]
+        typer.echo(f"{directory}: {result['queries']} queries, tenant {tenant}"
+                   + (f", {ingested} documents ingested in {ingest_s:.0f}s" if ingested else ""))
+        typer.echo(f"nDCG@10 {result['ndcg@10']:.4f} (95% bootstrap interval {lo:.3f}-{hi:.3f})  "
+                   f"recall@10 {result['recall@10']:.4f}  recall@100 {result['recall@100']:.4f}  "
+                   f"MRR@10 {result['mrr@10']:.4f}")
+        typer.echo(f"query latency p50 {result['latency_ms']['p50']} ms, p95 {result['latency_ms']['p95']} ms "
+                   f"(retrieval in the answerer p50 {result['retrieve_ms']['p50']} ms)")
+    if asked.unanswered:
+        typer.echo(f"{len(asked.unanswered)} queries got no answer within {timeout:.0f}s: is `ragbus up` running?",
+                   err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

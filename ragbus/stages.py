@@ -44,7 +44,7 @@ HEADER_TOKENS = 32
 
 
 def _embedder_stage(settings: Settings, metrics: Metrics, health: Health) -> faust_runner.FaustApp:
-    model = wiring.build_embedder(settings)
+    model = wiring.passage_embedder(settings)
     limit = getattr(model, "max_tokens", 0)
     if limit and settings.chunker.size_tokens + HEADER_TOKENS > limit:
         raise ConfigurationError(
@@ -72,8 +72,9 @@ def consumer(settings: Settings, name: str, metrics: Metrics, health: Health | N
         if name == "indexer":
             stage = indexer.Indexer(index, store, metrics, dim).stage(batch, window)
         else:
-            retriever = Retriever(wiring.build_embedder(settings), index, alpha=settings.retrieval.alpha,
-                                  candidates=settings.retrieval.candidates)
+            retriever = Retriever(wiring.query_embedder(settings), index, wiring.retrieval_config(settings),
+                                  reranker=wiring.build_reranker(settings), rewriter=wiring.build_rewriter(settings),
+                                  on_degraded=lambda model, reason: metrics.retrieval_degraded.labels(model).inc())
 
             def emit(out: Out) -> None:  # streamed deltas go out at once, ahead of the batch's commit
                 producer.send(out.topic, out.key, out.event)

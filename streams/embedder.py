@@ -24,6 +24,7 @@ from schemas.events import (
     DocumentDeleted,
     DocumentStatus,
     EmbeddedChunk,
+    EmbeddedSection,
     Status,
 )
 from schemas.topics import TOPICS, document_key
@@ -68,8 +69,14 @@ class CachedEmbedder:
 
 
 def embed_events(events: Sequence[ChunksProduced | DocumentDeleted], embedder: CachedEmbedder) -> list[PerEvent]:
-    texts = [embedding_text(ev.title, c.section_path, c.text)
-             for ev in events if isinstance(ev, ChunksProduced) for c in ev.chunks]
+    """Every chunk and every section entry of the batch in one model call. A section entry is embedded as
+    its title, heading path and lead (the model reads as much as fits); a section whose lead is its one
+    chunk's text costs nothing more (the same text is embedded once)."""
+    texts = []
+    for ev in events:
+        if isinstance(ev, ChunksProduced):
+            texts += [embedding_text(ev.title, c.section_path, c.text) for c in ev.chunks]
+            texts += [embedding_text(ev.title, s.section_path, s.text) for s in ev.sections]
     vectors = embedder.embed(texts)
     results: list[PerEvent] = []
     cursor = 0
@@ -81,9 +88,12 @@ def embed_events(events: Sequence[ChunksProduced | DocumentDeleted], embedder: C
         chunks = [EmbeddedChunk(**c.model_dump(), vector_b64=EmbeddedChunk.encode_vector(vectors[cursor + i]))
                   for i, c in enumerate(ev.chunks)]
         cursor += len(ev.chunks)
-        fields = ev.model_dump(exclude={"type", "chunks", "event_id", "occurred_at"})
+        sections = [EmbeddedSection(**s.model_dump(), vector_b64=EmbeddedChunk.encode_vector(vectors[cursor + i]))
+                    for i, s in enumerate(ev.sections)]
+        cursor += len(ev.sections)
+        fields = ev.model_dump(exclude={"type", "chunks", "sections", "event_id", "occurred_at"})
         outs = [Out(TOPICS.embedded, key, ChunksEmbedded(**fields, model=embedder.name, dim=embedder.dim,
-                                                         chunks=chunks))]
+                                                         chunks=chunks, sections=sections))]
         if ev.part == ev.parts - 1:
             outs.append(Out(TOPICS.status, key, DocumentStatus(
                 tenant=ev.tenant, correlation_id=ev.correlation_id, document_id=ev.document_id,

@@ -32,6 +32,9 @@ class Metrics:
                                   registry=r)
         self.llm_cost = Counter("ragbus_llm_cost_usd_total", "Estimated language-model cost", ["model"],
                                 registry=r)
+        self.retrieval_degraded = Counter("ragbus_retrieval_degraded_total",
+                                          "Queries a reranker or query rewriter failed on (retrieved without it)",
+                                          ["model"], registry=r)
         self.citations_dropped = Counter("ragbus_citations_dropped_total",
                                          "Citations removed because they named no retrieved chunk", registry=r)
         self.lag = Gauge("ragbus_consumer_lag", "Messages behind the fetch high-water mark",
