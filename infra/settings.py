@@ -97,14 +97,14 @@ class RetrievalSettings(BaseSettings):
     #: hybrid (both retrievers, fused), dense (vectors only) or keyword (BM25 only).
     mode: Literal["hybrid", "dense", "keyword"] = "hybrid"
     #: Hybrid weight: 1.0 = vector only, 0.0 = BM25 only (Weaviate's convention).
-    alpha: float = Field(0.75, ge=0.0, le=1.0)
+    alpha: float = Field(0.7, ge=0.0, le=1.0)
     #: Candidates each retriever takes at each level before fusion: the one candidate depth.
     candidates: int = Field(100, ge=1, le=1000)
     #: Search section entries (title, heading path and lead of each section) as well as chunks.
     sections: bool = True
     #: Share of the section entries' evidence within each retriever (the rest is the best chunk's).
-    section_weight: float = Field(0.5, ge=0.0, le=1.0)
-    keyword_section_weight: float = Field(0.5, ge=0.0, le=1.0)
+    section_weight: float = Field(0.85, ge=0.0, le=1.0)
+    keyword_section_weight: float = Field(1.0, ge=0.0, le=1.0)
     #: BM25 over the title and heading path, weighed against BM25 over the text (0: text only).
     heading_weight: float = Field(0.0, ge=0.0, le=10.0)
     #: Bounded bonus for a section with several well-matching chunks.

@@ -205,9 +205,11 @@ def eval_(directory: Path = typer.Argument(..., help="a BEIR directory: corpus.j
     import time
     import uuid
 
+    from pydantic import ValidationError
     from rich.progress import Progress
 
     from infra.kafka.clients import check_reachable
+    from infra.kafka.serde import summarize
     from schemas.events import Envelope
 
     from . import evaluate
@@ -217,7 +219,10 @@ def eval_(directory: Path = typer.Argument(..., help="a BEIR directory: corpus.j
     if no_ingest and not tenant:
         raise RagbusError("--no-ingest scores an existing tenant: name it with --tenant")
     tenant = tenant or f"eval-{uuid.uuid4().hex[:8]}"
-    Envelope(tenant=tenant)  # a bad tenant name fails here, as one line, not after the ingestion
+    try:
+        Envelope(tenant=tenant)  # a bad tenant name fails here, as one line, not after the ingestion
+    except ValidationError as exc:
+        raise RagbusError(f"invalid --tenant: {summarize(exc)}") from exc
     eval_set = evaluate.load_set(directory)
     check_reachable(settings)
     ingested, ingest_s = 0, 0.0

@@ -32,9 +32,9 @@ SectionKey = tuple[str, int, int]
 
 @dataclass(frozen=True)
 class Weights:
-    alpha: float = 0.75
-    section_weight: float = 0.5
-    keyword_section_weight: float = 0.5
+    alpha: float = 0.7
+    section_weight: float = 0.85
+    keyword_section_weight: float = 1.0
     bonus: float = 0.0
     exact_ratio: float = 2.0
 

@@ -234,7 +234,8 @@ class EmbeddedChunk(Chunk):
 
 
 class EmbeddedSection(SectionLead):
-    """A section entry with its vector (base64 of little-endian float32, as EmbeddedChunk)."""
+    """A section entry with its vector (base64 of little-endian float32, as EmbeddedChunk): the vector of the
+    section's first chunk."""
 
     vector_b64: Annotated[str, StringConstraints(max_length=43_692)]
 

@@ -69,14 +69,11 @@ class CachedEmbedder:
 
 
 def embed_events(events: Sequence[ChunksProduced | DocumentDeleted], embedder: CachedEmbedder) -> list[PerEvent]:
-    """Every chunk and every section entry of the batch in one model call. A section entry is embedded as
-    its title, heading path and lead (the model reads as much as fits); a section whose lead is its one
-    chunk's text costs nothing more (the same text is embedded once)."""
-    texts = []
-    for ev in events:
-        if isinstance(ev, ChunksProduced):
-            texts += [embedding_text(ev.title, c.section_path, c.text) for c in ev.chunks]
-            texts += [embedding_text(ev.title, s.section_path, s.text) for s in ev.sections]
+    """Every chunk of the batch in one model call. A section entry's vector is its first chunk's: title,
+    heading path and the start of the section, which is what the model can read of a section anyway; it
+    ranked sections better than embedding the whole section (bench/RESULTS.md) and costs nothing more."""
+    texts = [embedding_text(ev.title, c.section_path, c.text)
+             for ev in events if isinstance(ev, ChunksProduced) for c in ev.chunks]
     vectors = embedder.embed(texts)
     results: list[PerEvent] = []
     cursor = 0
@@ -87,10 +84,12 @@ def embed_events(events: Sequence[ChunksProduced | DocumentDeleted], embedder: C
             continue
         chunks = [EmbeddedChunk(**c.model_dump(), vector_b64=EmbeddedChunk.encode_vector(vectors[cursor + i]))
                   for i, c in enumerate(ev.chunks)]
+        first: dict[int, str] = {}
+        for c in chunks:
+            first.setdefault(c.section, c.vector_b64)
+        sections = [EmbeddedSection(**s.model_dump(), vector_b64=first[s.section])
+                    for s in ev.sections if s.section in first]
         cursor += len(ev.chunks)
-        sections = [EmbeddedSection(**s.model_dump(), vector_b64=EmbeddedChunk.encode_vector(vectors[cursor + i]))
-                    for i, s in enumerate(ev.sections)]
-        cursor += len(ev.sections)
         fields = ev.model_dump(exclude={"type", "chunks", "sections", "event_id", "occurred_at"})
         outs = [Out(TOPICS.embedded, key, ChunksEmbedded(**fields, model=embedder.name, dim=embedder.dim,
                                                          chunks=chunks, sections=sections))]

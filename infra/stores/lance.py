@@ -88,7 +88,7 @@ class LanceVectorIndex:
         recorded = (self._table.schema.field("vector").metadata or {}).get(MODEL_KEY.encode())
         if recorded is None:  # an index from before models were recorded: it adopts the configured one
             with self._lock:
-                self._table.replace_field_metadata("vector", {MODEL_KEY: model})
+                self._table.update_field_metadata({"path": "vector", "metadata": {MODEL_KEY: model}})
         elif recorded.decode() != model:
             raise ConfigurationError(
                 f"the vector index at {path} holds vectors of the embedding model {recorded.decode()!r}, but "

@@ -26,14 +26,19 @@ def hit(doc: str, score: float, *, idx: int = 0, section: int = 0, version: int 
 NEIGHBOURS = [hit(f"near{i}", 0.50 - i * 0.01) for i in range(10)]  # dense: close scores, no confidence
 
 
+def chunks_only(alpha: float = 0.75, **kw: float) -> Weights:
+    """Weights for evidence from chunks alone (no section entries in these lists)."""
+    return Weights(alpha=alpha, section_weight=0.0, keyword_section_weight=0.0, **kw)
+
+
 def test_a_confident_keyword_hit_survives_fusion() -> None:
     """The issue's case: one document holds a unique identifier; BM25 ranks it first (score ~10, nothing
     else matches); dense ranks ten neighbours that share nothing with the query above it."""
     keyword = [hit("ticket", 10.0)]
     dense = [*NEIGHBOURS, hit("ticket", 0.30)]
-    ranked = [s.key[0] for s in fuse(dense, keyword, [], [], Weights(alpha=0.75))]
+    ranked = [s.key[0] for s in fuse(dense, keyword, [], [], chunks_only())]
     assert ranked[0] == "ticket"
-    without = [s.key[0] for s in fuse(dense, keyword, [], [], Weights(alpha=0.75, exact_ratio=0))]
+    without = [s.key[0] for s in fuse(dense, keyword, [], [], chunks_only(exact_ratio=0))]
     assert "ticket" not in without[:5]  # what relative-score fusion alone did: capped at 1 - alpha
 
 
@@ -47,8 +52,8 @@ def test_only_a_wide_margin_counts_as_confident() -> None:
 
 def test_without_a_margin_fusion_is_left_alone() -> None:
     keyword = [hit("near5", 7.0), hit("near1", 6.5), hit("near9", 6.0)]
-    ranked = [s.key[0] for s in fuse(NEIGHBOURS, keyword, [], [], Weights(alpha=0.75))]
-    assert ranked == [s.key[0] for s in fuse(NEIGHBOURS, keyword, [], [], Weights(alpha=0.75, exact_ratio=0))]
+    ranked = [s.key[0] for s in fuse(NEIGHBOURS, keyword, [], [], chunks_only())]
+    assert ranked == [s.key[0] for s in fuse(NEIGHBOURS, keyword, [], [], chunks_only(exact_ratio=0))]
     assert ranked[:2] == ["near1", "near0"]  # 0.75 * 0.89 + 0.25 * 0.5 against 0.75 * 1
 
 
