@@ -55,8 +55,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "default": {},
     "dense": {"mode": "dense"},
     "keyword": {"mode": "keyword"},
-    "before (chunks, alpha 0.75, no exact-match rule)": {"sections": False, "exact_match_ratio": 0.0},
-    "chunks only, exact-match rule": {"sections": False},
+    "before: chunks only; alpha 0.75; no exact-match rule": {"sections": False, "exact_match_ratio": 0.0,
+                                                             "alpha": 0.75},
+    "chunks only; exact-match rule": {"sections": False},
     "dense chunks only": {"mode": "dense", "sections": False},
     "keyword chunks only": {"mode": "keyword", "sections": False},
     "no exact-match rule": {"exact_match_ratio": 0.0},
@@ -115,7 +116,7 @@ def run_config(settings: Settings, index: LanceVectorIndex, directory: Path, ove
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("directory", type=Path)
-    ap.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated names from --list")
+    ap.add_argument("--configs", default="|".join(CONFIGS), help="'|'-separated names from --list")
     ap.add_argument("--set", action="append", default=[], metavar="NAME:KEY=VALUE[;KEY=VALUE]",
                     help="an extra configuration, e.g. 'alpha 0.6:alpha=0.6;section_weight=0.3'")
     ap.add_argument("--list", action="store_true", help="print the named configurations")
@@ -125,7 +126,7 @@ def main() -> None:
         for name, overrides in CONFIGS.items():
             print(f"{name}: {overrides}")
         return
-    configs = {n: CONFIGS[n] for n in args.configs.split(",") if n}
+    configs = {n: CONFIGS[n] for n in args.configs.split("|") if n}
     for spec in args.set:
         name, _, pairs = spec.partition(":")
         configs[name] = {k: json.loads(v) if v[:1] in "0123456789-.tf[{\"" else v

@@ -206,6 +206,7 @@ def eval_(directory: Path = typer.Argument(..., help="a BEIR directory: corpus.j
     import uuid
 
     from pydantic import ValidationError
+    from rich.console import Console
     from rich.progress import Progress
 
     from infra.kafka.clients import check_reachable
@@ -226,7 +227,7 @@ def eval_(directory: Path = typer.Argument(..., help="a BEIR directory: corpus.j
     eval_set = evaluate.load_set(directory)
     check_reachable(settings)
     ingested, ingest_s = 0, 0.0
-    with Progress(transient=as_json) as progress:
+    with Progress(console=Console(stderr=True), transient=as_json) as progress:  # stdout keeps the result
         if not no_ingest:
             events = evaluate.corpus_events(settings, eval_set, tenant, f"eval-{tenant}")
             bar = progress.add_task(f"indexing into tenant {tenant}", total=len(events))

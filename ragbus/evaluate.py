@@ -126,7 +126,7 @@ def ask_all(settings: Settings, tenant: str, queries: list[tuple[str, str]], *, 
                 key = pending.pop(0)
                 producer.send(TOPICS.queries, key, QueryRequested(
                     tenant=tenant, query_id=key, text=internal[key][1], top_k=top_k, retrieve_only=True,
-                    deadline_ms=int(max(1.0, timeout_s) * 1000)))
+                    deadline_ms=int(min(600.0, max(1.0, timeout_s)) * 1000)))
                 producer.flush()
                 in_flight[key] = time.perf_counter()
             for a in answers.poll(0.05):

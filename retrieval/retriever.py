@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -67,6 +68,7 @@ class Retriever:
         self._reranker = reranker
         self._rewriter = rewriter
         self._on_degraded = on_degraded or (lambda _model, _reason: None)
+        self._pool = ThreadPoolExecutor(4, thread_name_prefix="ragbus-retrieve")
 
     def retrieve(self, tenant: str, question: str, top_k: int, filters: Metadata | None = None) -> list[SearchHit]:
         queries = [question, *self._rewrites(question)]
@@ -91,10 +93,13 @@ class Retriever:
             keyword=cfg.mode is not Mode.DENSE))
 
     def rank(self, tenant: str, text: str, vector: Vector, filters: Metadata | None = None) -> list[RankedSection]:
-        """Sections best first for one query text, each with its candidate chunks."""
+        """Sections best first for one query text, each with its candidate chunks. The two levels are
+        searched at once (the index releases the GIL while it searches), so the section level costs
+        little latency."""
+        pending = self._pool.submit(self.candidates, tenant, text, vector, filters, Level.SECTION) \
+            if self.config.sections else None
         chunks = self.candidates(tenant, text, vector, filters, Level.CHUNK)
-        sections = self.candidates(tenant, text, vector, filters, Level.SECTION) if self.config.sections \
-            else Candidates()
+        sections = pending.result() if pending is not None else Candidates()
         dc, kc, ds, ks = newest_versions(chunks.dense, chunks.keyword, sections.dense, sections.keyword)
         alpha = {Mode.DENSE: 1.0, Mode.KEYWORD: 0.0}.get(self.config.mode, self.config.weights.alpha)
         weights = replace(self.config.weights, alpha=alpha)
