@@ -76,18 +76,26 @@ class SearchHit:
 
 @dataclass(frozen=True)
 class SearchRequest:
-    """One retrieval over one level of a tenant's index: the `candidates` best of each retriever asked for.
+    """One retrieval in a tenant's index: the best `candidates` entries per level asked for, by each
+    retriever asked for. Levels are searched together (one query per retriever, `candidates` times the
+    number of levels deep), so a level may get more or fewer than `candidates` entries.
 
     `heading_weight` weighs a keyword match in the title and heading path against one in the text."""
 
     text: str
     vector: Vector
     candidates: int
-    level: Level = Level.CHUNK
+    levels: tuple[Level, ...] = (Level.CHUNK,)
     filters: Metadata | None = None
     heading_weight: float = 1.0
     dense: bool = True
     keyword: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.levels or len(set(self.levels)) != len(self.levels):
+            raise ValueError(f"a search asks for one or more distinct levels, not {self.levels!r}")
+        if self.candidates < 1:
+            raise ValueError(f"a search asks for at least one candidate, not {self.candidates}")
 
 
 @dataclass(frozen=True)
@@ -133,7 +141,7 @@ class VectorIndex(Protocol):
         """Delete the document's entries (both levels) whose version is < `below`."""
 
     def search(self, tenant: str, request: SearchRequest) -> Candidates:
-        """The `request.candidates` best entries of `request.level` by each retriever asked for."""
+        """The best `request.candidates * len(request.levels)` entries of those levels, per retriever asked for."""
 
     def section_chunks(self, tenant: str, sections: Sequence[tuple[str, int, int]], per_section: int
                        ) -> list[SearchHit]:

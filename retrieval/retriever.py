@@ -84,23 +84,32 @@ class Retriever:
                 self._on_degraded(self._reranker.name, str(exc))
         return hits[:top_k]
 
-    def candidates(self, tenant: str, text: str, vector: Vector, filters: Metadata | None, level: Level
-                   ) -> Candidates:
+    def candidates(self, tenant: str, text: str, vector: Vector, filters: Metadata | None = None) -> Candidates:
+        """Both levels in one query per retriever, the two retrievers at once (the index releases the GIL
+        while it searches): the section level costs no extra round trip."""
         cfg = self.config
-        return self._index.search(tenant, SearchRequest(
-            text=text, vector=vector, candidates=cfg.candidates, level=level, filters=filters,
-            heading_weight=cfg.heading_weight, dense=cfg.mode is not Mode.KEYWORD,
-            keyword=cfg.mode is not Mode.DENSE))
+        levels = (Level.CHUNK, Level.SECTION) if cfg.sections else (Level.CHUNK,)
+
+        def one(dense: bool) -> Candidates:
+            return self._index.search(tenant, SearchRequest(
+                text=text, vector=vector, candidates=cfg.candidates, levels=levels, filters=filters,
+                heading_weight=cfg.heading_weight, dense=dense, keyword=not dense))
+
+        want_dense, want_keyword = cfg.mode is not Mode.KEYWORD, cfg.mode is not Mode.DENSE
+        if want_dense and want_keyword:
+            pending = self._pool.submit(one, False)
+            return Candidates(one(True).dense, pending.result().keyword)
+        return one(want_dense)
 
     def rank(self, tenant: str, text: str, vector: Vector, filters: Metadata | None = None) -> list[RankedSection]:
-        """Sections best first for one query text, each with its candidate chunks. The two levels are
-        searched at once (the index releases the GIL while it searches), so the section level costs
-        little latency."""
-        pending = self._pool.submit(self.candidates, tenant, text, vector, filters, Level.SECTION) \
-            if self.config.sections else None
-        chunks = self.candidates(tenant, text, vector, filters, Level.CHUNK)
-        sections = pending.result() if pending is not None else Candidates()
-        dc, kc, ds, ks = newest_versions(chunks.dense, chunks.keyword, sections.dense, sections.keyword)
+        """Sections best first for one query text, each with its candidate chunks."""
+        found = self.candidates(tenant, text, vector, filters)
+
+        def level(hits: list[SearchHit], lv: Level) -> list[SearchHit]:
+            return [h for h in hits if h.level is lv]
+
+        dc, kc, ds, ks = newest_versions(level(found.dense, Level.CHUNK), level(found.keyword, Level.CHUNK),
+                                         level(found.dense, Level.SECTION), level(found.keyword, Level.SECTION))
         alpha = {Mode.DENSE: 1.0, Mode.KEYWORD: 0.0}.get(self.config.mode, self.config.weights.alpha)
         weights = replace(self.config.weights, alpha=alpha)
         if not self.config.sections:

@@ -41,6 +41,9 @@ MODEL_KEY = "ragbus.model"
 KEYWORD_INDEX = {"base_tokenizer": "simple", "language": "English", "stem": True, "remove_stop_words": True,
                  "lower_case": True, "ascii_folding": True, "max_token_length": 40}
 INDEXES = {"text_idx", "heading_idx", "document_id_idx"}
+#: What a search reads back (not the vector: converting it costs more than the search).
+RETURNED = ["chunk_id", "document_id", "version", "idx", "level", "section", "text", "title", "section_path",
+            "metadata"]
 #: Columns added since the first schema, with the value old rows get.
 ADDED = {"level": "'chunk'", "section": "CAST(0 AS INT)", "heading": "title"}
 
@@ -154,8 +157,10 @@ class LanceVectorIndex:
             self._table.delete(f"tenant = {_quote(tenant)} AND document_id = {_quote(document_id)} "
                                f"AND version < {int(below)}")
 
-    def _where(self, tenant: str, filters: Metadata | None, level: Level) -> str:
-        clauses = [f"tenant = {_quote(tenant)}", f"level = {_quote(level.value)}"]
+    def _where(self, tenant: str, filters: Metadata | None, levels: Sequence[Level]) -> str:
+        clauses = [f"tenant = {_quote(tenant)}"]
+        if set(levels) != set(Level):
+            clauses.append(f"level IN ({', '.join(_quote(lv.value) for lv in levels)})")
         for key, value in sorted((filters or {}).items()):
             if key == "document_id":
                 clauses.append(f"document_id = {_quote(str(value))}")
@@ -166,19 +171,22 @@ class LanceVectorIndex:
         return " AND ".join(clauses)
 
     def search(self, tenant: str, request: SearchRequest) -> Candidates:
-        where = self._where(tenant, request.filters, request.level)
+        where = self._where(tenant, request.filters, request.levels)
+        limit = request.candidates * len(request.levels)
         dense: list[dict[str, Any]] = []
         keyword: list[dict[str, Any]] = []
         if request.dense:
             dense = (self._table.search(np.asarray(request.vector, dtype=np.float32), vector_column_name="vector")
-                     .distance_type("cosine").where(where, prefilter=True).limit(request.candidates).to_list())
+                     .distance_type("cosine").where(where, prefilter=True).select([*RETURNED, "_distance"])
+                     .limit(limit).to_list())
         if request.keyword and request.text.strip():
             query: FullTextQuery = MatchQuery(request.text, "text")  # type: ignore[call-arg]  # defaults exist
             if request.heading_weight:  # a sum (BooleanQuery), not MultiMatchQuery's best single field
                 heading = MatchQuery(request.text, "heading", boost=request.heading_weight)  # type: ignore[call-arg]
                 query = BooleanQuery([(Occur.SHOULD, query), (Occur.SHOULD, heading)])
             keyword = (self._table.search(query, query_type="fts").where(where, prefilter=True)
-                       .limit(request.candidates).to_list())
+                       .select([*RETURNED, "_score"])
+                       .limit(limit).to_list())
         return Candidates([_hit(r, 1.0 - float(r["_distance"])) for r in dense],
                           [_hit(r, float(r["_score"])) for r in keyword])
 
@@ -186,11 +194,11 @@ class LanceVectorIndex:
                        ) -> list[SearchHit]:
         if not sections:
             return []
-        keys = " OR ".join(f"(document_id = {_quote(d)} AND version = {int(v)} AND section = {int(s)})"
-                           for d, v, s in sections)
+        wanted = set(sections)
+        docs = ", ".join(sorted({_quote(d) for d, _, _ in sections}))  # IN on the indexed column, then exact keys
         rows = (self._table.search().where(f"tenant = {_quote(tenant)} AND level = {_quote(Level.CHUNK.value)} "
-                                           f"AND ({keys})").limit(1_000_000).to_list())
-        return _first_chunks([_hit(r, 0.0) for r in rows], per_section)
+                                           f"AND document_id IN ({docs})").limit(1_000_000).to_list())
+        return _first_chunks([h for h in (_hit(r, 0.0) for r in rows) if h.section_key in wanted], per_section)
 
     def chunk_versions(self, tenant: str, document_id: str) -> list[tuple[str, int]]:
         rows = (self._table.search().where(f"tenant = {_quote(tenant)} AND document_id = {_quote(document_id)} "

@@ -248,8 +248,9 @@ class WeaviateVectorIndex:
         except WeaviateBaseError as exc:
             raise classify(exc) from exc
 
-    def _filters(self, filters: Metadata | None, level: Level) -> Any:
-        parts = [Filter.by_property("level").equal(level.value)]
+    def _filters(self, filters: Metadata | None, levels: Sequence[Level]) -> Any:
+        parts = [Filter.any_of([Filter.by_property("level").equal(lv.value) for lv in levels])
+                 if len(levels) > 1 else Filter.by_property("level").equal(levels[0].value)]
         for key, value in sorted((filters or {}).items()):
             if key in ("document_id", "source"):
                 parts.append(Filter.by_property(key).equal(str(value)))
@@ -261,19 +262,20 @@ class WeaviateVectorIndex:
         if not self._exists(tenant):
             return Candidates()  # a tenant that never wrote anything has nothing to find
         query = self._collection.with_tenant(tenant).query
-        where = self._filters(request.filters, request.level)
+        where = self._filters(request.filters, request.levels)
+        limit = request.candidates * len(request.levels)
         dense: list[SearchHit] = []
         keyword: list[SearchHit] = []
         try:
             if request.dense:
-                found = query.near_vector(near_vector=_vector(request.vector), target_vector=VECTOR,
-                                          limit=request.candidates, filters=where, return_properties=RETURNED,
+                found = query.near_vector(near_vector=_vector(request.vector), target_vector=VECTOR, limit=limit,
+                                          filters=where, return_properties=RETURNED,
                                           return_metadata=MetadataQuery(distance=True))
                 dense = [_hit(o, 1.0 - float(o.metadata.distance or 0.0)) for o in found.objects]
             analysed = analyse(request.text)
             if request.keyword and analysed:
                 fields = ["text_kw"] + ([f"heading_kw^{request.heading_weight:g}"] if request.heading_weight else [])
-                found = query.bm25(query=analysed, query_properties=fields, limit=request.candidates,
+                found = query.bm25(query=analysed, query_properties=fields, limit=limit,
                                    filters=where, return_properties=RETURNED,
                                    return_metadata=MetadataQuery(score=True))
                 keyword = [_hit(o, float(o.metadata.score or 0.0)) for o in found.objects]

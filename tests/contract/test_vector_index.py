@@ -35,7 +35,7 @@ def sec(doc: str, version: int, number: int, text: str, v: np.ndarray, tenant: s
 def search(index: VectorIndex, tenant: str, text: str, v: np.ndarray, *, level: Level = Level.CHUNK,  # type: ignore[type-arg]
            alpha: float = 0.5, candidates: int = 50, **kw: object) -> list[SearchHit]:
     """The keyword list when alpha is 0, the dense list when it is 1, both (dense first) otherwise."""
-    found = index.search(tenant, SearchRequest(text=text, vector=v, candidates=candidates, level=level,
+    found = index.search(tenant, SearchRequest(text=text, vector=v, candidates=candidates, levels=(level,),
                                                dense=alpha > 0, keyword=alpha < 1, **kw))  # type: ignore[arg-type]
     return found.keyword if alpha == 0 else found.dense if alpha == 1 else [*found.dense, *found.keyword]
 
@@ -139,6 +139,35 @@ def test_section_entries_are_a_level_of_their_own(filled: VectorIndex) -> None:
     assert filled.count("t1") == 4 and filled.chunk_versions("t1", "mongo") == [(CORPUS[2].chunk_id, 1)]
     filled.delete_versions("t1", "mongo", below=2)
     assert search(filled, "t1", "x", vec(2), level=Level.SECTION, alpha=1.0)[0].document_id == "kafka"
+
+
+def test_both_levels_in_one_request(filled: VectorIndex) -> None:
+    """The retriever asks for chunks and section entries at once; each hit says which level it is."""
+    entries = [sec("kafka", 1, 0, "Kafka keeps messages ordered. Consumers commit offsets.", vec(0)),
+               sec("mongo", 1, 0, "MongoDB stores documents as BSON.", vec(2)),
+               sec("other", 1, 0, "Kafka partitions in another tenant.", vec(0), tenant="t2")]
+    assert filled.upsert(entries) == []
+    found = filled.search("t1", SearchRequest(text="BSON documents", vector=vec(2), candidates=5,
+                                              levels=(Level.CHUNK, Level.SECTION)))
+    for hits in (found.dense, found.keyword):
+        assert {(h.document_id, h.level) for h in hits if h.document_id == "mongo"} == {
+            ("mongo", Level.CHUNK), ("mongo", Level.SECTION)}
+        assert {h.document_id for h in hits} <= {"kafka", "mongo", "weaviate"}  # never the other tenant
+    assert [(h.document_id, h.level) for h in found.dense[:2]] in (
+        [("mongo", Level.CHUNK), ("mongo", Level.SECTION)], [("mongo", Level.SECTION), ("mongo", Level.CHUNK)])
+    assert len(found.dense) == 6  # 4 chunks and 2 section entries of t1, within 5 per level asked for
+    narrow = filled.search("t1", SearchRequest(text="BSON documents", vector=vec(2), candidates=1,
+                                               levels=(Level.CHUNK, Level.SECTION), dense=False))
+    assert len(narrow.keyword) <= 2 and not narrow.dense
+    only = filled.search("t1", SearchRequest(text="BSON", vector=vec(2), candidates=5, levels=(Level.SECTION,),
+                                             filters={"document_id": "mongo"}))
+    assert [(h.document_id, h.level) for h in [*only.dense, *only.keyword]] == [("mongo", Level.SECTION)] * 2
+
+
+def test_a_request_names_its_levels_and_a_depth() -> None:
+    for bad in ({"levels": ()}, {"levels": (Level.CHUNK, Level.CHUNK)}, {"candidates": 0}):
+        with pytest.raises(ValueError):
+            SearchRequest(**({"text": "x", "vector": vec(0), "candidates": 5} | bad))  # type: ignore[arg-type]
 
 
 def test_section_chunks_are_the_first_chunks_of_each_section(index: VectorIndex) -> None:

@@ -72,3 +72,32 @@ def test_an_index_from_before_models_were_recorded_adopts_the_configured_one(tmp
     LanceVectorIndex(tmp_path / "lance", 8, "model-a").close()
     with pytest.raises(ConfigurationError):
         LanceVectorIndex(tmp_path / "lance", 8, "model-b")
+
+
+def test_an_index_of_the_previous_schema_is_upgraded_in_place(tmp_path: Path) -> None:
+    """A LanceDB table as ragbus wrote it before section entries: one `search_text` keyword column."""
+    import json
+
+    import lancedb
+    import pyarrow as pa
+    from lancedb.index import FTS
+
+    from kernel.ports import Level, SearchRequest
+
+    old = pa.schema([
+        pa.field("chunk_id", pa.string()), pa.field("tenant", pa.string()), pa.field("document_id", pa.string()),
+        pa.field("version", pa.int64()), pa.field("idx", pa.int32()), pa.field("text", pa.string()),
+        pa.field("title", pa.string()), pa.field("section_path", pa.string()), pa.field("source", pa.string()),
+        pa.field("meta", pa.list_(pa.string())), pa.field("metadata", pa.string()),
+        pa.field("search_text", pa.string()), pa.field("vector", pa.list_(pa.float32(), 8))])
+    db = lancedb.connect(str(tmp_path / "lance"))
+    table = db.create_table("chunks", schema=old)
+    table.add([{"chunk_id": "c1", "tenant": "t", "document_id": "d", "version": 1, "idx": 0,
+                "text": "Consumers commit offsets.", "title": "Kafka", "section_path": json.dumps([]), "source": "",
+                "meta": [], "metadata": "{}", "search_text": "Kafka\nConsumers commit offsets.",
+                "vector": np.ones(8, dtype=np.float32) / np.sqrt(8)}])
+    table.create_index("search_text", config=FTS(), replace=True)
+    index = LanceVectorIndex(tmp_path / "lance", 8, "model-a")
+    found = index.search("t", SearchRequest(text="committing", vector=np.ones(8, dtype=np.float32), candidates=5))
+    assert [h.chunk_id for h in found.keyword] == ["c1"] and found.dense[0].level is Level.CHUNK
+    assert index.count("t") == 1 and "search_text" not in index._table.schema.names
