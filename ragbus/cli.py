@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -148,10 +149,15 @@ def ask(question: str = typer.Argument(None, help="the question (or use --querie
     from .render import StreamView
 
     settings = _settings()
+    client_ids: dict[str, str] = {}  # internal query id -> the id the client gave, given back unchanged
     try:
         if queries is not None:
-            batch = [QueryRequested(tenant=tenant, query_id=str(row["id"]), text=row["text"], top_k=top_k,
-                                    retrieve_only=retrieve_only) for row in _read_jsonl(queries)]
+            rows = _read_jsonl(queries)
+            run = uuid.uuid4().hex[:10]
+            for n, row in enumerate(rows):
+                client_ids[f"q-{run}-{n}"] = _client_id(queries, n + 1, row["id"])
+            batch = [QueryRequested(tenant=tenant, query_id=key, text=row["text"], top_k=top_k,
+                                    retrieve_only=retrieve_only) for key, row in zip(client_ids, rows, strict=True)]
         elif question:
             batch = [QueryRequested(tenant=tenant, text=question, top_k=top_k, retrieve_only=retrieve_only,
                                     stream=not as_json)]
@@ -169,12 +175,29 @@ def ask(question: str = typer.Argument(None, help="the question (or use --querie
             if view is not None:
                 view.finish(answers[q.query_id])  # the final answer, exactly, whatever was streamed
             else:
-                typer.echo(answers[q.query_id].model_dump_json())
+                answer = answers[q.query_id]
+                if q.query_id in client_ids:
+                    answer = answer.model_copy(update={"query_id": client_ids[q.query_id]})
+                typer.echo(answer.model_dump_json())
         else:
-            typer.echo(json.dumps({"query_id": q.query_id, "error": f"no answer within {timeout:.0f}s"}))
+            typer.echo(json.dumps({"query_id": client_ids.get(q.query_id, q.query_id),
+                                   "error": f"no answer within {timeout:.0f}s"}))
     if missing:
         typer.echo(f"{len(missing)} queries got no answer within {timeout:.0f}s: is `ragbus up` running?", err=True)
         raise typer.Exit(1)
+
+
+#: Longest query id a client may give (`ask --queries`): ids are echoed on every answer line.
+MAX_CLIENT_ID = 512
+
+
+def _client_id(path: Path, row: int, value: Any) -> str:
+    """A client's query id as given: any printable text (BEIR's `faq/general#3` too), or one line to fix it."""
+    text = str(value)
+    if not text or len(text) > MAX_CLIENT_ID or not text.isprintable():
+        raise RagbusError(f"{path}: query {row}: the id must be 1-{MAX_CLIENT_ID} printable characters, "
+                          f"not {text[:40]!r}")
+    return text
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -203,7 +226,6 @@ def eval_(directory: Path = typer.Argument(..., help="a BEIR directory: corpus.j
           timeout: float = typer.Option(3600.0, help="seconds for ingestion, and again for the queries")) -> None:
     """Ingest a BEIR set into the running stack, ask every query through the bus, print retrieval metrics."""
     import time
-    import uuid
 
     from pydantic import ValidationError
     from rich.console import Console
