@@ -55,13 +55,22 @@ def worker(stages: list[str] = typer.Argument(..., help="chunker | embedder | in
 
 @topics_app.command("create")
 def topics_create() -> None:
-    """Create every topic with its partitions and config (existing ones are checked, not altered)."""
-    from infra.kafka.clients import check_reachable, ensure_topics
+    """Create every topic with its partitions and config (existing ones are checked, not altered).
+
+    Partitions: RAGBUS_KAFKA_PARTITIONS (every pipeline topic), RAGBUS_KAFKA_TOPIC_PARTITIONS (per topic, JSON);
+    replicas: RAGBUS_KAFKA_REPLICATION_FACTOR."""
+    from infra.kafka.clients import check_reachable, ensure_topics, partitions, topic_name
+    from schemas.topics import TOPICS
 
     settings = _settings()
     check_reachable(settings)
-    created = ensure_topics(settings)
-    typer.echo(f"created {len(created)} topics" + (": " + ", ".join(created) if created else " (all existed)"))
+    created = set(ensure_topics(settings))
+    for spec in TOPICS.all():
+        name = topic_name(settings, spec)
+        state = "created" if name in created else "exists"
+        typer.echo(f"{name:<40} {partitions(settings, spec):>4} partitions  {state}")
+    typer.echo(f"created {len(created)} topics" + ("" if created else " (all existed with these partitions)"),
+               err=True)
 
 
 @app.command()
@@ -204,7 +213,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 @app.command()
 def status(as_json: bool = typer.Option(False, "--json"),
            tenant: str = typer.Option(None, help="only this tenant")) -> None:
-    """Documents by status, chunks per store, dead letters per stage."""
+    """Documents by status, chunks per store, dead letters, consumer-group lag from Kafka, local stages."""
     from .inspect import collect_status
 
     report = collect_status(_settings(), tenant)
@@ -217,6 +226,7 @@ def status(as_json: bool = typer.Option(False, "--json"),
                f"vector index {report['chunks']['vector_index']}")
     dl = report["dead_letters"]
     typer.echo("dead letters: " + (", ".join(f"{k} {v}" for k, v in dl.items()) if isinstance(dl, dict) else dl))
+    _echo_groups(report["groups"])
     stages = report["stages"]
     if not stages:
         typer.echo("stages: none reporting on this machine")
@@ -225,6 +235,21 @@ def status(as_json: bool = typer.Option(False, "--json"),
         typer.echo(f"stage {st['stage']} (pid {st['pid']}): {state}, lag {st['lag']}, processed {st['processed']}")
     if any(st["stalled"] for st in stages):
         raise typer.Exit(3)
+
+
+def _echo_groups(groups: list[dict[str, Any]] | str) -> None:
+    """Consumer-group lag from Kafka: committed offsets against high-water marks, per stage."""
+    if isinstance(groups, str):
+        typer.echo(f"consumer groups: {groups}")
+        return
+    typer.echo("consumer groups (lag from Kafka: high-water mark minus committed offset):")
+    for g in groups:
+        lag = "unknown (no high-water mark in time)" if g["lag"] is None else str(g["lag"])
+        members = f", {g['members']} members" if g["members"] else ""
+        never = sum(1 for p in g["partitions"] if p["committed"] is None)
+        uncommitted = f", {never} partitions never committed" if never else ""
+        typer.echo(f"  {g['stage']:<9} {g['group']} ({g['state']}{members}): lag {lag} on "
+                   f"{len(g['partitions'])} partitions{uncommitted}")
 
 
 def _stages(stage: str | None) -> list[str]:

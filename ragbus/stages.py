@@ -12,7 +12,7 @@ from chunking.splitter import Chunker
 from consumers import answerer, indexer, status
 from infra import wiring
 from infra.kafka import consumer_runner, faust_runner
-from infra.kafka.clients import EventProducer, check_reachable
+from infra.kafka.clients import EventProducer, check_reachable, verify_topics
 from infra.kafka.delivery import BatchPolicy
 from infra.ops import logs
 from infra.ops.health import Health, serve
@@ -21,7 +21,7 @@ from infra.settings import Settings
 from kernel.errors import ConfigurationError
 from kernel.stage import Out, Stage
 from retrieval.retriever import Retriever
-from schemas.topics import STAGES
+from schemas.topics import STAGES, TOPICS
 from streams import chunker, embedder
 
 STREAM_STAGES = ("chunker", "embedder")
@@ -92,6 +92,7 @@ def run_workers(settings: Settings, names: list[str]) -> None:
     if streams and len(names) > 1:
         raise ConfigurationError(f"{streams[0]} is a faust stage and runs alone: `ragbus worker {streams[0]}`")
     check_reachable(settings)
+    verify_topics(settings, [TOPICS.source_of(n) for n in names])
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` dumps every thread's stack to the log
     metrics = Metrics()
     healths = {n: Health(n, metrics, settings.health_dir(), settings.stall_after_s) for n in names}
