@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ragbus-installed
 LOCK := requirements.lock
+DEV_LOCK := requirements-dev.lock
 TOOLS := .tools
 UV_VERSION := 0.13.8
 UV := $(TOOLS)/uv/bin/uv
@@ -17,14 +18,15 @@ TORCH_FIND_LINKS ?= $(PIP_FIND_LINKS)
 
 .PHONY: install tools demo test test-slow test-all lint schemas dashboard lock bench image clean
 
-# Installs exactly requirements.lock (hash-checked), all extras included, then ragbus itself (editable).
-$(STAMP): pyproject.toml $(LOCK)
+# Installs exactly requirements-dev.lock (hash-checked: every extra and the test tools), then ragbus itself
+# (editable). The image installs requirements.lock, the same versions without the test tools (deploy/lock.py).
+$(STAMP): pyproject.toml $(LOCK) $(DEV_LOCK)
 	$(PYTHON) deploy/lock.py check
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --no-deps $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) \
 		"$$($(PYTHON) deploy/lock.py torch)"
-	$(PY) -m pip install -q --no-deps --require-hashes -r $(LOCK)
+	$(PY) -m pip install -q --no-deps --require-hashes -r $(DEV_LOCK)
 	$(PY) -m pip install -q --no-deps -e .
 	$(PY) -m pip check
 	touch $(STAMP)
@@ -68,14 +70,16 @@ $(UV):
 	$(PYTHON) -m venv $(TOOLS)/uv
 	$(TOOLS)/uv/bin/pip install -q uv==$(UV_VERSION)
 
-# Re-resolve requirements.lock after a change to pyproject.toml's dependencies (pins already in the lock are
-# kept where they still fit; `make lock UPGRADE=1` moves everything to the newest allowed versions).
+# Re-resolve both lockfiles after a change to pyproject.toml's dependencies (pins already in the locks are kept
+# where they still fit; `make lock UPGRADE=1` moves everything to the newest allowed versions). The runtime lock
+# is resolved within the dev lock, so both hold the same versions.
+LOCK_FLAGS = --python-version 3.11 --python-platform x86_64-manylinux_2_28 --constraint deploy/constraints.txt \
+	--generate-hashes --no-emit-package torch $(foreach d,$(TORCH_FIND_LINKS),--find-links $(d)) \
+	$(if $(TORCH_INDEX),--index $(TORCH_INDEX) --index-strategy unsafe-best-match) \
+	--custom-compile-command "make lock" --quiet
 lock: $(UV)
-	$(UV) pip compile pyproject.toml --all-extras --python-version 3.11 --python-platform x86_64-manylinux_2_28 \
-		--constraint deploy/constraints.txt --generate-hashes --no-emit-package torch \
-		$(foreach d,$(TORCH_FIND_LINKS),--find-links $(d)) \
-		$(if $(TORCH_INDEX),--index $(TORCH_INDEX) --index-strategy unsafe-best-match) \
-		$(if $(UPGRADE),--upgrade) --custom-compile-command "make lock" --quiet -o $(LOCK)
+	$(UV) pip compile pyproject.toml --all-extras $(LOCK_FLAGS) $(if $(UPGRADE),--upgrade) -o $(DEV_LOCK)
+	$(UV) pip compile pyproject.toml --extra all $(LOCK_FLAGS) --constraint $(DEV_LOCK) -o $(LOCK)
 	$(PYTHON) deploy/lock.py stamp
 	$(PYTHON) deploy/lock.py check
 

@@ -1,7 +1,13 @@
-"""requirements.lock: the exact versions (with hashes) that `make install`, CI and the image install.
+"""The lockfiles: the exact versions (with hashes) that the image, `make install` and CI install.
 
-`make lock` resolves pyproject.toml (every extra) with uv for CPython 3.11 on Linux x86_64, the target of
-the image and of CI, then calls `stamp`, which records in the lock's header:
+- requirements.lock: what runs in production, the core and every backend extra (`ragbus[all]`); the image
+  installs it.
+- requirements-dev.lock: that plus the test extra (test runner, linters, the artefact checkers);
+  `make install` and CI install it. It is resolved first and the runtime lock is resolved within it, so a
+  package has the same version in both.
+
+`make lock` resolves both with uv for CPython 3.11 on Linux x86_64, the target of the image and of CI,
+then calls `stamp`, which records in each lock's header:
 
 - a digest of what it was resolved from (requires-python, dependencies, every extra, and
   deploy/constraints.txt), so `check` can tell at once that pyproject.toml changed since, and
@@ -10,7 +16,7 @@ the image and of CI, then calls `stamp`, which records in the lock's header:
   directory or the PyTorch CPU index), so it is installed first, by version, and everything else with
   `pip install --no-deps --require-hashes -r requirements.lock`.
 
-    python3 deploy/lock.py check    # exit 1 with what to do when the lock is stale (stdlib only)
+    python3 deploy/lock.py check    # exit 1 with what to do when a lock is stale (stdlib only)
     python3 deploy/lock.py stamp    # after uv wrote the lock (`make lock` runs it)
     python3 deploy/lock.py torch    # the torch requirement to install first
 """
@@ -27,6 +33,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "requirements.lock"
+DEV_LOCK = ROOT / "requirements-dev.lock"
+#: The extras each lock holds (None: every extra).
+EXTRAS: dict[str, tuple[str, ...] | None] = {LOCK.name: ("weaviate", "mongodb", "claude", "all"), DEV_LOCK.name: None}
 PYPROJECT = ROOT / "pyproject.toml"
 CONSTRAINTS = ROOT / "deploy" / "constraints.txt"
 DIGEST_LINE = "# pyproject-digest: "
@@ -83,14 +92,16 @@ def stale(lock: Path = LOCK, pyproject: Path = PYPROJECT, constraints: Path = CO
     return None
 
 
-def unsatisfied(lock_text: str, pyproject: Path = PYPROJECT) -> list[str]:
-    """Requirements of pyproject.toml (core and every extra) that no pin in the lock satisfies."""
+def unsatisfied(lock_text: str, pyproject: Path = PYPROJECT, extras: tuple[str, ...] | None = None) -> list[str]:
+    """Requirements of pyproject.toml (the core and `extras`, default every extra) that no pin in the lock
+    satisfies."""
     from packaging.requirements import Requirement
 
     project: dict[str, Any] = tomllib.loads(pyproject.read_text())["project"]
     wanted = list(project.get("dependencies", []))
-    for extra in project.get("optional-dependencies", {}).values():
-        wanted.extend(extra)
+    for name, extra in project.get("optional-dependencies", {}).items():
+        if extras is None or name in extras:
+            wanted.extend(extra)
     have = pins(lock_text)
     problems = []
     for text in wanted:
@@ -107,16 +118,24 @@ def unsatisfied(lock_text: str, pyproject: Path = PYPROJECT) -> list[str]:
     return problems
 
 
-def stamp(lock: Path = LOCK) -> None:
+def drift(runtime_text: str, dev_text: str) -> list[str]:
+    """Packages whose version differs between the two locks (the runtime lock is resolved within the dev one)."""
+    dev = pins(dev_text)
+    return [f"{name}: {version} in {LOCK.name}, {dev.get(name)} in {DEV_LOCK.name}"
+            for name, version in sorted(pins(runtime_text).items()) if dev.get(name) != version]
+
+
+def stamp(locks: tuple[Path, ...] = (LOCK, DEV_LOCK)) -> None:
     torch = [c for c in _constraint_lines(CONSTRAINTS) if _norm(c.split("=")[0]) == "torch"]
     if len(torch) != 1 or "+cpu" not in torch[0]:
         raise SystemExit(f"{CONSTRAINTS.name} must pin torch to one CPU build (torch==X.Y.Z+cpu)")
-    lines = [ln for ln in lock.read_text().splitlines()
-             if not ln.startswith((DIGEST_LINE, TORCH_LINE))]
-    at = next((i for i, ln in enumerate(lines) if not ln.startswith("#")), len(lines))
-    lines[at:at] = [f"{DIGEST_LINE}{digest()}",
-                    f"{TORCH_LINE}{torch[0]}  (installed first, without a hash: `python3 deploy/lock.py torch`)"]
-    lock.write_text("\n".join(lines) + "\n")
+    for lock in locks:
+        lines = [ln for ln in lock.read_text().splitlines()
+                 if not ln.startswith((DIGEST_LINE, TORCH_LINE))]
+        at = next((i for i, ln in enumerate(lines) if not ln.startswith("#")), len(lines))
+        lines[at:at] = [f"{DIGEST_LINE}{digest()}",
+                        f"{TORCH_LINE}{torch[0]}  (installed first, without a hash: `python3 deploy/lock.py torch`)"]
+        lock.write_text("\n".join(lines) + "\n")
 
 
 def torch_requirement(lock: Path = LOCK) -> str:
@@ -129,11 +148,12 @@ def torch_requirement(lock: Path = LOCK) -> str:
 def main(argv: list[str]) -> int:
     command = argv[1] if len(argv) > 1 else ""
     if command == "check":
-        problem = stale()
-        if problem:
+        problems = [p for p in (stale(LOCK), stale(DEV_LOCK)) if p]
+        if not problems and (drifted := drift(LOCK.read_text(), DEV_LOCK.read_text())):
+            problems = [f"the locks disagree ({drifted[0]}): run `make lock`"]
+        for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
-            return 1
-        return 0
+        return 1 if problems else 0
     if command == "stamp":
         stamp()
         return 0
