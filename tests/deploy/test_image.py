@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT
-from tests.deploy.conftest import DEPLOY, read, tool
+from tests.deploy.conftest import DEPLOY, read, tool, unknown_settings
 
 VENV_BIN = ROOT / ".venv" / "bin"
 #: Endpoints the artefacts probe that the observability issue (14) adds; until they exist on this branch the
@@ -112,6 +112,11 @@ def test_the_entry_command_is_ragbus_worker_with_the_container_settings() -> Non
     assert FINAL.all("EXPOSE") == [env["RAGBUS_METRICS_PORT"]]
     build = STAGES[0]
     assert any("deploy/image_check.py" in a for a in build.all("RUN")), "the model is loaded at build time"
+
+
+def test_the_image_sets_only_settings_ragbus_reads() -> None:
+    unknown, _ = unknown_settings(set(env_of(FINAL)))
+    assert unknown == set()
 
 
 def test_the_default_command_prints_usage() -> None:
