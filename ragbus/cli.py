@@ -215,6 +215,7 @@ def status(as_json: bool = typer.Option(False, "--json"),
            tenant: str = typer.Option(None, help="only this tenant")) -> None:
     """Documents by status, chunks per store, dead letters, consumer-group lag from Kafka, local stages."""
     from .inspect import collect_status
+    from .render import print_groups
 
     report = collect_status(_settings(), tenant)
     if as_json:
@@ -226,7 +227,7 @@ def status(as_json: bool = typer.Option(False, "--json"),
                f"vector index {report['chunks']['vector_index']}")
     dl = report["dead_letters"]
     typer.echo("dead letters: " + (", ".join(f"{k} {v}" for k, v in dl.items()) if isinstance(dl, dict) else dl))
-    _echo_groups(report["groups"])
+    print_groups(report["groups"])
     stages = report["stages"]
     if not stages:
         typer.echo("stages: none reporting on this machine")
@@ -235,21 +236,6 @@ def status(as_json: bool = typer.Option(False, "--json"),
         typer.echo(f"stage {st['stage']} (pid {st['pid']}): {state}, lag {st['lag']}, processed {st['processed']}")
     if any(st["stalled"] for st in stages):
         raise typer.Exit(3)
-
-
-def _echo_groups(groups: list[dict[str, Any]] | str) -> None:
-    """Consumer-group lag from Kafka: committed offsets against high-water marks, per stage."""
-    if isinstance(groups, str):
-        typer.echo(f"consumer groups: {groups}")
-        return
-    typer.echo("consumer groups (lag from Kafka: high-water mark minus committed offset):")
-    for g in groups:
-        lag = "unknown (no high-water mark in time)" if g["lag"] is None else str(g["lag"])
-        members = f", {g['members']} members" if g["members"] else ""
-        never = sum(1 for p in g["partitions"] if p["committed"] is None)
-        uncommitted = f", {never} partitions never committed" if never else ""
-        typer.echo(f"  {g['stage']:<9} {g['group']} ({g['state']}{members}): lag {lag} on "
-                   f"{len(g['partitions'])} partitions{uncommitted}")
 
 
 def _stages(stage: str | None) -> list[str]:
