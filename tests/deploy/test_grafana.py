@@ -7,12 +7,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import subprocess
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
+import yaml
 
-from tests.deploy.conftest import DEPLOY, read
+from tests.deploy.conftest import DEPLOY, read, tool
 from tests.deploy.promql import names_in, problems
 
 PATH = DEPLOY / "grafana" / "ragbus.json"
@@ -38,6 +41,31 @@ def test_the_committed_json_is_what_the_generator_writes() -> None:
 def test_every_query_names_exported_metrics_and_labels() -> None:
     found = {f"{title}: {p}" for title, expr in EXPRS for p in problems(expr)}
     assert found == set()
+
+
+#: What Grafana substitutes before a query reaches Prometheus, for checking the queries without Grafana.
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "6h", "$__interval": "15s", "$stage": ".*"}
+
+
+def _as_rules(exprs: list[str], path: Path) -> None:
+    rules = []
+    for i, expr in enumerate(exprs):
+        for variable, value in GRAFANA_VARIABLES.items():
+            expr = expr.replace(variable, value)
+        rules.append({"record": f"ragbus_dashboard:query_{i}", "expr": expr})
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+
+
+def test_every_query_is_valid_promql(tmp_path: Path) -> None:
+    """promtool parses each query (as a recording rule), with Grafana's variables substituted."""
+    _as_rules([expr for _, expr in EXPRS], tmp_path / "queries.yml")
+    done = subprocess.run([tool("promtool"), "check", "rules", str(tmp_path / "queries.yml")], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    _as_rules(["sum by (stage) (rate(ragbus_events_total[$__rate_interval])"], tmp_path / "broken.yml")
+    broken = subprocess.run([tool("promtool"), "check", "rules", str(tmp_path / "broken.yml")], capture_output=True,
+                            text=True, timeout=120)
+    assert broken.returncode != 0, "promtool must reject an unbalanced query"
 
 
 def test_a_renamed_metric_is_caught() -> None:
