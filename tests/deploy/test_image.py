@@ -232,3 +232,30 @@ def test_sigterm_stops_the_worker_cleanly(worker: Running) -> None:
     """Kubernetes sends SIGTERM, then SIGKILL after terminationGracePeriodSeconds (60 s in the manifests)."""
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.proc.wait(45) == 0, worker.log.read_text()[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_the_build_stage_installs_and_checks_the_runtime_lock(tmp_path: Path) -> None:
+    """The build stage's RUN commands, in order, on this machine instead of in the base image: a fresh venv
+    gets exactly requirements.lock (no test tools), `pip check` passes, and the image check loads the model.
+    This is what shows the runtime lock is complete on its own. Here pip takes the CPU torch wheel from its
+    configured wheel directory, so the PyTorch index argument is dropped."""
+    build = STAGES[0]
+    venv = tmp_path / "opt-ragbus"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAGBUS_", "VIRTUAL_ENV"))}
+    env |= {"PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "PIP_NO_CACHE_DIR": "1"}
+    workdir = ROOT
+    for kind, args in build.instructions:
+        if kind == "WORKDIR":
+            workdir = ROOT if args == "/src" else Path(args)
+        if kind != "RUN":
+            continue
+        command = (args.replace("/opt/ragbus", str(venv)).replace("/src/", f"{ROOT}/")
+                   .replace('--index-url "${TORCH_INDEX}" ', ""))
+        done = subprocess.run(["bash", "-c", command], cwd=workdir, env=env, capture_output=True, text=True,
+                              timeout=1500)
+        assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    assert "loaded offline" in done.stdout
+    freeze = subprocess.run([str(venv / "bin" / "pip"), "freeze"], capture_output=True, text=True, timeout=120).stdout
+    assert "pytest==" not in freeze and "ruff==" not in freeze, "the image holds no test tools"

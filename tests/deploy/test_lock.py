@@ -53,12 +53,14 @@ def test_locks_that_disagree_are_reported() -> None:
 
 def test_a_dependency_added_without_relocking_is_reported(tmp_path: Path) -> None:
     pyproject = tmp_path / "pyproject.toml"
-    text = read(ROOT / "pyproject.toml").replace('"structlog>=24",', '"structlog>=24",\n  "onnxruntime>=1.20",')
+    original = read(ROOT / "pyproject.toml")
+    text = original.replace("dependencies = [\n", 'dependencies = [\n  "ragbus-not-locked>=1.0",\n', 1)
+    assert text != original
     pyproject.write_text(text)
     for name in ("requirements.lock", "requirements-dev.lock"):
         problem = lock.stale(ROOT / name, pyproject)
         assert problem is not None and "make lock" in problem
-    assert "onnxruntime is not in the lock" in lock.unsatisfied(DEV_TEXT, pyproject)
+    assert "ragbus-not-locked is not in the lock" in lock.unsatisfied(DEV_TEXT, pyproject)
 
 
 def test_formatting_pyproject_does_not_make_the_lock_stale(tmp_path: Path) -> None:
