@@ -20,8 +20,10 @@ within a window, unexpected failures reach a count and a share of the events han
 breaks. Breaking means: the batch in hand is held (nothing of it is dead-lettered or committed), the
 stage reports itself broken (`/health` 503, `ragbus_stage_broken`, an ERROR log saying why), and it
 probes: every `probe_interval_s` (doubling) it runs the held events one at a time; as soon as one is
-handled, the breaker closes and the batch is processed as usual. A restart closes it too. A poison
-event among good ones does not break anything: it is dead-lettered alone.
+handled, the breaker closes and the batch is processed as usual: the stage has shown it works, so the
+batch's remaining failures are its events' own and are dead-lettered (the breaker does not open again
+on the same batch, which could hold it forever). A restart closes the breaker too. A poison event
+among good ones does not break anything: it is dead-lettered alone.
 
 `process` returns the messages to produce (outputs, dead letters, failure statuses), or None when the
 runtime's `wait` says to give the batch up (stopping, partitions revoked): then nothing of the batch
@@ -113,16 +115,18 @@ class BatchPolicy:
 
     # -- the batch ---------------------------------------------------------------------------------
     def process(self, records: Sequence[SourceRecord], wait: Wait) -> Done | None:
+        trust = False  # after a probe went through, the batch's own failures are its events' own
         while True:
             try:
-                return self._attempt(records, wait)
+                return self._attempt(records, wait, breaker=not trust)
             except _Abandoned:
                 return None
             except _Broken as broken:
                 if not self._hold(records, wait, broken.reason):
                     return None
+                trust = True
 
-    def _attempt(self, records: Sequence[SourceRecord], wait: Wait) -> Done:
+    def _attempt(self, records: Sequence[SourceRecord], wait: Wait, breaker: bool = True) -> Done:
         sends: list[Send] = []
         decoded: list[tuple[SourceRecord, Any]] = []
         for record in records:
@@ -137,7 +141,7 @@ class BatchPolicy:
         outputs: list[list[Send] | Exception] = [self._encode(r) for r in results]
         failed = [(rec, ev, out) for (rec, ev), out in zip(decoded, outputs, strict=True)
                   if isinstance(out, Exception) and not isinstance(out, PoisonMessageError)]
-        if self._breaker.record(len(outputs) - len(failed), len(failed)):
+        if self._breaker.record(len(outputs) - len(failed), len(failed)) and breaker:
             raise _Broken(f"{len(failed)} of {len(outputs)} events of the last batch failed unexpectedly "
                           f"(last: {type(failed[-1][2]).__name__}: {str(failed[-1][2])[:200]})")
         for (record, event), out in zip(decoded, outputs, strict=True):
