@@ -16,7 +16,7 @@ from infra.kafka import consumer_runner, faust_runner
 from infra.kafka.clients import EventProducer, check_reachable
 from infra.kafka.delivery import BatchPolicy
 from infra.ops import logs, tracing
-from infra.ops.health import Health, StallPolicy, serve
+from infra.ops.health import Health, StallPolicy, report, serve
 from infra.ops.metrics import Metrics
 from infra.settings import Settings
 from kernel.errors import ConfigurationError
@@ -96,6 +96,7 @@ def run_workers(settings: Settings, names: list[str]) -> None:
     metrics = Metrics(stages=names, revision=settings.build_revision)  # only the families of these stages
     healths = {n: Health(n, metrics, settings.health_dir(), StallPolicy.of(settings)) for n in names}
     server = serve(settings.metrics_host, settings.metrics_port, metrics, list(healths.values()))
+    report(list(healths.values()))  # the health files `ragbus status` reads, refreshed every 2 s
     log.info("stage process starting", stages=",".join(names), pid=os.getpid(),
              metrics=f"http://{settings.metrics_host}:{settings.metrics_port}" if server else "off")
     check_reachable(settings)

@@ -85,6 +85,7 @@ class ConsumerRunner:
                 self._revoked = False  # nothing was buffered across that poll
                 records = self._records(messages)
                 if records:
+                    self._report_lag(consumer, now=True)  # the lag this batch is, before it may hang
                     self._handle(consumer, records, stop)
                 self._report_lag(consumer)
         finally:
@@ -148,6 +149,7 @@ class ConsumerRunner:
         for r in records:
             key = (r.topic, r.partition)
             self._committed[key] = max(self._committed.get(key, 0), r.offset + 1)
+        self._report_lag(consumer, now=True)  # the committed offsets moved: say so at once
         self._policy.finished(records, done, started)
         self.batches += 1
 
@@ -180,10 +182,10 @@ class ConsumerRunner:
             if not self._revoked:
                 consumer.resume(assignment)
 
-    def _report_lag(self, consumer: Consumer) -> None:
+    def _report_lag(self, consumer: Consumer, now: bool = False) -> None:
         """Per partition: the committed offset (this runner's last commit, else the group's at assignment)
         and the fetch high-water mark, for lag and stall detection."""
-        if self._health is None or time.monotonic() - self._lag_at < LAG_EVERY_S:
+        if self._health is None or (not now and time.monotonic() - self._lag_at < LAG_EVERY_S):
             return
         self._lag_at = time.monotonic()
         assignment = consumer.assignment()

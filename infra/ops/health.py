@@ -6,10 +6,12 @@
   redelivered and hang again), so it is reported, not restarted.
 - **Ready** (`/readyz`): connected to Kafka and holding a partition assignment from its group (an
   empty one counts: a member with no partitions is working as intended).
-- **Stalled**: a partition has lag (messages between the committed offset and the fetch high-water
-  mark) and its committed offset has not moved for longer than the stall bound, counted from the
-  later of the last move and the moment lag appeared. So a stage idle for an hour is not stalled the
-  moment work arrives, and a long batch is not a stall while it is within the bound. The bound is
+- **Stalled**: the stage has lag (messages between its committed offsets and the fetch high-water
+  marks) and none of its committed offsets has moved for longer than the stall bound, counted from
+  the later of the last move and the moment lag appeared. So a stage idle for an hour is not stalled
+  the moment work arrives, and a long batch is not a stall while it is within the bound. Progress on
+  any partition counts: under a backlog a consumer serves its partitions in turn, so one partition
+  may wait several batches while the others move (each partition's `stuck_s` is in the snapshot). The bound is
   `RAGBUS_STALL_AFTER_S` when set, else derived from the stage's own batches:
   max(`RAGBUS_STALL_MIN_S`, `RAGBUS_STALL_FACTOR` x the longest of its last 32 batch durations).
   This is what catches a sink that hangs, a stage stuck in backoff, and faust agents that stop
@@ -98,6 +100,9 @@ class Health:
         self._path = directory / f"{stage}-{os.getpid()}.json" if directory else None
         self._lock = threading.RLock()
         self._partitions: dict[str, _Partition] = {}
+        #: When a committed offset of the stage last moved, and since when it has had lag.
+        self._moved_at = clock()
+        self._lag_since: float | None = None
         self._durations: deque[float] = deque(maxlen=RECENT_BATCHES)
         self._last_tick = clock()
         self._in_batch_since: float | None = None
@@ -111,8 +116,10 @@ class Health:
         self.last_crash: dict[str, Any] | None = None
         #: Why the stage stopped taking events (its failure breaker is open), or None.
         self.broken_reason: str | None = None
-        metrics.ready.labels(stage).set(0)
-        metrics.stall_bound.labels(stage).set(self.stall_bound())
+        # evaluated at each scrape, so they are true even while the stage's loop is stuck in a batch
+        metrics.ready.labels(stage).set_function(lambda: 1.0 if self.ready() else 0.0)
+        metrics.stalled.labels(stage).set_function(lambda: 1.0 if self.stalled() else 0.0)
+        metrics.stall_bound.labels(stage).set_function(self.stall_bound)
 
     # -- what the runners report ------------------------------------------------------------------
     def tick(self) -> None:
@@ -135,17 +142,16 @@ class Health:
             self.processed += n
             self.last_progress = self._clock()
             self._durations.append(seconds)
-        self._metrics.stall_bound.labels(self.stage).set(self.stall_bound())
 
     def assigned(self, partitions: list[str]) -> None:
         """The group gave this stage `partitions` (possibly none)."""
         with self._lock:
             self._assignment = set(partitions)
+            self._moved_at = self._clock()  # a new assignment starts the clock afresh
             for tp in list(self._partitions):
                 if tp not in self._assignment:
                     self._forget(tp)
             self._connected, self._connection_error = True, None
-        self._update_gauges()
         self.write()
 
     def revoked(self) -> None:
@@ -154,7 +160,6 @@ class Health:
             self._assignment = None
             for tp in list(self._partitions):
                 self._forget(tp)
-        self._update_gauges()
         self.write()
 
     def connection(self, ok: bool, error: str | None = None) -> None:
@@ -162,7 +167,6 @@ class Health:
             changed = ok != self._connected
             self._connected, self._connection_error = ok, (None if ok else error)
         if changed:
-            self._update_gauges()
             self.write()
 
     def observe(self, offsets: dict[str, tuple[int | None, int]]) -> None:
@@ -175,6 +179,7 @@ class Health:
                     part = self._partitions[tp] = _Partition(committed, high, now)
                 elif committed != part.committed:
                     part.committed, part.moved_at = committed, now
+                    self._moved_at = now
                 part.high = high
                 if part.lag == 0:
                     part.lag_since = None
@@ -182,8 +187,10 @@ class Health:
                     part.lag_since = now
                 topic, _, partition = tp.rpartition("[")
                 self._metrics.lag.labels(self.stage, topic, partition.rstrip("]")).set(part.lag)
-        self._update_gauges()
-        self.write()
+            if not any(p.lag for p in self._partitions.values()):
+                self._lag_since = None
+            elif self._lag_since is None:
+                self._lag_since = now
 
     def _forget(self, tp: str) -> None:
         self._partitions.pop(tp, None)
@@ -222,12 +229,14 @@ class Health:
             return self._policy.bound(self._durations)
 
     def stalled(self) -> bool:
-        return bool(self._stalled_partitions())
+        return self.stuck_s() > self.stall_bound()
 
-    def _stalled_partitions(self) -> list[str]:
-        now, bound = self._clock(), self.stall_bound()
+    def stuck_s(self) -> float:
+        """How long the stage has had lag without any committed offset moving."""
         with self._lock:
-            return [tp for tp, p in self._partitions.items() if p.stuck_s(now) > bound]
+            if self._lag_since is None:
+                return 0.0
+            return self._clock() - max(self._moved_at, self._lag_since)
 
     def live(self) -> bool:
         with self._lock:
@@ -248,20 +257,16 @@ class Health:
                 return "disconnected"
             return "ok" if self._assignment is not None else "starting"
 
-    def _update_gauges(self) -> None:
-        self._metrics.stalled.labels(self.stage).set(1 if self.stalled() else 0)
-        self._metrics.ready.labels(self.stage).set(1 if self.ready() else 0)
-
     def snapshot(self) -> dict[str, Any]:
         now = self._clock()
         with self._lock:
-            stalled = self._stalled_partitions()
+            stalled = self.stalled()
             return {
                 "stage": self.stage, "pid": os.getpid(), "state": self.state(), "live": self.live(),
-                "ready": self.ready(), "stalled": bool(stalled), "broken": self.broken_reason,
-                "lag": sum(p.lag for p in self._partitions.values()),
+                "ready": self.ready(), "stalled": stalled, "broken": self.broken_reason,
+                "lag": sum(p.lag for p in self._partitions.values()), "stuck_s": round(self.stuck_s(), 1),
                 "partitions": {tp: {"lag": p.lag, "committed": p.committed, "high": p.high,
-                                    "stuck_s": round(p.stuck_s(now), 1), "stalled": tp in stalled}
+                                    "stuck_s": round(p.stuck_s(now), 1)}
                                for tp, p in sorted(self._partitions.items())},
                 "stall_bound_s": round(self.stall_bound(), 1),
                 "in_batch_s": round(now - self._in_batch_since, 1) if self._in_batch_since is not None else None,
@@ -283,6 +288,23 @@ class Health:
     def remove(self) -> None:
         if self._path is not None:
             self._path.unlink(missing_ok=True)
+
+
+def report(healths: list[Health], every_s: float = 2.0) -> threading.Event:
+    """Refresh the health files every `every_s` from a thread of their own, so a stage stuck in a batch
+    still reports (stalled) instead of going quiet. Set the returned event to stop."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every_s):
+            for h in healths:
+                try:
+                    h.write()
+                except OSError:  # a full or vanished data directory must not end the process
+                    continue
+
+    threading.Thread(target=loop, name="ragbus-health", daemon=True).start()
+    return stop
 
 
 def read_health(directory: Path) -> list[dict[str, Any]]:
