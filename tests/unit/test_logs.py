@@ -52,7 +52,8 @@ def test_every_library_logs_in_the_same_json(json_lines: io.StringIO) -> None:
     assert [line["logger"] for line in lines] == ["ragbus.test", "faust.transport", "aiokafka.consumer",
                                                   "librdkafka", "sentence_transformers"]
     assert all({"timestamp", "level", "event", "logger"} <= line.keys() for line in lines)
-    assert lines[1]["event"] == "faust says hello" and lines[3]["event"] == "FAIL [rdkafka#consumer-1] Connection refused"
+    assert lines[1]["event"] == "faust says hello"
+    assert lines[3]["event"] == "FAIL [rdkafka#consumer-1] Connection refused"
     assert lines[0]["stage"] == "embedder" and lines[2]["level"] == "error"
 
 
