@@ -238,7 +238,7 @@ def last_error(path: Path, tail_bytes: int = 65536) -> str:
         return f"(log unreadable: {exc})"
     for line in reversed(lines):
         if line.startswith("ragbus: "):
-            return line.removeprefix("ragbus: ")
+            return line.removeprefix("ragbus: ").removeprefix("error: ")
     for line in reversed(lines):
         if line.startswith("{"):
             try:

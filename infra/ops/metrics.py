@@ -14,8 +14,19 @@ from enum import StrEnum
 from importlib import metadata
 from typing import TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+)
 from prometheus_client.metrics import MetricWrapperBase
+
+#: No `*_created` series: they double the series count and no dashboard or alert of ours reads them.
+disable_created_metrics()
 
 M = TypeVar("M", bound=MetricWrapperBase)
 
