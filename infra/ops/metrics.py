@@ -26,7 +26,7 @@ from prometheus_client import (
 from prometheus_client.metrics import MetricWrapperBase
 
 #: No `*_created` series: they double the series count and no dashboard or alert of ours reads them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 M = TypeVar("M", bound=MetricWrapperBase)
 
