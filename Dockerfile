@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # The ragbus worker image: one stage per container, `ragbus worker STAGE` (README, "Run in production").
 #
-#   docker build -t ragbus:0.1.0 .                                   # or: make image
+#   docker build --build-arg REVISION=$(git rev-parse --short HEAD) -t ragbus:0.1.0 .   # or: make image
 #   docker run --rm -e RAGBUS_KAFKA_BOOTSTRAP_SERVERS=kafka:9092 ragbus:0.1.0 embedder
 #   docker run --rm -e RAGBUS_KAFKA_BOOTSTRAP_SERVERS=kafka:9092 --entrypoint ragbus ragbus:0.1.0 topics create
 #
@@ -34,9 +34,12 @@ RUN HF_HUB_OFFLINE=1 python /src/deploy/image_check.py
 
 FROM python:3.11.14-slim-bookworm AS runtime
 ARG VERSION=0.1.0
+# The commit, shown in ragbus_build_info{revision} (`make image` passes it).
+ARG REVISION=unknown
 LABEL org.opencontainers.image.title="ragbus" \
       org.opencontainers.image.description="Event-driven RAG pipeline on Kafka: one stage per container" \
       org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="Apache-2.0"
 RUN groupadd --system --gid 10001 ragbus \
     && useradd --system --uid 10001 --gid ragbus --home-dir /var/lib/ragbus --create-home --shell /usr/sbin/nologin ragbus
@@ -51,7 +54,8 @@ ENV PATH=/opt/ragbus/bin:$PATH \
     RAGBUS_DATA_DIR=/var/lib/ragbus \
     RAGBUS_LOG_FORMAT=json \
     RAGBUS_METRICS_HOST=0.0.0.0 \
-    RAGBUS_METRICS_PORT=9400
+    RAGBUS_METRICS_PORT=9400 \
+    RAGBUS_BUILD_REVISION=${REVISION}
 USER 10001:10001
 WORKDIR /var/lib/ragbus
 EXPOSE 9400

@@ -89,7 +89,7 @@ bench: install
 # Needs a container engine (there is none on the project's own machines: CI lints the Dockerfile and runs
 # its entry command instead, tests/deploy/test_image.py).
 image:
-	docker build -t ragbus:$$(git describe --always --dirty) .
+	docker build --build-arg REVISION=$$(git rev-parse --short HEAD) -t ragbus:$$(git describe --always --dirty) .
 
 clean:
 	rm -rf $(VENV) $(TOOLS) .ragbus .pytest_cache .ruff_cache .mypy_cache

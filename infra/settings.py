@@ -148,17 +148,42 @@ class MongoSettings(BaseSettings):
     timeout_ms: int = 5000
 
 
+class TracingSettings(BaseSettings):
+    """OpenTelemetry: spans are exported over OTLP only when the standard endpoint variable is set; the
+    exporter reads the other standard OTEL_EXPORTER_OTLP_* variables (headers, protocol, certificates)."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    otlp_endpoint: str | None = Field(None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT",
+                                                                          "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    service_name: str | None = Field(None, validation_alias=AliasChoices("OTEL_SERVICE_NAME"))
+    #: "grpc" or "http/protobuf" (the OTLP default).
+    otlp_protocol: str = Field("http/protobuf", validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                                                                             "OTEL_EXPORTER_OTLP_PROTOCOL"))
+
+
 class Settings(BaseSettings):
     model_config = _cfg("RAGBUS_")
 
     data_dir: Path = Path(".ragbus")
     log_level: str = "INFO"
     log_format: Literal["console", "json"] = "console"
-    #: Port of a worker's /metrics (Prometheus) and /health endpoints; 0 disables them.
+    #: Address and port of a worker's HTTP endpoints (/metrics, /health, /livez, /readyz); port 0 disables
+    #: them. Loopback by default; a container sets 0.0.0.0 so the kubelet and Prometheus can reach them.
+    metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(0, ge=0, le=65535)
-    #: A stage with lag that finishes nothing for this long is reported stalled.
-    stall_after_s: float = Field(60.0, gt=0)
+    #: Stall detection (infra/ops/health.py): a partition with lag whose committed offset has not moved
+    #: for longer than the bound is stalled. Unset `stall_after_s`: the bound is derived from the stage's
+    #: own batches, max(stall_min_s, stall_factor x the longest of its recent batch durations); set: fixed.
+    stall_after_s: float | None = Field(None, gt=0)
+    stall_min_s: float = Field(120.0, gt=0)
+    stall_factor: float = Field(3.0, ge=1)
+    #: Liveness: a stage whose loop has not turned for this long (outside a batch) is not live.
+    liveness_timeout_s: float = Field(60.0, gt=0)
+    #: Stamped on `ragbus_build_info` and trace resources (the image sets it to the commit it was built from).
+    build_revision: str = Field("unknown", max_length=64)
 
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     decode: DecodeSettings = Field(default_factory=DecodeSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)

@@ -23,10 +23,15 @@ app.add_typer(dlq_app, name="dlq")
 DEMO_QUESTION = "How does ragbus make sure a redelivered event does not create duplicate chunks?"
 
 
-def _settings(quiet: bool = True) -> Settings:
-    """Settings for a command; `quiet=False` for long-running ones, whose client logs matter."""
+def _settings(quiet: bool = True, traced: bool = False) -> Settings:
+    """Settings for a command; `quiet=False` for long-running ones, whose client logs matter; `traced`
+    for the commands that publish (their spans start the traces when OTLP export is configured)."""
     settings = Settings()
     logs.configure(settings.log_level, settings.log_format, quiet_clients=quiet)
+    if traced:
+        from infra.ops import tracing
+
+        tracing.configure(settings, "ragbus-cli")
     return settings
 
 
@@ -88,7 +93,7 @@ def ingest(paths: list[Path] = typer.Argument(..., help="files, directories or .
 
     from .client import documents_from, new_correlation, publish, wait_final
 
-    settings = _settings()
+    settings = _settings(traced=True)
     correlation = new_correlation()
     events = list(documents_from(paths, settings, wiring.build_store(settings), tenant, correlation))
     if not events:
@@ -120,12 +125,13 @@ def delete(document_ids: list[str] = typer.Argument(..., help="ids of the docume
     """Publish a document-deleted event per id: removes its chunks from every store."""
     from pydantic import ValidationError
 
-    from infra.kafka.clients import EventProducer, check_reachable
+    from infra.kafka.clients import EventProducer, check_reachable, topic_name
     from infra.kafka.serde import summarize
+    from infra.ops import tracing
     from schemas.events import DocumentDeleted
     from schemas.topics import TOPICS, document_key
 
-    settings = _settings()
+    settings = _settings(traced=True)
     try:
         events = [DocumentDeleted(tenant=tenant, document_id=d, version=version) for d in document_ids]
     except ValidationError as exc:
@@ -133,7 +139,8 @@ def delete(document_ids: list[str] = typer.Argument(..., help="ids of the docume
     check_reachable(settings)
     producer = EventProducer(settings)
     for ev in events:
-        producer.send(TOPICS.documents, document_key(ev.tenant, ev.document_id), ev)
+        with tracing.publishing(topic_name(settings, TOPICS.documents), ev) as trace_headers:
+            producer.send(TOPICS.documents, document_key(ev.tenant, ev.document_id), ev, trace_headers)
     producer.flush()
     typer.echo(f"published {len(events)} deletes", err=True)
 
@@ -156,7 +163,7 @@ def ask(question: str = typer.Argument(None, help="the question (or use --querie
     from .client import ask_many
     from .render import print_answer
 
-    settings = _settings()
+    settings = _settings(traced=True)
     try:
         if queries is not None:
             batch = [QueryRequested(tenant=tenant, query_id=str(row["id"]), text=row["text"], top_k=top_k,
@@ -232,9 +239,11 @@ def status(as_json: bool = typer.Option(False, "--json"),
     if not stages:
         typer.echo("stages: none reporting on this machine")
     for st in stages:
-        state = "STALLED" if st["stalled"] else "ok"
-        typer.echo(f"stage {st['stage']} (pid {st['pid']}): {state}, lag {st['lag']}, processed {st['processed']}")
-    if any(st["stalled"] for st in stages):
+        state = st.get("state", "stalled" if st.get("stalled") else "ok")
+        why = f" ({st['broken']})" if st.get("broken") else ""
+        typer.echo(f"stage {st['stage']} (pid {st['pid']}): {state.upper() if state != 'ok' else state}{why}, "
+                   f"lag {st['lag']}, processed {st['processed']}")
+    if any(st.get("state") in ("stalled", "broken") or st.get("stalled") for st in stages):
         raise typer.Exit(3)
 
 

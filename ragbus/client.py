@@ -10,8 +10,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from infra.kafka.clients import EventProducer
+from infra.kafka.clients import EventProducer, topic_name
 from infra.kafka.tail import Tail
+from infra.ops import tracing
 from infra.settings import Settings
 from kernel.errors import RagbusError
 from kernel.ports import DocumentStore
@@ -103,9 +104,12 @@ def _jsonl(file: Path, settings: Settings, store: DocumentStore | None, tenant: 
 
 
 def publish(settings: Settings, producer: EventProducer, events: Iterable[DocumentArrived]) -> list[DocumentArrived]:
+    """Each document starts its own trace: its `traceparent` header follows it through every stage."""
     sent = []
+    topic = topic_name(settings, TOPICS.documents)
     for ev in events:
-        producer.send(TOPICS.documents, document_key(ev.tenant, ev.document_id), ev)
+        with tracing.publishing(topic, ev) as trace_headers:
+            producer.send(TOPICS.documents, document_key(ev.tenant, ev.document_id), ev, trace_headers)
         sent.append(ev)
     producer.flush()
     return sent
@@ -136,8 +140,10 @@ def ask_many(settings: Settings, queries: list[QueryRequested], timeout_s: float
     """Publish queries and collect exactly one answer per query id (or none when the deadline passes)."""
     producer = EventProducer(settings)
     with Tail(settings, TOPICS.answers) as answers, Tail(settings, TOPICS.answer_deltas) as deltas:
+        topic = topic_name(settings, TOPICS.queries)
         for q in queries:
-            producer.send(TOPICS.queries, q.query_id, q)
+            with tracing.publishing(topic, q) as trace_headers:
+                producer.send(TOPICS.queries, q.query_id, q, trace_headers)
         producer.flush()
         wanted = {q.query_id for q in queries}
         got: dict[str, AnswerGenerated] = {}

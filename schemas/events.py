@@ -181,6 +181,16 @@ class _DocumentPart(Envelope):
     part: Annotated[int, Field(ge=0)]
     parts: Annotated[int, Field(ge=1)]
     total_chunks: Annotated[int, Field(ge=0)]
+    #: `occurred_at` of the DocumentArrived these chunks were cut from, carried to the indexer for the
+    #: freshness metric (publication -> searchable). Optional: producers before it did not send it.
+    document_occurred_at: datetime | None = None
+
+    @field_validator("document_occurred_at")
+    @classmethod
+    def _aware_document_time(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("document_occurred_at must carry a timezone (ISO 8601 with offset or Z)")
+        return value
 
     @model_validator(mode="after")
     def _part_in_range(self) -> Self:

@@ -61,7 +61,7 @@ def chunk_event(event: DocumentArrived | DocumentDeleted, chunker: Chunker, load
         Out(TOPICS.chunks, key, ChunksProduced(
             **envelope, document_id=event.document_id, version=version, content_hash=digest, title=event.title,
             source=event.source, metadata=event.metadata, part=n, parts=len(parts), total_chunks=len(chunks),
-            chunks=part))
+            document_occurred_at=event.occurred_at, chunks=part))
         for n, part in enumerate(parts)
     ]
     outs.append(Out(TOPICS.status, key, DocumentStatus(

@@ -71,6 +71,11 @@ class Layout:
                    tooltip={"mode": "multi", "sort": "desc"})
 
 
+#: Freshness of documents (event to searchable) and of queries (published to answered), one histogram.
+DOCS = 'kind="document"'
+QUERIES = 'kind="query"'
+
+
 def _quantile(q: float, metric: str, by: str = "", matcher: str = "") -> str:
     group = f"{by}, le" if by else "le"
     return f"histogram_quantile({q}, sum by ({group}) (rate({metric}_bucket{{{matcher}}}[{RATE}])))"
@@ -86,7 +91,7 @@ def _overview(d: Layout) -> None:
            f'sum(rate(ragbus_events_total{{status="ok"}}[{RATE}]))', "ops")
     d.stat("Consumer lag", "Messages not yet consumed, all stages", f"sum({LAG})", "short")
     d.stat("Freshness p95", "Seconds from a document's event to its chunks being searchable (95th percentile)",
-           _quantile(0.95, "ragbus_freshness_seconds"), "s", red_at=300)
+           _quantile(0.95, "ragbus_freshness_seconds", matcher=DOCS), "s", red_at=300)
     d.stat("Dead letters", "Events dead-lettered in the time range (`ragbus dlq list`)",
            'sum(increase(ragbus_events_total{status="dead_lettered"}[$__range]))', "short", red_at=1)
     d.stat("Stages stalled or broken", "Stages with lag and no progress, or with their failure breaker open",
@@ -121,11 +126,13 @@ def _throughput_and_lag(d: Layout) -> None:
 
 def _freshness_and_errors(d: Layout) -> None:
     d.row("Freshness")
-    d.series("Document freshness: event to searchable", "Seconds from a document event's time to its chunks "
-             "being searchable", [(_quantile(q, "ragbus_freshness_seconds"), f"p{int(q * 100)}")
-                                  for q in (0.5, 0.95, 0.99)], "s")
-    d.series("Answer latency: query to answer", "Seconds from a query event to its final answer",
-             [(_quantile(q, "ragbus_answer_seconds"), f"p{int(q * 100)}") for q in (0.5, 0.95)], "s")
+    d.series("Document freshness: event to searchable", "Seconds from a document event's time to all its "
+             "chunks being searchable", [(_quantile(q, "ragbus_freshness_seconds", matcher=DOCS), f"p{int(q * 100)}")
+                                         for q in (0.5, 0.95, 0.99)], "s")
+    d.series("Answer latency: query to answer", "Seconds from a query event to its answer (p50, p95), and the "
+             "answerer's own time per query (p95)",
+             [(_quantile(q, "ragbus_freshness_seconds", matcher=QUERIES), f"p{int(q * 100)}") for q in (0.5, 0.95)]
+             + [(_quantile(0.95, "ragbus_answer_seconds"), "answerer p95")], "s")
 
     d.row("Errors and dead letters")
     d.series("Dead letters/s by stage", "Events sent to dlq.<stage>.v1; `ragbus dlq list --stage S` says why",
@@ -159,8 +166,8 @@ def _answers_and_build(d: Layout) -> None:
              [(f"sum by (model) (rate(ragbus_llm_cost_usd_total[{RATE}])) * 3600", "{{model}}")], "currencyUSD")
 
     d.row("Build")
-    d.panel("table", "Versions running", "Worker processes by ragbus version", [
-        ("sum by (version) (ragbus_build_info)", "")], "short", w=24, h=5, showHeader=True)
+    d.panel("table", "Versions running", "Worker processes by ragbus version, commit and Python", [
+        ("count by (version, revision, python) (ragbus_build_info)", "")], "short", w=24, h=5, showHeader=True)
 
 
 def panels() -> list[dict[str, Any]]:

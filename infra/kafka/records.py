@@ -7,6 +7,7 @@ reason, time, attempts).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import Message
@@ -56,6 +57,20 @@ class SourceRecord:
         """From a confluent-kafka Message."""
         return cls(msg.topic() or "", msg.partition() or 0, msg.offset() or 0, msg.key(), msg.value(),
                    headers_of(msg))
+
+
+def describe(records: Sequence[SourceRecord]) -> str:
+    """Where a batch came from, for logs: `topic[0]@5..9 [2]@3` (offset ranges per partition)."""
+    ranges: dict[tuple[str, int], tuple[int, int]] = {}
+    for r in records:
+        low, high = ranges.get((r.topic, r.partition), (r.offset, r.offset))
+        ranges[(r.topic, r.partition)] = (min(low, r.offset), max(high, r.offset))
+    parts, last_topic = [], None
+    for (topic, partition), (low, high) in sorted(ranges.items()):
+        span = f"{low}" if low == high else f"{low}..{high}"
+        parts.append(f"{topic if topic != last_topic else ''}[{partition}]@{span}")
+        last_topic = topic
+    return " ".join(parts)
 
 
 def headers_of(msg: Message) -> Headers:

@@ -34,11 +34,6 @@ def read(path: Path) -> str:
     return path.read_text(encoding="utf-8")
 
 
-#: Settings the artefacts set that the observability issue (14) adds; until they exist on this branch the
-#: tests that need them are strict expected failures, so whoever merges both removes the entry.
-PENDING_SETTINGS = {"RAGBUS_METRICS_HOST": "issue 14 adds RAGBUS_METRICS_HOST (the metrics bind address)"}
-
-
 def setting_names() -> set[str]:
     """Every environment variable the Settings classes read (prefix + field name, or a field's aliases)."""
     from pydantic import AliasChoices
@@ -62,7 +57,6 @@ def setting_names() -> set[str]:
     return names(Settings)
 
 
-def unknown_settings(keys: set[str]) -> tuple[set[str], set[str]]:
-    """(keys no setting reads, the pending ones among them) for RAGBUS_* keys an artefact sets."""
-    unknown = {k for k in keys if k.startswith("RAGBUS_")} - setting_names()
-    return unknown - set(PENDING_SETTINGS), unknown & set(PENDING_SETTINGS)
+def unknown_settings(keys: set[str]) -> set[str]:
+    """The RAGBUS_* keys an artefact sets that no setting reads (a typo, or a setting since renamed)."""
+    return {k for k in keys if k.startswith("RAGBUS_")} - setting_names()

@@ -88,5 +88,4 @@ def test_workers_run_the_image_one_stage_each() -> None:
 
 def test_worker_settings_are_settings_ragbus_reads() -> None:
     keys = {k for s in SERVICES.values() if s.get("profiles") == ["workers"] for k in s.get("environment", {})}
-    unknown, _ = unknown_settings(keys)
-    assert unknown == set()
+    assert unknown_settings(keys) == set()

@@ -74,13 +74,15 @@ def test_a_renamed_metric_is_caught() -> None:
     assert problems('sum by (tenant) (rate(ragbus_events_total{stage="x"}[5m]))') == [
         "no metric in the expression has label 'tenant'"]
     assert problems('rate(ragbus_events_total{status="failed"}[5m])') == [
-        "ragbus_events_total status 'failed' is not an Outcome"]
+        "ragbus_events_total status 'failed' is not a Outcome"]
+    assert problems('rate(ragbus_freshness_seconds_bucket{kind="docs"}[5m])') == [
+        "ragbus_freshness_seconds_bucket kind 'docs' is not a Freshness"]
 
 
 @pytest.mark.parametrize(("topic", "pattern"), [
     ("throughput", r"rate\(ragbus_events_total"),
     ("lag", r"ragbus_consumer_lag"),
-    ("freshness", r"ragbus_freshness_seconds_bucket"),
+    ("freshness", r'ragbus_freshness_seconds_bucket\{kind="document"'),
     ("errors", r'status="retried"|ragbus_stage_crashes_total'),
     ("dead letters", r'status="dead_lettered"'),
     ("LLM tokens per model", r"sum by \(model, kind\) \(rate\(ragbus_llm_tokens_total"),

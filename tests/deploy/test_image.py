@@ -24,10 +24,6 @@ from tests.conftest import ROOT
 from tests.deploy.conftest import DEPLOY, read, tool, unknown_settings
 
 VENV_BIN = ROOT / ".venv" / "bin"
-#: Endpoints the artefacts probe that the observability issue (14) adds; until they exist on this branch the
-#: probe test below is an expected failure, and `strict` turns it into a failure the day they answer, so
-#: whoever merges both removes the entry.
-PENDING_PATHS = {"/livez": "issue 14 adds /livez", "/readyz": "issue 14 adds /readyz"}
 
 
 @dataclass
@@ -115,8 +111,7 @@ def test_the_entry_command_is_ragbus_worker_with_the_container_settings() -> Non
 
 
 def test_the_image_sets_only_settings_ragbus_reads() -> None:
-    unknown, _ = unknown_settings(set(env_of(FINAL)))
-    assert unknown == set()
+    assert unknown_settings(set(env_of(FINAL))) == set()
 
 
 def test_the_default_command_prints_usage() -> None:
@@ -211,10 +206,14 @@ def _probe_paths() -> list[str]:
 
 
 @pytest.mark.broker
-@pytest.mark.parametrize("path", [pytest.param(p, marks=pytest.mark.xfail(reason=PENDING_PATHS[p], strict=True))
-                                  if p in PENDING_PATHS else p for p in _probe_paths()])
+@pytest.mark.parametrize("path", _probe_paths())
 def test_every_probed_endpoint_answers(worker: Running, path: str) -> None:
+    """Each answers 200 once the worker has joined its group (readiness needs the partition assignment)."""
+    deadline = time.monotonic() + 60
     status, body = _get(f"http://127.0.0.1:{worker.port}{path}")
+    while status != 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        status, body = _get(f"http://127.0.0.1:{worker.port}{path}")
     assert status == 200, f"{path}: {status} {body[:300]}"
 
 
@@ -222,8 +221,6 @@ def test_every_probed_endpoint_answers(worker: Running, path: str) -> None:
 def test_the_image_healthcheck_command_passes(worker: Running) -> None:
     command = json.loads(re.search(r"CMD (\[.*\])", FINAL.all("HEALTHCHECK")[-1]).group(1))  # type: ignore[union-attr]
     done = subprocess.run(command, env=worker.env, capture_output=True, text=True, timeout=30)
-    if "/livez" in PENDING_PATHS and done.returncode != 0 and "404" in done.stderr:
-        pytest.xfail(PENDING_PATHS["/livez"])  # the command runs and reaches the worker; the path is pending
     assert done.returncode == 0, done.stderr[-1000:]
 
 

@@ -40,6 +40,7 @@ def test_rules_pass_their_unit_tests() -> None:
     ("RagbusDeadLettersRising", "> 0.01", "> 0.1"),           # a threshold that misses the failure
     ("RagbusStageStalled", "ragbus_stage_stalled", "ragbus_stage_broken"),  # the wrong signal
     ("RagbusConsumerLagGrowing", "> 0\n", ">= 0\n"),          # a steady backlog would warn too
+    ("RagbusFreshnessObjectiveMissed", '{kind="document"}', ""),  # fast queries would hide slow documents
 ])
 def test_a_broken_rule_fails_the_unit_tests(tmp_path: Path, alert: str, old: str, new: str) -> None:
     text = read(PROM / "alerts.yml")
