@@ -30,6 +30,15 @@ class KafkaSettings(BaseSettings):
     poll_batch: int = Field(256, ge=1, le=10_000)
     poll_timeout_s: float = Field(0.25, gt=0, le=10)
     message_max_bytes: int = Field(2 * 1024 * 1024, ge=1024 * 1024)
+    #: Partitions of every pipeline topic that `ragbus topics create` (and `ragbus up`) creates: the most
+    #: processes of one stage that share its work. Fixed once the topics exist (more partitions would move
+    #: a document's events to another partition and break their order): docs/operations.md, "Scaling out".
+    partitions: int = Field(4, ge=1, le=10_000)
+    #: Per-topic partitions by registry name, JSON, e.g. {"embedded.v1": 12, "dlq.embedder.v1": 2}; wins
+    #: over `partitions` (dead-letter topics have 1 unless named here).
+    topic_partitions: dict[str, int] = Field(default_factory=dict)
+    #: Replicas of every topic ragbus creates; -1: the cluster's default.replication.factor.
+    replication_factor: int = Field(-1, ge=-1, le=32)
 
 
 class DecodeSettings(BaseSettings):

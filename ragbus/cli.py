@@ -60,13 +60,22 @@ def worker(stages: list[str] = typer.Argument(..., help="chunker | embedder | in
 
 @topics_app.command("create")
 def topics_create() -> None:
-    """Create every topic with its partitions and config (existing ones are checked, not altered)."""
-    from infra.kafka.clients import check_reachable, ensure_topics
+    """Create every topic with its partitions and config (existing ones are checked, not altered).
+
+    Partitions: RAGBUS_KAFKA_PARTITIONS (every pipeline topic), RAGBUS_KAFKA_TOPIC_PARTITIONS (per topic, JSON);
+    replicas: RAGBUS_KAFKA_REPLICATION_FACTOR."""
+    from infra.kafka.clients import check_reachable, ensure_topics, partitions, topic_name
+    from schemas.topics import TOPICS
 
     settings = _settings()
     check_reachable(settings)
-    created = ensure_topics(settings)
-    typer.echo(f"created {len(created)} topics" + (": " + ", ".join(created) if created else " (all existed)"))
+    created = set(ensure_topics(settings))
+    for spec in TOPICS.all():
+        name = topic_name(settings, spec)
+        state = "created" if name in created else "exists"
+        typer.echo(f"{name:<40} {partitions(settings, spec):>4} partitions  {state}")
+    typer.echo(f"created {len(created)} topics" + ("" if created else " (all existed with these partitions)"),
+               err=True)
 
 
 @app.command()
@@ -211,8 +220,9 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 @app.command()
 def status(as_json: bool = typer.Option(False, "--json"),
            tenant: str = typer.Option(None, help="only this tenant")) -> None:
-    """Documents by status, chunks per store, dead letters per stage."""
+    """Documents by status, chunks per store, dead letters, consumer-group lag from Kafka, local stages."""
     from .inspect import collect_status
+    from .render import print_groups
 
     report = collect_status(_settings(), tenant)
     if as_json:
@@ -224,6 +234,7 @@ def status(as_json: bool = typer.Option(False, "--json"),
                f"vector index {report['chunks']['vector_index']}")
     dl = report["dead_letters"]
     typer.echo("dead letters: " + (", ".join(f"{k} {v}" for k, v in dl.items()) if isinstance(dl, dict) else dl))
+    print_groups(report["groups"])
     stages = report["stages"]
     if not stages:
         typer.echo("stages: none reporting on this machine")

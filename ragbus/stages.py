@@ -13,7 +13,7 @@ from chunking.splitter import Chunker
 from consumers import answerer, indexer, status
 from infra import wiring
 from infra.kafka import consumer_runner, faust_runner
-from infra.kafka.clients import EventProducer, check_reachable
+from infra.kafka.clients import EventProducer, check_reachable, verify_topics
 from infra.kafka.delivery import BatchPolicy
 from infra.ops import logs, tracing
 from infra.ops.health import Health, StallPolicy, report, serve
@@ -22,7 +22,7 @@ from infra.settings import Settings
 from kernel.errors import ConfigurationError
 from kernel.stage import Out, Stage
 from retrieval.retriever import Retriever
-from schemas.topics import STAGES
+from schemas.topics import STAGES, TOPICS
 from streams import chunker, embedder
 
 STREAM_STAGES = ("chunker", "embedder")
@@ -100,6 +100,7 @@ def run_workers(settings: Settings, names: list[str]) -> None:
     log.info("stage process starting", stages=",".join(names), pid=os.getpid(),
              metrics=f"http://{settings.metrics_host}:{settings.metrics_port}" if server else "off")
     check_reachable(settings)
+    verify_topics(settings, [TOPICS.source_of(n) for n in names])
     tracing.configure(settings, f"ragbus-{'+'.join(names)}")
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` dumps every thread's stack to the log
     if streams:

@@ -33,7 +33,8 @@ EVENTS = (DocumentArrived, DocumentDeleted, ChunksProduced, ChunksEmbedded, Docu
 def render() -> dict[str, str]:
     files: dict[str, Any] = {f"{m.__name__}.json": m.model_json_schema() for m in EVENTS}
     files["topics.json"] = {
-        spec.name: {"key": spec.key, "partitions": spec.partitions, "config": spec.config,
+        spec.name: {"key": spec.key, "config": spec.config,
+                    "partitions": spec.partitions or "RAGBUS_KAFKA_PARTITIONS (default 4)",
                     "description": spec.description,
                     "value": TypeAdapter(spec.value_type).json_schema() if spec.value_type is not None
                     else "original bytes of the dead-lettered message; reason in ragbus-dlq-* headers"}

@@ -37,7 +37,9 @@ class TopicSpec:
     value_type: Any
     #: What the key is; events of one key keep their order.
     key: str
-    partitions: int = 4
+    #: None: the deployment's setting (RAGBUS_KAFKA_PARTITIONS, per topic RAGBUS_KAFKA_TOPIC_PARTITIONS),
+    #: resolved by `infra.kafka.clients.partitions`.
+    partitions: int | None = None
     config: dict[str, str] = field(default_factory=dict)
     description: str = ""
 
@@ -65,24 +67,32 @@ STAGES = ("chunker", "embedder", "indexer", "status", "answerer")
 @dataclass(frozen=True)
 class Topics:
     documents: TopicSpec = TopicSpec(
-        "documents.v1", DocumentEvent, "tenant/document_id", 4, _RETAIN,
+        "documents.v1", DocumentEvent, "tenant/document_id", None, _RETAIN,
         "document arrived or deleted, from upstream systems and `ragbus ingest`",
     )
     chunks: TopicSpec = TopicSpec(
-        "chunks.v1", ChunkEvent, "tenant/document_id", 4, _RETAIN, "chunked documents (and deletes, in order)"
+        "chunks.v1", ChunkEvent, "tenant/document_id", None, _RETAIN, "chunked documents (and deletes, in order)"
     )
     embedded: TopicSpec = TopicSpec(
-        "embedded.v1", EmbeddedEvent, "tenant/document_id", 4, _RETAIN, "chunks with vectors (and deletes)"
+        "embedded.v1", EmbeddedEvent, "tenant/document_id", None, _RETAIN, "chunks with vectors (and deletes)"
     )
     status: TopicSpec = TopicSpec(
-        "status.v1", DocumentStatus, "tenant/document_id", 4, _RETAIN, "document status changes"
+        "status.v1", DocumentStatus, "tenant/document_id", None, _RETAIN, "document status changes"
     )
-    queries: TopicSpec = TopicSpec("queries.v1", QueryRequested, "query_id", 4, _RETAIN, "questions")
-    answers: TopicSpec = TopicSpec("answers.v1", AnswerGenerated, "query_id", 4, _RETAIN, "final answers")
+    queries: TopicSpec = TopicSpec("queries.v1", QueryRequested, "query_id", None, _RETAIN, "questions")
+    answers: TopicSpec = TopicSpec("answers.v1", AnswerGenerated, "query_id", None, _RETAIN, "final answers")
     answer_deltas: TopicSpec = TopicSpec(
-        "answer-deltas.v1", AnswerDelta, "query_id", 4, {"retention.ms": str(24 * 3600 * 1000)},
+        "answer-deltas.v1", AnswerDelta, "query_id", None, {"retention.ms": str(24 * 3600 * 1000)},
         "streamed answer pieces, ordered per query",
     )
+
+    def source_of(self, stage: str) -> TopicSpec:
+        """The topic a stage consumes (its consumer group's topic)."""
+        sources = {"chunker": self.documents, "embedder": self.chunks, "indexer": self.embedded,
+                   "status": self.status, "answerer": self.queries}
+        if stage not in sources:
+            raise KeyError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+        return sources[stage]
 
     def dead_letter(self, stage: str) -> TopicSpec:
         if stage not in STAGES:

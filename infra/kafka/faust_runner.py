@@ -39,7 +39,7 @@ from infra.ops.health import Health
 from infra.ops.metrics import Metrics
 from infra.settings import Settings
 
-from .clients import bootstrap, topic_name
+from .clients import bootstrap, partitions, topic_name
 from .delivery import BatchPolicy, Done
 from .records import SourceRecord
 from .security import faust_options
@@ -87,7 +87,7 @@ def build_app(settings: Settings, policy: BatchPolicy, metrics: Metrics, health:
         **security,
     )
     source = app.topic(topic_name(settings, stage.source), key_type=bytes, value_type=bytes,
-                       key_serializer="raw", value_serializer="raw", partitions=stage.source.partitions)
+                       key_serializer="raw", value_serializer="raw", partitions=partitions(settings, stage.source))
     sinks: dict[str, Any] = {}
 
     def sink(name: str) -> Any:
