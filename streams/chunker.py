@@ -98,5 +98,5 @@ def stage(chunker: Chunker, load: ContentLoader, fetch: ContentFetcher | None = 
         name=STAGE, source=TOPICS.documents,
         handle=per_event(lambda ev: chunk_event(ev, chunker, load, fetch)),
         on_failure=lambda ev, exc: failed_status(ev, exc, STAGE),
-        max_batch=16, window_s=0.01,
+        max_batch=16, window_s=0.01, key=lambda ev: document_key(ev.tenant, ev.document_id),
     )

@@ -52,6 +52,8 @@ log = logs.get(__name__)
 #: `wait(seconds) -> bool`: the runtime waits without leaving its consumer group; False means give up.
 Wait = Callable[[float], bool]
 _PROBE_EVENTS = 3
+#: A wrongly keyed event is counted every time, logged at most this often per stage.
+_REKEY_LOG_EVERY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ class BatchPolicy:
         self._metrics = metrics
         self._health = health
         self._breaker = Breaker(settings.delivery)
+        self._rekey_logged = -_REKEY_LOG_EVERY_S
         self._backoff = tenacity.wait_exponential_jitter(multiplier=self._policy.backoff_initial_s,
                                                          jitter=self._policy.backoff_initial_s,
                                                          max=self._policy.backoff_max_s)
@@ -130,6 +133,8 @@ class BatchPolicy:
                 decoded.append((record, decode(self._stage.source, record.value, self._settings.decode)))
             except PoisonMessageError as exc:
                 sends.append(self._dead(record, exc))
+                continue
+            self._check_key(record, decoded[-1][1])
         dead = len(sends)
         if not decoded:
             return Done(sends, dead)
@@ -250,6 +255,23 @@ class BatchPolicy:
             log.error("could not report a dead-lettered event's failure", stage=self._stage.name,
                       where=record.where(), error=repr(hook_exc)[:300])
             return []
+
+    def _check_key(self, record: SourceRecord, event: Any) -> None:
+        """Count (and now and then log) an event that arrived without its topic's key: it is handled all the
+        same, and the stage keys its outputs correctly, but its publisher should fix its producer."""
+        if self._stage.key is None:
+            return
+        expected = self._stage.key(event)
+        if record.key == expected:
+            return
+        self._metrics.rekeyed.labels(self._stage.name).inc()
+        now = time.monotonic()
+        if now - self._rekey_logged >= _REKEY_LOG_EVERY_S:
+            self._rekey_logged = now
+            log.warning("event without its topic's key: handled and re-keyed; its publisher should key it",
+                        stage=self._stage.name, where=record.where(), correlation_id=record.correlation_id(),
+                        key=(record.key or b"")[:200].decode("utf-8", "replace") or None,
+                        expected=expected[:200].decode("utf-8", "replace"))
 
     def _crashed(self, record: SourceRecord, exc: Exception) -> None:
         log.error("stage raised an unexpected error on an event; dead-lettering it", stage=self._stage.name,

@@ -18,6 +18,9 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.events = Counter("ragbus_events_total", "Events handled by a stage", ["stage", "status"], registry=r)
+        self.rekeyed = Counter("ragbus_events_rekeyed_total",
+                               "Events that arrived without the key their topic asks for (ragbus re-keyed their "
+                               "outputs)", ["stage"], registry=r)
         self.chunks = Counter("ragbus_chunks_total", "Chunks produced, embedded or indexed", ["stage"], registry=r)
         self.batch_seconds = Histogram("ragbus_batch_seconds", "Time to handle one batch", ["stage"], registry=r,
                                        buckets=(0.005, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
