@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import confluent_kafka
 import pytest
 
 from infra import wiring
@@ -41,11 +42,17 @@ REPORT = ["Annual report 2025. Revenue grew by twelve percent to 4.2 million eur
           "Outlook: two new offices open in 2026."]
 
 
-def kcat() -> str:
-    path = shutil.which("kcat") or shutil.which("kafkacat")
-    if path is None:
+def newer_librdkafka(tmp: Path) -> Path:
+    """A directory whose librdkafka.so.1 is the one inside the confluent-kafka wheel (2.16). Debian bookworm's
+    kcat links librdkafka 2.0.2, which cannot parse the local broker's (Tansu's) ApiVersions answer
+    ("ApiVersionRequest failed: Local: Read underflow"); docs/publishing.md says so and shows this fix.
+    Against a real Kafka cluster the system library works."""
+    if shutil.which("kcat") is None:
         pytest.fail("kcat is not installed: run `make test-tools` (Debian package kcat)")
-    return path
+    libs = sorted((Path(confluent_kafka.__file__).parent.parent / "confluent_kafka.libs").glob("librdkafka*.so*"))
+    assert libs, "the confluent-kafka wheel no longer ships librdkafka where this test looks"
+    (tmp / "librdkafka.so.1").symlink_to(libs[0])
+    return tmp
 
 
 def runner(settings: Settings, server: HttpsServer, root: Path, cwd: Path) -> Callable[[Block], str]:
@@ -53,6 +60,9 @@ def runner(settings: Settings, server: HttpsServer, root: Path, cwd: Path) -> Ca
                      "https://files.example.com": server.url("").rstrip("/"),
                      "/srv/ragbus-content": str(root)}
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAGBUS_")}
+    lib = cwd / "lib"
+    lib.mkdir(exist_ok=True)
+    env["LD_LIBRARY_PATH"] = str(newer_librdkafka(lib)) if not (lib / "librdkafka.so.1").exists() else str(lib)
 
     def run(block: Block) -> str:
         code = block.code
@@ -74,7 +84,6 @@ def executable(path: Path) -> list[Block]:
 def published(stack: tuple[Stack, Settings], content_sources: tuple[HttpsServer, Path],
               tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """docs/publishing.md, run from top to bottom."""
-    kcat()
     _, settings = stack
     server, root = content_sources
     server.route("/handbook/security.html", SECURITY, content_type="text/html; charset=utf-8")
