@@ -16,7 +16,7 @@ PROMTOOL := $(TOOLS)/prometheus/usr/bin/promtool
 TORCH_INDEX ?=
 TORCH_FIND_LINKS ?= $(PIP_FIND_LINKS)
 
-.PHONY: install tools demo test test-slow test-all lint schemas dashboard lock bench image clean
+.PHONY: install tools kcat demo test test-slow test-all lint schemas dashboard lock bench image clean
 
 # Installs exactly requirements-dev.lock (hash-checked: every extra and the test tools), then ragbus itself
 # (editable). The image installs requirements.lock, the same versions without the test tools (deploy/lock.py).
@@ -40,9 +40,23 @@ $(TOOLS)/.promtool:
 		dpkg-deb -x prometheus_*.deb ../prometheus && rm -f prometheus_*.deb; }
 	touch $@
 
-# The real tools that check the deployment artefacts (tests/deploy); hadolint, kubernetes-validate and
-# check-jsonschema come with the test extra.
-tools: install $(TOOLS)/.promtool
+# What the contract tests need beyond Python (tests/unit/test_contract.py, tests/integration/test_guides.py):
+# the official AsyncAPI JSON Schemas from npm (not vendored), and kcat from Debian for the guides'
+# command-line examples.
+ASYNCAPI_SPECS := 6.11.1
+SPECS := $(VENV)/npm/node_modules/@asyncapi/specs/schemas/3.0.0.json
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(SPECS): | $(STAMP)
+	npm install --prefix $(VENV)/npm --no-audit --no-fund --silent @asyncapi/specs@$(ASYNCAPI_SPECS)
+	test -f $(SPECS)
+
+kcat:
+	@command -v kcat >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq kcat; }
+
+# The real tools the tests check artefacts with: promtool (tests/deploy), the AsyncAPI schemas and kcat
+# (the contract and the guides); hadolint, kubernetes-validate and check-jsonschema come with the test extra.
+tools: install $(TOOLS)/.promtool $(SPECS) kcat
 
 demo: install
 	$(VENV)/bin/ragbus demo

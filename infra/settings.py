@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _cfg(prefix: str) -> SettingsConfigDict:
@@ -70,6 +70,42 @@ class DeliverySettings(BaseSettings):
     #: While broken, the held batch is probed this often (doubling up to `probe_max_s`).
     probe_interval_s: float = Field(5.0, gt=0)
     probe_max_s: float = Field(120.0, gt=0)
+
+
+class FetchSettings(BaseSettings):
+    """Where a document's `content_url` may point, and how much ragbus reads (infra/content/). Nothing is
+    readable until configured: an operator opts in per scheme, host, bucket and directory."""
+
+    model_config = _cfg("RAGBUS_FETCH_")
+
+    #: Comma-separated URL prefixes ragbus may read: `https://host[:port][/path/]` (`*.` before a domain
+    #: allows its subdomains) and `s3://bucket[/prefix/]`. Empty: no https:// or s3:// content.
+    allowed_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Comma-separated directories whose files `file://` URLs may name (symlinks out of them are refused).
+    file_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    #: Largest content read from one URL; larger sources are dead-lettered unread.
+    max_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=512 * 1024 * 1024)
+    #: Time for one fetch, retries and redirects included; connecting alone gets `connect_timeout_s`.
+    timeout_s: float = Field(30.0, gt=0, le=600)
+    connect_timeout_s: float = Field(5.0, gt=0, le=60)
+    max_redirects: int = Field(3, ge=0, le=10)
+    #: Further attempts after a timeout, a dropped connection, 429 or 5xx, within `timeout_s`.
+    retries: int = Field(2, ge=0, le=5)
+    #: Let allowed host names resolve to private, loopback or other internal addresses (link-local and
+    #: cloud metadata addresses stay refused). Off: an allowed name pointing inside is refused.
+    allow_private_addresses: bool = False
+    #: CA bundle (PEM) for https sources, e.g. a company CA; default: certifi's.
+    ca_bundle: Path | None = None
+    #: S3-compatible endpoint (MinIO, Ceph, R2...) and region; credentials come from boto3's usual chain.
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+
+    @field_validator("allowed_urls", "file_roots", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part for part in value.replace(",", " ").split() if part]
+        return value
 
 
 class EmbedderSettings(BaseSettings):
@@ -189,6 +225,7 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
     chunker: ChunkerSettings = Field(default_factory=ChunkerSettings)
+    fetch: FetchSettings = Field(default_factory=FetchSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     answerer: AnswererSettings = Field(default_factory=AnswererSettings)
     anthropic: AnthropicSettings = Field(default_factory=AnthropicSettings)

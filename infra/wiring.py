@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 from infra.settings import Settings
 from kernel.errors import ConfigurationError
-from kernel.ports import AnswerModel, DocumentStore, Embedder, EmbeddingCache, VectorIndex
+from kernel.ports import AnswerModel, ContentFetcher, DocumentStore, Embedder, EmbeddingCache, VectorIndex
 
 #: ragbus's own top-level packages: a missing module among these is a broken install, not a missing extra.
 _OWN = {"infra", "kernel", "schemas", "chunking", "retrieval", "streams", "consumers", "ragbus"}
@@ -68,6 +68,14 @@ def build_index(settings: Settings, dim: int) -> VectorIndex:
     from infra.stores.lance import LanceVectorIndex
 
     return LanceVectorIndex(settings.data_dir / "lance", dim)
+
+
+def build_fetcher(settings: Settings) -> ContentFetcher:
+    """Reads content_url from the schemes, hosts, buckets and directories RAGBUS_FETCH_* allows (none by
+    default: every URL is then refused with a reason that says how to allow it)."""
+    from infra import content
+
+    return content.build(settings.fetch)
 
 
 def build_embedder(settings: Settings) -> Embedder:

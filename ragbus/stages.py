@@ -36,7 +36,7 @@ def _chunker_stage(settings: Settings, metrics: Metrics, health: Health) -> faus
     store = wiring.build_store(settings)
     split = Chunker(load_tokenizer(settings.embedder.model), settings.chunker.size_tokens,
                     settings.chunker.overlap_tokens)
-    stage = chunker.stage(split, store.get_content)
+    stage = chunker.stage(split, store.get_content, wiring.build_fetcher(settings))
     return faust_runner.build_app(settings, BatchPolicy(settings, stage, metrics, health), metrics, health)
 
 

@@ -7,9 +7,10 @@ name with a prefix from settings (so several deployments or test runs can share 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter
 
 from .events import (
     AnswerDelta,
@@ -46,6 +47,21 @@ class TopicSpec:
     def adapter(self) -> TypeAdapter[Any]:
         return _adapter(self.value_type)
 
+    def models(self) -> list[type[BaseModel]]:
+        """The event models this topic carries, in declaration order (none for a dead-letter topic)."""
+        tp = self.value_type
+        if tp is None:
+            return []
+        if get_origin(tp) is Annotated:
+            tp = get_args(tp)[0]
+        if get_origin(tp) in (Union, UnionType):
+            return list(get_args(tp))
+        return [tp]
+
+    def event_types(self) -> list[str]:
+        """The `type` values this topic accepts, e.g. document.arrived, document.deleted."""
+        return [str(m.model_fields["type"].default) for m in self.models()]
+
     def physical(self, prefix: str) -> str:
         return f"{prefix}{self.name}"
 
@@ -59,7 +75,7 @@ def _adapter(tp: Any) -> TypeAdapter[Any]:
     return _ADAPTERS[id(tp)]
 
 
-_RETAIN = {"retention.ms": _WEEK_MS, "max.message.bytes": _MESSAGE_MAX}
+_RETAIN = {"cleanup.policy": "delete", "retention.ms": _WEEK_MS, "max.message.bytes": _MESSAGE_MAX}
 
 STAGES = ("chunker", "embedder", "indexer", "status", "answerer")
 
@@ -82,7 +98,8 @@ class Topics:
     queries: TopicSpec = TopicSpec("queries.v1", QueryRequested, "query_id", None, _RETAIN, "questions")
     answers: TopicSpec = TopicSpec("answers.v1", AnswerGenerated, "query_id", None, _RETAIN, "final answers")
     answer_deltas: TopicSpec = TopicSpec(
-        "answer-deltas.v1", AnswerDelta, "query_id", None, {"retention.ms": str(24 * 3600 * 1000)},
+        "answer-deltas.v1", AnswerDelta, "query_id", None,
+        {"cleanup.policy": "delete", "retention.ms": str(24 * 3600 * 1000), "max.message.bytes": _MESSAGE_MAX},
         "streamed answer pieces, ordered per query",
     )
 
@@ -98,8 +115,8 @@ class Topics:
         if stage not in STAGES:
             raise KeyError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
         return TopicSpec(
-            f"dlq.{stage}.v1", None, "original key", 1, {"retention.ms": str(30 * 24 * 3600 * 1000),
-                                                       "max.message.bytes": _MESSAGE_MAX},
+            f"dlq.{stage}.v1", None, "original key", 1,
+            {"cleanup.policy": "delete", "retention.ms": str(30 * 24 * 3600 * 1000), "max.message.bytes": _MESSAGE_MAX},
             f"dead letters of the {stage} stage: original bytes, reason in headers",
         )
 

@@ -17,12 +17,11 @@ from typing import Any
 from confluent_kafka import TopicPartition
 
 from infra.kafka.clients import EventProducer, commit_offsets, make_consumer, partition_ids, topic_name
-from infra.kafka.records import DLQ_PREFIX, SourceRecord, headers_of
+from infra.kafka.records import SourceRecord, headers_of
 from infra.settings import Settings
 from schemas.events import DeadLetter, utcnow
+from schemas.headers import DLQ_PREFIX, REPLAYED_FROM
 from schemas.topics import STAGES, TOPICS
-
-REPLAYED_FROM = "ragbus-replayed-from"
 
 
 def _dead_letter(msg: Any) -> DeadLetter:

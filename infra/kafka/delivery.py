@@ -58,6 +58,8 @@ Wait = Callable[[float], bool]
 _PROBE_EVENTS = 3
 #: A decoded event with its index in the batch and its record.
 _Item = tuple[int, SourceRecord, Any]
+#: A wrongly keyed event is counted every time, logged at most this often per stage.
+_REKEY_LOG_EVERY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,7 @@ class BatchPolicy:
         self._metrics = metrics
         self._health = health
         self._breaker = Breaker(settings.delivery)
+        self._rekey_logged = -_REKEY_LOG_EVERY_S
         self._backoff = tenacity.wait_exponential_jitter(multiplier=self._policy.backoff_initial_s,
                                                          jitter=self._policy.backoff_initial_s,
                                                          max=self._policy.backoff_max_s)
@@ -156,6 +159,7 @@ class BatchPolicy:
                 continue
             spans.decoded(i, event)
             decoded.append((i, record, event))
+            self._check_key(record, event)
         dead = len(sends)
         if not decoded:
             return Done(sends, dead)
@@ -284,6 +288,23 @@ class BatchPolicy:
             log.error("could not report a dead-lettered event's failure", stage=self._stage.name,
                       **_fields(record, event), error=repr(hook_exc)[:300])
             return []
+
+    def _check_key(self, record: SourceRecord, event: Any) -> None:
+        """Count (and now and then log) an event that arrived without its topic's key: it is handled all the
+        same, and the stage keys its outputs correctly, but its publisher should fix its producer."""
+        if self._stage.key is None:
+            return
+        expected = self._stage.key(event)
+        if record.key == expected:
+            return
+        self._metrics.rekeyed.labels(self._stage.name).inc()
+        now = time.monotonic()
+        if now - self._rekey_logged >= _REKEY_LOG_EVERY_S:
+            self._rekey_logged = now
+            log.warning("event without its topic's key: handled and re-keyed; its publisher should key it",
+                        stage=self._stage.name, where=record.where(), correlation_id=record.correlation_id(),
+                        key=(record.key or b"")[:200].decode("utf-8", "replace") or None,
+                        expected=expected[:200].decode("utf-8", "replace"))
 
     def _crashed(self, record: SourceRecord, event: Any, exc: Exception) -> None:
         fields = _fields(record, event)

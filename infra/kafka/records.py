@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from confluent_kafka import Message
 
 from schemas.events import utcnow
+from schemas.headers import CORRELATION_ID, DLQ_PREFIX, dlq
 from schemas.topics import TOPICS
 
-DLQ_PREFIX = "ragbus-dlq-"
 Headers = list[tuple[str, str | bytes | None]]
 #: Room left in a dead letter for its key and headers.
 _DLQ_OVERHEAD = 64 * 1024
@@ -48,7 +48,7 @@ class SourceRecord:
 
     def correlation_id(self) -> str:
         for key, value in self.headers:
-            if key == "ragbus-correlation-id":
+            if key == CORRELATION_ID:
                 return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
         return ""
 
@@ -90,7 +90,7 @@ def dead_letter_headers(record: SourceRecord, stage: str, exc: BaseException, at
         "attempts": str(attempts),
     }
     kept: Headers = [(k, v) for k, v in record.headers if not k.startswith(DLQ_PREFIX)]
-    return kept + [(DLQ_PREFIX + k, v.encode()) for k, v in fields.items()]
+    return kept + [(dlq(k), v.encode()) for k, v in fields.items()]
 
 
 def dead_letter(prefix: str, max_bytes: int, stage: str, record: SourceRecord, exc: BaseException,
@@ -102,7 +102,7 @@ def dead_letter(prefix: str, max_bytes: int, stage: str, record: SourceRecord, e
     value = record.value
     limit = max_bytes - _DLQ_OVERHEAD
     if value is not None and len(value) > limit:
-        headers.append((DLQ_PREFIX + "truncated", str(len(value)).encode()))
+        headers.append((dlq("truncated"), str(len(value)).encode()))
         value = value[:limit]
     return Send(TOPICS.dead_letter(stage).physical(prefix), record.key, value, headers)
 

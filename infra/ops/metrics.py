@@ -94,6 +94,9 @@ class Metrics:
                           "Times a stage's agent or consumer loop was restarted in its process", ["stage"])
         self.last_progress = d(None, Gauge, "ragbus_last_progress_timestamp_seconds",
                                "Unix time a stage last finished a batch", ["stage"])
+        self.rekeyed = d(None, Counter, "ragbus_events_rekeyed_total",
+                         "Events that arrived without the key their topic asks for (ragbus re-keyed their "
+                         "outputs)", ["stage"])
         self.chunks = d(("indexer",), Counter, "ragbus_chunks_total", "Chunks written by the indexer", ["stage"])
         self.embed_seconds = d(("embedder",), Histogram, "ragbus_embed_seconds",
                                "Model time per embedding call (cache misses only)", buckets=DURATION_BUCKETS)
