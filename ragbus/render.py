@@ -1,4 +1,5 @@
-"""How the CLI and the demo print an answer: text, degraded reason, numbered citations.
+"""How the CLI and the demo print things: an answer (text, degraded reason, numbered citations), and
+consumer-group lag.
 
 Streamed deltas are a preview: a model that fails mid-stream is followed by its fallback's deltas, and
 the final `answer.generated` carries citation markers the deltas never had. So the CLI prints exactly the
@@ -9,7 +10,7 @@ stderr) that the final answer replaces.
 from __future__ import annotations
 
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
 import typer
 from rich.console import Console
@@ -63,3 +64,19 @@ def print_answer(answer: AnswerGenerated, out: TextIO | None = None) -> None:
         snippet = " ".join(c.text.split())[:160]
         echo(f"  [{c.rank}] {c.document_id}" + (f" ({where})" if where else "") +
              f"  score {c.score:.3f}\n      {snippet}")
+
+
+
+def print_groups(groups: list[dict[str, Any]] | str) -> None:
+    """Consumer-group lag from Kafka: committed offsets against high-water marks, per stage."""
+    if isinstance(groups, str):
+        typer.echo(f"consumer groups: {groups}")
+        return
+    typer.echo("consumer groups (lag from Kafka: high-water mark minus committed offset):")
+    for g in groups:
+        lag = "unknown (no high-water mark in time)" if g["lag"] is None else str(g["lag"])
+        members = f", {g['members']} members" if g["members"] else ""
+        never = sum(1 for p in g["partitions"] if p["committed"] is None)
+        uncommitted = f", {never} partitions never committed" if never else ""
+        typer.echo(f"  {g['stage']:<9} {g['group']} ({g['state']}{members}): lag {lag} on "
+                   f"{len(g['partitions'])} partitions{uncommitted}")

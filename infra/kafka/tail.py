@@ -7,7 +7,7 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
-from infra.kafka.clients import make_consumer, topic_name
+from infra.kafka.clients import make_consumer, partition_ids, topic_name
 from infra.kafka.serde import decode
 from infra.settings import Settings
 from kernel.errors import PoisonMessageError
@@ -26,7 +26,7 @@ class Tail:
         self._consumer = make_consumer(settings, None)
         name = topic_name(settings, spec)
         parts = []
-        for p in range(spec.partitions):
+        for p in partition_ids(self._consumer, name):
             low, high = self._consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)
             parts.append(TopicPartition(name, p, low if from_start else high))
         self._consumer.assign(parts)

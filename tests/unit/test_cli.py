@@ -63,4 +63,4 @@ def test_query_ids_must_be_printable(tmp_path: Path) -> None:
     one that could not be echoed on its own line is refused before anything is sent."""
     (tmp_path / "q.jsonl").write_text('{"id": "faq/general#3", "text": "ok"}\n{"id": "a\\nb", "text": "no"}\n')
     line = one_line_error(ragbus("ask", "--queries", str(tmp_path / "q.jsonl"), env={"RAGBUS_DATA_DIR": str(tmp_path)}))
-    assert "q.jsonl: query 2" in line and "printable" in line
+    assert "q.jsonl:2" in line and "printable" in line
