@@ -12,6 +12,9 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: Fetch wait against the local Tansu broker, which holds a fetch for its whole wait even when data arrives.
+LOCAL_FETCH_WAIT_MS = 10
+
 
 def _cfg(prefix: str) -> SettingsConfigDict:
     return SettingsConfigDict(env_prefix=prefix, extra="ignore", frozen=True)
@@ -27,9 +30,21 @@ class KafkaSettings(BaseSettings):
     session_timeout_ms: int = Field(6000, ge=1000, le=300_000)
     #: Extra librdkafka settings (JSON object), e.g. security.protocol / sasl.* for a managed cluster.
     client_config: dict[str, str] = Field(default_factory=dict)
+    #: Most events a consumer stage (indexer, status, answerer) takes as one batch.
     poll_batch: int = Field(256, ge=1, le=10_000)
+    #: How long an idle consumer stage blocks for its next event before it looks up (stop, lag). An
+    #: event that arrives is handed over at once, whatever this says.
     poll_timeout_s: float = Field(0.25, gt=0, le=10)
+    #: After a batch's first event, how much longer the indexer and status stages wait for more (0:
+    #: take only what already arrived). Under load batches fill by themselves while the previous one
+    #: is written; a linger only trades freshness for fewer, larger writes when the stream is thin.
+    batch_linger_s: float = Field(0.0, ge=0, le=10)
     message_max_bytes: int = Field(2 * 1024 * 1024, ge=1024 * 1024)
+    #: Longest a consumer's fetch waits at the broker for data (librdkafka `fetch.wait.max.ms`, aiokafka
+    #: `fetch_max_wait_ms`). Kafka answers a waiting fetch as soon as data arrives, so there this only
+    #: bounds idle requests; the local Tansu broker answers only when the wait runs out, so every hop
+    #: through it costs up to this long. Unset: 10 ms against the local broker, 500 ms otherwise.
+    fetch_wait_max_ms: int | None = Field(None, ge=1, le=30_000)
 
 
 class DecodeSettings(BaseSettings):
@@ -166,6 +181,12 @@ class Settings(BaseSettings):
 
     def broker_file(self) -> Path:
         return self.data_dir / "broker.json"
+
+    def fetch_wait_ms(self) -> int:
+        """The consumers' fetch wait: as configured, else short for the local broker (see KafkaSettings)."""
+        if self.kafka.fetch_wait_max_ms is not None:
+            return self.kafka.fetch_wait_max_ms
+        return LOCAL_FETCH_WAIT_MS if self.kafka.bootstrap_servers is None else 500
 
     def resolve_bootstrap(self) -> str | None:
         """The configured bootstrap servers, else the local broker recorded by `ragbus up`."""

@@ -131,23 +131,47 @@ def new_correlation() -> str:
     return f"ingest-{uuid.uuid4().hex[:12]}"
 
 
-def ask_many(settings: Settings, queries: list[QueryRequested], timeout_s: float,
-             on_delta: Callable[[AnswerDelta], None] | None = None) -> dict[str, AnswerGenerated]:
-    """Publish queries and collect exactly one answer per query id (or none when the deadline passes)."""
-    producer = EventProducer(settings)
-    with Tail(settings, TOPICS.answers) as answers, Tail(settings, TOPICS.answer_deltas) as deltas:
+class QueryClient:
+    """A long-lived query client: one producer and one reader of the answers and deltas topics, kept
+    open across queries, so a query costs one publish and the wait for its answer (no connection set-up,
+    no group join). Use it as a context manager; `ask` may be called any number of times."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._producer = EventProducer(settings)
+        self._replies = Tail(settings, TOPICS.answers, TOPICS.answer_deltas)
+
+    def ask(self, queries: list[QueryRequested], timeout_s: float,
+            on_delta: Callable[[AnswerDelta], None] | None = None) -> dict[str, AnswerGenerated]:
+        """Publish queries and collect exactly one answer per query id (or none when the deadline passes)."""
         for q in queries:
-            producer.send(TOPICS.queries, q.query_id, q)
-        producer.flush()
+            self._producer.send(TOPICS.queries, q.query_id, q)
+        self._producer.flush()
         wanted = {q.query_id for q in queries}
         got: dict[str, AnswerGenerated] = {}
         deadline = time.monotonic() + timeout_s
-        while wanted - got.keys() and time.monotonic() < deadline:
-            if on_delta is not None:
-                for d in deltas.poll(0.05):
-                    if isinstance(d, AnswerDelta) and d.query_id in wanted:
-                        on_delta(d)
-            for a in answers.poll(0.2):
-                if a.query_id in wanted and a.query_id not in got:
-                    got[a.query_id] = a
+        while wanted - got.keys() and (left := deadline - time.monotonic()) > 0:
+            for event in self._replies.poll(min(left, 0.5)):
+                if event.query_id not in wanted:
+                    continue
+                if isinstance(event, AnswerDelta):
+                    if on_delta is not None and event.query_id not in got:
+                        on_delta(event)
+                elif event.query_id not in got:
+                    got[event.query_id] = event
         return got
+
+    def close(self) -> None:
+        self._replies.close()
+
+    def __enter__(self) -> QueryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def ask_many(settings: Settings, queries: list[QueryRequested], timeout_s: float,
+             on_delta: Callable[[AnswerDelta], None] | None = None) -> dict[str, AnswerGenerated]:
+    """Publish queries and collect exactly one answer per query id (or none when the deadline passes)."""
+    with QueryClient(settings) as client:
+        return client.ask(queries, timeout_s, on_delta)

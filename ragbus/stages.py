@@ -60,7 +60,7 @@ def consumer(settings: Settings, name: str, metrics: Metrics, health: Health | N
     """A consumer stage wired to its adapters; its runner owns the producer and the commits."""
     producer = EventProducer(settings)
     store = wiring.build_store(settings)
-    batch, window = settings.kafka.poll_batch, settings.kafka.poll_timeout_s
+    batch, window = settings.kafka.poll_batch, settings.kafka.batch_linger_s
     stage: Stage
     if name == "status":
         stage = status.stage(store, batch, window)
@@ -78,9 +78,11 @@ def consumer(settings: Settings, name: str, metrics: Metrics, health: Health | N
             def emit(out: Out) -> None:  # streamed deltas go out at once, ahead of the batch's commit
                 producer.send(out.topic, out.key, out.event)
 
+            # No linger for queries: a lone query is answered at once, and queries that arrive together
+            # still form one batch (answered concurrently) because they are in the queue already.
             stage = answerer.Answerer(retriever, wiring.build_answer_model(settings), store, metrics, emit,
                                       concurrency=settings.answerer.concurrency,
-                                      cache_answers=settings.answerer.cache_answers).stage(batch, window)
+                                      cache_answers=settings.answerer.cache_answers).stage(batch, 0.0)
     return consumer_runner.ConsumerRunner(settings, BatchPolicy(settings, stage, metrics, health), producer, health)
 
 

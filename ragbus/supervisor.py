@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from infra.kafka.broker import LocalBroker
 from infra.kafka.clients import check_reachable, ensure_topics
 from infra.ops import logs
-from infra.settings import Settings
+from infra.settings import LOCAL_FETCH_WAIT_MS, Settings
 
 log = logs.get(__name__)
 
@@ -73,6 +73,8 @@ class Stack:
             self._broker.record_in(self._settings.broker_file())
             self.bootstrap = self._broker.bootstrap
             self._env.setdefault("RAGBUS_KAFKA_SESSION_TIMEOUT_MS", LOCAL_SESSION_TIMEOUT_MS)
+            # the children are given the broker's address explicitly, so tell them it is the local one
+            self._env.setdefault("RAGBUS_KAFKA_FETCH_WAIT_MAX_MS", str(LOCAL_FETCH_WAIT_MS))
             log.info("local broker started", bootstrap=self.bootstrap, note="memory-only storage")
         self._env["RAGBUS_KAFKA_BOOTSTRAP_SERVERS"] = self.bootstrap
         self._env["RAGBUS_DATA_DIR"] = str(data.resolve())
