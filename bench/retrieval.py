@@ -73,7 +73,7 @@ def main() -> None:
         for i in range(0, len(records), 2000):
             index.upsert(records[i:i + 2000])
         if not args.no_optimize:
-            index.maintain()  # what the indexer does every 30 s: fold the new rows into the full-text index
+            index.maintain()  # what the indexer's upkeep thread does: fold the new rows into the full-text index
         qvecs = embedder.embed([q["text"] for q in queries])
         results = {}
         for alpha in (float(a) for a in args.alphas.split(",")):

@@ -87,7 +87,25 @@ class EmbedderSettings(BaseSettings):
     #: Events per micro-batch (across documents) and the longest wait to fill one.
     max_batch_events: int = Field(64, ge=1, le=10_000)
     batch_window_s: float = Field(0.05, ge=0, le=10)
-    threads: int = Field(0, ge=0, le=256, description="torch threads; 0 = torch's default")
+    threads: int = Field(0, ge=0, le=256, description="threads of the model; 0 = the runtime's default")
+    #: "onnx": ONNX Runtime on a model exported once from the same weights (infra/models/onnx_embedder.py);
+    #: "torch": sentence-transformers on torch, the reference.
+    backend: Literal["onnx", "torch"] = "torch"
+    #: The ONNX model's MatMul weights in int8 (per-channel dynamic quantisation); false keeps float32.
+    onnx_int8: bool = True
+    #: Where exported ONNX models are cached; unset: `<RAGBUS_DATA_DIR>/models`.
+    onnx_dir: Path | None = None
+
+
+class IndexSettings(BaseSettings):
+    """The vector index's upkeep (the embedded LanceDB index; Weaviate maintains itself)."""
+
+    model_config = _cfg("RAGBUS_INDEX_")
+
+    #: How often the indexer process folds new rows into the index's full-text and vector indexes and
+    #: compacts (in its own thread, off the commit path). Until then new rows are searched by a scan,
+    #: which grows with the rows written since the last run.
+    maintain_every_s: float = Field(2.0, gt=0, le=3600)
 
 
 class ChunkerSettings(BaseSettings):
@@ -170,11 +188,15 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
     chunker: ChunkerSettings = Field(default_factory=ChunkerSettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     answerer: AnswererSettings = Field(default_factory=AnswererSettings)
     anthropic: AnthropicSettings = Field(default_factory=AnthropicSettings)
     weaviate: WeaviateSettings = Field(default_factory=WeaviateSettings)
     mongodb: MongoSettings = Field(default_factory=MongoSettings)
+
+    def onnx_dir(self) -> Path:
+        return self.embedder.onnx_dir or self.data_dir / "models"
 
     def health_dir(self) -> Path:
         return self.data_dir / "health"

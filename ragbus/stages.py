@@ -19,6 +19,7 @@ from infra.ops.health import Health, serve
 from infra.ops.metrics import Metrics
 from infra.settings import Settings
 from kernel.errors import ConfigurationError
+from kernel.ports import VectorIndex
 from kernel.stage import Out, Stage
 from retrieval.retriever import Retriever
 from schemas.topics import STAGES
@@ -55,9 +56,30 @@ def _embedder_stage(settings: Settings, metrics: Metrics, health: Health) -> fau
     return faust_runner.build_app(settings, BatchPolicy(settings, stage, metrics, health), metrics, health)
 
 
-def consumer(settings: Settings, name: str, metrics: Metrics, health: Health | None = None
-             ) -> consumer_runner.ConsumerRunner:
-    """A consumer stage wired to its adapters; its runner owns the producer and the commits."""
+#: Work a stage process does in its own thread beside its batches, until the stop event is set.
+Upkeep = Callable[[threading.Event], None]
+
+
+def maintain_forever(index: VectorIndex, every_s: float) -> Upkeep:
+    """The indexer process keeps its vector index in shape in a thread of its own (LanceDB's optimize and
+    the ANN build): a write, its commit and the searches never wait for it."""
+    def run(stop: threading.Event) -> None:
+        failures = 0
+        while not stop.wait(every_s):
+            try:
+                index.maintain()
+                failures = 0
+            except Exception as exc:  # searches stay correct (new rows are scanned); the next run retries
+                failures += 1
+                (log.error if failures >= 3 else log.warning)(
+                    "index maintenance failed; retrying at the next run", failures=failures, error=repr(exc)[:300])
+    return run
+
+
+def consumer(settings: Settings, name: str, metrics: Metrics, health: Health | None = None,
+             upkeep: list[Upkeep] | None = None) -> consumer_runner.ConsumerRunner:
+    """A consumer stage wired to its adapters; its runner owns the producer and the commits. Background
+    work the stage needs (the indexer's index maintenance) is appended to `upkeep`."""
     producer = EventProducer(settings)
     store = wiring.build_store(settings)
     batch, window = settings.kafka.poll_batch, settings.kafka.batch_linger_s
@@ -71,6 +93,8 @@ def consumer(settings: Settings, name: str, metrics: Metrics, health: Health | N
         index = wiring.build_index(settings, dim)
         if name == "indexer":
             stage = indexer.Indexer(index, store, metrics, dim).stage(batch, window)
+            if upkeep is not None:
+                upkeep.append(maintain_forever(index, settings.index.maintain_every_s))
         else:
             retriever = Retriever(wiring.build_embedder(settings), index, alpha=settings.retrieval.alpha,
                                   candidates=settings.retrieval.candidates)
@@ -109,7 +133,8 @@ def run_workers(settings: Settings, names: list[str]) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    runners = [consumer(settings, n, metrics, healths[n]) for n in names]
+    upkeep: list[Upkeep] = []
+    runners = [consumer(settings, n, metrics, healths[n], upkeep) for n in names]
     errors: list[BaseException] = []
 
     def guard(fn: Callable[[threading.Event], None]) -> Callable[[threading.Event], None]:
@@ -126,6 +151,8 @@ def run_workers(settings: Settings, names: list[str]) -> None:
                for r, n in zip(runners, names, strict=True)]
     for t in threads:
         t.start()
+    for i, work in enumerate(upkeep):  # daemons: they hold no batch, and stop at the next wake-up
+        threading.Thread(target=work, args=(stop,), name=f"ragbus-upkeep-{i}", daemon=True).start()
     while any(t.is_alive() for t in threads):  # short joins: the main thread stays free to take signals
         for t in threads:
             t.join(0.2)
