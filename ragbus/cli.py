@@ -81,7 +81,11 @@ def embedder_export() -> None:
 def ingest(paths: list[Path] = typer.Argument(..., help="files, directories or .jsonl files"),
            tenant: str = typer.Option("default", help="tenant the documents belong to"),
            wait: bool = typer.Option(False, "--wait", help="return when every document is searchable"),
-           timeout: float = typer.Option(600.0, help="seconds --wait waits at most")) -> None:
+           idle_timeout: float = typer.Option(
+               120.0, min=1, help="--wait gives up after this many seconds without any progress in the pipeline"),
+           timeout: float = typer.Option(None, min=1, help="--wait gives up after this many seconds in all "
+                                                           "(default: no limit while the pipeline progresses)")
+           ) -> None:
     """Publish one document-arrived event per file (or per JSONL line)."""
     from rich.progress import Progress
 
@@ -105,13 +109,15 @@ def ingest(paths: list[Path] = typer.Argument(..., help="files, directories or .
             return
         with Progress(transient=False) as progress:
             bar = progress.add_task("indexing", total=len(events))
-            final = wait_final(tail, events, timeout, lambda _: progress.advance(bar))
+            final = wait_final(tail, events, timeout, lambda _: progress.advance(bar), idle_timeout_s=idle_timeout)
     failed = [s for s in final.values() if s.status.value == "failed"]
     missing = [e.document_id for e in events if e.document_id not in final]
     for s in failed:
         typer.echo(f"failed: {s.document_id}: {s.error}", err=True)
+    why = (f"no progress for {idle_timeout:.0f}s" if timeout is None
+           else f"not finished within {timeout:.0f}s or no progress for {idle_timeout:.0f}s")
     for m in missing:
-        typer.echo(f"not finished within {timeout:.0f}s: {m}", err=True)
+        typer.echo(f"unfinished ({why}): {m}", err=True)
     typer.echo(f"{len(final) - len(failed)} indexed, {len(failed)} failed, {len(missing)} unfinished", err=True)
     if failed or missing:
         raise typer.Exit(1)

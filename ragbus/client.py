@@ -111,14 +111,25 @@ def publish(settings: Settings, producer: EventProducer, events: Iterable[Docume
     return sent
 
 
-def wait_final(tail: Tail, events: list[DocumentArrived], timeout_s: float,
-               progress: Callable[[DocumentStatus], None] | None = None) -> dict[str, DocumentStatus]:
-    """Follow status.v1 until every published document version is indexed or failed."""
+def wait_final(tail: Tail, events: list[DocumentArrived], timeout_s: float | None = None,
+               progress: Callable[[DocumentStatus], None] | None = None,
+               idle_timeout_s: float | None = None) -> dict[str, DocumentStatus]:
+    """Follow status.v1 until every published document version is indexed or failed.
+
+    Gives up after `timeout_s` in all (None: no limit), or after `idle_timeout_s` without progress (None: no
+    limit): no status event at all, for any document, so a long ingest that keeps moving is followed to its
+    end however long it takes, and a stalled one is reported once it has stopped moving.
+    """
     wanted = {(e.tenant, e.document_id): e.effective_version for e in events}
     final: dict[str, DocumentStatus] = {}
-    deadline = time.monotonic() + timeout_s
-    while len(final) < len(wanted) and time.monotonic() < deadline:
+    now = time.monotonic()
+    deadline = now + timeout_s if timeout_s is not None else float("inf")
+    moved = now
+    while len(final) < len(wanted) and (now := time.monotonic()) < deadline:
+        if idle_timeout_s is not None and now - moved > idle_timeout_s:
+            break
         for st in tail.poll(0.5):
+            moved = time.monotonic()  # any status means the pipeline is moving
             key = (st.tenant, st.document_id)
             if key in wanted and st.version >= wanted[key] and st.status.final and st.document_id not in final:
                 final[st.document_id] = st
