@@ -108,3 +108,52 @@ def percentile(values: list[float], p: float) -> float:
         return float("nan")
     k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
     return ordered[k]
+
+
+def real_rows(settings: Settings, tenant: str = "default") -> tuple[list[str], Any]:
+    """Texts and vectors of the real chunks in the data directory's index (for synthetic neighbours)."""
+    import numpy as np
+
+    index = wiring.build_index(settings, embedding_dim(settings.embedder.model))
+    table = index._table  # type: ignore[attr-defined]  # the benchmark reads LanceDB directly
+    rows = table.search().where(f"tenant = '{tenant}'").select(["text", "vector"]).limit(10_000_000).to_arrow()
+    vectors = np.stack(rows.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
+    return rows.column("text").to_pylist(), vectors
+
+
+def synthetic_fill(settings: Settings, total: int, tenant: str = "default", seed: int = 13,
+                   batch: int = 5000, say: Any = print) -> int:
+    """Top the index up to `total` chunks with synthetic ones: each a real chunk's vector plus Gaussian noise
+    (cosine ~0.9 to it: a cluster of near neighbours around every real chunk, a hard case for an ANN index)
+    and a text of words drawn from real chunks. For the largest sizes, where embedding real text would
+    take hours; the real chunks must be preloaded first."""
+    import numpy as np
+
+    index = wiring.build_index(settings, embedding_dim(settings.embedder.model))
+    have = index.count(tenant)
+    if have >= total:
+        return have
+    texts, vectors = real_rows(settings, tenant)
+    words = " ".join(texts).split()
+    rng = np.random.default_rng(seed)
+    store = wiring.build_store(settings)
+    started = time.perf_counter()
+    n = have
+    while n < total:
+        size = min(batch, total - n)
+        base = rng.integers(0, len(vectors), size)
+        noisy = vectors[base] + rng.normal(scale=0.45 / np.sqrt(vectors.shape[1]), size=(size, vectors.shape[1]))
+        noisy = (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
+        records = []
+        for i in range(size):
+            start = int(rng.integers(0, len(words) - 160))
+            doc = f"synthetic-{(n + i) // 8}"
+            records.append(ChunkRecord(chunk_uuid(tenant, doc, 1, (n + i) % 8), tenant, doc, 1, (n + i) % 8,
+                                       " ".join(words[start:start + 150]), noisy[i], f"Synthetic {doc}", (),
+                                       "synthetic"))
+        index.upsert(records)
+        store.upsert_chunks(records)
+        n += size
+        say(f"  synthetic fill {n}/{total} ({(n - have) / (time.perf_counter() - started):.0f}/s)")
+    index.maintain()
+    return index.count(tenant)
