@@ -80,7 +80,9 @@ def consumer(settings: Settings, name: str, metrics: Metrics, health: Health | N
              upkeep: list[Upkeep] | None = None) -> consumer_runner.ConsumerRunner:
     """A consumer stage wired to its adapters; its runner owns the producer and the commits. Background
     work the stage needs (the indexer's index maintenance) is appended to `upkeep`."""
-    producer = EventProducer(settings)
+    # The answerer's deltas are sent one by one as the model's tokens arrive and nothing flushes them:
+    # no linger, so each leaves at once (batch outputs are flushed before the commit either way).
+    producer = EventProducer(settings, **({"linger.ms": 0} if name == "answerer" else {}))
     store = wiring.build_store(settings)
     batch, window = settings.kafka.poll_batch, settings.kafka.batch_linger_s
     stage: Stage
