@@ -76,7 +76,8 @@ def recall(index: LanceVectorIndex, vectors: np.ndarray[Any, Any], ids: list[str
     hits = []
     for q in queries:
         exact = {ids[i] for i in np.argsort(-(vectors @ q))[:10]}
-        got = {h.chunk_id for h in index.hybrid_search("default", "", q, limit=10, alpha=1.0, candidates=10)}
+        # the vector side exactly as retrieval runs it: the best `candidates` (50), of which the top 10 count
+        got = {h.chunk_id for h in index.hybrid_search("default", "", q, limit=10, alpha=1.0, candidates=50)}
         hits.append(len(exact & got) / 10)
     return round(float(np.mean(hits)), 4)
 
