@@ -19,7 +19,7 @@ from typing import Any
 import lancedb
 import numpy as np
 import pyarrow as pa
-from lancedb.index import FTS, BTree, IvfHnswSq
+from lancedb.index import FTS, Bitmap, BTree, IvfHnswSq
 from lancedb.query import MatchQuery
 
 from kernel.errors import ConfigurationError
@@ -169,6 +169,9 @@ class LanceVectorIndex:
         with self._maintaining:
             table = self._table
             try:
+                if "tenant" not in self._indexed_columns():
+                    # every search prefilters on tenant: without an index that filter scans the whole column
+                    table.create_index("tenant", config=Bitmap(), replace=False)
                 if table.count_rows() >= ANN_MIN_ROWS and not self._has_ann():
                     table.create_index("vector", config=IvfHnswSq(distance_type="cosine"))
                 if self._due():
@@ -180,9 +183,12 @@ class LanceVectorIndex:
                 if "Retryable commit conflict" not in str(exc):
                     raise
 
+    def _indexed_columns(self) -> set[str]:
+        return {c for i in self._table.list_indices() for c in i.columns}
+
     def _has_ann(self) -> bool:
         # LanceDB names the type "IvfHnswSq" (not "IVF_..."): look for an index on the vector column
-        return any("vector" in i.columns for i in self._table.list_indices())
+        return "vector" in self._indexed_columns()
 
     def _due(self) -> bool:
         """Rows outside the full-text index (searched by a scan) or small fragments to merge."""

@@ -55,6 +55,7 @@ def test_maintenance_beside_writes_and_deletes_loses_nothing(tmp_path: Path) -> 
     for doc in range(40):
         expected = 3 if doc % 4 == 0 else 5
         assert len(index.chunk_versions("default", f"doc-{doc}")) == expected, doc
+    assert "tenant" in index._indexed_columns()  # the tenant prefilter of every search is indexed
     # every row is in the full-text index now: nothing is left to scan
     stats = index._table.index_stats("search_text_idx")
     assert stats is not None and stats.num_unindexed_rows == 0
