@@ -2,8 +2,10 @@
 
     python bench/latency.py [--chunks 20000] [--queries 100] [--burst 100] [--data-dir DIR] [--json]
 
-1. Fills a data directory with `--chunks` real chunks (bench/corpus.py; reused when `--data-dir` already
-   holds them) and starts the stack on it as `ragbus up` does (local broker, every stage a process).
+1. Fills a data directory with `--chunks` chunks (bench/corpus.py; reused when `--data-dir` already holds
+   them): real ones as far as pydocs-faq-dev goes (~40k; a document that would overshoot is left out), topped
+   up to exactly `--chunks` with synthetic neighbours of them (`synthetic_fill`; for 200k), and starts the
+   stack on it as `ragbus up` does (local broker, every stage a process).
 2. A long-lived client (one producer, one reader of the answer topics: `ragbus.client.QueryClient`)
    publishes a retrieve-only query (the FAQ questions of pydocs-faq-dev, in turn) and waits for its
    answer event, `--queries` times one after another, after 5 warm-up queries.
@@ -28,7 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.corpus import percentile, preload, questions, rss_mb
+from bench.corpus import percentile, preload, questions, rss_mb, synthetic_fill
+from infra import wiring
+from infra.models.embedder import embedding_dim
 from infra.ops import logs
 from infra.settings import Settings
 from ragbus.client import QueryClient
@@ -39,6 +43,11 @@ from schemas.events import QueryRequested
 def summary(values: list[float]) -> dict[str, float]:
     return {"p50": round(percentile(values, 50), 1), "p95": round(percentile(values, 95), 1),
             "p99": round(percentile(values, 99), 1), "max": round(max(values), 1)}
+
+
+def synthetic_count(settings: Settings) -> int:
+    index = wiring.build_index(settings, embedding_dim(settings.embedder.model))
+    return int(index._table.count_rows("source = 'synthetic'"))  # type: ignore[attr-defined]  # LanceDB directly
 
 
 def measure(settings: Settings, n: int, burst: int) -> dict[str, object]:
@@ -88,7 +97,10 @@ def main() -> None:
         logs.configure(settings.log_level, settings.log_format, quiet_clients=True)
         say = (lambda _: None) if args.json else print
         chunks = preload(settings, args.chunks, say=say)
-        result = {"chunks": chunks, "queries": args.queries, "embedder": settings.embedder.backend,
+        if chunks < args.chunks:
+            chunks = synthetic_fill(settings, args.chunks, say=say)
+        result = {"chunks": chunks, "synthetic_chunks": synthetic_count(settings), "queries": args.queries,
+                  "embedder": settings.embedder.backend,
                   **measure(settings, args.queries, args.burst),
                   "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
                   "date": time.strftime("%Y-%m-%d")}
