@@ -3,31 +3,73 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ragbus-installed
+LOCK := requirements.lock
+DEV_LOCK := requirements-dev.lock
+TOOLS := .tools
+UV_VERSION := 0.13.8
+UV := $(TOOLS)/uv/bin/uv
+# promtool (alert rules and scrape config checks) from Debian's prometheus package, unpacked here: no
+# service is installed or started. A promtool already on PATH is used instead.
+PROMTOOL := $(TOOLS)/prometheus/usr/bin/promtool
+# Where the CPU-only torch wheel comes from. On the project's machines pip's own find-links has it; elsewhere
+# pass the PyTorch CPU index: `make install TORCH_INDEX=https://download.pytorch.org/whl/cpu`.
+TORCH_INDEX ?=
+TORCH_FIND_LINKS ?= $(PIP_FIND_LINKS)
 
-.PHONY: install demo test test-slow test-all lint schemas bench clean
+.PHONY: install tools kcat demo test test-slow test-all lint schemas dashboard lock bench image clean
 
-$(STAMP): pyproject.toml
+# Installs exactly requirements-dev.lock (hash-checked: every extra and the test tools), then ragbus itself
+# (editable). The image installs requirements.lock, the same versions without the test tools (deploy/lock.py).
+$(STAMP): pyproject.toml $(LOCK) $(DEV_LOCK)
+	$(PYTHON) deploy/lock.py check
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# torch first and pinned: 2.13.0 is a local CPU wheel here; other specs pull GBs of CUDA packages.
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,torch]'
+	$(PY) -m pip install -q --no-deps $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) \
+		"$$($(PYTHON) deploy/lock.py torch)"
+	$(PY) -m pip install -q --no-deps --require-hashes -r $(DEV_LOCK)
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip check
 	# the ONNX embedding model, exported once from the packaged weights into .ragbus/models
 	$(VENV)/bin/ragbus embedder export
 	touch $(STAMP)
 
 install: $(STAMP)
 
+$(TOOLS)/.promtool:
+	command -v promtool >/dev/null || test -x $(PROMTOOL) || { \
+		mkdir -p $(TOOLS)/deb && cd $(TOOLS)/deb && \
+		{ apt-get download prometheus 2>/dev/null || { apt-get update -q && apt-get download prometheus; }; } && \
+		dpkg-deb -x prometheus_*.deb ../prometheus && rm -f prometheus_*.deb; }
+	touch $@
+
+# What the contract tests need beyond Python (tests/unit/test_contract.py, tests/integration/test_guides.py):
+# the official AsyncAPI JSON Schemas from npm (not vendored), and kcat from Debian for the guides'
+# command-line examples.
+ASYNCAPI_SPECS := 6.11.1
+SPECS := $(VENV)/npm/node_modules/@asyncapi/specs/schemas/3.0.0.json
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(SPECS): | $(STAMP)
+	npm install --prefix $(VENV)/npm --no-audit --no-fund --silent @asyncapi/specs@$(ASYNCAPI_SPECS)
+	test -f $(SPECS)
+
+kcat:
+	@command -v kcat >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq kcat; }
+
+# The real tools the tests check artefacts with: promtool (tests/deploy), the AsyncAPI schemas and kcat
+# (the contract and the guides); hadolint, kubernetes-validate and check-jsonschema come with the test extra.
+tools: install $(TOOLS)/.promtool $(SPECS) kcat
+
 demo: install
 	$(VENV)/bin/ragbus demo
 
-test: install
+test: tools
 	$(PY) -m pytest
 
-test-slow: install
+test-slow: tools
 	$(PY) -m pytest -m slow
 
-test-all: install
+test-all: tools
 	$(PY) -m pytest -m 'not llm'
 
 lint: install
@@ -37,8 +79,33 @@ lint: install
 schemas: install
 	$(PY) -m schemas.generate
 
+dashboard: install
+	$(PY) deploy/grafana/dashboard.py
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)/uv
+	$(TOOLS)/uv/bin/pip install -q uv==$(UV_VERSION)
+
+# Re-resolve both lockfiles after a change to pyproject.toml's dependencies (pins already in the locks are kept
+# where they still fit; `make lock UPGRADE=1` moves everything to the newest allowed versions). The runtime lock
+# is resolved within the dev lock, so both hold the same versions.
+LOCK_FLAGS = --python-version 3.11 --python-platform x86_64-manylinux_2_28 --constraint deploy/constraints.txt \
+	--generate-hashes --no-emit-package torch $(foreach d,$(TORCH_FIND_LINKS),--find-links $(d)) \
+	$(if $(TORCH_INDEX),--index $(TORCH_INDEX) --index-strategy unsafe-best-match) \
+	--custom-compile-command "make lock" --quiet
+lock: $(UV)
+	$(UV) pip compile pyproject.toml --all-extras $(LOCK_FLAGS) $(if $(UPGRADE),--upgrade) -o $(DEV_LOCK)
+	$(UV) pip compile pyproject.toml --extra all $(LOCK_FLAGS) --constraint $(DEV_LOCK) -o $(LOCK)
+	$(PYTHON) deploy/lock.py stamp
+	$(PYTHON) deploy/lock.py check
+
 bench: install
 	$(PY) bench/ingest.py ../shared/data/pydocs-faq-dev/pages.jsonl --limit 40
 
+# Needs a container engine (there is none on the project's own machines: CI lints the Dockerfile and runs
+# its entry command instead, tests/deploy/test_image.py).
+image:
+	docker build --build-arg REVISION=$$(git rev-parse --short HEAD) -t ragbus:$$(git describe --always --dirty) .
+
 clean:
-	rm -rf $(VENV) .ragbus .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(TOOLS) .ragbus .pytest_cache .ruff_cache .mypy_cache

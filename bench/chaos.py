@@ -46,7 +46,7 @@ from confluent_kafka import TopicPartition
 
 from chunking.splitter import Chunker
 from infra import wiring
-from infra.kafka.clients import EventProducer, make_consumer, topic_name
+from infra.kafka.clients import EventProducer, make_consumer, partition_ids, topic_name
 from infra.models.embedder import embedding_dim, load_tokenizer
 from infra.ops import logs
 from infra.settings import Settings
@@ -95,7 +95,7 @@ class Killer(threading.Thread):
 def answers_by_query(settings: Settings) -> dict[str, set[str]]:
     consumer = make_consumer(settings, None)
     name = topic_name(settings, TOPICS.answers)
-    consumer.assign([TopicPartition(name, p, 0) for p in range(TOPICS.answers.partitions)])
+    consumer.assign([TopicPartition(name, p, 0) for p in partition_ids(consumer, name)])
     seen: dict[str, set[str]] = defaultdict(set)
     while batch := consumer.consume(1000, 2.0):
         for m in batch:
@@ -112,7 +112,8 @@ def dead_letter_keys(settings: Settings) -> dict[str, set[str]]:
     for stage in ("chunker", "embedder", "indexer", "status", "answerer"):
         spec = TOPICS.dead_letter(stage)
         consumer = make_consumer(settings, None)
-        consumer.assign([TopicPartition(topic_name(settings, spec), p, 0) for p in range(spec.partitions)])
+        name = topic_name(settings, spec)
+        consumer.assign([TopicPartition(name, p, 0) for p in partition_ids(consumer, name)])
         keys: set[str] = set()
         while batch := consumer.consume(1000, 2.0):
             keys.update((m.key() or b"").decode() for m in batch if m.error() is None)

@@ -33,7 +33,8 @@ def _clean_heading(text: str) -> str:
 
 
 def markdown_sections(text: str) -> list[Section]:
-    """Cut Markdown at its headings; each section keeps the path of headings above it."""
+    """Cut Markdown at its headings; each section keeps the path of headings above it. A document of
+    headings only (an outline, a title page) is its headings: each becomes a section of its own text."""
     lines = text.splitlines()
     tokens = MarkdownIt("commonmark").parse(text)
     heads: list[tuple[int, int, int, str]] = []  # (start line, end line, level, title)
@@ -42,6 +43,7 @@ def markdown_sections(text: str) -> list[Section]:
             title = tokens[i + 1].content if i + 1 < len(tokens) else ""
             heads.append((tok.map[0], tok.map[1], int(tok.tag[1]), _clean_heading(title)))
     sections: list[Section] = []
+    titles: list[Section] = []
     stack: list[tuple[int, str]] = []
     start = 0
     path: tuple[str, ...] = ()
@@ -53,11 +55,13 @@ def markdown_sections(text: str) -> list[Section]:
             stack.pop()
         stack.append((level, title))
         path = tuple(t for _, t in stack)[:MAX_SECTION_DEPTH]
+        if title:
+            titles.append(Section(path, title))
         start = h_end
     body = "\n".join(lines[start:]).strip()
     if body:
         sections.append(Section(path, body))
-    return sections
+    return sections or titles
 
 
 def html_sections(html: str) -> list[Section]:

@@ -23,7 +23,8 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from infra.ops.metrics import Metrics
+from infra.ops import tracing
+from infra.ops.metrics import Freshness, Metrics
 from kernel.errors import AnswerModelError, ConfigurationError, RetryableError
 from kernel.ports import AnswerModel, DocumentStore, GeneratedAnswer, OnDelta, SearchHit
 from kernel.stage import Emit, Out, PerEvent, Stage
@@ -61,15 +62,26 @@ class Answerer:
         return Stage(name=STAGE, source=TOPICS.queries, handle=self.handle, max_batch=max_batch, window_s=window_s)
 
     def handle(self, queries: Sequence[QueryRequested]) -> list[PerEvent]:
-        futures = [self._pool.submit(self.answer, q) for q in queries]
+        started = utcnow()
+        # each query is answered under its own trace span and log fields, in the pool's threads
+        futures = [self._pool.submit(tracing.for_event(q, self.answer), q) for q in queries]
         results: list[PerEvent] = []
+        answered: list[tuple[QueryRequested, AnswerGenerated]] = []
         for q, future in zip(queries, futures, strict=True):
             try:
-                results.append([Out(TOPICS.answers, q.query_id.encode(), future.result())])
+                answer = future.result()
             except (RetryableError, ConfigurationError):
                 raise  # about the stage (a store down, a rejected key), not this query
             except Exception as exc:  # this query's own failure: dead-lettered, the others are answered
                 results.append(exc)
+                continue
+            results.append([Out(TOPICS.answers, q.query_id.encode(), answer)])
+            answered.append((q, answer))
+        done = utcnow()  # the batch's answers are published now
+        for q, answer in answered:
+            if answer.occurred_at >= started:  # made now, not a stored answer replayed for a redelivery
+                self._metrics.freshness.labels(Freshness.QUERY).observe(
+                    max(0.0, (done - q.occurred_at).total_seconds()))
         return results
 
     def answer(self, q: QueryRequested) -> AnswerGenerated:
@@ -79,7 +91,9 @@ class Answerer:
             return AnswerGenerated.model_validate_json(stored)
         started = time.perf_counter()
         remaining_s = q.deadline_ms / 1000 - (utcnow() - q.occurred_at).total_seconds()
-        hits = self._retriever.retrieve(q.tenant, q.text, q.top_k, q.filters)
+        with tracing.span("retrieve", {"ragbus.top_k": q.top_k}) as span:
+            hits = self._retriever.retrieve(q.tenant, q.text, q.top_k, q.filters)
+            span.set_attribute("ragbus.hits", len(hits))
         retrieved = time.perf_counter()
         common = {"tenant": q.tenant, "correlation_id": q.correlation_id or q.query_id, "query_id": q.query_id,
                   "question": q.text}

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from infra.ops.metrics import Metrics
+from infra.ops.metrics import Freshness, Metrics
 from kernel.errors import PoisonMessageError
 from kernel.ports import ChunkRecord, DocumentRecord, DocumentStore, VectorIndex
 from kernel.stage import Out, PerEvent, Stage, failed_status
 from kernel.versions import cleanup_bound, superseded
-from schemas.events import ChunksEmbedded, DocumentDeleted, DocumentStatus, Status, chunk_uuid
+from schemas.events import ChunksEmbedded, DocumentDeleted, DocumentStatus, Status, chunk_uuid, utcnow
 from schemas.topics import TOPICS, document_key
 
 STAGE = "indexer"
@@ -119,6 +119,9 @@ class Indexer:
         bound = cleanup_bound(doc) if doc is not None else ev.version
         self._index.delete_versions(ev.tenant, ev.document_id, below=bound)
         self._store.delete_chunk_versions(ev.tenant, ev.document_id, below=bound)
+        if applied and ev.document_occurred_at is not None:  # the first time this version is searchable
+            age = (utcnow() - ev.document_occurred_at).total_seconds()
+            self._metrics.freshness.labels(Freshness.DOCUMENT).observe(max(0.0, age))
         if applied or (doc is not None and doc.version == ev.version and doc.status is Status.INDEXED):
             return [status(ev, Status.INDEXED, version=ev.version, chunks=ev.total_chunks)]
         return []

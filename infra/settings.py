@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Fetch wait against the local Tansu broker, which holds a fetch for its whole wait even when data arrives.
 LOCAL_FETCH_WAIT_MS = 10
@@ -45,6 +45,15 @@ class KafkaSettings(BaseSettings):
     #: bounds idle requests; the local Tansu broker answers only when the wait runs out, so every hop
     #: through it costs up to this long. Unset: 10 ms against the local broker, 500 ms otherwise.
     fetch_wait_max_ms: int | None = Field(None, ge=1, le=30_000)
+    #: Partitions of every pipeline topic that `ragbus topics create` (and `ragbus up`) creates: the most
+    #: processes of one stage that share its work. Fixed once the topics exist (more partitions would move
+    #: a document's events to another partition and break their order): docs/operations.md, "Scaling out".
+    partitions: int = Field(4, ge=1, le=10_000)
+    #: Per-topic partitions by registry name, JSON, e.g. {"embedded.v1": 12, "dlq.embedder.v1": 2}; wins
+    #: over `partitions` (dead-letter topics have 1 unless named here).
+    topic_partitions: dict[str, int] = Field(default_factory=dict)
+    #: Replicas of every topic ragbus creates; -1: the cluster's default.replication.factor.
+    replication_factor: int = Field(-1, ge=-1, le=32)
 
 
 class DecodeSettings(BaseSettings):
@@ -76,6 +85,42 @@ class DeliverySettings(BaseSettings):
     #: While broken, the held batch is probed this often (doubling up to `probe_max_s`).
     probe_interval_s: float = Field(5.0, gt=0)
     probe_max_s: float = Field(120.0, gt=0)
+
+
+class FetchSettings(BaseSettings):
+    """Where a document's `content_url` may point, and how much ragbus reads (infra/content/). Nothing is
+    readable until configured: an operator opts in per scheme, host, bucket and directory."""
+
+    model_config = _cfg("RAGBUS_FETCH_")
+
+    #: Comma-separated URL prefixes ragbus may read: `https://host[:port][/path/]` (`*.` before a domain
+    #: allows its subdomains) and `s3://bucket[/prefix/]`. Empty: no https:// or s3:// content.
+    allowed_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: Comma-separated directories whose files `file://` URLs may name (symlinks out of them are refused).
+    file_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    #: Largest content read from one URL; larger sources are dead-lettered unread.
+    max_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=512 * 1024 * 1024)
+    #: Time for one fetch, retries and redirects included; connecting alone gets `connect_timeout_s`.
+    timeout_s: float = Field(30.0, gt=0, le=600)
+    connect_timeout_s: float = Field(5.0, gt=0, le=60)
+    max_redirects: int = Field(3, ge=0, le=10)
+    #: Further attempts after a timeout, a dropped connection, 429 or 5xx, within `timeout_s`.
+    retries: int = Field(2, ge=0, le=5)
+    #: Let allowed host names resolve to private, loopback or other internal addresses (link-local and
+    #: cloud metadata addresses stay refused). Off: an allowed name pointing inside is refused.
+    allow_private_addresses: bool = False
+    #: CA bundle (PEM) for https sources, e.g. a company CA; default: certifi's.
+    ca_bundle: Path | None = None
+    #: S3-compatible endpoint (MinIO, Ceph, R2...) and region; credentials come from boto3's usual chain.
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
+
+    @field_validator("allowed_urls", "file_roots", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part for part in value.replace(",", " ").split() if part]
+        return value
 
 
 class EmbedderSettings(BaseSettings):
@@ -172,23 +217,49 @@ class MongoSettings(BaseSettings):
     timeout_ms: int = 5000
 
 
+class TracingSettings(BaseSettings):
+    """OpenTelemetry: spans are exported over OTLP only when the standard endpoint variable is set; the
+    exporter reads the other standard OTEL_EXPORTER_OTLP_* variables (headers, protocol, certificates)."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    otlp_endpoint: str | None = Field(None, validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_ENDPOINT",
+                                                                          "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    service_name: str | None = Field(None, validation_alias=AliasChoices("OTEL_SERVICE_NAME"))
+    #: "grpc" or "http/protobuf" (the OTLP default).
+    otlp_protocol: str = Field("http/protobuf", validation_alias=AliasChoices("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+                                                                             "OTEL_EXPORTER_OTLP_PROTOCOL"))
+
+
 class Settings(BaseSettings):
     model_config = _cfg("RAGBUS_")
 
     data_dir: Path = Path(".ragbus")
     log_level: str = "INFO"
     log_format: Literal["console", "json"] = "console"
-    #: Port of a worker's /metrics (Prometheus) and /health endpoints; 0 disables them.
+    #: Address and port of a worker's HTTP endpoints (/metrics, /health, /livez, /readyz); port 0 disables
+    #: them. Loopback by default; a container sets 0.0.0.0 so the kubelet and Prometheus can reach them.
+    metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(0, ge=0, le=65535)
-    #: A stage with lag that finishes nothing for this long is reported stalled.
-    stall_after_s: float = Field(60.0, gt=0)
+    #: Stall detection (infra/ops/health.py): a partition with lag whose committed offset has not moved
+    #: for longer than the bound is stalled. Unset `stall_after_s`: the bound is derived from the stage's
+    #: own batches, max(stall_min_s, stall_factor x the longest of its recent batch durations); set: fixed.
+    stall_after_s: float | None = Field(None, gt=0)
+    stall_min_s: float = Field(120.0, gt=0)
+    stall_factor: float = Field(3.0, ge=1)
+    #: Liveness: a stage whose loop has not turned for this long (outside a batch) is not live.
+    liveness_timeout_s: float = Field(60.0, gt=0)
+    #: Stamped on `ragbus_build_info` and trace resources (the image sets it to the commit it was built from).
+    build_revision: str = Field("unknown", max_length=64)
 
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     decode: DecodeSettings = Field(default_factory=DecodeSettings)
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
     chunker: ChunkerSettings = Field(default_factory=ChunkerSettings)
     index: IndexSettings = Field(default_factory=IndexSettings)
+    fetch: FetchSettings = Field(default_factory=FetchSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     answerer: AnswererSettings = Field(default_factory=AnswererSettings)
     anthropic: AnthropicSettings = Field(default_factory=AnthropicSettings)

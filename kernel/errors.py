@@ -20,6 +20,12 @@ class PoisonMessageError(RagbusError):
     """This message can never be processed as it is: dead-letter it with the reason, then commit."""
 
 
+class FetchError(PoisonMessageError):
+    """A document's content_url cannot be read: not allowed here, not there, too large, too slow, refused by
+    its source. The event is dead-lettered with this message (which says what to fix) and can be replayed
+    once the source or the configuration is fixed."""
+
+
 class ConfigurationError(RagbusError):
     """Nothing works until an operator acts (a wrong key, a missing model, an unreachable service at
     start-up). At start-up the process exits with this message, which says what to set or start; at

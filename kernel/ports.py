@@ -1,9 +1,9 @@
 """Ports: what the stages need from the outside world, as Protocols.
 
 Every port has one adapter per backend (embedded: LanceDB, SQLite, local model; production: Weaviate,
-MongoDB, Anthropic) and one contract suite in tests/contract that every adapter must pass. Adapters
-apply the version rules of kernel/versions.py and raise kernel.errors types, classified from their
-backend's exception types and status codes.
+MongoDB, Anthropic; content by URL: https, S3, local files) and one contract suite in tests/contract
+that every adapter must pass. Adapters apply the version rules of kernel/versions.py and raise
+kernel.errors types, classified from their backend's exception types and status codes.
 """
 
 from __future__ import annotations
@@ -164,6 +164,29 @@ class GeneratedAnswer:
     cache_creation_input_tokens: int = 0
     cache_read_input_tokens: int = 0
     cost_usd: float = 0.0
+
+
+@dataclass(frozen=True)
+class FetchedContent:
+    """The bytes behind a content_url, with what their source declared about them."""
+
+    data: bytes
+    #: The media type the source declared, lower case without parameters ("" when it declared none).
+    media_type: str = ""
+    #: The charset the source declared for text ("" when none).
+    charset: str = ""
+
+
+class ContentFetcher(Protocol):
+    """Reads a document's content by reference (`DocumentArrived.content_url`).
+
+    Reads only from places the operator allowed, at most the configured number of bytes, within the
+    configured time. Raises `kernel.errors.FetchError` (this event's failure: dead-lettered with the
+    message, which names the URL without its query string and says what to fix) when the URL is not
+    allowed, is not there, is too large, too slow, or its source refuses it.
+    """
+
+    def fetch(self, url: str) -> FetchedContent: ...
 
 
 OnDelta = Callable[[str], None]

@@ -52,6 +52,9 @@ class Stage:
     #: may wait for more (0: only what already arrived, so a lone event is handled at once).
     max_batch: int = 1
     window_s: float = 0.0
+    #: The key each source event should have arrived with (None: any). A record keyed otherwise is still
+    #: handled (the stage keys its outputs itself); the runner counts and logs it, so publishers can fix it.
+    key: Callable[[Any], bytes] | None = None
 
 
 def per_event(fn: Callable[[Any], list[Out]]) -> Handler:

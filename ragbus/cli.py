@@ -26,10 +26,15 @@ app.add_typer(embedder_app, name="embedder")
 DEMO_QUESTION = "How does ragbus make sure a redelivered event does not create duplicate chunks?"
 
 
-def _settings(quiet: bool = True) -> Settings:
-    """Settings for a command; `quiet=False` for long-running ones, whose client logs matter."""
+def _settings(quiet: bool = True, traced: bool = False) -> Settings:
+    """Settings for a command; `quiet=False` for long-running ones, whose client logs matter; `traced`
+    for the commands that publish (their spans start the traces when OTLP export is configured)."""
     settings = Settings()
     logs.configure(settings.log_level, settings.log_format, quiet_clients=quiet)
+    if traced:
+        from infra.ops import tracing
+
+        tracing.configure(settings, "ragbus-cli")
     return settings
 
 
@@ -58,13 +63,22 @@ def worker(stages: list[str] = typer.Argument(..., help="chunker | embedder | in
 
 @topics_app.command("create")
 def topics_create() -> None:
-    """Create every topic with its partitions and config (existing ones are checked, not altered)."""
-    from infra.kafka.clients import check_reachable, ensure_topics
+    """Create every topic with its partitions and config (existing ones are checked, not altered).
+
+    Partitions: RAGBUS_KAFKA_PARTITIONS (every pipeline topic), RAGBUS_KAFKA_TOPIC_PARTITIONS (per topic, JSON);
+    replicas: RAGBUS_KAFKA_REPLICATION_FACTOR."""
+    from infra.kafka.clients import check_reachable, ensure_topics, partitions, topic_name
+    from schemas.topics import TOPICS
 
     settings = _settings()
     check_reachable(settings)
-    created = ensure_topics(settings)
-    typer.echo(f"created {len(created)} topics" + (": " + ", ".join(created) if created else " (all existed)"))
+    created = set(ensure_topics(settings))
+    for spec in TOPICS.all():
+        name = topic_name(settings, spec)
+        state = "created" if name in created else "exists"
+        typer.echo(f"{name:<40} {partitions(settings, spec):>4} partitions  {state}")
+    typer.echo(f"created {len(created)} topics" + ("" if created else " (all existed with these partitions)"),
+               err=True)
 
 
 @embedder_app.command("export")
@@ -84,9 +98,15 @@ def ingest(paths: list[Path] = typer.Argument(..., help="files, directories or .
            idle_timeout: float = typer.Option(
                120.0, min=1, help="--wait gives up after this many seconds without any progress in the pipeline"),
            timeout: float = typer.Option(None, min=1, help="--wait gives up after this many seconds in all "
-                                                           "(default: no limit while the pipeline progresses)")
-           ) -> None:
-    """Publish one document-arrived event per file (or per JSONL line)."""
+                                                           "(default: no limit while the pipeline progresses)"),
+           id_prefix: str = typer.Option(None, "--id-prefix",
+                                         help="put this in front of every id instead of the directory's name "
+                                              "(verbatim: 'handbook/' gives handbook/intro.md)")) -> None:
+    """Publish one document-arrived event per file (or per JSONL line).
+
+    A file's id is its path from the directory you name, starting with that directory's name
+    (`ragbus ingest docs` gives docs/intro.md from any working directory); a file named directly gets
+    its file name. Ingest the same files the same way again to update them."""
     from rich.progress import Progress
 
     from infra import wiring
@@ -96,9 +116,9 @@ def ingest(paths: list[Path] = typer.Argument(..., help="files, directories or .
 
     from .client import documents_from, new_correlation, publish, wait_final
 
-    settings = _settings()
+    settings = _settings(traced=True)
     correlation = new_correlation()
-    events = list(documents_from(paths, settings, wiring.build_store(settings), tenant, correlation))
+    events = list(documents_from(paths, settings, wiring.build_store(settings), tenant, correlation, id_prefix))
     if not events:
         raise RagbusError("no documents found in the given paths")
     check_reachable(settings)
@@ -126,24 +146,36 @@ def ingest(paths: list[Path] = typer.Argument(..., help="files, directories or .
 @app.command()
 def delete(document_ids: list[str] = typer.Argument(..., help="ids of the documents to delete"),
            tenant: str = typer.Option("default"),
-           version: int = typer.Option(None, help="delete up to this version (default: now)")) -> None:
+           version: int = typer.Option(None, help="delete up to this version (default: now)"),
+           force: bool = typer.Option(False, "--force", help="publish even for ids the document store does not "
+                                                             "know (e.g. still being indexed)")) -> None:
     """Publish a document-deleted event per id: removes its chunks from every store."""
     from pydantic import ValidationError
 
-    from infra.kafka.clients import EventProducer, check_reachable
+    from infra import wiring
+    from infra.kafka.clients import EventProducer, check_reachable, topic_name
     from infra.kafka.serde import summarize
+    from infra.ops import tracing
     from schemas.events import DocumentDeleted
     from schemas.topics import TOPICS, document_key
 
-    settings = _settings()
+    from .client import check_known
+
+    settings = _settings(traced=True)
     try:
         events = [DocumentDeleted(tenant=tenant, document_id=d, version=version) for d in document_ids]
     except ValidationError as exc:
-        raise RagbusError(f"invalid delete: {summarize(exc)}") from exc
+        raise RagbusError(f"invalid delete: {summarize(exc, [DocumentDeleted])}") from exc
+    if not force:
+        events = check_known(wiring.build_store(settings), events)
+        if not events:
+            typer.echo("nothing to delete: already deleted", err=True)
+            return
     check_reachable(settings)
     producer = EventProducer(settings)
     for ev in events:
-        producer.send(TOPICS.documents, document_key(ev.tenant, ev.document_id), ev)
+        with tracing.publishing(topic_name(settings, TOPICS.documents), ev) as trace_headers:
+            producer.send(TOPICS.documents, document_key(ev.tenant, ev.document_id), ev, trace_headers)
     producer.flush()
     typer.echo(f"published {len(events)} deletes", err=True)
 
@@ -154,7 +186,8 @@ def ask(question: str = typer.Argument(None, help="the question (or use --querie
         top_k: int = typer.Option(5, "--top-k", min=1, max=50),
         retrieve_only: bool = typer.Option(False, "--retrieve-only", help="ranked chunks, no generation"),
         as_json: bool = typer.Option(False, "--json", help="print the answer event as it travelled"),
-        queries: Path = typer.Option(None, "--queries", help="JSONL with id and text: ask all, one JSON line each"),
+        queries: Path = typer.Option(None, "--queries", help="JSONL with query_id (or id) and text: ask all, one "
+                                                             "JSON line each; ids come back unchanged"),
         timeout: float = typer.Option(120.0, help="seconds to wait for the answers")) -> None:
     """Publish a query event and wait for its answer on the answers topic."""
     from pydantic import ValidationError
@@ -166,18 +199,18 @@ def ask(question: str = typer.Argument(None, help="the question (or use --querie
     from .client import ask_many
     from .render import print_answer
 
-    settings = _settings()
+    settings = _settings(traced=True)
     try:
         if queries is not None:
-            batch = [QueryRequested(tenant=tenant, query_id=str(row["id"]), text=row["text"], top_k=top_k,
-                                    retrieve_only=retrieve_only) for row in _read_jsonl(queries)]
+            batch = [_query(queries, n, row, tenant=tenant, top_k=top_k, retrieve_only=retrieve_only)
+                     for n, row in _read_jsonl(queries)]
         elif question:
             batch = [QueryRequested(tenant=tenant, text=question, top_k=top_k, retrieve_only=retrieve_only,
                                     stream=not as_json)]
         else:
             raise RagbusError("give a question, or --queries FILE.jsonl")
     except ValidationError as exc:
-        raise RagbusError(f"invalid query: {summarize(exc)}") from exc
+        raise RagbusError(f"invalid query: {summarize(exc, [QueryRequested])}") from exc
     check_reachable(settings)
     streamed = False
 
@@ -204,27 +237,50 @@ def ask(question: str = typer.Argument(None, help="the question (or use --querie
         raise typer.Exit(1)
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) per non-empty line of a --queries file; a query id must not repeat (it is the
+    idempotency key: a repeated id would get the first one's answer)."""
     if not path.exists():
         raise RagbusError(f"{path}: no such file")
     rows = []
+    seen: dict[str, int] = {}
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():
             try:
                 row = json.loads(line)
-                if not isinstance(row, dict) or "id" not in row or "text" not in row:
-                    raise ValueError("need an object with 'id' and 'text'")
+                if not isinstance(row, dict) or not ({"query_id", "id"} & row.keys()) or "text" not in row:
+                    raise ValueError("need an object with 'query_id' (or 'id') and 'text'")
             except ValueError as exc:
                 raise RagbusError(f"{path}:{n}: {exc}") from exc
-            rows.append(row)
+            key = str(row.get("query_id", row.get("id")))
+            if key in seen:
+                raise RagbusError(f"{path}:{n}: query id {key!r} repeats line {seen[key]}: give each query its own id")
+            seen[key] = n
+            rows.append((n, row))
     return rows
+
+
+def _query(path: Path, n: int, row: dict[str, Any], **options: Any) -> Any:
+    """A QueryRequested from a --queries line; a mistake is reported with the file and line."""
+    from pydantic import ValidationError
+
+    from infra.kafka.serde import summarize
+    from schemas.events import QueryRequested
+
+    query_id = row.get("query_id", row.get("id"))
+    try:
+        return QueryRequested(query_id=query_id if isinstance(query_id, str) else json.dumps(query_id),
+                              text=row["text"], **options)
+    except ValidationError as exc:
+        raise RagbusError(f"{path}:{n}: invalid query: {summarize(exc, [QueryRequested])}") from exc
 
 
 @app.command()
 def status(as_json: bool = typer.Option(False, "--json"),
            tenant: str = typer.Option(None, help="only this tenant")) -> None:
-    """Documents by status, chunks per store, dead letters per stage."""
+    """Documents by status, chunks per store, dead letters, consumer-group lag from Kafka, local stages."""
     from .inspect import collect_status
+    from .render import print_groups
 
     report = collect_status(_settings(), tenant)
     if as_json:
@@ -236,13 +292,16 @@ def status(as_json: bool = typer.Option(False, "--json"),
                f"vector index {report['chunks']['vector_index']}")
     dl = report["dead_letters"]
     typer.echo("dead letters: " + (", ".join(f"{k} {v}" for k, v in dl.items()) if isinstance(dl, dict) else dl))
+    print_groups(report["groups"])
     stages = report["stages"]
     if not stages:
         typer.echo("stages: none reporting on this machine")
     for st in stages:
-        state = "STALLED" if st["stalled"] else "ok"
-        typer.echo(f"stage {st['stage']} (pid {st['pid']}): {state}, lag {st['lag']}, processed {st['processed']}")
-    if any(st["stalled"] for st in stages):
+        state = st.get("state", "stalled" if st.get("stalled") else "ok")
+        why = f" ({st['broken']})" if st.get("broken") else ""
+        typer.echo(f"stage {st['stage']} (pid {st['pid']}): {state.upper() if state != 'ok' else state}{why}, "
+                   f"lag {st['lag']}, processed {st['processed']}")
+    if any(st.get("state") in ("stalled", "broken") or st.get("stalled") for st in stages):
         raise typer.Exit(3)
 
 
@@ -256,7 +315,7 @@ def _stages(stage: str | None) -> list[str]:
 
 @dlq_app.command("list")
 def dlq_list(stage: str = typer.Option(None, help="only this stage's dead letters"),
-             as_json: bool = typer.Option(False, "--json", help="one JSON object per dead letter")) -> None:
+             as_json: bool = typer.Option(False, "--json", help="a JSON array, one object per dead letter")) -> None:
     """Show dead letters: where each came from and why it could not be processed."""
     from infra.kafka.clients import check_reachable
     from infra.kafka.deadletters import list_dead_letters
@@ -264,14 +323,13 @@ def dlq_list(stage: str = typer.Option(None, help="only this stage's dead letter
     settings = _settings()
     check_reachable(settings)
     n = 0
+    if as_json:  # one JSON array, `[]` when there are none
+        typer.echo("[" + ",\n".join(dl.model_dump_json() for dl in list_dead_letters(settings, _stages(stage))) + "]")
+        return
     for dl in list_dead_letters(settings, _stages(stage)):
         n += 1
-        if as_json:
-            typer.echo(dl.model_dump_json())
-        else:
-            typer.echo(f"{dl.stage:<9} {dl.topic}[{dl.partition}]@{dl.offset} {dl.error_type}: {dl.reason[:160]}")
-    if not as_json:
-        typer.echo(f"{n} dead letters", err=True)
+        typer.echo(f"{dl.stage:<9} {dl.topic}[{dl.partition}]@{dl.offset} {dl.error_type}: {dl.reason[:160]}")
+    typer.echo(f"{n} dead letters", err=True)
 
 
 @dlq_app.command("replay")

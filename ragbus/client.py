@@ -3,6 +3,7 @@ queries, and follow the status and answers topics for the replies."""
 
 from __future__ import annotations
 
+import difflib
 import json
 import time
 import uuid
@@ -10,8 +11,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from infra.kafka.clients import EventProducer
+from infra.kafka.clients import EventProducer, topic_name
 from infra.kafka.tail import Tail
+from infra.ops import tracing
 from infra.settings import Settings
 from kernel.errors import RagbusError
 from kernel.ports import DocumentStore
@@ -21,8 +23,10 @@ from schemas.events import (
     AnswerGenerated,
     ContentType,
     DocumentArrived,
+    DocumentDeleted,
     DocumentStatus,
     QueryRequested,
+    Status,
 )
 from schemas.topics import TOPICS, document_key
 
@@ -55,36 +59,52 @@ def _event(settings: Settings, store: DocumentStore | None, *, tenant: str, corr
 
 
 def documents_from(paths: Iterable[Path], settings: Settings, store: DocumentStore | None, tenant: str,
-                   correlation: str) -> Iterator[DocumentArrived]:
-    """One event per file, or per line of a .jsonl file (`id`, `title`, `text`, optional `metadata`)."""
+                   correlation: str, id_prefix: str | None = None) -> Iterator[DocumentArrived]:
+    """One event per file, or per line of a .jsonl file (`id`, `title`, `text`, optional `metadata`).
+
+    Ids do not depend on the working directory: a file named directly gets its file name
+    (`README.md`), a file found in a directory its path from that directory, starting with the
+    directory's name (`docs/guide/intro.md` for `ragbus ingest docs` or `ragbus ingest /repo/docs`).
+    `id_prefix` replaces the directory's name (or goes in front of a file's name, or of a JSONL id),
+    verbatim: `--id-prefix handbook/` gives `handbook/guide/intro.md`. Two inputs that would get the
+    same id are refused.
+    """
+    seen: dict[str, str] = {}
+    for event in _documents(paths, settings, store, tenant, correlation, id_prefix):
+        if event.document_id in seen:
+            raise InputError(f"{seen[event.document_id]} and {event.source} would both get the id "
+                             f"{event.document_id!r}: ingest them separately, with different --id-prefix values")
+        seen[event.document_id] = event.source
+        yield event
+
+
+def _documents(paths: Iterable[Path], settings: Settings, store: DocumentStore | None, tenant: str,
+               correlation: str, id_prefix: str | None) -> Iterator[DocumentArrived]:
     for path in paths:
         if not path.exists():
             raise InputError(f"{path}: no such file or directory")
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in ACCEPTED) \
-            if path.is_dir() else [path]
+        root = path.resolve()
+        if path.is_dir():
+            files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in ACCEPTED)
+            base, prefix = root, (id_prefix if id_prefix is not None else (f"{root.name}/" if root.name else ""))
+        else:
+            files, base, prefix = [root], root.parent, id_prefix or ""
         for file in files:
             suffix = file.suffix.lower()
             if suffix == ".jsonl":
-                yield from _jsonl(file, settings, store, tenant, correlation)
+                yield from _jsonl(file, settings, store, tenant, correlation, id_prefix or "")
                 continue
             if suffix not in SUFFIXES:
                 raise InputError(f"{file}: unsupported file type {suffix or '(none)'}; "
                                  f"use one of {', '.join(sorted(SUFFIXES))} or .jsonl")
-            yield _event(settings, store, tenant=tenant, correlation=correlation, doc_id=_doc_id(file),
+            yield _event(settings, store, tenant=tenant, correlation=correlation,
+                         doc_id=prefix + file.relative_to(base).as_posix(),
                          title=file.stem.replace("_", " ").replace("-", " "), source=file.as_posix(),
                          content_type=SUFFIXES[suffix], data=file.read_bytes())
 
 
-def _doc_id(file: Path) -> str:
-    """A file's id is its path relative to the working directory (stable across runs), else absolute."""
-    try:
-        return file.resolve().relative_to(Path.cwd()).as_posix()
-    except ValueError:
-        return file.resolve().as_posix()
-
-
 def _jsonl(file: Path, settings: Settings, store: DocumentStore | None, tenant: str,
-           correlation: str) -> Iterator[DocumentArrived]:
+           correlation: str, id_prefix: str) -> Iterator[DocumentArrived]:
     with file.open(encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
@@ -96,16 +116,40 @@ def _jsonl(file: Path, settings: Settings, store: DocumentStore | None, tenant: 
                 raise InputError(f"{file}:{n}: expected a JSON object with 'id' and 'text' ({exc})") from exc
             if not isinstance(text, str):
                 raise InputError(f"{file}:{n}: 'text' must be a string")
-            yield _event(settings, store, tenant=tenant, correlation=correlation, doc_id=doc_id,
+            yield _event(settings, store, tenant=tenant, correlation=correlation, doc_id=id_prefix + doc_id,
                          title=str(row.get("title", "")), source=f"{file.as_posix()}:{n}",
                          content_type=ContentType(row.get("content_type", "text/plain")), data=text,
                          metadata=row.get("metadata") or {})
 
 
+def check_known(store: DocumentStore, deletes: list[DocumentDeleted]) -> list[DocumentDeleted]:
+    """The deletes worth publishing: an id the store does not know is an error that says so (and suggests
+    the ids it resembles); one already deleted is left out."""
+    unknown, wanted = [], []
+    for ev in deletes:
+        doc = store.get_document(ev.tenant, ev.document_id)
+        if doc is None:
+            unknown.append(ev)
+        elif doc.status is not Status.DELETED or (ev.version is not None and ev.version > doc.version):
+            wanted.append(ev)
+    if unknown:
+        ev = unknown[0]
+        known = [d.document_id for d in store.list_documents(ev.tenant)]
+        close = difflib.get_close_matches(ev.document_id, known, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise InputError(f"no document {ev.document_id!r} in tenant {ev.tenant!r}, nothing deleted{hint} (ids are "
+                         "relative to the ingested folder; a document still being indexed is not known yet: "
+                         "--force publishes the delete anyway)")
+    return wanted
+
+
 def publish(settings: Settings, producer: EventProducer, events: Iterable[DocumentArrived]) -> list[DocumentArrived]:
+    """Each document starts its own trace: its `traceparent` header follows it through every stage."""
     sent = []
+    topic = topic_name(settings, TOPICS.documents)
     for ev in events:
-        producer.send(TOPICS.documents, document_key(ev.tenant, ev.document_id), ev)
+        with tracing.publishing(topic, ev) as trace_headers:
+            producer.send(TOPICS.documents, document_key(ev.tenant, ev.document_id), ev, trace_headers)
         sent.append(ev)
     producer.flush()
     return sent
@@ -150,12 +194,14 @@ class QueryClient:
     def __init__(self, settings: Settings) -> None:
         self._producer = EventProducer(settings)
         self._replies = Tail(settings, TOPICS.answers, TOPICS.answer_deltas)
+        self._topic = topic_name(settings, TOPICS.queries)
 
     def ask(self, queries: list[QueryRequested], timeout_s: float,
             on_delta: Callable[[AnswerDelta], None] | None = None) -> dict[str, AnswerGenerated]:
         """Publish queries and collect exactly one answer per query id (or none when the deadline passes)."""
         for q in queries:
-            self._producer.send(TOPICS.queries, q.query_id, q)
+            with tracing.publishing(self._topic, q) as trace_headers:
+                self._producer.send(TOPICS.queries, q.query_id, q, trace_headers)
         self._producer.flush()
         wanted = {q.query_id for q in queries}
         got: dict[str, AnswerGenerated] = {}

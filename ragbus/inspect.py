@@ -1,4 +1,5 @@
-"""What `ragbus status` reports, read from the stores themselves and the dead-letter topics."""
+"""What `ragbus status` reports, read from the stores themselves, the dead-letter topics, and the consumer
+groups' committed offsets on Kafka (true for every process of the cluster, wherever it runs)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 from infra import wiring
 from infra.kafka.clients import check_reachable
+from infra.kafka.groups import group_lags
 from infra.kafka.tail import Tail
 from infra.models.embedder import embedding_dim
 from infra.ops.health import read_health
@@ -39,6 +41,7 @@ def collect_status(settings: Settings, tenant: str | None = None) -> dict[str, A
     try:
         check_reachable(settings, timeout_s=3)
         report["dead_letters"] = dead_letter_counts(settings)
+        report["groups"] = [g.as_dict() for g in group_lags(settings)]
     except ConfigurationError as exc:
-        report["dead_letters"] = f"unknown ({exc})"
+        report["dead_letters"] = report["groups"] = f"unknown ({exc})"
     return report

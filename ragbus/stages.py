@@ -4,6 +4,7 @@ threads (several may share a process)."""
 from __future__ import annotations
 
 import faulthandler
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -12,17 +13,17 @@ from chunking.splitter import Chunker
 from consumers import answerer, indexer, status
 from infra import wiring
 from infra.kafka import consumer_runner, faust_runner
-from infra.kafka.clients import EventProducer, check_reachable
+from infra.kafka.clients import EventProducer, check_reachable, verify_topics
 from infra.kafka.delivery import BatchPolicy
-from infra.ops import logs
-from infra.ops.health import Health, serve
+from infra.ops import logs, tracing
+from infra.ops.health import Health, StallPolicy, report, serve
 from infra.ops.metrics import Metrics
 from infra.settings import Settings
 from kernel.errors import ConfigurationError
 from kernel.ports import VectorIndex
 from kernel.stage import Out, Stage
 from retrieval.retriever import Retriever
-from schemas.topics import STAGES
+from schemas.topics import STAGES, TOPICS
 from streams import chunker, embedder
 
 STREAM_STAGES = ("chunker", "embedder")
@@ -36,7 +37,7 @@ def _chunker_stage(settings: Settings, metrics: Metrics, health: Health) -> faus
     store = wiring.build_store(settings)
     split = Chunker(load_tokenizer(settings.embedder.model), settings.chunker.size_tokens,
                     settings.chunker.overlap_tokens)
-    stage = chunker.stage(split, store.get_content)
+    stage = chunker.stage(split, store.get_content, wiring.build_fetcher(settings))
     return faust_runner.build_app(settings, BatchPolicy(settings, stage, metrics, health), metrics, health)
 
 
@@ -45,7 +46,7 @@ HEADER_TOKENS = 32
 
 
 def _embedder_stage(settings: Settings, metrics: Metrics, health: Health) -> faust_runner.FaustApp:
-    model = wiring.build_embedder(settings)
+    model = tracing.traced_embedder(wiring.build_embedder(settings))
     limit = getattr(model, "max_tokens", 0)
     if limit and settings.chunker.size_tokens + HEADER_TOKENS > limit:
         raise ConfigurationError(
@@ -98,7 +99,8 @@ def consumer(settings: Settings, name: str, metrics: Metrics, health: Health | N
             if upkeep is not None:
                 upkeep.append(maintain_forever(index, settings.index.maintain_every_s))
         else:
-            retriever = Retriever(wiring.build_embedder(settings), index, alpha=settings.retrieval.alpha,
+            retriever = Retriever(tracing.traced_embedder(wiring.build_embedder(settings)), index,
+                                  alpha=settings.retrieval.alpha,
                                   candidates=settings.retrieval.candidates)
 
             def emit(out: Out) -> None:  # streamed deltas go out at once, ahead of the batch's commit
@@ -119,11 +121,16 @@ def run_workers(settings: Settings, names: list[str]) -> None:
     streams = [n for n in names if n in STREAM_STAGES]
     if streams and len(names) > 1:
         raise ConfigurationError(f"{streams[0]} is a faust stage and runs alone: `ragbus worker {streams[0]}`")
+    metrics = Metrics(stages=names, revision=settings.build_revision)  # only the families of these stages
+    healths = {n: Health(n, metrics, settings.health_dir(), StallPolicy.of(settings)) for n in names}
+    server = serve(settings.metrics_host, settings.metrics_port, metrics, list(healths.values()))
+    report(list(healths.values()))  # the health files `ragbus status` reads, refreshed every 2 s
+    log.info("stage process starting", stages=",".join(names), pid=os.getpid(),
+             metrics=f"http://{settings.metrics_host}:{settings.metrics_port}" if server else "off")
     check_reachable(settings)
+    verify_topics(settings, [TOPICS.source_of(n) for n in names])
+    tracing.configure(settings, f"ragbus-{'+'.join(names)}")
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` dumps every thread's stack to the log
-    metrics = Metrics()
-    healths = {n: Health(n, metrics, settings.health_dir(), settings.stall_after_s) for n in names}
-    serve(settings.metrics_port, metrics, list(healths.values()))
     if streams:
         build: Callable[[Settings, Metrics, Health], faust_runner.FaustApp] = (
             _chunker_stage if streams[0] == "chunker" else _embedder_stage)

@@ -4,22 +4,33 @@ Starts the local broker when no Kafka is configured (and records its address in 
 creates the topics, and runs every stage as its own process (`ragbus worker ...`), exactly as they run
 when scaled out. A stage process that dies is restarted with backoff. SIGINT/SIGTERM stops the stages
 first (each finishes or abandons its batch uncommitted, then leaves its group), then the broker.
+
+Crash loops end: a stage process that exits with an error within FAST_FAILURE_S of starting has failed
+at start-up (bad configuration, a port in use, a broker it cannot reach). After MAX_FAST_FAILURES such
+failures in a row, restarting is pointless: `ragbus up` stops everything and exits non-zero with the
+stage's own error line from its log, so an operator (or Kubernetes) sees the cause. Processes killed
+by a signal (an OOM kill, a chaos test) never count: they are restarted as before.
 """
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from infra.kafka.broker import LocalBroker
 from infra.kafka.clients import check_reachable, ensure_topics
 from infra.ops import logs
 from infra.settings import LOCAL_FETCH_WAIT_MS, Settings
+from kernel.errors import ConfigurationError, RagbusError
 
 log = logs.get(__name__)
 
@@ -27,6 +38,14 @@ log = logs.get(__name__)
 PROCESSES: tuple[tuple[str, ...], ...] = (("chunker",), ("embedder",), ("indexer", "status"), ("answerer",))
 LOCAL_SESSION_TIMEOUT_MS = "2000"
 STOP_GRACE_S = 30.0
+#: A stage process that exits with an error sooner than this after starting failed at start-up.
+FAST_FAILURE_S = 30.0
+#: Fast failures in a row after which `ragbus up` gives up and exits with the stage's error.
+MAX_FAST_FAILURES = 5
+
+
+class StageFailed(RagbusError):
+    """A stage kept failing at start-up; the message carries its own error."""
 
 
 @dataclass
@@ -37,6 +56,7 @@ class _Child:
     next_start: float = 0.0
     log_path: str = ""
     started_at: float = field(default=0.0)
+    fast_failures: int = 0
 
 
 def _provision_stores(settings: Settings, env: dict[str, str]) -> None:
@@ -70,8 +90,11 @@ class Stack:
         self._env = dict(os.environ)
         self._stopping = threading.Event()
         self.bootstrap = ""
+        #: Set when a stage failed at start-up MAX_FAST_FAILURES times in a row.
+        self.failure: StageFailed | None = None
 
     def start(self) -> Stack:
+        self._check_ports()
         data = self._settings.data_dir
         data.mkdir(parents=True, exist_ok=True)
         if self._settings.kafka.bootstrap_servers:
@@ -100,6 +123,24 @@ class Stack:
         while not self._stopping.wait(0.5):
             self.supervise_once()
 
+    def _check_ports(self) -> None:
+        """Every stage process's metrics port is free: one line now rather than a crash loop later."""
+        if not self._settings.metrics_port:
+            return
+        host = self._settings.metrics_host
+        for i in range(len(self._children)):
+            port = self._settings.metrics_port + i
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    s.bind((host, port))
+                except OSError as exc:
+                    what = "is already in use" if exc.errno == errno.EADDRINUSE else f"cannot be bound ({exc})"
+                    raise ConfigurationError(
+                        f"RAGBUS_METRICS_PORT={self._settings.metrics_port}: port {port} on {host} {what}; the "
+                        f"{len(self._children)} stage processes use ports {self._settings.metrics_port}.."
+                        f"{self._settings.metrics_port + len(self._children) - 1}: choose a free range") from exc
+
     def child_settings(self) -> Settings:
         """Settings as the stage processes see them (after the broker address is known)."""
         saved = dict(os.environ)
@@ -125,7 +166,8 @@ class Stack:
         log.info("stage process started", stages=",".join(child.stages), pid=child.proc.pid, log=str(path))
 
     def supervise_once(self) -> None:
-        """Restart dead stage processes (exponential backoff, reset after a minute of health)."""
+        """Restart dead stage processes (exponential backoff, reset after a minute of health); give up on
+        one that keeps failing at start-up."""
         now = time.monotonic()
         for child in self._children:
             if child.proc is None or child.proc.poll() is None or self._stopping.is_set():
@@ -133,6 +175,12 @@ class Stack:
                     child.restarts = 0
                 continue
             if child.next_start == 0.0:
+                code = child.proc.returncode
+                fast = code > 0 and now - child.started_at < FAST_FAILURE_S
+                child.fast_failures = child.fast_failures + 1 if fast else 0
+                if child.fast_failures >= MAX_FAST_FAILURES:
+                    self._give_up(child, code)
+                    return
                 delay = min(self._max_restart_delay_s, 0.5 * 2 ** child.restarts)
                 child.next_start = now + delay
                 log.warning("stage process exited; restarting", stages=",".join(child.stages),
@@ -142,14 +190,25 @@ class Stack:
                 child.next_start = 0.0
                 self._spawn(child)
 
+    def _give_up(self, child: _Child, code: int) -> None:
+        name = ",".join(child.stages)
+        self.failure = StageFailed(
+            f"stage {name} failed {child.fast_failures} times in a row within {FAST_FAILURE_S:.0f}s of starting "
+            f"(exit code {code}); its error: {last_error(Path(child.log_path))} (log: {child.log_path})")
+        log.error("stage keeps failing at start-up; stopping", stages=name, code=code, log=child.log_path)
+        self._stopping.set()
+
     def pids(self) -> dict[str, int]:
         """Running stage processes by name (e.g. "indexer,status"): for operators and the chaos harness."""
         return {",".join(c.stages): c.proc.pid for c in self._children if c.proc is not None and c.proc.poll() is None}
 
     def run_forever(self) -> None:
+        """Until SIGINT/SIGTERM, or until a stage keeps failing at start-up (then StageFailed)."""
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: self._stopping.set())
         self._stopping.wait()
+        if self.failure is not None:
+            raise self.failure
 
     def stop(self) -> None:
         self._stopping.set()
@@ -176,3 +235,31 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def last_error(path: Path, tail_bytes: int = 65536) -> str:
+    """The stage's own error from the end of its log: the CLI's one-line error, else the last ERROR or
+    CRITICAL line (JSON or console), else the last line of a traceback."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(max(0, path.stat().st_size - tail_bytes))
+            lines = [line.strip() for line in fh.read().decode("utf-8", "replace").splitlines() if line.strip()]
+    except OSError as exc:
+        return f"(log unreadable: {exc})"
+    for line in reversed(lines):
+        if line.startswith("ragbus: "):
+            return line.removeprefix("ragbus: ").removeprefix("error: ")
+    for line in reversed(lines):
+        if line.startswith("{"):
+            try:
+                data = json.loads(line)
+            except ValueError:
+                continue
+            if data.get("level") in ("error", "critical"):
+                return " ".join(str(data[k]) for k in ("event", "error", "reason") if data.get(k))[:500]
+        elif " [error" in line or " [critical" in line:
+            return line[:500]
+    for line in reversed(lines):
+        if not line.startswith(("File ", "^", "Traceback", "During handling", "The above exception")):
+            return line[:500]
+    return "(no output)"

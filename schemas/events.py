@@ -16,6 +16,7 @@ import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit
 
 import numpy as np
 from pydantic import (
@@ -30,11 +31,15 @@ from pydantic import (
 
 SCHEMA_VERSION = 1
 
-#: Inline text up to this many UTF-8 bytes travels in the event; larger content is stored first and
-#: referenced (claim-check). Kafka's default message limit is 1 MB; this leaves room for the envelope.
+#: Inline text up to this many UTF-8 bytes travels in the event; larger content travels by reference
+#: (`content_url`, or ragbus's own claim-check `content_ref`). Kafka's default message limit is 1 MB;
+#: this leaves room for the envelope.
 INLINE_TEXT_MAX_BYTES = 512 * 1024
-#: Hard limit on one document's content, inline or claim-checked.
+#: Limit on one claim-checked document's content (content by URL has its own setting, RAGBUS_FETCH_MAX_BYTES).
 DOCUMENT_MAX_BYTES = 16 * 1024 * 1024
+#: Schemes a `content_url` may use; which hosts, buckets and directories are readable is the operator's
+#: choice (RAGBUS_FETCH_*), and nothing is readable until configured.
+URL_SCHEMES = ("https", "s3", "file")
 #: Chunks per ChunksProduced/ChunksEmbedded message: keeps each message far below 1 MB with vectors.
 CHUNKS_PER_PART = 64
 QUESTION_MAX_CHARS = 4_000
@@ -50,13 +55,48 @@ def _no_control_chars(value: str) -> str:
     return value
 
 
-Tenant = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+def _content_url(value: str) -> str:
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ValueError("must not contain spaces or control characters (percent-encode them)")
+    parts = urlsplit(value)
+    scheme = parts.scheme.lower()
+    if scheme not in URL_SCHEMES:
+        raise ValueError(f"expected an https://, s3:// or file:// URL, got scheme {parts.scheme or '(none)'!r}")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("must not carry credentials (user:password@): ragbus reads sources with its own "
+                         "configured credentials")
+    _ = parts.port  # raises ValueError for a port that is not a number in range
+    if scheme in ("https", "s3") and not parts.hostname:
+        raise ValueError(f"a {scheme}:// URL needs a {'bucket' if scheme == 's3' else 'host'}: {scheme}://NAME/...")
+    if scheme == "s3" and not parts.path.strip("/"):
+        raise ValueError("an s3:// URL needs an object key: s3://BUCKET/KEY")
+    if scheme == "file" and (parts.netloc not in ("", "localhost") or not parts.path.startswith("/")):
+        raise ValueError("a file:// URL names an absolute local path: file:///path/to/file")
+    return value
+
+
+TENANT_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+QUERY_ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
+META_KEY_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+#: What each pattern means, in words, for error messages a publisher can act on.
+PATTERN_MEANINGS = {
+    TENANT_PATTERN: "1 to 63 lowercase letters, digits, '_' or '-', starting with a letter or digit",
+    QUERY_ID_PATTERN: "printable text without control characters",
+    SHA256_PATTERN: "a sha256 as 64 lowercase hex digits",
+    META_KEY_PATTERN: "1 to 64 letters, digits, '_', '.' or '-'",
+}
+
+Tenant = Annotated[str, StringConstraints(pattern=TENANT_PATTERN)]
 DocumentId = Annotated[
     str, StringConstraints(min_length=1, max_length=512, strip_whitespace=True), AfterValidator(_no_control_chars)
 ]
-QueryId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")]
+#: A client's own query id, any printable text (`faq/general#3`): it is given back unchanged on the answer.
+QueryId = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=QUERY_ID_PATTERN)]
+Sha256 = Annotated[str, StringConstraints(pattern=SHA256_PATTERN)]
+ContentUrl = Annotated[str, StringConstraints(max_length=2048), AfterValidator(_content_url)]
 ShortText = Annotated[str, StringConstraints(max_length=1024)]
-MetaKey = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+MetaKey = Annotated[str, StringConstraints(pattern=META_KEY_PATTERN)]
 MetaValue = Annotated[str, StringConstraints(max_length=512)] | int | float | bool
 Metadata = Annotated[dict[MetaKey, MetaValue], Field(max_length=METADATA_MAX_KEYS)]
 
@@ -84,19 +124,24 @@ class ContentType(StrEnum):
 class Envelope(BaseModel):
     """Fields every event carries."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", use_attribute_docstrings=True)
 
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    """Unique per event; a re-sent copy of an event keeps it, so subscribers deduplicate on it."""
     schema_version: Literal[1] = 1  # SCHEMA_VERSION
+    """The contract version this event follows (docs/schemas.md)."""
     occurred_at: datetime = Field(default_factory=utcnow)
+    """When the event happened, ISO 8601 with a timezone (`2026-01-15T09:30:00Z`)."""
     correlation_id: Annotated[str, StringConstraints(max_length=128)] = ""
+    """Free text that ties related events together (ragbus copies it to the events it derives)."""
     tenant: Tenant = "default"
+    """Whose data this is; every read and write stays inside one tenant."""
 
     @field_validator("occurred_at")
     @classmethod
     def _aware(cls, value: datetime) -> datetime:
         if value.tzinfo is None:
-            raise ValueError("occurred_at must carry a timezone (ISO 8601 with offset or Z)")
+            raise ValueError("expected a date-time with a timezone, such as 2026-01-15T09:30:00Z or an offset")
         return value
 
     def micros(self) -> int:
@@ -106,41 +151,66 @@ class Envelope(BaseModel):
 class ContentRef(BaseModel):
     """Claim-check: content stored in the document store, referenced by its sha256."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", use_attribute_docstrings=True)
 
-    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    sha256: Sha256
+    """sha256 (hex) of the stored content."""
     size: Annotated[int, Field(ge=0, le=DOCUMENT_MAX_BYTES)]
 
 
 class DocumentArrived(Envelope):
-    """A document (new or updated) to index. Key: document key (tenant + id).
+    """A document (new or updated) to index. Key: `tenant/document_id`.
 
     `version` orders updates of one document: upstream may set it (a revision number or timestamp);
     when absent, the event time in microseconds is used. A higher version always wins.
+
+    The content is exactly one of: `text` (inline, up to 512 KiB of UTF-8, not PDF), `content_url`
+    (https://, s3:// or file://, read by ragbus from places its operator allowed; any size up to
+    RAGBUS_FETCH_MAX_BYTES, PDFs too; `content_sha256` optionally pins the bytes), or `content_ref`
+    (ragbus's own claim-check store, used by `ragbus ingest`).
     """
 
     type: Literal["document.arrived"] = "document.arrived"
+    """Required on documents.v1: which event this is."""
     document_id: DocumentId
+    """Your id for the document, unique within the tenant; the same id replaces the earlier version."""
     version: Annotated[int, Field(ge=0)] | None = None
+    """Orders updates of one document (a revision number or a timestamp); the highest wins. Absent: the
+    event time in microseconds."""
     title: ShortText = ""
+    """Shown with citations and embedded with every chunk."""
     source: Annotated[str, StringConstraints(max_length=2048)] = ""
+    """Where the document came from (a link for people; ragbus does not read it)."""
     content_type: ContentType = ContentType.TEXT
+    """How to read the content: Markdown and HTML headings become section paths, PDFs are split by page."""
     text: str | None = None
+    """The content inline: UTF-8 text up to 512 KiB, not PDF."""
     content_ref: ContentRef | None = None
+    """The content in ragbus's own claim-check store (what `ragbus ingest` uses)."""
+    content_url: ContentUrl | None = None
+    """The content by reference: https://, s3:// or file:// (under a configured root), read by ragbus from
+    places its operator allowed (RAGBUS_FETCH_ALLOWED_URLS, RAGBUS_FETCH_FILE_ROOTS)."""
+    content_sha256: Sha256 | None = None
+    """Optional sha256 (hex) of the bytes behind content_url: ragbus refuses other bytes."""
     metadata: Metadata = Field(default_factory=dict)
+    """Up to 32 key/value pairs, kept with every chunk and usable as query filters."""
 
     @model_validator(mode="after")
     def _one_content(self) -> Self:
-        if (self.text is None) == (self.content_ref is None):
-            raise ValueError("exactly one of text (inline) or content_ref (claim-check) must be set")
+        given = [n for n in ("text", "content_url", "content_ref") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("exactly one of text (inline), content_url (by reference) or content_ref "
+                             f"(claim-check) must be set, got {' and '.join(given) or 'none'}")
+        if self.content_sha256 is not None and self.content_url is None:
+            raise ValueError("content_sha256 pins the bytes behind content_url: set it only with content_url")
         if self.text is not None:
             if self.content_type is ContentType.PDF:
-                raise ValueError("application/pdf content must be sent by content_ref, not inline text")
+                raise ValueError("application/pdf content cannot travel as inline text: send content_url")
             size = len(self.text.encode("utf-8", "surrogatepass"))
             if size > INLINE_TEXT_MAX_BYTES:
                 raise ValueError(
                     f"inline text is {size} bytes, over the {INLINE_TEXT_MAX_BYTES}-byte limit: "
-                    "store the content first and send content_ref"
+                    "publish the content where ragbus can read it and send content_url"
                 )
         return self
 
@@ -153,8 +223,12 @@ class DocumentDeleted(Envelope):
     """Remove a document and all its chunks up to `version`. Key: document key."""
 
     type: Literal["document.deleted"] = "document.deleted"
+    """Required on documents.v1: which event this is."""
     document_id: DocumentId
+    """The id the document was published with."""
     version: Annotated[int, Field(ge=0)] | None = None
+    """Delete every version up to and including this one (an update with a higher version still comes
+    through). Absent: the event time in microseconds."""
 
     @property
     def effective_version(self) -> int:
@@ -174,13 +248,23 @@ class _DocumentPart(Envelope):
 
     document_id: DocumentId
     version: Annotated[int, Field(ge=0)]
-    content_hash: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    content_hash: Sha256
     title: ShortText = ""
     source: Annotated[str, StringConstraints(max_length=2048)] = ""
     metadata: Metadata = Field(default_factory=dict)
     part: Annotated[int, Field(ge=0)]
     parts: Annotated[int, Field(ge=1)]
     total_chunks: Annotated[int, Field(ge=0)]
+    #: `occurred_at` of the DocumentArrived these chunks were cut from, carried to the indexer for the
+    #: freshness metric (publication -> searchable). Optional: producers before it did not send it.
+    document_occurred_at: datetime | None = None
+
+    @field_validator("document_occurred_at")
+    @classmethod
+    def _aware_document_time(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("document_occurred_at must carry a timezone (ISO 8601 with offset or Z)")
+        return value
 
     @model_validator(mode="after")
     def _part_in_range(self) -> Self:
@@ -251,10 +335,14 @@ class DocumentStatus(Envelope):
     type: Literal["document.status"] = "document.status"
     document_id: DocumentId
     version: Annotated[int, Field(ge=0)]
+    """The document version this status is about (the effective version: yours, or the event time in µs)."""
     status: Status
+    """received < chunked < embedded < indexed; failed (with `error`) or deleted end a version."""
     stage: ShortText
+    """The stage that reported it."""
     chunks: Annotated[int, Field(ge=0)] = 0
     error: Annotated[str, StringConstraints(max_length=2048)] = ""
+    """Why the version failed (the same reason its dead letter carries)."""
 
 
 class QueryRequested(Envelope):
@@ -262,14 +350,22 @@ class QueryRequested(Envelope):
 
     type: Literal["query.requested"] = "query.requested"
     query_id: QueryId = Field(default_factory=lambda: uuid.uuid4().hex)
+    """Your id for the query, any printable text up to 256 characters; the answer carries it back
+    unchanged. A query id asked again gets the stored answer again (it is the idempotency key)."""
     text: Annotated[str, StringConstraints(min_length=1, max_length=QUESTION_MAX_CHARS)]
+    """The question."""
     top_k: Annotated[int, Field(ge=1, le=TOP_K_MAX)] = 5
+    """How many chunks to retrieve and cite at most."""
     retrieve_only: bool = False
+    """Return the ranked chunks as citations, without generating an answer."""
     stream: bool = False
-    #: Let the model run follow-up searches (same tenant and filters) before it answers.
+    """Also publish the answer as it is generated, as answer.delta events."""
     agentic: bool = False
+    """Let the model run follow-up searches (same tenant and filters) before it answers."""
     filters: Metadata = Field(default_factory=dict)
+    """Only chunks whose document metadata has these exact values."""
     deadline_ms: Annotated[int, Field(ge=100, le=600_000)] = 60_000
+    """The answer is published within this time, degraded if the model is too slow."""
 
     @field_validator("text")
     @classmethod
@@ -280,13 +376,16 @@ class QueryRequested(Envelope):
 
 
 class Citation(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", use_attribute_docstrings=True)
 
     rank: Annotated[int, Field(ge=1)]
+    """The `[n]` the answer text uses for this citation."""
     document_id: DocumentId
     chunk_id: str
+    """Stable id of the chunk (a uuid5 of tenant, document, version and chunk index)."""
     score: float
     text: str
+    """The cited chunk's text."""
     title: ShortText = ""
     section_path: list[ShortText] = Field(default_factory=list)
 
@@ -314,7 +413,9 @@ class AnswerDelta(Envelope):
 
     type: Literal["answer.delta"] = "answer.delta"
     query_id: QueryId
+    """The query's id, as it was asked."""
     seq: Annotated[int, Field(ge=0)]
+    """Orders the deltas of one query (0, 1, 2, ...); concatenate `text` in this order."""
     text: str
 
 
@@ -327,9 +428,12 @@ class AnswerGenerated(Envelope):
 
     type: Literal["answer.generated"] = "answer.generated"
     query_id: QueryId
+    """The query's id, as it was asked: correlate answers to questions by it."""
     question: str
     answer: str
+    """The answer text, with `[n]` markers that refer to `citations[].rank`."""
     degraded: bool
+    """True when the answer did not come from the configured language model."""
     degraded_reason: str = ""
     retrieve_only: bool = False
     citations: list[Citation]

@@ -7,9 +7,10 @@ name with a prefix from settings (so several deployments or test runs can share 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import Field, TypeAdapter
+from pydantic import BaseModel, Field, TypeAdapter
 
 from .events import (
     AnswerDelta,
@@ -37,12 +38,29 @@ class TopicSpec:
     value_type: Any
     #: What the key is; events of one key keep their order.
     key: str
-    partitions: int = 4
+    #: None: the deployment's setting (RAGBUS_KAFKA_PARTITIONS, per topic RAGBUS_KAFKA_TOPIC_PARTITIONS),
+    #: resolved by `infra.kafka.clients.partitions`.
+    partitions: int | None = None
     config: dict[str, str] = field(default_factory=dict)
     description: str = ""
 
     def adapter(self) -> TypeAdapter[Any]:
         return _adapter(self.value_type)
+
+    def models(self) -> list[type[BaseModel]]:
+        """The event models this topic carries, in declaration order (none for a dead-letter topic)."""
+        tp = self.value_type
+        if tp is None:
+            return []
+        if get_origin(tp) is Annotated:
+            tp = get_args(tp)[0]
+        if get_origin(tp) in (Union, UnionType):
+            return list(get_args(tp))
+        return [tp]
+
+    def event_types(self) -> list[str]:
+        """The `type` values this topic accepts, e.g. document.arrived, document.deleted."""
+        return [str(m.model_fields["type"].default) for m in self.models()]
 
     def physical(self, prefix: str) -> str:
         return f"{prefix}{self.name}"
@@ -57,7 +75,7 @@ def _adapter(tp: Any) -> TypeAdapter[Any]:
     return _ADAPTERS[id(tp)]
 
 
-_RETAIN = {"retention.ms": _WEEK_MS, "max.message.bytes": _MESSAGE_MAX}
+_RETAIN = {"cleanup.policy": "delete", "retention.ms": _WEEK_MS, "max.message.bytes": _MESSAGE_MAX}
 
 STAGES = ("chunker", "embedder", "indexer", "status", "answerer")
 
@@ -65,31 +83,40 @@ STAGES = ("chunker", "embedder", "indexer", "status", "answerer")
 @dataclass(frozen=True)
 class Topics:
     documents: TopicSpec = TopicSpec(
-        "documents.v1", DocumentEvent, "tenant/document_id", 4, _RETAIN,
+        "documents.v1", DocumentEvent, "tenant/document_id", None, _RETAIN,
         "document arrived or deleted, from upstream systems and `ragbus ingest`",
     )
     chunks: TopicSpec = TopicSpec(
-        "chunks.v1", ChunkEvent, "tenant/document_id", 4, _RETAIN, "chunked documents (and deletes, in order)"
+        "chunks.v1", ChunkEvent, "tenant/document_id", None, _RETAIN, "chunked documents (and deletes, in order)"
     )
     embedded: TopicSpec = TopicSpec(
-        "embedded.v1", EmbeddedEvent, "tenant/document_id", 4, _RETAIN, "chunks with vectors (and deletes)"
+        "embedded.v1", EmbeddedEvent, "tenant/document_id", None, _RETAIN, "chunks with vectors (and deletes)"
     )
     status: TopicSpec = TopicSpec(
-        "status.v1", DocumentStatus, "tenant/document_id", 4, _RETAIN, "document status changes"
+        "status.v1", DocumentStatus, "tenant/document_id", None, _RETAIN, "document status changes"
     )
-    queries: TopicSpec = TopicSpec("queries.v1", QueryRequested, "query_id", 4, _RETAIN, "questions")
-    answers: TopicSpec = TopicSpec("answers.v1", AnswerGenerated, "query_id", 4, _RETAIN, "final answers")
+    queries: TopicSpec = TopicSpec("queries.v1", QueryRequested, "query_id", None, _RETAIN, "questions")
+    answers: TopicSpec = TopicSpec("answers.v1", AnswerGenerated, "query_id", None, _RETAIN, "final answers")
     answer_deltas: TopicSpec = TopicSpec(
-        "answer-deltas.v1", AnswerDelta, "query_id", 4, {"retention.ms": str(24 * 3600 * 1000)},
+        "answer-deltas.v1", AnswerDelta, "query_id", None,
+        {"cleanup.policy": "delete", "retention.ms": str(24 * 3600 * 1000), "max.message.bytes": _MESSAGE_MAX},
         "streamed answer pieces, ordered per query",
     )
+
+    def source_of(self, stage: str) -> TopicSpec:
+        """The topic a stage consumes (its consumer group's topic)."""
+        sources = {"chunker": self.documents, "embedder": self.chunks, "indexer": self.embedded,
+                   "status": self.status, "answerer": self.queries}
+        if stage not in sources:
+            raise KeyError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+        return sources[stage]
 
     def dead_letter(self, stage: str) -> TopicSpec:
         if stage not in STAGES:
             raise KeyError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
         return TopicSpec(
-            f"dlq.{stage}.v1", None, "original key", 1, {"retention.ms": str(30 * 24 * 3600 * 1000),
-                                                       "max.message.bytes": _MESSAGE_MAX},
+            f"dlq.{stage}.v1", None, "original key", 1,
+            {"cleanup.policy": "delete", "retention.ms": str(30 * 24 * 3600 * 1000), "max.message.bytes": _MESSAGE_MAX},
             f"dead letters of the {stage} stage: original bytes, reason in headers",
         )
 

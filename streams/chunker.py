@@ -2,14 +2,25 @@
 
 Chunks a document version into ordered parts of at most CHUNKS_PER_PART chunks. Deletes pass through
 unchanged so they stay ordered with the document's other events on its key.
+
+Content comes inline, from ragbus's claim-check store (`content_ref`), or by reference (`content_url`),
+read through the ContentFetcher port from places the operator allowed and checked against the event's
+content_type (chunking/content.py). A URL is read once per delivery: a publisher that wants a
+version's content fixed pins it with `content_sha256` (or never changes what a versioned URL serves).
+
+Every output is keyed `tenant/document_id`, whatever key the input had: a keyless or wrongly keyed
+document event is re-keyed here, before any stage that needs per-document order (the chunker itself
+keeps no per-document state, and versions order what it emits).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from chunking.content import accept
 from chunking.splitter import Chunker
-from kernel.errors import PoisonMessageError
+from kernel.errors import FetchError, PoisonMessageError
+from kernel.ports import ContentFetcher, FetchedContent
 from kernel.stage import Out, Stage, failed_status, per_event
 from schemas.events import (
     CHUNKS_PER_PART,
@@ -29,9 +40,20 @@ ContentLoader = Callable[[ContentRef], bytes]
 STAGE = "chunker"
 
 
-def _content(event: DocumentArrived, load: ContentLoader) -> str | bytes:
+class NoFetcher:
+    """The fetcher when none is configured: every URL is refused, saying how to enable it."""
+
+    def fetch(self, url: str) -> FetchedContent:
+        raise FetchError(f"content_url {url.split('?', 1)[0]}: this ragbus reads no content by URL; its operator "
+                         "can allow sources in RAGBUS_FETCH_ALLOWED_URLS or RAGBUS_FETCH_FILE_ROOTS")
+
+
+def _content(event: DocumentArrived, load: ContentLoader, fetch: ContentFetcher) -> str | bytes:
     if event.text is not None:
         return event.text
+    if event.content_url is not None:
+        fetched = fetch.fetch(event.content_url)
+        return accept(event.content_type, fetched, event.content_url.split("?", 1)[0], event.content_sha256)
     assert event.content_ref is not None  # guaranteed by the model validator
     if event.content_ref.size > DOCUMENT_MAX_BYTES:
         raise PoisonMessageError(f"document is {event.content_ref.size} bytes, over the {DOCUMENT_MAX_BYTES} limit")
@@ -44,12 +66,13 @@ def _content(event: DocumentArrived, load: ContentLoader) -> str | bytes:
     return data if event.content_type is ContentType.PDF else data.decode("utf-8", errors="strict")
 
 
-def chunk_event(event: DocumentArrived | DocumentDeleted, chunker: Chunker, load: ContentLoader) -> list[Out]:
+def chunk_event(event: DocumentArrived | DocumentDeleted, chunker: Chunker, load: ContentLoader,
+                fetch: ContentFetcher | None = None) -> list[Out]:
     key = document_key(event.tenant, event.document_id)
     if isinstance(event, DocumentDeleted):
         return [Out(TOPICS.chunks, key, event)]
     try:
-        content = _content(event, load)
+        content = _content(event, load, fetch or NoFetcher())
     except UnicodeDecodeError as exc:
         raise PoisonMessageError(f"claim-check content is not UTF-8 text: {exc.reason}") from exc
     chunks = chunker.chunk(event.content_type, content)
@@ -61,7 +84,7 @@ def chunk_event(event: DocumentArrived | DocumentDeleted, chunker: Chunker, load
         Out(TOPICS.chunks, key, ChunksProduced(
             **envelope, document_id=event.document_id, version=version, content_hash=digest, title=event.title,
             source=event.source, metadata=event.metadata, part=n, parts=len(parts), total_chunks=len(chunks),
-            chunks=part))
+            document_occurred_at=event.occurred_at, chunks=part))
         for n, part in enumerate(parts)
     ]
     outs.append(Out(TOPICS.status, key, DocumentStatus(
@@ -70,10 +93,10 @@ def chunk_event(event: DocumentArrived | DocumentDeleted, chunker: Chunker, load
     return outs
 
 
-def stage(chunker: Chunker, load: ContentLoader) -> Stage:
+def stage(chunker: Chunker, load: ContentLoader, fetch: ContentFetcher | None = None) -> Stage:
     return Stage(
         name=STAGE, source=TOPICS.documents,
-        handle=per_event(lambda ev: chunk_event(ev, chunker, load)),
+        handle=per_event(lambda ev: chunk_event(ev, chunker, load, fetch)),
         on_failure=lambda ev, exc: failed_status(ev, exc, STAGE),
-        max_batch=16, window_s=0.01,
+        max_batch=16, window_s=0.01, key=lambda ev: document_key(ev.tenant, ev.document_id),
     )

@@ -24,7 +24,7 @@ from typing import Any
 from infra.kafka import faust_runner
 from infra.kafka.delivery import BatchPolicy
 from infra.ops import logs
-from infra.ops.health import Health
+from infra.ops.health import Health, StallPolicy, report
 from infra.ops.metrics import Metrics
 from infra.settings import Settings
 from kernel.stage import Out, PerEvent, Stage
@@ -60,7 +60,8 @@ def main() -> None:
             return real(self, records, wait)
 
         BatchPolicy.process = broken  # type: ignore[method-assign]
-    health = Health(stage.name, metrics, settings.health_dir(), settings.stall_after_s)
+    health = Health(stage.name, metrics, settings.health_dir(), StallPolicy.of(settings))
+    report([health])
     policy = BatchPolicy(settings, stage, metrics, health)
     faust_runner.run(faust_runner.build_app(settings, policy, metrics, health), settings)
 

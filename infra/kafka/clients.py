@@ -61,24 +61,65 @@ def check_reachable(settings: Settings, timeout_s: float = 5.0) -> None:
         ) from exc
 
 
-def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, timeout_s: float = 15.0) -> list[str]:
-    """Create every topic with its partitions and config; report a partition-count mismatch."""
-    specs = specs if specs is not None else TOPICS.all()
-    admin = AdminClient(base_config(settings))
-    existing = admin.list_topics(timeout=timeout_s).topics
-    created: list[str] = []
-    wanted = []
+def partitions(settings: Settings, spec: TopicSpec) -> int:
+    """How many partitions `spec` has in this deployment: per-topic setting, else the registry's own number
+    (dead-letter topics), else RAGBUS_KAFKA_PARTITIONS."""
+    override = settings.kafka.topic_partitions.get(spec.name)
+    if override is not None:
+        return override
+    return spec.partitions if spec.partitions is not None else settings.kafka.partitions
+
+
+def _partitions_setting(settings: Settings, spec: TopicSpec) -> str:
+    if spec.name in settings.kafka.topic_partitions:
+        return f'RAGBUS_KAFKA_TOPIC_PARTITIONS["{spec.name}"]'
+    return "ragbus's registry" if spec.partitions is not None else "RAGBUS_KAFKA_PARTITIONS"
+
+
+def _check_topic_settings(settings: Settings) -> None:
+    known = {spec.name for spec in TOPICS.all()}
+    for name, count in settings.kafka.topic_partitions.items():
+        if name not in known:
+            raise ConfigurationError(f"RAGBUS_KAFKA_TOPIC_PARTITIONS names {name!r}, which is no ragbus topic; "
+                                     f"topics are {', '.join(sorted(known))}")
+        if count < 1:
+            raise ConfigurationError(f'RAGBUS_KAFKA_TOPIC_PARTITIONS["{name}"] must be at least 1, not {count}')
+
+
+def topic_mismatches(settings: Settings, existing: dict[str, Any], specs: list[TopicSpec]) -> list[str]:
+    """Existing topics whose partition count differs from what the settings ask for, as readable phrases."""
+    out = []
     for spec in specs:
         name = topic_name(settings, spec)
         if name in existing:
-            have = len(existing[name].partitions)
-            if have != spec.partitions:
-                raise ConfigurationError(
-                    f"topic {name} has {have} partitions, ragbus declares {spec.partitions}: "
-                    "recreate it or use another RAGBUS_KAFKA_TOPIC_PREFIX"
-                )
-            continue
-        wanted.append(NewTopic(name, num_partitions=spec.partitions, replication_factor=-1, config=spec.config))
+            have, want = len(existing[name].partitions), partitions(settings, spec)
+            if have != want:
+                out.append(f"{name} has {have} partitions, {_partitions_setting(settings, spec)} asks for {want}")
+    return out
+
+
+def _mismatch_error(found: list[str]) -> ConfigurationError:
+    more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+    return ConfigurationError(
+        f"existing topics differ from the settings: {found[0]}{more}. Partitions cannot be changed in place "
+        "without moving documents to other partitions (which breaks their order): set the partition settings "
+        "to match the topics, or drain and recreate the topics, or use a new RAGBUS_KAFKA_TOPIC_PREFIX")
+
+
+def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, timeout_s: float = 15.0) -> list[str]:
+    """Create every topic with its partitions, replication and config; existing topics are checked, never
+    altered, and a partition count that differs from the settings is an error that says what to do."""
+    _check_topic_settings(settings)
+    specs = specs if specs is not None else TOPICS.all()
+    admin = AdminClient(base_config(settings))
+    existing = admin.list_topics(timeout=timeout_s).topics
+    found = topic_mismatches(settings, existing, specs)
+    if found:
+        raise _mismatch_error(found)
+    created: list[str] = []
+    wanted = [NewTopic(topic_name(settings, spec), num_partitions=partitions(settings, spec),
+                       replication_factor=settings.kafka.replication_factor, config=spec.config)
+              for spec in specs if topic_name(settings, spec) not in existing]
     if wanted:
         for name, fut in admin.create_topics(wanted, operation_timeout=timeout_s).items():
             try:
@@ -88,6 +129,26 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, time
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise ConfigurationError(f"could not create topic {name}: {exc.args[0].str()}") from exc
     return created
+
+
+def verify_topics(settings: Settings, specs: list[TopicSpec], timeout_s: float = 15.0) -> None:
+    """At a worker's start: its topics exist with the partitions the settings say (faust agents crash-loop
+    on a mismatch, and a missing topic is an operator's step not taken)."""
+    _check_topic_settings(settings)
+    existing = AdminClient(base_config(settings)).list_topics(timeout=timeout_s).topics
+    missing = [topic_name(settings, s) for s in specs if topic_name(settings, s) not in existing]
+    if missing:
+        raise ConfigurationError(f"topic {missing[0]} does not exist: run `ragbus topics create` with the same "
+                                 "RAGBUS_KAFKA_* settings first")
+    found = topic_mismatches(settings, existing, specs)
+    if found:
+        raise _mismatch_error(found)
+
+
+def partition_ids(client: Consumer | AdminClient, topic: str, timeout_s: float = 10.0) -> list[int]:
+    """The partitions a topic really has (none if it does not exist), from the cluster's metadata."""
+    meta = client.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    return sorted(meta.partitions) if meta is not None and meta.error is None else []
 
 
 def make_consumer(settings: Settings, group_id: str | None, **overrides: Any) -> Consumer:

@@ -17,12 +17,13 @@ consumer seeks back to the batch's first offsets, so no later commit can pass ov
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from infra.ops import logs
 from infra.ops.health import Health
@@ -31,10 +32,14 @@ from kernel.errors import RetryableError
 
 from .clients import EventProducer, commit_offsets, consume_batch, make_consumer, topic_name
 from .delivery import BatchPolicy
-from .records import SourceRecord
+from .records import SourceRecord, describe
 
 log = logs.get(__name__)
+#: Client errors a broker outage repeats many times a second: rate-limited (infra/ops/logs.py).
+client_log = logs.get("infra.kafka.client")
 LAG_EVERY_S = 2.0
+#: librdkafka statistics (broker connection states, for readiness) this often.
+STATS_EVERY_MS = 5000
 
 
 class ConsumerRunner:
@@ -47,26 +52,42 @@ class ConsumerRunner:
         self._health = health
         self._revoked = False  # set by the rebalance callback; read between polls and while waiting
         self._committed: dict[tuple[str, int], int] = {}
+        #: Where the group stood when a partition was assigned (its committed offset, else the log start).
+        self._start: dict[tuple[str, int], int] = {}
         self._lag_at = 0.0
         self.batches = 0
 
     def run(self, stop: threading.Event) -> None:
-        consumer = make_consumer(self._settings, f"{self._settings.kafka.topic_prefix}{self._stage.name}")
+        consumer = make_consumer(self._settings, f"{self._settings.kafka.topic_prefix}{self._stage.name}",
+                                 error_cb=self._on_error, stats_cb=self._on_stats,
+                                 **{"statistics.interval.ms": STATS_EVERY_MS})
+
+        def on_assign(_: Any, partitions: list[Any]) -> None:
+            log.info("partitions assigned", stage=self._stage.name, partitions=[p.partition for p in partitions])
+            if self._health is not None:
+                self._health.assigned([f"{p.topic}[{p.partition}]" for p in partitions])
 
         def on_revoke(_: Any, partitions: list[Any]) -> None:
             self._revoked = True
+            self._start.clear()  # a later owner may commit meanwhile: read again on the next assignment
+            self._committed.clear()
             log.info("partitions revoked", stage=self._stage.name, partitions=[p.partition for p in partitions])
+            if self._health is not None:
+                self._health.revoked()
 
         source = topic_name(self._settings, self._stage.source)
-        consumer.subscribe([source], on_revoke=on_revoke)
+        consumer.subscribe([source], on_assign=on_assign, on_revoke=on_revoke, on_lost=on_revoke)
         log.info("stage started", stage=self._stage.name, topic=source)
         try:
             while not stop.is_set():
+                if self._health is not None:
+                    self._health.tick()
                 messages = consume_batch(consumer, self._stage.max_batch, self._settings.kafka.poll_timeout_s,
                                          self._stage.window_s)
                 self._revoked = False  # nothing was buffered across that poll
                 records = self._records(messages)
                 if records:
+                    self._report_lag(consumer, now=True)  # the lag this batch is, before it may hang
                     self._handle(consumer, records, stop)
                 self._report_lag(consumer)
         finally:
@@ -84,14 +105,33 @@ class ConsumerRunner:
             elif err.fatal():
                 raise KafkaException(err)
             else:
-                log.warning("consumer error", stage=self._stage.name, error=err.str())
+                client_log.warning("consumer error", stage=self._stage.name, error=err.str())
         return records
+
+    def _on_error(self, err: KafkaError) -> None:
+        """librdkafka's error callback: the connection state for readiness (the details are in its log)."""
+        if err.code() == KafkaError._ALL_BROKERS_DOWN and self._health is not None:
+            self._health.connection(False, err.str())
+        if err.fatal():
+            client_log.error("fatal Kafka client error", stage=self._stage.name, error=err.str())
+
+    def _on_stats(self, raw: str) -> None:
+        """librdkafka's statistics: connected again once a broker connection is up."""
+        if self._health is None:
+            return
+        try:
+            brokers = json.loads(raw).get("brokers", {}).values()
+        except ValueError:
+            return
+        up = any(b.get("state") == "UP" for b in brokers if b.get("nodeid", -1) >= 0)
+        self._health.connection(up, None if up else "no broker connection is up")
 
     def _handle(self, consumer: Consumer, records: list[SourceRecord], stop: threading.Event) -> None:
         started = time.perf_counter()
         done = self._policy.process(records, lambda seconds: self._wait(consumer, seconds, stop))
         if done is None:
-            log.warning("batch abandoned uncommitted (stopping or partitions revoked)", stage=self._stage.name)
+            log.warning("batch abandoned uncommitted (stopping or partitions revoked)", stage=self._stage.name,
+                        batch=describe(records))
             return
         try:
             for send in done.sends:
@@ -99,17 +139,19 @@ class ConsumerRunner:
             self._producer.flush()
         except (RetryableError, KafkaException, BufferError) as exc:
             log.error("outputs not delivered; the batch will be consumed again", stage=self._stage.name,
-                      error=str(exc)[:300])
+                      batch=describe(records), error=str(exc)[:300])
             self._rewind(consumer, records)
             return
         try:
             commit_offsets(consumer, records)
         except KafkaException as exc:  # e.g. the partitions were revoked meanwhile: redelivered, idempotent
-            log.warning("commit failed; batch will be redelivered", stage=self._stage.name, error=str(exc))
+            log.warning("commit failed; batch will be redelivered", stage=self._stage.name, batch=describe(records),
+                        error=str(exc))
             return
         for r in records:
             key = (r.topic, r.partition)
             self._committed[key] = max(self._committed.get(key, 0), r.offset + 1)
+        self._report_lag(consumer, now=True)  # the committed offsets moved: say so at once
         self._policy.finished(records, done, started)
         self.batches += 1
 
@@ -128,6 +170,8 @@ class ConsumerRunner:
         try:
             deadline = time.monotonic() + seconds
             while time.monotonic() < deadline:
+                if self._health is not None:
+                    self._health.tick()
                 self._report_lag(consumer)
                 if stop.is_set() or self._revoked:
                     return False
@@ -140,17 +184,35 @@ class ConsumerRunner:
             if not self._revoked:
                 consumer.resume(assignment)
 
-    def _report_lag(self, consumer: Consumer) -> None:
-        """Lag per partition: fetch high-water mark minus what this stage committed (or its position)."""
-        if self._health is None or time.monotonic() - self._lag_at < LAG_EVERY_S:
+    def _report_lag(self, consumer: Consumer, now: bool = False) -> None:
+        """Per partition: the committed offset (this runner's last commit, else the group's at assignment)
+        and the fetch high-water mark, for lag and stall detection."""
+        if self._health is None or (not now and time.monotonic() - self._lag_at < LAG_EVERY_S):
             return
         self._lag_at = time.monotonic()
-        lag = {}
-        for tp in consumer.assignment():
+        assignment = consumer.assignment()
+        self._fetch_start(consumer, [tp for tp in assignment if (tp.topic, tp.partition) not in self._start])
+        offsets: dict[str, tuple[int | None, int]] = {}
+        for tp in assignment:
+            key = (tp.topic, tp.partition)
             _, high = consumer.get_watermark_offsets(tp, cached=True)
-            done = self._committed.get((tp.topic, tp.partition))
-            if done is None:
-                done = consumer.position([tp])[0].offset
-            if high >= 0 and done is not None and done >= 0:
-                lag[f"{tp.topic}[{tp.partition}]"] = max(0, high - done)
-        self._health.set_lag(lag)
+            committed = self._committed.get(key, self._start.get(key))
+            if high >= 0 and committed is not None:
+                offsets[f"{tp.topic}[{tp.partition}]"] = (committed, high)
+        self._health.observe(offsets)
+
+    def _fetch_start(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if not partitions:
+            return
+        try:
+            committed = consumer.committed(partitions, timeout=5)
+        except KafkaException as exc:  # the coordinator is busy (rebalancing): next round
+            client_log.warning("could not read committed offsets", stage=self._stage.name, error=str(exc)[:200])
+            return
+        for tp in committed:
+            if tp.offset >= 0:
+                self._start[(tp.topic, tp.partition)] = tp.offset
+            else:  # nothing committed yet: the group starts at the log start (auto.offset.reset=earliest)
+                low, _ = consumer.get_watermark_offsets(tp, cached=True)
+                if low >= 0:
+                    self._start[(tp.topic, tp.partition)] = low

@@ -16,13 +16,12 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
-from infra.kafka.clients import EventProducer, commit_offsets, make_consumer, topic_name
-from infra.kafka.records import DLQ_PREFIX, SourceRecord, headers_of
+from infra.kafka.clients import EventProducer, commit_offsets, make_consumer, partition_ids, topic_name
+from infra.kafka.records import SourceRecord, headers_of
 from infra.settings import Settings
 from schemas.events import DeadLetter, utcnow
+from schemas.headers import DLQ_PREFIX, REPLAYED_FROM
 from schemas.topics import STAGES, TOPICS
-
-REPLAYED_FROM = "ragbus-replayed-from"
 
 
 def _dead_letter(msg: Any) -> DeadLetter:
@@ -45,7 +44,8 @@ def list_dead_letters(settings: Settings, stages: list[str] | None = None, idle_
     for stage in stages or list(STAGES):
         spec = TOPICS.dead_letter(stage)
         consumer = make_consumer(settings, None)
-        consumer.assign([TopicPartition(topic_name(settings, spec), p, 0) for p in range(spec.partitions)])
+        name = topic_name(settings, spec)
+        consumer.assign([TopicPartition(name, p, 0) for p in partition_ids(consumer, name)])
         try:
             while batch := consumer.consume(500, idle_s):
                 yield from (_dead_letter(m) for m in batch if m.error() is None)

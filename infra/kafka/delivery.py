@@ -20,8 +20,10 @@ within a window, unexpected failures reach a count and a share of the events han
 breaks. Breaking means: the batch in hand is held (nothing of it is dead-lettered or committed), the
 stage reports itself broken (`/health` 503, `ragbus_stage_broken`, an ERROR log saying why), and it
 probes: every `probe_interval_s` (doubling) it runs the held events one at a time; as soon as one is
-handled, the breaker closes and the batch is processed as usual. A restart closes it too. A poison
-event among good ones does not break anything: it is dead-lettered alone.
+handled, the breaker closes and the batch is processed as usual: the stage has shown it works, so the
+batch's remaining failures are its events' own and are dead-lettered (the breaker does not open again
+on the same batch, which could hold it forever). A restart closes the breaker too. A poison event
+among good ones does not break anything: it is dead-lettered alone.
 
 `process` returns the messages to produce (outputs, dead letters, failure statuses), or None when the
 runtime's `wait` says to give the batch up (stopping, partitions revoked): then nothing of the batch
@@ -33,6 +35,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,17 +44,22 @@ import tenacity
 from infra.ops import logs
 from infra.ops.health import Health
 from infra.ops.metrics import Metrics, Outcome
+from infra.ops.tracing import BatchSpans, Headers
 from infra.settings import DeliverySettings, Settings
 from kernel.errors import ConfigurationError, PoisonMessageError, RetryableError
 from kernel.stage import Out, PerEvent, Stage
 
-from .records import Send, SourceRecord, dead_letter
+from .records import Send, SourceRecord, dead_letter, describe
 from .serde import decode, encode, headers_for
 
 log = logs.get(__name__)
 #: `wait(seconds) -> bool`: the runtime waits without leaving its consumer group; False means give up.
 Wait = Callable[[float], bool]
 _PROBE_EVENTS = 3
+#: A decoded event with its index in the batch and its record.
+_Item = tuple[int, SourceRecord, Any]
+#: A wrongly keyed event is counted every time, logged at most this often per stage.
+_REKEY_LOG_EVERY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -103,6 +111,7 @@ class BatchPolicy:
         self._metrics = metrics
         self._health = health
         self._breaker = Breaker(settings.delivery)
+        self._rekey_logged = -_REKEY_LOG_EVERY_S
         self._backoff = tenacity.wait_exponential_jitter(multiplier=self._policy.backoff_initial_s,
                                                          jitter=self._policy.backoff_initial_s,
                                                          max=self._policy.backoff_max_s)
@@ -113,48 +122,75 @@ class BatchPolicy:
 
     # -- the batch ---------------------------------------------------------------------------------
     def process(self, records: Sequence[SourceRecord], wait: Wait) -> Done | None:
-        while True:
-            try:
-                return self._attempt(records, wait)
-            except _Abandoned:
-                return None
-            except _Broken as broken:
-                if not self._hold(records, wait, broken.reason):
-                    return None
+        """Every log line meanwhile carries the stage and the batch (`topic[p]@a..b`), and every line
+        about one event its `where` and `correlation_id`; each record gets its trace span."""
+        spans = BatchSpans(self._stage.name, f"{self._settings.kafka.topic_prefix}{self._stage.name}", records)
+        outcome = "abandoned"
+        trust = False  # after a probe went through, the batch's own failures are its events' own
+        if self._health is not None:
+            self._health.batch_started()
+        try:
+            with logs.bound_context(stage=self._stage.name, batch=describe(records)):
+                while True:
+                    try:
+                        done = self._attempt(records, wait, spans, breaker=not trust)
+                        outcome = "ok"
+                        return done
+                    except _Abandoned:
+                        return None
+                    except _Broken as broken:
+                        if not self._hold(records, wait, broken.reason):
+                            return None
+                        trust = True
+        finally:
+            spans.end(outcome)
+            if self._health is not None:
+                self._health.batch_ended()
 
-    def _attempt(self, records: Sequence[SourceRecord], wait: Wait) -> Done:
+    def _attempt(self, records: Sequence[SourceRecord], wait: Wait, spans: BatchSpans, breaker: bool = True) -> Done:
         sends: list[Send] = []
-        decoded: list[tuple[SourceRecord, Any]] = []
-        for record in records:
+        decoded: list[_Item] = []
+        for i, record in enumerate(records):
             try:
-                decoded.append((record, decode(self._stage.source, record.value, self._settings.decode)))
+                event = decode(self._stage.source, record.value, self._settings.decode)
             except PoisonMessageError as exc:
+                spans.failed(i, exc)
                 sends.append(self._dead(record, exc))
+                continue
+            spans.decoded(i, event)
+            decoded.append((i, record, event))
+            self._check_key(record, event)
         dead = len(sends)
         if not decoded:
             return Done(sends, dead)
-        results = self._run([event for _, event in decoded], wait)
-        outputs: list[list[Send] | Exception] = [self._encode(r) for r in results]
-        failed = [(rec, ev, out) for (rec, ev), out in zip(decoded, outputs, strict=True)
+        results = self._run(decoded, wait, spans)
+        outputs: list[list[Send] | Exception] = [self._encode(r, spans.headers(i))
+                                                 for (i, _, _), r in zip(decoded, results, strict=True)]
+        failed = [(item, out) for item, out in zip(decoded, outputs, strict=True)
                   if isinstance(out, Exception) and not isinstance(out, PoisonMessageError)]
-        if self._breaker.record(len(outputs) - len(failed), len(failed)):
+        if self._breaker.record(len(outputs) - len(failed), len(failed)) and breaker:
             raise _Broken(f"{len(failed)} of {len(outputs)} events of the last batch failed unexpectedly "
-                          f"(last: {type(failed[-1][2]).__name__}: {str(failed[-1][2])[:200]})")
-        for (record, event), out in zip(decoded, outputs, strict=True):
+                          f"(last: {type(failed[-1][1]).__name__}: {str(failed[-1][1])[:200]})")
+        for (i, record, event), out in zip(decoded, outputs, strict=True):
             if isinstance(out, Exception):
+                spans.failed(i, out)
                 if not isinstance(out, PoisonMessageError):
-                    self._crashed(record, out)
-                sends.append(self._dead(record, out))
-                sends += self._failure_outputs(record, event, out)
+                    self._crashed(record, event, out)
+                sends.append(self._dead(record, out, event))
+                sends += self._failure_outputs(record, event, out, spans.headers(i))
                 dead += 1
             else:
                 sends += out
         return Done(sends, dead)
 
-    def _run(self, events: list[Any], wait: Wait) -> list[PerEvent]:
+    def _run(self, items: list[_Item], wait: Wait, spans: BatchSpans) -> list[PerEvent]:
         """The stage on the batch, with retries; an unexpected failure is run down to its event."""
+        events = [event for _, _, event in items]
+        fields = [(i, event, _fields(record, event)) for i, record, event in items]
+        alone = logs.bound_context(**fields[0][2]) if len(items) == 1 else nullcontext()
         try:
-            return self._retrying(lambda: self._stage.handle(events), wait)
+            with spans.handling(fields), alone:
+                return self._retrying(lambda: self._stage.handle(events), wait)
         except ConfigurationError as exc:
             raise _Broken(f"configuration: {exc}") from exc
         except RetryableError as exc:
@@ -162,11 +198,11 @@ class BatchPolicy:
         except (_Abandoned, _Broken):
             raise
         except Exception as exc:
-            if len(events) == 1:
+            if len(items) == 1:
                 return [exc]
             log.warning("batch failed unexpectedly; running its events one by one", stage=self._stage.name,
-                        events=len(events), error=f"{type(exc).__name__}: {exc}"[:300])
-            return [result for event in events for result in self._run([event], wait)]
+                        events=len(items), error=f"{type(exc).__name__}: {exc}"[:300])
+            return [result for item in items for result in self._run([item], wait, spans)]
 
     def _retrying(self, call: Callable[[], list[PerEvent]], wait: Wait) -> list[PerEvent]:
         def sleep(seconds: float) -> None:
@@ -193,8 +229,7 @@ class BatchPolicy:
     # -- breaking and recovering ------------------------------------------------------------------
     def _hold(self, records: Sequence[SourceRecord], wait: Wait, reason: str) -> bool:
         """Hold the batch while the stage is broken; True once a probe event went through."""
-        log.error("stage broken: holding its events uncommitted and probing", stage=self._stage.name, reason=reason,
-                  batch=f"{records[0].where()}..{records[-1].offset}" if records else "")
+        log.error("stage broken: holding its events uncommitted and probing", stage=self._stage.name, reason=reason)
         self._metrics.broken.labels(self._stage.name).set(1)
         if self._health is not None:
             self._health.broken(reason)
@@ -219,49 +254,69 @@ class BatchPolicy:
             except PoisonMessageError:
                 return True  # the stage works: it judged this event bad
             except Exception as exc:
-                log.info("probe failed", stage=self._stage.name, where=record.where(), error=repr(exc)[:200])
+                log.info("probe failed", stage=self._stage.name, where=record.where(),
+                         correlation_id=record.correlation_id(), error=repr(exc)[:200])
                 continue
             if not isinstance(result, Exception) or isinstance(result, PoisonMessageError):
                 return True
         return False
 
     # -- outputs, dead letters ------------------------------------------------------------------
-    def _encode(self, result: PerEvent) -> list[Send] | Exception:
+    def _encode(self, result: PerEvent, trace_headers: Headers) -> list[Send] | Exception:
         if isinstance(result, Exception):
             return result
         try:
-            return [self._send(out) for out in result]
+            return [self._send(out, trace_headers) for out in result]
         except Exception as exc:  # an output that cannot be encoded or is too large: this event's failure
             return exc
 
-    def _send(self, out: Out) -> Send:
+    def _send(self, out: Out, trace_headers: Headers) -> Send:
         value = encode(out.event)
         if len(value) > self._settings.kafka.message_max_bytes:
             raise PoisonMessageError(f"the {out.topic.name} event this produces is {len(value)} bytes, over the "
                                      f"{self._settings.kafka.message_max_bytes}-byte message limit")
-        return Send(out.topic.physical(self._settings.kafka.topic_prefix), out.key, value, headers_for(out.event))
+        return Send(out.topic.physical(self._settings.kafka.topic_prefix), out.key, value,
+                    headers_for(out.event) + trace_headers)
 
-    def _failure_outputs(self, record: SourceRecord, event: Any, exc: Exception) -> list[Send]:
+    def _failure_outputs(self, record: SourceRecord, event: Any, exc: Exception, trace_headers: Headers
+                         ) -> list[Send]:
         if self._stage.on_failure is None:
             return []
         try:
-            return [self._send(o) for o in self._stage.on_failure(event, exc)]
+            return [self._send(o, trace_headers) for o in self._stage.on_failure(event, exc)]
         except Exception as hook_exc:  # the event is dead-lettered already; only its status report is lost
             log.error("could not report a dead-lettered event's failure", stage=self._stage.name,
-                      where=record.where(), error=repr(hook_exc)[:300])
+                      **_fields(record, event), error=repr(hook_exc)[:300])
             return []
 
-    def _crashed(self, record: SourceRecord, exc: Exception) -> None:
+    def _check_key(self, record: SourceRecord, event: Any) -> None:
+        """Count (and now and then log) an event that arrived without its topic's key: it is handled all the
+        same, and the stage keys its outputs correctly, but its publisher should fix its producer."""
+        if self._stage.key is None:
+            return
+        expected = self._stage.key(event)
+        if record.key == expected:
+            return
+        self._metrics.rekeyed.labels(self._stage.name).inc()
+        now = time.monotonic()
+        if now - self._rekey_logged >= _REKEY_LOG_EVERY_S:
+            self._rekey_logged = now
+            log.warning("event without its topic's key: handled and re-keyed; its publisher should key it",
+                        stage=self._stage.name, where=record.where(), correlation_id=record.correlation_id(),
+                        key=(record.key or b"")[:200].decode("utf-8", "replace") or None,
+                        expected=expected[:200].decode("utf-8", "replace"))
+
+    def _crashed(self, record: SourceRecord, event: Any, exc: Exception) -> None:
+        fields = _fields(record, event)
         log.error("stage raised an unexpected error on an event; dead-lettering it", stage=self._stage.name,
-                  where=record.where(), correlation_id=record.correlation_id(),
-                  error=f"{type(exc).__name__}: {exc}"[:300])
+                  **fields, error=f"{type(exc).__name__}: {exc}"[:300])
         self._metrics.crashes.labels(self._stage.name).inc()
         if self._health is not None:
-            self._health.crashed(record.where(), record.correlation_id(), exc)
+            self._health.crashed(record.where(), fields["correlation_id"], exc)
 
-    def _dead(self, record: SourceRecord, exc: Exception) -> Send:
-        log.warning("dead-lettered", stage=self._stage.name, where=record.where(),
-                    correlation_id=record.correlation_id(), error_type=type(exc).__name__, error=str(exc)[:300])
+    def _dead(self, record: SourceRecord, exc: Exception, event: Any = None) -> Send:
+        log.warning("dead-lettered", stage=self._stage.name, **_fields(record, event),
+                    error_type=type(exc).__name__, error=str(exc)[:300])
         self._metrics.events.labels(self._stage.name, Outcome.DEAD_LETTERED).inc()
         return dead_letter(self._settings.kafka.topic_prefix, self._settings.kafka.message_max_bytes,
                            self._stage.name, record, exc)
@@ -273,4 +328,11 @@ class BatchPolicy:
         self._metrics.batch_seconds.labels(self._stage.name).observe(time.perf_counter() - started)
         self._metrics.last_progress.labels(self._stage.name).set(time.time())
         if self._health is not None:
-            self._health.progressed(len(records))
+            self._health.progressed(len(records), time.perf_counter() - started)
+
+
+def _fields(record: SourceRecord, event: Any = None) -> dict[str, str]:
+    """The log fields of a line about one message: where it is and its correlation id (the header's,
+    else the event's own)."""
+    return {"where": record.where(),
+            "correlation_id": record.correlation_id() or str(getattr(event, "correlation_id", "") or "")}

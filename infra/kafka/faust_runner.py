@@ -40,9 +40,10 @@ from infra.ops.health import Health
 from infra.ops.metrics import Metrics
 from infra.settings import Settings
 
-from .clients import bootstrap, topic_name
+from .clients import bootstrap, partitions, topic_name
 from .delivery import BatchPolicy, Done
 from .records import SourceRecord
+from .security import faust_options
 
 log = logs.get(__name__)
 #: How long a stop request waits for the batch in hand before the process exits without acknowledging it.
@@ -93,6 +94,9 @@ def build_app(settings: Settings, policy: BatchPolicy, metrics: Metrics, health:
     session_s = settings.kafka.session_timeout_ms / 1000
     datadir = settings.data_dir / "faust" / stage.name
     datadir.mkdir(parents=True, exist_ok=True)
+    security, ignored = faust_options(settings.kafka.client_config)  # the same cluster settings as every stage
+    if ignored:
+        log.info("client settings that apply to the confluent-kafka stages only", stage=stage.name, keys=ignored)
     app = FaustApp(
         f"{settings.kafka.topic_prefix}{stage.name}",
         broker=[f"kafka://{s.strip()}" for s in bootstrap(settings).split(",")],
@@ -110,10 +114,11 @@ def build_app(settings: Settings, policy: BatchPolicy, metrics: Metrics, health:
         consumer_max_fetch_size=settings.kafka.message_max_bytes,
         datadir=str(datadir),
         producer_acks=-1,
+        **security,
     )
     app.fetch_wait_ms = settings.fetch_wait_ms()
     source = app.topic(topic_name(settings, stage.source), key_type=bytes, value_type=bytes,
-                       key_serializer="raw", value_serializer="raw", partitions=stage.source.partitions)
+                       key_serializer="raw", value_serializer="raw", partitions=partitions(settings, stage.source))
     sinks: dict[str, Any] = {}
 
     def sink(name: str) -> Any:
@@ -162,23 +167,51 @@ def build_app(settings: Settings, policy: BatchPolicy, metrics: Metrics, health:
             policy.finished(records, done, started)
             yield len(records)
 
-    async def report_lag() -> None:
-        """Lag from faust's fetch high-water marks and its committed offsets (next offset to read)."""
-        if health is None:
-            return
-        lag = {}
-        for tp in app.consumer.assignment():
-            if tp.topic != source.get_topic_name():
-                continue
-            high = app.consumer.highwater(tp)
-            committed = getattr(app.consumer, "_committed_offset", {}).get(tp)  # faust has no public accessor
-            if high is not None and high >= 0:
-                lag[f"{tp.topic}[{tp.partition}]"] = max(0, high - (committed or 0))
-        health.set_lag(lag)
-
+    if health is not None:
+        _report_health(app, source.get_topic_name(), health)
     app.agent(source, name=f"ragbus.{stage.name}")(agent)
-    app.timer(interval=2.0, name=f"ragbus.{stage.name}.lag")(report_lag)
     return app
+
+
+def _report_health(app: faust.App, topic: str, health: Health) -> None:
+    """Liveness from a timer on the event loop, readiness from the rebalance signals and aiokafka's
+    connections, lag and stalls from faust's committed offsets and fetch high-water marks."""
+
+    def on_assigned(_: Any, /, *args: Any, signal: Any, **__: Any) -> None:  # args: (the assigned partitions,)
+        health.assigned([f"{tp.topic}[{tp.partition}]" for tp in args[0] if tp.topic == topic])
+
+    def on_revoked(_: Any, /, *__: Any, signal: Any, **___: Any) -> None:
+        health.revoked()
+
+    app.on_partitions_assigned.connect(on_assigned)
+    app.on_partitions_revoked.connect(on_revoked)
+
+    async def tick() -> None:
+        health.tick()
+
+    async def observe() -> None:
+        health.connection(*_connected(app))
+        offsets: dict[str, tuple[int | None, int]] = {}
+        for tp in app.consumer.assignment():
+            high = app.consumer.highwater(tp) if tp.topic == topic else None
+            if high is not None and high >= 0:
+                # faust has no public accessor; None: the group never committed (it starts at offset 0)
+                committed = getattr(app.consumer, "_committed_offset", {}).get(tp)
+                offsets[f"{tp.topic}[{tp.partition}]"] = (committed or 0, high)
+        health.observe(offsets)
+
+    app.timer(interval=1.0, name="ragbus.tick")(tick)
+    app.timer(interval=2.0, name="ragbus.lag")(observe)
+
+
+def _connected(app: faust.App) -> tuple[bool, str | None]:
+    """Whether aiokafka holds a live broker connection (faust exposes none; checked by the runtime tests)."""
+    try:
+        conns = app.consumer._thread._ensure_consumer()._client._conns  # type: ignore[attr-defined]
+    except Exception as exc:  # the consumer is not started yet
+        return False, f"consumer not started ({type(exc).__name__})"
+    up = any(conn.connected() for conn in list(conns.values()))
+    return up, None if up else "no broker connection is up"
 
 
 class _Abandoned(Exception):
@@ -196,7 +229,9 @@ def _exit_unacknowledged(stage: str, records: list[SourceRecord], exc: BaseExcep
 
 def run(app: FaustApp, settings: Settings) -> None:
     """Run the faust worker in the foreground until SIGINT/SIGTERM."""
-    worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
+    # override_logging=False: the process's logging (infra/ops/logs.py) renders faust's lines too
+    worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False,
+                          override_logging=False)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:

@@ -7,14 +7,15 @@ reason, time, attempts).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import Message
 
 from schemas.events import utcnow
+from schemas.headers import CORRELATION_ID, DLQ_PREFIX, dlq
 from schemas.topics import TOPICS
 
-DLQ_PREFIX = "ragbus-dlq-"
 Headers = list[tuple[str, str | bytes | None]]
 #: Room left in a dead letter for its key and headers.
 _DLQ_OVERHEAD = 64 * 1024
@@ -47,7 +48,7 @@ class SourceRecord:
 
     def correlation_id(self) -> str:
         for key, value in self.headers:
-            if key == "ragbus-correlation-id":
+            if key == CORRELATION_ID:
                 return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value or "")
         return ""
 
@@ -56,6 +57,20 @@ class SourceRecord:
         """From a confluent-kafka Message."""
         return cls(msg.topic() or "", msg.partition() or 0, msg.offset() or 0, msg.key(), msg.value(),
                    headers_of(msg))
+
+
+def describe(records: Sequence[SourceRecord]) -> str:
+    """Where a batch came from, for logs: `topic[0]@5..9 [2]@3` (offset ranges per partition)."""
+    ranges: dict[tuple[str, int], tuple[int, int]] = {}
+    for r in records:
+        low, high = ranges.get((r.topic, r.partition), (r.offset, r.offset))
+        ranges[(r.topic, r.partition)] = (min(low, r.offset), max(high, r.offset))
+    parts, last_topic = [], None
+    for (topic, partition), (low, high) in sorted(ranges.items()):
+        span = f"{low}" if low == high else f"{low}..{high}"
+        parts.append(f"{topic if topic != last_topic else ''}[{partition}]@{span}")
+        last_topic = topic
+    return " ".join(parts)
 
 
 def headers_of(msg: Message) -> Headers:
@@ -75,7 +90,7 @@ def dead_letter_headers(record: SourceRecord, stage: str, exc: BaseException, at
         "attempts": str(attempts),
     }
     kept: Headers = [(k, v) for k, v in record.headers if not k.startswith(DLQ_PREFIX)]
-    return kept + [(DLQ_PREFIX + k, v.encode()) for k, v in fields.items()]
+    return kept + [(dlq(k), v.encode()) for k, v in fields.items()]
 
 
 def dead_letter(prefix: str, max_bytes: int, stage: str, record: SourceRecord, exc: BaseException,
@@ -87,7 +102,7 @@ def dead_letter(prefix: str, max_bytes: int, stage: str, record: SourceRecord, e
     value = record.value
     limit = max_bytes - _DLQ_OVERHEAD
     if value is not None and len(value) > limit:
-        headers.append((DLQ_PREFIX + "truncated", str(len(value)).encode()))
+        headers.append((dlq("truncated"), str(len(value)).encode()))
         value = value[:limit]
     return Send(TOPICS.dead_letter(stage).physical(prefix), record.key, value, headers)
 

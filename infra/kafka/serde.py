@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,9 @@ from pydantic import BaseModel, ValidationError
 from infra.kafka.records import Headers
 from infra.settings import DecodeSettings
 from kernel.errors import PoisonMessageError
+from schemas import headers
 from schemas.events import SCHEMA_VERSION
+from schemas.reasons import explain
 from schemas.topics import TopicSpec
 
 SUPPORTED_SCHEMA_VERSIONS = frozenset({SCHEMA_VERSION})
@@ -26,6 +29,8 @@ DEFAULT_LIMITS = DecodeSettings()
 
 #: A JSON string literal (the unrolled form matches in linear time, whatever the input).
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_JSON_KINDS = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "true/false",
+               type(None): "null"}
 _DEPTH_STEP = np.zeros(256, dtype=np.int8)
 _DEPTH_STEP[[ord("["), ord("{")]] = 1
 _DEPTH_STEP[[ord("]"), ord("}")]] = -1
@@ -38,20 +43,16 @@ def encode(event: BaseModel) -> bytes:
 def headers_for(event: BaseModel) -> Headers:
     kind = getattr(event, "type", type(event).__name__)
     return [
-        ("content-type", b"application/json"),
-        ("ragbus-type", str(kind).encode()),
-        ("ragbus-schema-version", str(getattr(event, "schema_version", SCHEMA_VERSION)).encode()),
-        ("ragbus-correlation-id", str(getattr(event, "correlation_id", "")).encode()),
+        (headers.CONTENT_TYPE, b"application/json"),
+        (headers.TYPE, str(kind).encode()),
+        (headers.SCHEMA_VERSION, str(getattr(event, "schema_version", SCHEMA_VERSION)).encode()),
+        (headers.CORRELATION_ID, str(getattr(event, "correlation_id", "")).encode()),
     ]
 
 
-def summarize(exc: ValidationError, limit: int = 3) -> str:
-    parts = []
-    for err in exc.errors()[:limit]:
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        parts.append(f"{loc}: {err['msg']}")
-    more = len(exc.errors()) - limit
-    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+def summarize(exc: ValidationError, models: Sequence[type[BaseModel]] = (), limit: int = 3) -> str:
+    """The validation errors as sentences that name the field and what was expected (schemas/reasons.py)."""
+    return explain(exc, models, limit)
 
 
 def json_depth(raw: bytes) -> int:
@@ -76,7 +77,8 @@ def _parse(raw: bytes, limits: DecodeSettings) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise PoisonMessageError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+        raise PoisonMessageError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}; expected one "
+                                 "JSON object per message") from exc
     except Exception as exc:  # e.g. an integer literal longer than Python's digit limit (ValueError)
         raise PoisonMessageError(f"invalid JSON: {type(exc).__name__}: {str(exc)[:200]}") from exc
 
@@ -88,15 +90,16 @@ def decode(spec: TopicSpec, raw: bytes | None, limits: DecodeSettings = DEFAULT_
         raise PoisonMessageError("empty message value (tombstone) where an event was expected")
     data = _parse(raw, limits)
     if not isinstance(data, dict):
-        raise PoisonMessageError(f"expected a JSON object, got {type(data).__name__}")
+        got = _JSON_KINDS.get(type(data), "a value")
+        raise PoisonMessageError(f"expected a JSON object (one event per message), got {got}")
     version = data.get("schema_version", SCHEMA_VERSION)
     if type(version) is not int or version not in SUPPORTED_SCHEMA_VERSIONS:
         raise PoisonMessageError(
-            f"unsupported schema_version {json.dumps(version)[:40]}; this reader handles "
-            f"{sorted(SUPPORTED_SCHEMA_VERSIONS)}")
+            f"unsupported schema_version {json.dumps(version)[:40]}: expected field 'schema_version' to be one of "
+            f"{', '.join(map(str, sorted(SUPPORTED_SCHEMA_VERSIONS)))}, the versions this reader handles")
     try:
         return spec.adapter().validate_python(data)
     except ValidationError as exc:
-        raise PoisonMessageError(f"invalid {spec.name} event: {summarize(exc)}") from exc
+        raise PoisonMessageError(f"invalid {spec.name} event: {summarize(exc, spec.models())}") from exc
     except Exception as exc:  # a validator failing in a way pydantic does not wrap: still this event's fault
         raise PoisonMessageError(f"invalid {spec.name} event: {type(exc).__name__}: {str(exc)[:200]}") from exc

@@ -7,7 +7,7 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
-from infra.kafka.clients import consume_batch, make_consumer, topic_name
+from infra.kafka.clients import consume_batch, make_consumer, partition_ids, topic_name
 from infra.kafka.serde import decode
 from infra.settings import Settings
 from kernel.errors import PoisonMessageError
@@ -30,8 +30,8 @@ class Tail:
         self._specs = {topic_name(settings, s): s for s in (spec, *more)}
         self._consumer = make_consumer(settings, None)
         parts = []
-        for name, s in self._specs.items():
-            for p in range(s.partitions):
+        for name in self._specs:
+            for p in partition_ids(self._consumer, name):
                 low, high = self._consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)
                 parts.append(TopicPartition(name, p, low if from_start else high))
         self._consumer.assign(parts)

@@ -22,8 +22,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import anthropic
+from opentelemetry.trace import SpanKind
 from pydantic import BaseModel, Field, ValidationError
 
+from infra.ops import tracing
 from infra.settings import AnthropicSettings
 from kernel.errors import AnswerModelError, ConfigurationError
 from kernel.ports import GeneratedAnswer, OnDelta, Search, SearchHit
@@ -214,12 +216,25 @@ class ClaudeAnswerer:
 
     @staticmethod
     def _call(client: anthropic.Anthropic, params: dict[str, Any], on_delta: OnDelta | None) -> Any:
-        if on_delta is None:
-            return client.messages.create(**params)
-        with client.messages.stream(**params) as stream:
-            for text in stream.text_stream:
-                on_delta(text)
-            return stream.get_final_message()
+        """One Messages API call, as a `chat <model>` span carrying its token counts."""
+        with tracing.span(f"chat {params['model']}", {
+                "gen_ai.operation.name": "chat", "gen_ai.system": "anthropic",
+                "gen_ai.request.model": params["model"], "gen_ai.request.max_tokens": params["max_tokens"],
+                "ragbus.streamed": on_delta is not None}, kind=SpanKind.CLIENT) as span:
+            if on_delta is None:
+                message = client.messages.create(**params)
+            else:
+                with client.messages.stream(**params) as stream:
+                    for text in stream.text_stream:
+                        on_delta(text)
+                    message = stream.get_final_message()
+            usage = message.usage
+            span.set_attributes({
+                "gen_ai.response.model": message.model, "gen_ai.response.finish_reasons": [message.stop_reason or ""],
+                "gen_ai.usage.input_tokens": usage.input_tokens, "gen_ai.usage.output_tokens": usage.output_tokens,
+                "gen_ai.usage.cache_creation_input_tokens": usage.cache_creation_input_tokens or 0,
+                "gen_ai.usage.cache_read_input_tokens": usage.cache_read_input_tokens or 0})
+            return message
 
     @staticmethod
     def _run_tools(message: Any, search: Search, convo: _Conversation) -> list[dict[str, Any]]:

@@ -61,6 +61,13 @@ class SentenceTransformerEmbedder:
         self.max_tokens = int(self._model.max_seq_length or 0)
         self._batch = settings.batch_size
 
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        """Tokens the model reads for `texts` (truncated as the model truncates), for trace spans."""
+        if not texts:
+            return 0
+        ids = self._model.tokenizer(list(texts), truncation=True, max_length=self.max_tokens or None)["input_ids"]
+        return sum(len(i) for i in ids)
+
     def embed(self, texts: Sequence[str]) -> Vectors:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)

@@ -1,21 +1,41 @@
-"""Liveness of a stage: is it keeping up, or has it stalled?
+"""What a stage process says about itself: live, ready, and ok / stalled / broken.
 
-A stage is *stalled* when it has lag (messages between its position and the fetch high-water mark)
-and has finished nothing for `stall_after_s`. That is the symptom of faust agents that stop consuming
-after some rebalances (faust-streaming #175, #532) and of a sink stuck in backoff. Lag comes from the
-fetch high-water mark the client already has (Tansu answers ListOffsets(latest) wrongly).
+- **Live** (`/livez`): the stage's loop is turning: the consumer loop polled, or the faust event loop
+  ran its timer, within `liveness_timeout_s`. A stage inside a batch is live however long the batch
+  takes: a slow or hung batch is a stall (below), which a restart would not mend (the batch would be
+  redelivered and hang again), so it is reported, not restarted.
+- **Ready** (`/readyz`): connected to Kafka and holding a partition assignment from its group (an
+  empty one counts: a member with no partitions is working as intended).
+- **Stalled**: the stage has lag (messages between its committed offsets and the fetch high-water
+  marks) and none of its committed offsets has moved for longer than the stall bound, counted from
+  the later of the last move and the moment lag appeared. So a stage idle for an hour is not stalled
+  the moment work arrives, and a long batch is not a stall while it is within the bound. Progress on
+  any partition counts: under a backlog a consumer serves its partitions in turn, so one partition
+  may wait several batches while the others move (each partition's `stuck_s` is in the snapshot). The bound is
+  `RAGBUS_STALL_AFTER_S` when set, else derived from the stage's own batches:
+  max(`RAGBUS_STALL_MIN_S`, `RAGBUS_STALL_FACTOR` x the longest of its last 32 batch durations).
+  This is what catches a sink that hangs, a stage stuck in backoff, and faust agents that stop
+  consuming after some rebalances (faust-streaming #175, #532). Lag comes from the fetch high-water
+  mark the client already has (Tansu answers ListOffsets(latest) wrongly).
+- **Broken**: the failure breaker is open (infra/kafka/delivery.py): the stage holds its events.
 
-Visible three ways: `/health` on the worker's metrics port (200 ok, 503 stalled), the
-`ragbus_stage_stalled` gauge, and a small JSON file per process in `<data_dir>/health/`, which
+States, worst first: broken, stalled, disconnected, starting, ok. `/health` answers the state of
+every stage in the process as JSON, 503 when one is stalled or broken. The same state is in the
+`ragbus_stage_*` gauges and in a small JSON file per process in `<data_dir>/health/`, which
 `ragbus status` reads on one machine.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import threading
 import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -23,26 +43,160 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from infra.ops.metrics import Metrics
+from infra.settings import Settings
+from kernel.errors import ConfigurationError
 
 #: A health file not refreshed for this long belongs to a process that is gone.
 STALE_AFTER_S = 30.0
+#: Batch durations remembered for the derived stall bound.
+RECENT_BATCHES = 32
+UNHEALTHY = frozenset({"broken", "stalled"})
+
+
+@dataclass(frozen=True)
+class StallPolicy:
+    """How long a partition with lag may go without its committed offset moving."""
+
+    fixed_s: float | None = None
+    min_s: float = 120.0
+    factor: float = 3.0
+    liveness_timeout_s: float = 60.0
+
+    @classmethod
+    def of(cls, settings: Settings) -> StallPolicy:
+        return cls(settings.stall_after_s, settings.stall_min_s, settings.stall_factor, settings.liveness_timeout_s)
+
+    def bound(self, durations: deque[float]) -> float:
+        if self.fixed_s is not None:
+            return self.fixed_s
+        return max(self.min_s, self.factor * max(durations, default=0.0))
+
+
+@dataclass
+class _Partition:
+    committed: int | None
+    high: int
+    moved_at: float
+    lag_since: float | None = None
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.high - (self.committed or 0))
+
+    def stuck_s(self, now: float) -> float:
+        """How long this partition has had lag without its committed offset moving."""
+        if self.lag_since is None:
+            return 0.0
+        return now - max(self.moved_at, self.lag_since)
 
 
 class Health:
-    def __init__(self, stage: str, metrics: Metrics, directory: Path | None, stall_after_s: float = 60.0) -> None:
+    def __init__(self, stage: str, metrics: Metrics, directory: Path | None = None,
+                 policy: StallPolicy | None = None, clock: Callable[[], float] = time.time) -> None:
         self.stage = stage
         self._metrics = metrics
-        self._stall_after_s = stall_after_s
+        self._policy = policy or StallPolicy()
+        self._clock = clock
         self._path = directory / f"{stage}-{os.getpid()}.json" if directory else None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._partitions: dict[str, _Partition] = {}
+        #: When a committed offset of the stage last moved, and since when it has had lag.
+        self._moved_at = clock()
+        self._lag_since: float | None = None
+        self._durations: deque[float] = deque(maxlen=RECENT_BATCHES)
+        self._last_tick = clock()
+        self._in_batch_since: float | None = None
+        self._assignment: set[str] | None = None
+        self._connected = True
+        self._connection_error: str | None = None
         self.processed = 0
-        self.last_progress = time.time()
-        self.lag: dict[str, int] = {}
+        self.last_progress: float | None = None
         self.crashes = 0
         self.restarts = 0
         self.last_crash: dict[str, Any] | None = None
         #: Why the stage stopped taking events (its failure breaker is open), or None.
         self.broken_reason: str | None = None
+        # evaluated at each scrape, so they are true even while the stage's loop is stuck in a batch
+        metrics.ready.labels(stage).set_function(lambda: 1.0 if self.ready() else 0.0)
+        metrics.stalled.labels(stage).set_function(lambda: 1.0 if self.stalled() else 0.0)
+        metrics.stall_bound.labels(stage).set_function(self.stall_bound)
+
+    # -- what the runners report ------------------------------------------------------------------
+    def tick(self) -> None:
+        """The stage's loop turned (a poll, a timer)."""
+        self._last_tick = self._clock()
+
+    def batch_started(self) -> None:
+        with self._lock:
+            self._in_batch_since = self._clock()
+            self._last_tick = self._in_batch_since
+
+    def batch_ended(self) -> None:
+        with self._lock:
+            self._in_batch_since = None
+            self._last_tick = self._clock()
+
+    def progressed(self, n: int, seconds: float) -> None:
+        """A batch of `n` events finished (committed or acknowledged) in `seconds`."""
+        with self._lock:
+            self.processed += n
+            self.last_progress = self._clock()
+            self._durations.append(seconds)
+
+    def assigned(self, partitions: list[str]) -> None:
+        """The group gave this stage `partitions` (possibly none)."""
+        with self._lock:
+            self._assignment = set(partitions)
+            self._moved_at = self._clock()  # a new assignment starts the clock afresh
+            for tp in list(self._partitions):
+                if tp not in self._assignment:
+                    self._forget(tp)
+            self._connected, self._connection_error = True, None
+        self.write()
+
+    def revoked(self) -> None:
+        """A rebalance took the assignment away; a new one follows."""
+        with self._lock:
+            self._assignment = None
+            for tp in list(self._partitions):
+                self._forget(tp)
+        self.write()
+
+    def connection(self, ok: bool, error: str | None = None) -> None:
+        with self._lock:
+            changed = ok != self._connected
+            self._connected, self._connection_error = ok, (None if ok else error)
+        if changed:
+            self.write()
+
+    def observe(self, offsets: dict[str, tuple[int | None, int]]) -> None:
+        """Per partition `topic[p]`: (committed offset or None, fetch high-water mark)."""
+        now = self._clock()
+        with self._lock:
+            for tp, (committed, high) in offsets.items():
+                part = self._partitions.get(tp)
+                if part is None:
+                    part = self._partitions[tp] = _Partition(committed, high, now)
+                elif committed != part.committed:
+                    part.committed, part.moved_at = committed, now
+                    self._moved_at = now
+                part.high = high
+                if part.lag == 0:
+                    part.lag_since = None
+                elif part.lag_since is None:
+                    part.lag_since = now
+                topic, _, partition = tp.rpartition("[")
+                self._metrics.lag.labels(self.stage, topic, partition.rstrip("]")).set(part.lag)
+            if not any(p.lag for p in self._partitions.values()):
+                self._lag_since = None
+            elif self._lag_since is None:
+                self._lag_since = now
+
+    def _forget(self, tp: str) -> None:
+        self._partitions.pop(tp, None)
+        topic, _, partition = tp.rpartition("[")
+        with contextlib.suppress(KeyError):
+            self._metrics.lag.remove(self.stage, topic, partition.rstrip("]"))
 
     def broken(self, reason: str) -> None:
         with self._lock:
@@ -56,16 +210,11 @@ class Health:
         self._metrics.broken.labels(self.stage).set(0)
         self.write()
 
-    def progressed(self, n: int) -> None:
-        with self._lock:
-            self.processed += n
-            self.last_progress = time.time()
-
     def crashed(self, where: str, correlation_id: str, error: BaseException) -> None:
         """An unexpected exception out of the stage's handler (the event was isolated and dead-lettered)."""
         with self._lock:
             self.crashes += 1
-            self.last_crash = {"at": round(time.time(), 3), "where": where, "correlation_id": correlation_id,
+            self.last_crash = {"at": round(self._clock(), 3), "where": where, "correlation_id": correlation_id,
                                "error": f"{type(error).__name__}: {error}"[:300]}
         self.write()
 
@@ -74,27 +223,59 @@ class Health:
             self.restarts += 1
         self.write()
 
-    def set_lag(self, lag: dict[str, int]) -> None:
+    # -- what it concludes ------------------------------------------------------------------------
+    def stall_bound(self) -> float:
         with self._lock:
-            self.lag = lag
-        for tp, value in lag.items():
-            topic, _, partition = tp.rpartition("[")
-            self._metrics.lag.labels(self.stage, topic, partition.rstrip("]")).set(value)
-        self._metrics.stalled.labels(self.stage).set(1 if self.stalled() else 0)
-        self.write()
+            return self._policy.bound(self._durations)
 
     def stalled(self) -> bool:
+        return self.stuck_s() > self.stall_bound()
+
+    def stuck_s(self) -> float:
+        """How long the stage has had lag without any committed offset moving."""
         with self._lock:
-            return sum(self.lag.values()) > 0 and time.time() - self.last_progress > self._stall_after_s
+            if self._lag_since is None:
+                return 0.0
+            return self._clock() - max(self._moved_at, self._lag_since)
+
+    def live(self) -> bool:
+        with self._lock:
+            return (self._in_batch_since is not None
+                    or self._clock() - self._last_tick <= self._policy.liveness_timeout_s)
+
+    def ready(self) -> bool:
+        with self._lock:
+            return self._connected and self._assignment is not None
+
+    def state(self) -> str:
+        with self._lock:
+            if self.broken_reason is not None:
+                return "broken"
+            if self.stalled():
+                return "stalled"
+            if not self._connected:
+                return "disconnected"
+            return "ok" if self._assignment is not None else "starting"
 
     def snapshot(self) -> dict[str, Any]:
+        now = self._clock()
         with self._lock:
-            return {"stage": self.stage, "pid": os.getpid(), "processed": self.processed,
-                    "lag": sum(self.lag.values()), "last_progress": round(self.last_progress, 3),
-                    "stalled": sum(self.lag.values()) > 0 and time.time() - self.last_progress > self._stall_after_s,
-                    "crashes": self.crashes, "restarts": self.restarts, "last_crash": self.last_crash,
-                    "broken": self.broken_reason,
-                    "updated_at": round(time.time(), 3)}
+            stalled = self.stalled()
+            return {
+                "stage": self.stage, "pid": os.getpid(), "state": self.state(), "live": self.live(),
+                "ready": self.ready(), "stalled": stalled, "broken": self.broken_reason,
+                "lag": sum(p.lag for p in self._partitions.values()), "stuck_s": round(self.stuck_s(), 1),
+                "partitions": {tp: {"lag": p.lag, "committed": p.committed, "high": p.high,
+                                    "stuck_s": round(p.stuck_s(now), 1)}
+                               for tp, p in sorted(self._partitions.items())},
+                "stall_bound_s": round(self.stall_bound(), 1),
+                "in_batch_s": round(now - self._in_batch_since, 1) if self._in_batch_since is not None else None,
+                "connection_error": self._connection_error,
+                "processed": self.processed,
+                "last_progress": round(self.last_progress, 3) if self.last_progress else None,
+                "crashes": self.crashes, "restarts": self.restarts, "last_crash": self.last_crash,
+                "updated_at": round(now, 3),
+            }
 
     def write(self) -> None:
         if self._path is None:
@@ -107,6 +288,23 @@ class Health:
     def remove(self) -> None:
         if self._path is not None:
             self._path.unlink(missing_ok=True)
+
+
+def report(healths: list[Health], every_s: float = 2.0) -> threading.Event:
+    """Refresh the health files every `every_s` from a thread of their own, so a stage stuck in a batch
+    still reports (stalled) instead of going quiet. Set the returned event to stop."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(every_s):
+            for h in healths:
+                try:
+                    h.write()
+                except OSError:  # a full or vanished data directory must not end the process
+                    continue
+
+    threading.Thread(target=loop, name="ragbus-health", daemon=True).start()
+    return stop
 
 
 def read_health(directory: Path) -> list[dict[str, Any]]:
@@ -122,21 +320,33 @@ def read_health(directory: Path) -> list[dict[str, Any]]:
     return out
 
 
-def serve(port: int, metrics: Metrics, healths: list[Health]) -> ThreadingHTTPServer | None:
-    """/metrics (Prometheus) and /health (JSON; 503 when any stage of this process is stalled)."""
+def overall(snaps: list[dict[str, Any]]) -> str:
+    order = ("broken", "stalled", "disconnected", "starting", "ok")
+    states = {s["state"] for s in snaps}
+    return next((s for s in order if s in states), "ok")
+
+
+def serve(host: str, port: int, metrics: Metrics, healths: list[Health]) -> ThreadingHTTPServer | None:
+    """/metrics (Prometheus), /health (JSON; 503 when a stage is stalled or broken), /livez, /readyz.
+    A port in use is a ConfigurationError naming the setting."""
     if not port:
         return None
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            if self.path.startswith("/metrics"):
-                body, status, ctype = generate_latest(metrics.registry), 200, CONTENT_TYPE_LATEST
-            elif self.path.startswith("/health"):
+            path = self.path.split("?", 1)[0]
+            status, ctype = 200, "application/json"
+            if path == "/metrics":
+                body, ctype = generate_latest(metrics.registry), CONTENT_TYPE_LATEST
+            elif path == "/health":
                 snaps = [h.snapshot() for h in healths]
-                state = "broken" if any(s["broken"] for s in snaps) else "stalled" if any(
-                    s["stalled"] for s in snaps) else "ok"
-                status = 200 if state == "ok" else 503
-                body, ctype = json.dumps({"status": state, "stages": snaps}).encode(), "application/json"
+                state = overall(snaps)
+                status = 503 if state in UNHEALTHY else 200
+                body = json.dumps({"status": state, "stages": snaps}).encode()
+            elif path in ("/livez", "/readyz"):
+                failing = [h.stage for h in healths if not (h.live() if path == "/livez" else h.ready())]
+                status = 503 if failing else 200
+                body = json.dumps({"ok": not failing, "failing": failing}).encode()
             else:
                 body, status, ctype = b"not found\n", 404, "text/plain"
             self.send_response(status)
@@ -148,6 +358,13 @@ def serve(port: int, metrics: Metrics, healths: list[Health]) -> ThreadingHTTPSe
         def log_message(self, *args: Any) -> None:
             return
 
-    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigurationError(f"RAGBUS_METRICS_PORT={port} is already in use on {host}: choose a free "
+                                     "port (each worker needs its own) or stop the process that holds it") from exc
+        raise ConfigurationError(f"cannot serve metrics on RAGBUS_METRICS_HOST={host} port {port}: "
+                                 f"{exc.strerror or exc}") from exc
     threading.Thread(target=server.serve_forever, name="ragbus-http", daemon=True).start()
     return server

@@ -6,7 +6,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from infra.kafka.clients import EventProducer, make_consumer, topic_name
+from infra.kafka.clients import EventProducer, make_consumer, partition_ids, topic_name
 from infra.kafka.consumer_runner import ConsumerRunner
 from infra.kafka.delivery import BatchPolicy
 from infra.ops.health import Health
@@ -20,7 +20,7 @@ def read_all(settings: Settings, spec: TopicSpec, expect: int, timeout_s: float 
     """Every message of a topic from the start, until `expect` arrived or the time is up."""
     consumer: Consumer = make_consumer(settings, None)
     name = topic_name(settings, spec)
-    consumer.assign([TopicPartition(name, p, 0) for p in range(spec.partitions)])
+    consumer.assign([TopicPartition(name, p, 0) for p in partition_ids(consumer, name)])
     got: list[Any] = []
     deadline = time.monotonic() + timeout_s
     try:

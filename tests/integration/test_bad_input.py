@@ -54,6 +54,8 @@ def test_bad_input_is_dead_lettered_with_reasons_and_good_input_still_flows(stac
         DocumentArrived(tenant="bad", document_id="binary", text="".join(chr(i % 31 + 1) for i in range(3000))),
         DocumentArrived(tenant="bad", document_id="empty", text="   \n\t "),
         DocumentArrived(tenant="bad", document_id="claim-check", content_ref=missing),
+        DocumentArrived(tenant="bad", document_id="url-not-allowed", content_type="application/pdf",
+                        content_url="https://files.example.com/report.pdf?signature=SECRET"),
         DocumentArrived(tenant="bad", document_id="scripts", text=SCRIPTS),
         DocumentArrived(tenant="bad", document_id="injection", text=INJECTION),
         DocumentArrived(tenant="bad", document_id="good", text="Ostriches lay the largest eggs of any bird."),
@@ -62,14 +64,17 @@ def test_bad_input_is_dead_lettered_with_reasons_and_good_input_still_flows(stac
         publish(settings, producer, events)
         final = {k: v for k, v in wait_final(tail, events, 120).items()}
     assert {k: v.status for k, v in final.items()} == {
-        "binary": Status.FAILED, "empty": Status.FAILED, "claim-check": Status.FAILED,
+        "binary": Status.FAILED, "empty": Status.FAILED, "claim-check": Status.FAILED, "url-not-allowed": Status.FAILED,
         "scripts": Status.INDEXED, "injection": Status.INDEXED, "good": Status.INDEXED}
     assert "looks binary" in final["binary"].error and "no text" in final["empty"].error
     assert "not in the store" in final["claim-check"].error
+    assert final["url-not-allowed"].error == (
+        "FetchError: content_url https://files.example.com/report.pdf?... is not in this ragbus's allow-list "
+        "(RAGBUS_FETCH_ALLOWED_URLS): publish it under an allowed prefix, or ask the operator to allow it")
 
     dead = {}
     wait_until(lambda: len(dead.update({d.key: d for d in list_dead_letters(settings, ["chunker"], 0.5)})
-                           or dead) >= len(bad) + 3, 30, "every bad event in the chunker's dead-letter topic")
+                           or dead) >= len(bad) + 4, 30, "every bad event in the chunker's dead-letter topic")
     for name, (_, reason) in bad.items():
         assert reason in dead[name].reason, (name, dead[name].reason)
         assert dead[name].topic == documents and dead[name].stage == "chunker" and dead[name].offset >= 0

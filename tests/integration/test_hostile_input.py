@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from infra import wiring
-from infra.kafka.clients import EventProducer, make_consumer, topic_name
+from infra.kafka.clients import EventProducer, make_consumer, partition_ids, topic_name
 from infra.kafka.serde import encode
 from infra.kafka.tail import Tail
 from infra.models.embedder import embedding_dim
@@ -56,7 +56,7 @@ class DeadLetters:
         self._consumer = make_consumer(settings, None)
         name = topic_name(settings, spec)
         parts = []
-        for p in range(spec.partitions):
+        for p in partition_ids(self._consumer, name):
             _, high = self._consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)
             parts.append(TopicPartition(name, p, max(0, high - 1)))
         self._consumer.assign(parts)

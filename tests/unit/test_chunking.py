@@ -101,6 +101,14 @@ def test_empty_documents_are_poison(chunker: Chunker, text: str) -> None:
         chunker.chunk(ContentType.HTML, text)
 
 
+@pytest.mark.parametrize(("kind", "text"), [(ContentType.MARKDOWN, "# Release notes\n\n## 2.0\n"),
+                                            (ContentType.HTML, "<h1>Release notes</h1><h2>2.0</h2>")])
+def test_a_document_of_headings_only_is_its_headings(chunker: Chunker, kind: ContentType, text: str) -> None:
+    chunks = chunker.chunk(kind, text)
+    assert [(c.text, c.section_path) for c in chunks] == [("Release notes", ["Release notes"]),
+                                                          ("2.0", ["Release notes", "2.0"])]
+
+
 def test_binary_claiming_to_be_text_is_poison(chunker: Chunker) -> None:
     with pytest.raises(PoisonMessageError, match="looks binary"):
         chunker.chunk(ContentType.TEXT, "".join(chr(i % 32) for i in range(2000)))

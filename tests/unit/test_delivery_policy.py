@@ -1,9 +1,21 @@
-"""The failure breaker's arithmetic, on a fake clock."""
+"""The delivery policy without Kafka: the failure breaker's arithmetic on a fake clock, and what becomes of
+a batch when it breaks, probes and recovers."""
 
 from __future__ import annotations
 
-from infra.kafka.delivery import Breaker
-from infra.settings import DeliverySettings
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel
+
+from infra.kafka.delivery import BatchPolicy, Breaker
+from infra.kafka.records import SourceRecord
+from infra.kafka.serde import encode
+from infra.ops.metrics import Metrics
+from infra.settings import DeliverySettings, Settings
+from kernel.stage import Handler, PerEvent, Stage
+from schemas.events import DocumentStatus, Status
+from schemas.topics import TOPICS
 
 
 def test_the_breaker_opens_on_many_failures_that_dominate_the_window() -> None:
@@ -17,3 +29,66 @@ def test_the_breaker_opens_on_many_failures_that_dominate_the_window() -> None:
     assert breaker.record(ok=1, failed=1)  # 5 of 6: open
     breaker.reset()
     assert not breaker.record(ok=0, failed=1)
+
+
+def records_of(events: list[BaseModel]) -> list[SourceRecord]:
+    return [SourceRecord("t.status.v1", 0, i, None, encode(ev), []) for i, ev in enumerate(events)]
+
+
+def statuses(*names: str) -> list[BaseModel]:
+    return [DocumentStatus(document_id=n, version=1, status=Status.INDEXED, stage="t") for n in names]
+
+
+def policy(handle: Handler, **delivery: float) -> BatchPolicy:
+    settings = Settings(delivery=DeliverySettings(**delivery))  # type: ignore[arg-type]
+    return BatchPolicy(settings, Stage("status", TOPICS.status, handle, max_batch=50), Metrics())
+
+
+def test_a_batch_of_mostly_poison_is_dead_lettered_once_a_probe_shows_the_stage_works() -> None:
+    """6 of 8 events raise (the events' fault, not the stage's): the breaker opens, a probe of a good
+    event goes through, and the batch then ends with 6 dead letters instead of being held forever."""
+    handled: list[str] = []
+
+    def handle(events: Sequence[Any]) -> list[PerEvent]:
+        out: list[PerEvent] = []
+        for ev in events:
+            if ev.document_id.startswith("bad"):
+                out.append(KeyError(ev.document_id))
+            else:
+                handled.append(ev.document_id)
+                out.append([])
+        return out
+
+    waits: list[float] = []
+    done = policy(handle).process(records_of(statuses("bad1", "bad2", "good1", "bad3", "bad4", "good2", "bad5",
+                                                      "bad6")), lambda s: waits.append(s) or len(waits) < 10)
+    assert done is not None and done.dead_lettered == 6
+    assert len(waits) == 1, "one hold, one probe, then done"
+    # the batch, the probe (bad1, bad2, then good1 goes through), the batch again
+    assert sorted(handled) == ["good1", "good1", "good1", "good2", "good2"]
+
+
+def test_a_stage_broken_on_everything_holds_until_a_probe_goes_through() -> None:
+    fixed = {"yes": False}
+    calls = {"n": 0}
+
+    def handle(events: Sequence[Any]) -> list[PerEvent]:
+        calls["n"] += 1
+        if calls["n"] > 20:
+            fixed["yes"] = True  # the fix arrives while the stage probes
+        if not fixed["yes"]:
+            raise RuntimeError("a bug in this release")
+        return [[] for _ in events]
+
+    waits: list[float] = []
+    done = policy(handle, probe_interval_s=1, probe_max_s=4).process(
+        records_of(statuses(*[f"d{i}" for i in range(10)])), lambda s: waits.append(s) or True)
+    assert done is not None and done.dead_lettered == 0 and done.sends == []
+    assert waits[:3] == [1, 2, 4] and max(waits) == 4  # probing backs off to its cap
+
+
+def test_a_stop_while_held_gives_the_batch_up() -> None:
+    def handle(events: Sequence[Any]) -> list[PerEvent]:
+        raise RuntimeError("a bug in this release")
+
+    assert policy(handle).process(records_of(statuses(*[f"d{i}" for i in range(10)])), lambda s: False) is None

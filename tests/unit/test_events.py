@@ -25,12 +25,12 @@ def test_document_needs_exactly_one_content() -> None:
 
 
 def test_inline_text_is_bounded_and_says_what_to_do() -> None:
-    with pytest.raises(ValidationError, match="send content_ref"):
+    with pytest.raises(ValidationError, match="send content_url"):
         DocumentArrived(document_id="a", text="x" * (INLINE_TEXT_MAX_BYTES + 1))
 
 
-def test_pdf_must_be_claim_checked() -> None:
-    with pytest.raises(ValidationError, match="content_ref"):
+def test_pdf_must_travel_by_reference() -> None:
+    with pytest.raises(ValidationError, match="send content_url"):
         DocumentArrived(document_id="a", text="%PDF", content_type="application/pdf")
 
 
@@ -61,7 +61,7 @@ def test_effective_version_defaults_to_event_time() -> None:
     (b'{"type": "document.arrived", "schema_version": 99, "document_id": "a", "text": "x"}',
      "unsupported schema_version 99"),
     (b'{"type": "document.arrived", "document_id": "a"}', "exactly one of text"),
-    (b'{"type": "surprise", "document_id": "a"}', "invalid documents.v1 event"),
+    (b'{"type": "surprise", "document_id": "a"}', "invalid documents.v1 event: field 'type' is \"surprise\""),
     (b"\xff\xfe\x00binary", "not UTF-8"),
     (None, "tombstone"),
 ])
@@ -106,7 +106,18 @@ def test_query_bounds() -> None:
     with pytest.raises(ValidationError):
         QueryRequested(text="q", top_k=500)
     with pytest.raises(ValidationError):
-        QueryRequested(text="q", query_id="has space")
+        QueryRequested(text="q", query_id="tab\there")
+    with pytest.raises(ValidationError):
+        QueryRequested(text="q", query_id="")
+    with pytest.raises(ValidationError):
+        QueryRequested(text="q", query_id="x" * 257)
+
+
+@pytest.mark.parametrize("query_id", ["faq/general#3", "q-faq/library#how-do-i-parcel-out-work", "has space",
+                                      "ünïcode?", "a" * 256])
+def test_client_query_ids_of_any_printable_form_travel_unchanged(query_id: str) -> None:
+    q = QueryRequested(text="q", query_id=query_id)
+    assert decode(TOPICS.queries, encode(q)).query_id == query_id
 
 
 def test_committed_json_schemas_are_current() -> None:
