@@ -15,14 +15,14 @@ TEXTS = ["Kafka keeps messages ordered within a partition.",
          "Penguins huddle together to stay warm in winter."]
 
 
-@pytest.fixture(scope="module", params=["sentence-transformers", "onnx-int8"])
+@pytest.fixture(scope="module", params=["sentence-transformers", "onnx-fp32", "onnx-int8"])
 def embedder(request: pytest.FixtureRequest) -> Iterator[Embedder]:
     from infra.settings import EmbedderSettings
 
-    if request.param == "onnx-int8":
+    if request.param.startswith("onnx"):
         from infra.models.onnx_embedder import OnnxEmbedder
 
-        yield OnnxEmbedder(EmbedderSettings(backend="onnx", onnx_int8=True), ONNX_CACHE)
+        yield OnnxEmbedder(EmbedderSettings(backend="onnx", onnx_int8=request.param == "onnx-int8"), ONNX_CACHE)
         return
     from infra.models.embedder import SentenceTransformerEmbedder
 
