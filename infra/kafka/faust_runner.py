@@ -232,6 +232,9 @@ def run(app: FaustApp, settings: Settings) -> None:
     # override_logging=False: the process's logging (infra/ops/logs.py) renders faust's lines too
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False,
                           override_logging=False)
+    # faust's terminal progress spinner writes cursor control codes to stdout even when it is not a terminal,
+    # which breaks one-JSON-object-per-line logs; a service has no use for it.
+    worker.spinner = None
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:

@@ -127,3 +127,33 @@ def test_a_faust_stage_that_fails_on_everything_holds_its_events_until_fixed(bro
     finally:
         out = stop(proc)
     assert "stage broken: holding its events uncommitted" in out and "stage recovered" in out
+
+
+def test_a_faust_stage_logs_one_json_object_per_line(broker: str, settings_factory) -> None:  # type: ignore[no-untyped-def]
+    """RAGBUS_LOG_FORMAT=json holds in a real faust worker: every line on its output is one JSON object
+    (libraries' lines included; faust's terminal spinner once wrote cursor codes), and a line about an
+    event names it."""
+    settings = settings_factory(broker)
+    ensure_topics(settings)
+    ids = ["doc-1", "explode-1", "doc-2"]
+    publish(settings, ids)
+    proc = harness(settings, "unexpected", RAGBUS_LOG_FORMAT="json", RAGBUS_LOG_LEVEL="DEBUG")
+    try:
+        wait_until(lambda: len(set(handled(settings, 2))) == 2, 60, "the good events")
+        read_all(settings, TOPICS.dead_letter("chunker"), 1, 10)
+    finally:
+        out = stop(proc)
+    lines = [line for line in out.splitlines() if line.strip()]
+    not_json = []
+    for line in lines:
+        try:
+            json.loads(line)
+        except ValueError:
+            not_json.append(line)
+    assert not not_json, not_json[:5]
+    records = [json.loads(line) for line in lines]
+    # faust, mode and aiokafka log at WARNING and above only (infra/ops/logs.py); at DEBUG asyncio speaks
+    assert {r.get("logger", "").split(".")[0] for r in records} - {"infra", "tests"}, \
+        "no library line at all: is the test seeing the worker's output?"
+    crash = next(r for r in records if r.get("event", "").startswith("stage raised an unexpected error"))
+    assert crash["where"].startswith(f"{settings.kafka.topic_prefix}documents.v1[")
