@@ -1,0 +1,16 @@
+"""Unit tests see ragbus's defaults, not the environment: the session-wide stack of the integration suite
+(tests/integration/conftest.py) keeps its RAGBUS_* settings in the environment while it runs, and a
+developer's shell may have its own."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _default_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("RAGBUS_") or key in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"):
+            monkeypatch.delenv(key)
