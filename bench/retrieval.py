@@ -22,9 +22,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the ONNX export `make install` made, not one per temporary data directory
+os.environ.setdefault("RAGBUS_EMBEDDER_ONNX_DIR", str(Path(__file__).resolve().parent.parent / ".ragbus" / "models"))
 
 from chunking.splitter import Chunker, embedding_text
-from infra.models.embedder import SentenceTransformerEmbedder, load_tokenizer
+from infra import wiring
+from infra.models.embedder import load_tokenizer
 from infra.settings import Settings
 from infra.stores.lance import LanceVectorIndex
 from kernel.ports import ChunkRecord
@@ -58,7 +61,7 @@ def main() -> None:
 
     chunker = Chunker(load_tokenizer(settings.embedder.model), settings.chunker.size_tokens,
                       settings.chunker.overlap_tokens)
-    embedder = SentenceTransformerEmbedder(settings.embedder)
+    embedder = wiring.build_embedder(settings)  # RAGBUS_EMBEDDER_BACKEND=onnx|torch
     started = time.perf_counter()
     pieces = []
     for doc in corpus:
@@ -73,7 +76,7 @@ def main() -> None:
         for i in range(0, len(records), 2000):
             index.upsert(records[i:i + 2000])
         if not args.no_optimize:
-            index.maintain()  # what the indexer does every 30 s: fold the new rows into the full-text index
+            index.maintain()  # what the indexer's upkeep thread does: fold the new rows into the full-text index
         qvecs = embedder.embed([q["text"] for q in queries])
         results = {}
         for alpha in (float(a) for a in args.alphas.split(",")):
@@ -88,12 +91,13 @@ def main() -> None:
             results[alpha] = {"ndcg@10": round(sum(ndcg) / len(ndcg), 4),
                               "recall@10": round(sum(recall) / len(recall), 4),
                               "p50_search_ms": round(sorted(latency)[len(latency) // 2] * 1000, 1)}
-    report = {"documents": len(corpus), "chunks": len(pieces), "queries": len(queries),
+    report = {"embedder": embedder.name, "documents": len(corpus), "chunks": len(pieces), "queries": len(queries),
               "embed_s": round(embed_s, 1), "by_alpha": results, "date": time.strftime("%Y-%m-%d")}
     if args.json:
         print(json.dumps(report))
         return
-    print(f"{len(corpus)} documents, {len(pieces)} chunks, {len(queries)} queries, embedded in {embed_s:.0f}s")
+    print(f"{embedder.name}: {len(corpus)} documents, {len(pieces)} chunks, {len(queries)} queries, "
+          f"embedded in {embed_s:.0f}s")
     print(f"{'alpha':>6} {'nDCG@10':>8} {'recall@10':>10} {'p50 ms':>7}")
     for alpha, r in results.items():
         print(f"{alpha:>6} {r['ndcg@10']:>8} {r['recall@10']:>10} {r['p50_search_ms']:>7}")

@@ -79,9 +79,15 @@ def build_fetcher(settings: Settings) -> ContentFetcher:
 
 
 def build_embedder(settings: Settings) -> Embedder:
-    from infra.models.embedder import SentenceTransformerEmbedder
+    """ONNX Runtime or torch, as RAGBUS_EMBEDDER_BACKEND says."""
+    if settings.embedder.backend == "onnx":
+        from infra.models.onnx_embedder import OnnxEmbedder
 
-    return SentenceTransformerEmbedder(settings.embedder)
+        return OnnxEmbedder(settings.embedder, settings.onnx_dir())
+    with _backend("torch", "RAGBUS_EMBEDDER_BACKEND=torch"):
+        from infra.models.embedder import SentenceTransformerEmbedder
+
+        return SentenceTransformerEmbedder(settings.embedder)
 
 
 def build_answer_model(settings: Settings) -> AnswerModel:

@@ -155,14 +155,25 @@ def publish(settings: Settings, producer: EventProducer, events: Iterable[Docume
     return sent
 
 
-def wait_final(tail: Tail, events: list[DocumentArrived], timeout_s: float,
-               progress: Callable[[DocumentStatus], None] | None = None) -> dict[str, DocumentStatus]:
-    """Follow status.v1 until every published document version is indexed or failed."""
+def wait_final(tail: Tail, events: list[DocumentArrived], timeout_s: float | None = None,
+               progress: Callable[[DocumentStatus], None] | None = None,
+               idle_timeout_s: float | None = None) -> dict[str, DocumentStatus]:
+    """Follow status.v1 until every published document version is indexed or failed.
+
+    Gives up after `timeout_s` in all (None: no limit), or after `idle_timeout_s` without progress (None: no
+    limit): no status event at all, for any document, so a long ingest that keeps moving is followed to its
+    end however long it takes, and a stalled one is reported once it has stopped moving.
+    """
     wanted = {(e.tenant, e.document_id): e.effective_version for e in events}
     final: dict[str, DocumentStatus] = {}
-    deadline = time.monotonic() + timeout_s
-    while len(final) < len(wanted) and time.monotonic() < deadline:
+    now = time.monotonic()
+    deadline = now + timeout_s if timeout_s is not None else float("inf")
+    moved = now
+    while len(final) < len(wanted) and (now := time.monotonic()) < deadline:
+        if idle_timeout_s is not None and now - moved > idle_timeout_s:
+            break
         for st in tail.poll(0.5):
+            moved = time.monotonic()  # any status means the pipeline is moving
             key = (st.tenant, st.document_id)
             if key in wanted and st.version >= wanted[key] and st.status.final and st.document_id not in final:
                 final[st.document_id] = st
@@ -175,25 +186,49 @@ def new_correlation() -> str:
     return f"ingest-{uuid.uuid4().hex[:12]}"
 
 
-def ask_many(settings: Settings, queries: list[QueryRequested], timeout_s: float,
-             on_delta: Callable[[AnswerDelta], None] | None = None) -> dict[str, AnswerGenerated]:
-    """Publish queries and collect exactly one answer per query id (or none when the deadline passes)."""
-    producer = EventProducer(settings)
-    with Tail(settings, TOPICS.answers) as answers, Tail(settings, TOPICS.answer_deltas) as deltas:
-        topic = topic_name(settings, TOPICS.queries)
+class QueryClient:
+    """A long-lived query client: one producer and one reader of the answers and deltas topics, kept
+    open across queries, so a query costs one publish and the wait for its answer (no connection set-up,
+    no group join). Use it as a context manager; `ask` may be called any number of times."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._producer = EventProducer(settings)
+        self._replies = Tail(settings, TOPICS.answers, TOPICS.answer_deltas)
+        self._topic = topic_name(settings, TOPICS.queries)
+
+    def ask(self, queries: list[QueryRequested], timeout_s: float,
+            on_delta: Callable[[AnswerDelta], None] | None = None) -> dict[str, AnswerGenerated]:
+        """Publish queries and collect exactly one answer per query id (or none when the deadline passes)."""
         for q in queries:
-            with tracing.publishing(topic, q) as trace_headers:
-                producer.send(TOPICS.queries, q.query_id, q, trace_headers)
-        producer.flush()
+            with tracing.publishing(self._topic, q) as trace_headers:
+                self._producer.send(TOPICS.queries, q.query_id, q, trace_headers)
+        self._producer.flush()
         wanted = {q.query_id for q in queries}
         got: dict[str, AnswerGenerated] = {}
         deadline = time.monotonic() + timeout_s
-        while wanted - got.keys() and time.monotonic() < deadline:
-            if on_delta is not None:
-                for d in deltas.poll(0.05):
-                    if isinstance(d, AnswerDelta) and d.query_id in wanted:
-                        on_delta(d)
-            for a in answers.poll(0.2):
-                if a.query_id in wanted and a.query_id not in got:
-                    got[a.query_id] = a
+        while wanted - got.keys() and (left := deadline - time.monotonic()) > 0:
+            for event in self._replies.poll(min(left, 0.5)):
+                if event.query_id not in wanted:
+                    continue
+                if isinstance(event, AnswerDelta):
+                    if on_delta is not None and event.query_id not in got:
+                        on_delta(event)
+                elif event.query_id not in got:
+                    got[event.query_id] = event
         return got
+
+    def close(self) -> None:
+        self._replies.close()
+
+    def __enter__(self) -> QueryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def ask_many(settings: Settings, queries: list[QueryRequested], timeout_s: float,
+             on_delta: Callable[[AnswerDelta], None] | None = None) -> dict[str, AnswerGenerated]:
+    """Publish queries and collect exactly one answer per query id (or none when the deadline passes)."""
+    with QueryClient(settings) as client:
+        return client.ask(queries, timeout_s, on_delta)
