@@ -1,106 +1,195 @@
-"""Retrieval quality on real data: nDCG@10 and recall@10 of ragbus's chunking + embedding + hybrid search
-for several values of alpha (1 = vector only, 0 = BM25 only).
+"""Retrieval quality and latency of ragbus's own retrieval path, configuration by configuration.
 
-    python bench/retrieval.py [--data ../shared/data/pydocs-faq-dev] [--alphas 0,0.25,0.5,0.75,0.9,1]
+    python bench/retrieval.py DIR [--configs default,dense,...] [--json] [--list]
 
-The corpus sections are chunked and embedded exactly as the pipeline does it (same Chunker settings,
-contextual header, model) and written to the embedded LanceDB index; each question is answered by the
-index's hybrid search, chunk hits are folded to their documents (best rank wins), and the ranked
-documents are scored against qrels.tsv. Runs in-process (no Kafka): this measures retrieval, not the bus.
+DIR is a BEIR-layout set (corpus.jsonl, queries.jsonl, qrels.tsv), e.g. ../shared/data/pydocs-faq-dev or
+a set made by bench/packages_set.py. The corpus goes through the pipeline's own stage functions without
+Kafka (chunker -> embedder -> indexer, into LanceDB and SQLite in a temporary directory), so chunks,
+section entries and vectors are exactly what the pipeline stores; vectors are cached on disk
+(bench/out/vectors.sqlite, keyed by model and text like the pipeline's cache), so a second run does not
+embed again. Every query then runs through `retrieval.retriever.Retriever` with the settings of each
+configuration: the code the answerer runs, with the same candidate depth (RAGBUS_RETRIEVAL_CANDIDATES
+unless a configuration overrides it).
+
+For each configuration it prints nDCG@10 with its 95% bootstrap interval over queries, recall@10/@100,
+MRR@10, the difference to the first configuration with its paired bootstrap interval (a gain whose
+interval holds 0 is within the noise of the set), and retrieval latency p50/p95 (question embedding
+excluded, it is the same for every configuration and printed once: search and fusion). `ragbus eval
+DIR` measures the same through the bus.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # the ONNX export `make install` made, not one per temporary data directory
 os.environ.setdefault("RAGBUS_EMBEDDER_ONNX_DIR", str(Path(__file__).resolve().parent.parent / ".ragbus" / "models"))
 
-from chunking.splitter import Chunker, embedding_text
+from chunking.splitter import Chunker
+from consumers.indexer import Indexer
 from infra import wiring
 from infra.models.embedder import load_tokenizer
-from infra.settings import Settings
+from infra.ops.metrics import Metrics
+from infra.settings import RetrievalSettings, Settings
 from infra.stores.lance import LanceVectorIndex
-from kernel.ports import ChunkRecord
-from schemas.events import ContentType, chunk_uuid
+from infra.stores.sqlite import SqliteDocumentStore, SqliteEmbeddingCache
+from ragbus.evaluate import load_set, percentile
+from retrieval.evaluation import bootstrap_interval, documents, paired_difference, score
+from retrieval.retriever import Retriever
+from schemas.events import ContentType, DocumentArrived
+from schemas.topics import TOPICS
+from streams.chunker import chunk_event
+from streams.embedder import CachedEmbedder, embed_events
 
-DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared/data/pydocs-faq-dev"
+OUT = Path(__file__).resolve().parent / "out"
+TENANT = "bench"
+#: Named configurations: overrides of RetrievalSettings (the environment's values, else the defaults).
+CONFIGS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "dense": {"mode": "dense"},
+    "keyword": {"mode": "keyword"},
+    "before: chunks only; alpha 0.75; no exact-match rule": {"sections": False, "exact_match_ratio": 0.0,
+                                                             "alpha": 0.75},
+    "chunks only; exact-match rule": {"sections": False},
+    "dense chunks only": {"mode": "dense", "sections": False},
+    "keyword chunks only": {"mode": "keyword", "sections": False},
+    "no exact-match rule": {"exact_match_ratio": 0.0},
+}
 
 
-def ndcg_at_10(ranked: list[str], relevant: set[str]) -> float:
-    dcg = sum(1 / math.log2(i + 2) for i, d in enumerate(ranked[:10]) if d in relevant)
-    ideal = sum(1 / math.log2(i + 2) for i in range(min(10, len(relevant))))
-    return dcg / ideal if ideal else 0.0
+def build_index(settings: Settings, directory: Path, tmp: Path) -> tuple[LanceVectorIndex, int, int, float]:
+    eval_set = load_set(directory)
+    model = wiring.passage_embedder(settings)
+    cached = CachedEmbedder(model, SqliteEmbeddingCache(OUT / "vectors.sqlite"))
+    chunker = Chunker(load_tokenizer(settings.embedder.model), settings.chunker.size_tokens,
+                      settings.chunker.overlap_tokens)
+    store = SqliteDocumentStore(tmp / "store.sqlite")
+    index = LanceVectorIndex(tmp / "lance", model.dim)
+    indexer = Indexer(index, store, Metrics(), model.dim)
+    started = time.perf_counter()
+    rows = [json.loads(line) for line in eval_set.corpus.open(encoding="utf-8") if line.strip()]
+    chunks = 0
+    for start in range(0, len(rows), 256):
+        events = [DocumentArrived(tenant=TENANT, document_id=str(r["id"]), title=str(r.get("title") or ""),
+                                  text=r["text"], content_type=ContentType.TEXT, version=1)
+                  for r in rows[start:start + 256]]
+        produced = [o.event for ev in events for o in chunk_event(ev, chunker, store.get_content)
+                    if o.topic is TOPICS.chunks]
+        embedded = [o.event for outs in embed_events(produced, cached) if not isinstance(outs, Exception)
+                    for o in outs if o.topic is TOPICS.embedded]
+        for result in indexer.handle(embedded):
+            if isinstance(result, Exception):
+                raise result
+        chunks += sum(len(e.chunks) for e in embedded)
+        print(f"  indexed {min(start + 256, len(rows))}/{len(rows)} documents ({cached.computed} embedded)",
+              file=sys.stderr, flush=True)
+    index.maintain()  # what the indexer does in the background: fold new rows into the indexes
+    return index, len(rows), chunks, time.perf_counter() - started
+
+
+def question_embedder(settings: Settings) -> CachedEmbedder:
+    """The answerer's question embedder behind the disk cache: every configuration after the first gets
+    the same vectors without the model, so their latencies compare search and fusion alone."""
+    return CachedEmbedder(wiring.query_embedder(settings), SqliteEmbeddingCache(OUT / "vectors.sqlite"))
+
+
+def embedding_latency(settings: Settings, directory: Path) -> dict[str, float]:
+    model = wiring.query_embedder(settings)
+    times = []
+    for _, text in load_set(directory).queries[:50]:
+        t = time.perf_counter()
+        model.embed([text])
+        times.append((time.perf_counter() - t) * 1000)
+    return {"p50": percentile(times, 50), "p95": percentile(times, 95)}
+
+
+def warm_up(settings: Settings, index: LanceVectorIndex, directory: Path, questions: CachedEmbedder) -> None:
+    """Every query once, untimed, before any configuration is timed: the first configuration would otherwise
+    pay for the index's caches (measured: its p50 was ~40% above the same configuration run again)."""
+    queries = [text for _, text in load_set(directory).queries]
+    questions.embed(queries)
+    retriever = Retriever(questions, index, wiring.retrieval_config(settings))
+    for text in queries:
+        retriever.retrieve(TENANT, text, 100)
+
+
+def run_config(settings: Settings, index: LanceVectorIndex, directory: Path, overrides: dict[str, Any],
+               questions: CachedEmbedder) -> dict[str, Any]:
+    eval_set = load_set(directory)
+    retrieval = RetrievalSettings(**(settings.retrieval.model_dump() | overrides))
+    configured = settings.model_copy(update={"retrieval": retrieval})
+    questions.embed([text for _, text in eval_set.queries])  # warm: latency below is search and fusion
+    retriever = Retriever(questions, index, wiring.retrieval_config(configured))
+    rankings, latency = {}, []
+    for qid, text in eval_set.queries:
+        t = time.perf_counter()
+        hits = retriever.retrieve(TENANT, text, 100)
+        latency.append((time.perf_counter() - t) * 1000)
+        rankings[qid] = documents([h.document_id for h in hits])
+    scores = score(rankings, {qid: eval_set.judgements[qid] for qid, _ in eval_set.queries})
+    return {"settings": overrides, "scores": scores, **scores.means(),
+            "ndcg@10_ci95": bootstrap_interval(scores.ndcg10),
+            "latency_ms": {"p50": percentile(latency, 50), "p95": percentile(latency, 95)}}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--alphas", default="0,0.25,0.5,0.75,0.9,1")
+    ap.add_argument("directory", type=Path)
+    ap.add_argument("--configs", default="|".join(CONFIGS), help="'|'-separated names from --list")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME:KEY=VALUE[;KEY=VALUE]",
+                    help="an extra configuration, e.g. 'alpha 0.6:alpha=0.6;section_weight=0.3'")
+    ap.add_argument("--list", action="store_true", help="print the named configurations")
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--no-optimize", action="store_true",
-                    help="search before the index is optimised (every new row outside the full-text index)")
     args = ap.parse_args()
+    if args.list:
+        for name, overrides in CONFIGS.items():
+            print(f"{name}: {overrides}")
+        return
+    configs = {n: CONFIGS[n] for n in args.configs.split("|") if n}
+    for spec in args.set:
+        name, _, pairs = spec.partition(":")
+        configs[name] = {k: json.loads(v) if v[:1] in "0123456789-.tf[{\"" else v
+                         for k, v in (p.split("=", 1) for p in pairs.split(";") if p)}
     settings = Settings()
-    corpus = [json.loads(line) for line in (args.data / "corpus.jsonl").open()]
-    queries = [json.loads(line) for line in (args.data / "queries.jsonl").open()]
-    qrels: dict[str, set[str]] = {}
-    for line in (args.data / "qrels.tsv").open():
-        q, d, score = line.rstrip("\n").split("\t")
-        if q != "query-id" and float(score) > 0:
-            qrels.setdefault(q, set()).add(d)
-
-    chunker = Chunker(load_tokenizer(settings.embedder.model), settings.chunker.size_tokens,
-                      settings.chunker.overlap_tokens)
-    embedder = wiring.build_embedder(settings)  # RAGBUS_EMBEDDER_BACKEND=onnx|torch
-    started = time.perf_counter()
-    pieces = []
-    for doc in corpus:
-        for c in chunker.chunk(ContentType.TEXT, doc["text"]):
-            pieces.append((doc, c))
-    vectors = embedder.embed([embedding_text(d["title"], c.section_path, c.text) for d, c in pieces])
-    embed_s = time.perf_counter() - started
+    OUT.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ragbus-retrieval-") as tmp:
-        index = LanceVectorIndex(Path(tmp), embedder.dim)
-        records = [ChunkRecord(chunk_uuid("eval", d["id"], 1, c.index), "eval", d["id"], 1, c.index, c.text, v,
-                               d["title"], tuple(c.section_path)) for (d, c), v in zip(pieces, vectors, strict=True)]
-        for i in range(0, len(records), 2000):
-            index.upsert(records[i:i + 2000])
-        if not args.no_optimize:
-            index.maintain()  # what the indexer's upkeep thread does: fold the new rows into the full-text index
-        qvecs = embedder.embed([q["text"] for q in queries])
-        results = {}
-        for alpha in (float(a) for a in args.alphas.split(",")):
-            ndcg, recall, latency = [], [], []
-            for q, qv in zip(queries, qvecs, strict=True):
-                t = time.perf_counter()
-                hits = index.hybrid_search("eval", q["text"], qv, limit=50, candidates=200, alpha=alpha)
-                latency.append(time.perf_counter() - t)
-                ranked = list(dict.fromkeys(h.document_id for h in hits))
-                ndcg.append(ndcg_at_10(ranked, qrels.get(q["id"], set())))
-                recall.append(float(bool(set(ranked[:10]) & qrels.get(q["id"], set()))))
-            results[alpha] = {"ndcg@10": round(sum(ndcg) / len(ndcg), 4),
-                              "recall@10": round(sum(recall) / len(recall), 4),
-                              "p50_search_ms": round(sorted(latency)[len(latency) // 2] * 1000, 1)}
-    report = {"embedder": embedder.name, "documents": len(corpus), "chunks": len(pieces), "queries": len(queries),
-              "embed_s": round(embed_s, 1), "by_alpha": results, "date": time.strftime("%Y-%m-%d")}
+        index, docs, chunks, build_s = build_index(settings, args.directory, Path(tmp))
+        questions = question_embedder(settings)
+        warm_up(settings, index, args.directory, questions)
+        results = {name: run_config(settings, index, args.directory, overrides, questions)
+                   for name, overrides in configs.items()}
+        embed_ms = embedding_latency(settings, args.directory)
+    first = next(iter(results.values()))
+    report = {"set": str(args.directory), "documents": docs, "chunks": chunks, "build_s": round(build_s, 1),
+              "question_embedding_ms": embed_ms,
+              "candidates": settings.retrieval.candidates, "date": time.strftime("%Y-%m-%d"), "configs": {}}
+    for name, r in results.items():
+        diff = paired_difference(first["scores"].ndcg10, r["scores"].ndcg10)
+        report["configs"][name] = {k: v for k, v in r.items() if k != "scores"} | {"vs_first": diff}
     if args.json:
         print(json.dumps(report))
         return
-    print(f"{embedder.name}: {len(corpus)} documents, {len(pieces)} chunks, {len(queries)} queries, "
-          f"embedded in {embed_s:.0f}s")
-    print(f"{'alpha':>6} {'nDCG@10':>8} {'recall@10':>10} {'p50 ms':>7}")
-    for alpha, r in results.items():
-        print(f"{alpha:>6} {r['ndcg@10']:>8} {r['recall@10']:>10} {r['p50_search_ms']:>7}")
+    print(f"{args.directory}: {docs} documents, {chunks} chunks, {len(first['scores'].ndcg10)} queries; "
+          f"candidates {settings.retrieval.candidates}; built in {build_s:.0f}s; embedding a question: "
+          f"p50 {embed_ms['p50']} ms (not in the latencies below: search and fusion only)")
+    print("| configuration | nDCG@10 (95% CI) | vs first (95% CI) | recall@10 | recall@100 | MRR@10 | p50 ms "
+          "| p95 ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in report["configs"].items():
+        lo, hi = r["ndcg@10_ci95"]
+        d, dlo, dhi = r["vs_first"]
+        print(f"| {name} | {r['ndcg@10']:.3f} ({lo:.3f}-{hi:.3f}) | {d:+.3f} ({dlo:+.3f}, {dhi:+.3f}) | "
+              f"{r['recall@10']:.3f} | {r['recall@100']:.3f} | {r['mrr@10']:.3f} | {r['latency_ms']['p50']} | "
+              f"{r['latency_ms']['p95']} |")
 
 
 if __name__ == "__main__":

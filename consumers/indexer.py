@@ -13,10 +13,18 @@ from collections.abc import Sequence
 
 from infra.ops.metrics import Freshness, Metrics
 from kernel.errors import PoisonMessageError
-from kernel.ports import ChunkRecord, DocumentRecord, DocumentStore, VectorIndex
+from kernel.ports import ChunkRecord, DocumentRecord, DocumentStore, Level, VectorIndex
 from kernel.stage import Out, PerEvent, Stage, failed_status
 from kernel.versions import cleanup_bound, superseded
-from schemas.events import ChunksEmbedded, DocumentDeleted, DocumentStatus, Status, chunk_uuid, utcnow
+from schemas.events import (
+    ChunksEmbedded,
+    DocumentDeleted,
+    DocumentStatus,
+    Status,
+    chunk_uuid,
+    section_uuid,
+    utcnow,
+)
 from schemas.topics import TOPICS, document_key
 
 STAGE = "indexer"
@@ -26,15 +34,22 @@ Event = ChunksEmbedded | DocumentDeleted
 
 
 def chunk_records(ev: ChunksEmbedded, dim: int | None = None) -> list[ChunkRecord]:
+    """The part's chunks, then its section entries (the index holds both; the document store, chunks)."""
     records = []
+    for kind, items in (("chunk", ev.chunks), ("section", ev.sections)):
+        for c in items:
+            vector = c.vector()
+            if vector.shape != (ev.dim,) or (dim is not None and ev.dim != dim):
+                raise PoisonMessageError(f"{kind} {getattr(c, 'index', c.section)} has a {vector.shape[0]}-dim vector; "
+                                         f"the index expects {dim or ev.dim}")
     for c in ev.chunks:
-        vector = c.vector()
-        if vector.shape != (ev.dim,) or (dim is not None and ev.dim != dim):
-            raise PoisonMessageError(f"chunk {c.index} has a {vector.shape[0]}-dim vector; the index expects "
-                                     f"{dim or ev.dim}")
         records.append(ChunkRecord(chunk_uuid(ev.tenant, ev.document_id, ev.version, c.index), ev.tenant,
-                                   ev.document_id, ev.version, c.index, c.text, vector, ev.title,
-                                   tuple(c.section_path), ev.source, dict(ev.metadata)))
+                                   ev.document_id, ev.version, c.index, c.text, c.vector(), ev.title,
+                                   tuple(c.section_path), ev.source, dict(ev.metadata), c.section))
+    for s in ev.sections:
+        records.append(ChunkRecord(section_uuid(ev.tenant, ev.document_id, ev.version, s.section), ev.tenant,
+                                   ev.document_id, ev.version, s.section, s.text, s.vector(), ev.title,
+                                   tuple(s.section_path), ev.source, dict(ev.metadata), s.section, Level.SECTION))
     return records
 
 
@@ -95,7 +110,7 @@ class Indexer:
         failed: dict[int, Exception] = {
             owner[f.chunk_id]: PoisonMessageError(f"vector index refused chunk {f.chunk_id}: {f.message}")
             for f in failures}
-        self._store.upsert_chunks([c for c in todo_all if owner[c.chunk_id] not in failed])
+        self._store.upsert_chunks([c for c in todo_all if owner[c.chunk_id] not in failed and c.level is Level.CHUNK])
         return failed
 
     def _delete(self, ev: DocumentDeleted) -> list[Out]:

@@ -126,8 +126,14 @@ class FetchSettings(BaseSettings):
 class EmbedderSettings(BaseSettings):
     model_config = _cfg("RAGBUS_EMBEDDER_")
 
-    #: A sentence-transformers model directory, or "all-MiniLM-L6-v2" for the packaged offline copy.
+    #: "all-MiniLM-L6-v2" (the packaged offline copy), a sentence-transformers model directory, or a hub
+    #: name already in the local Hugging Face cache. The vector index records it: an index built with
+    #: another model (or other passage prefix) is refused at start-up.
     model: str = "all-MiniLM-L6-v2"
+    #: Text put in front of every question / every passage before embedding, for models trained with
+    #: prefixes: e5 wants "query: " and "passage: ", bge an instruction in front of queries only.
+    query_prefix: str = Field("", max_length=200)
+    passage_prefix: str = Field("", max_length=200)
     batch_size: int = Field(32, ge=1, le=1024)
     #: Events per micro-batch (across documents) and the longest wait to fill one.
     max_batch_events: int = Field(64, ge=1, le=10_000)
@@ -163,12 +169,42 @@ class ChunkerSettings(BaseSettings):
 
 
 class RetrievalSettings(BaseSettings):
+    """How the answerer (and every benchmark: bench/retrieval.py, `ragbus eval`) retrieves; see
+    retrieval/fusion.py for the formula and bench/RESULTS.md for the measurements behind the defaults."""
+
     model_config = _cfg("RAGBUS_RETRIEVAL_")
 
+    #: hybrid (both retrievers, fused), dense (vectors only) or keyword (BM25 only).
+    mode: Literal["hybrid", "dense", "keyword"] = "hybrid"
     #: Hybrid weight: 1.0 = vector only, 0.0 = BM25 only (Weaviate's convention).
-    alpha: float = Field(0.75, ge=0.0, le=1.0)
-    #: Candidates fetched from each retriever before fusion.
-    candidates: int = Field(50, ge=1, le=1000)
+    alpha: float = Field(0.7, ge=0.0, le=1.0)
+    #: Candidates each retriever takes at each level before fusion: the one candidate depth.
+    candidates: int = Field(100, ge=1, le=1000)
+    #: Search section entries (title, heading path and lead of each section) as well as chunks.
+    sections: bool = True
+    #: Share of the section entries' evidence within each retriever (the rest is the best chunk's).
+    section_weight: float = Field(0.85, ge=0.0, le=1.0)
+    keyword_section_weight: float = Field(1.0, ge=0.0, le=1.0)
+    #: BM25 over the title and heading path, weighed against BM25 over the text (0: text only).
+    heading_weight: float = Field(0.0, ge=0.0, le=10.0)
+    #: Bounded bonus for a section with several well-matching chunks.
+    multi_chunk_bonus: float = Field(0.0, ge=0.0, le=1.0)
+    #: A keyword hit ranked first with this many times the runner-up's score is kept first (0: off).
+    exact_match_ratio: float = Field(2.0, ge=0.0, le=100.0)
+    #: Chunks cited per ranked section.
+    per_section: int = Field(1, ge=1, le=20)
+    #: Second-stage reranker: none, a sentence-transformers cross-encoder (`reranker_model`: a local
+    #: model directory), or Claude (listwise, needs an Anthropic key).
+    reranker: Literal["none", "cross-encoder", "claude"] = "none"
+    reranker_model: str = ""
+    #: Hits the reranker reorders (and the most it is sent): bounds its cost.
+    rerank_depth: int = Field(20, ge=2, le=100)
+    #: Query rewriting with Claude: none, multi (paraphrases searched too) or hyde (a hypothetical answer).
+    rewrite: Literal["none", "multi", "hyde"] = "none"
+    #: Claude model for reranking and rewriting (small and fast: they sit in front of every answer).
+    claude_model: str = "claude-haiku-4-5"
+    #: Time the reranker or rewriter may take per query before retrieval goes on without it.
+    model_timeout_s: float = Field(10.0, gt=0, le=120)
 
 
 class AnswererSettings(BaseSettings):

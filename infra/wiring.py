@@ -11,7 +11,19 @@ from contextlib import contextmanager
 
 from infra.settings import Settings
 from kernel.errors import ConfigurationError
-from kernel.ports import AnswerModel, ContentFetcher, DocumentStore, Embedder, EmbeddingCache, VectorIndex
+from kernel.ports import (
+    AnswerModel,
+    ContentFetcher,
+    DocumentStore,
+    Embedder,
+    EmbeddingCache,
+    QueryRewriter,
+    Reranker,
+    VectorIndex,
+)
+from retrieval.embedding import passage_identity, with_prefix
+from retrieval.fusion import Weights
+from retrieval.retriever import Mode, RetrievalConfig
 
 #: ragbus's own top-level packages: a missing module among these is a broken install, not a missing extra.
 _OWN = {"infra", "kernel", "schemas", "chunking", "retrieval", "streams", "consumers", "ragbus"}
@@ -60,14 +72,16 @@ def build_cache(settings: Settings) -> EmbeddingCache:
 
 
 def build_index(settings: Settings, dim: int) -> VectorIndex:
-    """Weaviate when RAGBUS_WEAVIATE_URL is set, else LanceDB in the data directory."""
+    """Weaviate when RAGBUS_WEAVIATE_URL is set, else LanceDB in the data directory. The index records the
+    embedding model (and passage prefix) and refuses to open under another."""
+    model = passage_identity(settings.embedder.model, settings.embedder.passage_prefix)
     if settings.weaviate.url is not None:
         with _backend("weaviate", "RAGBUS_WEAVIATE_URL"):
             from infra.stores.weaviate import WeaviateVectorIndex, connect
-        return WeaviateVectorIndex(connect(settings.weaviate), settings.weaviate.collection, dim)
+        return WeaviateVectorIndex(connect(settings.weaviate), settings.weaviate.collection, dim, model)
     from infra.stores.lance import LanceVectorIndex
 
-    return LanceVectorIndex(settings.data_dir / "lance", dim)
+    return LanceVectorIndex(settings.data_dir / "lance", dim, model)
 
 
 def build_fetcher(settings: Settings) -> ContentFetcher:
@@ -79,7 +93,8 @@ def build_fetcher(settings: Settings) -> ContentFetcher:
 
 
 def build_embedder(settings: Settings) -> Embedder:
-    """ONNX Runtime or torch, as RAGBUS_EMBEDDER_BACKEND says."""
+    """The bare model (no prefix: `passage_embedder` and `query_embedder` add the prefixes), on ONNX Runtime
+    or torch as RAGBUS_EMBEDDER_BACKEND says."""
     if settings.embedder.backend == "onnx":
         from infra.models.onnx_embedder import OnnxEmbedder
 
@@ -88,6 +103,49 @@ def build_embedder(settings: Settings) -> Embedder:
         from infra.models.embedder import SentenceTransformerEmbedder
 
         return SentenceTransformerEmbedder(settings.embedder)
+
+
+def passage_embedder(settings: Settings, model: Embedder | None = None) -> Embedder:
+    return with_prefix(model or build_embedder(settings), settings.embedder.passage_prefix)
+
+
+def query_embedder(settings: Settings, model: Embedder | None = None) -> Embedder:
+    return with_prefix(model or build_embedder(settings), settings.embedder.query_prefix)
+
+
+def retrieval_config(settings: Settings) -> RetrievalConfig:
+    r = settings.retrieval
+    return RetrievalConfig(
+        candidates=r.candidates, mode=Mode(r.mode), sections=r.sections, heading_weight=r.heading_weight,
+        per_section=r.per_section, rerank_depth=r.rerank_depth,
+        weights=Weights(alpha=r.alpha, section_weight=r.section_weight,
+                        keyword_section_weight=r.keyword_section_weight, bonus=r.multi_chunk_bonus,
+                        exact_ratio=r.exact_match_ratio))
+
+
+def build_reranker(settings: Settings) -> Reranker | None:
+    r = settings.retrieval
+    if r.reranker == "cross-encoder":
+        with _backend("torch", "RAGBUS_RETRIEVAL_RERANKER=cross-encoder"):
+            from infra.models.reranker import CrossEncoderReranker
+
+        return CrossEncoderReranker(r.reranker_model)
+    if r.reranker == "claude":
+        with _backend("claude", "RAGBUS_RETRIEVAL_RERANKER=claude"):
+            from infra.models.claude_retrieval import ClaudeReranker, client_for
+        return ClaudeReranker(client_for(settings.anthropic), r.claude_model, timeout_s=r.model_timeout_s,
+                              depth=r.rerank_depth)
+    return None
+
+
+def build_rewriter(settings: Settings) -> QueryRewriter | None:
+    r = settings.retrieval
+    if r.rewrite == "none":
+        return None
+    with _backend("claude", f"RAGBUS_RETRIEVAL_REWRITE={r.rewrite}"):
+        from infra.models.claude_retrieval import ClaudeRewriter, client_for
+    return ClaudeRewriter(client_for(settings.anthropic), r.claude_model, style=r.rewrite,
+                          timeout_s=r.model_timeout_s)
 
 
 def build_answer_model(settings: Settings) -> AnswerModel:

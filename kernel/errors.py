@@ -35,3 +35,8 @@ class ConfigurationError(RagbusError):
 class AnswerModelError(RagbusError):
     """The language model gave no usable answer within the query's deadline (overloaded, timing out, or
     an empty reply). The answerer falls back to an extractive answer marked degraded with this reason."""
+
+
+class RetrievalModelError(RagbusError):
+    """An optional retrieval model (a reranker, a query rewriter) gave no usable result in time. Retrieval
+    goes on without it (the first-stage order, the question as asked) and counts the degradation."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol
 
 import numpy as np
@@ -24,8 +25,20 @@ Metadata = Mapping[str, Scalar]
 Vectors = np.ndarray[Any, np.dtype[np.float32]]
 
 
+class Level(StrEnum):
+    """What an index entry stands for: a chunk, or a whole section of a document (its title, heading path
+    and lead text: the representation above the chunk that retrieval ranks sections by)."""
+
+    CHUNK = "chunk"
+    SECTION = "section"
+
+
 @dataclass(frozen=True)
 class ChunkRecord:
+    """An index entry. For a chunk, `index` is its position in the document; for a section entry
+    (`level` SECTION), `index` is the section's number and `text` its lead. `section` is the number of
+    the section the entry belongs to (chunks of one section share it)."""
+
     chunk_id: str
     tenant: str
     document_id: str
@@ -37,6 +50,8 @@ class ChunkRecord:
     section_path: tuple[str, ...] = ()
     source: str = ""
     metadata: Metadata = field(default_factory=dict)
+    section: int = 0
+    level: Level = Level.CHUNK
 
 
 @dataclass(frozen=True)
@@ -50,6 +65,45 @@ class SearchHit:
     title: str = ""
     section_path: tuple[str, ...] = ()
     metadata: Metadata = field(default_factory=dict)
+    section: int = 0
+    level: Level = Level.CHUNK
+
+    @property
+    def section_key(self) -> tuple[str, int, int]:
+        """The section this hit belongs to (document, version, section number)."""
+        return (self.document_id, self.version, self.section)
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """One retrieval in a tenant's index: the best `candidates` entries per level asked for, by each
+    retriever asked for. Levels are searched together (one query per retriever, `candidates` times the
+    number of levels deep), so a level may get more or fewer than `candidates` entries.
+
+    `heading_weight` weighs a keyword match in the title and heading path against one in the text."""
+
+    text: str
+    vector: Vector
+    candidates: int
+    levels: tuple[Level, ...] = (Level.CHUNK,)
+    filters: Metadata | None = None
+    heading_weight: float = 1.0
+    dense: bool = True
+    keyword: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.levels or len(set(self.levels)) != len(self.levels):
+            raise ValueError(f"a search asks for one or more distinct levels, not {self.levels!r}")
+        if self.candidates < 1:
+            raise ValueError(f"a search asks for at least one candidate, not {self.candidates}")
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Each retriever's ranked entries with its own raw scores (cosine similarity; BM25), best first."""
+
+    dense: list[SearchHit] = field(default_factory=list)
+    keyword: list[SearchHit] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -76,21 +130,29 @@ class DocumentRecord:
 
 
 class VectorIndex(Protocol):
-    """Chunks with vectors and text; hybrid (BM25 + vector) search, always within one tenant."""
+    """Chunks and section entries with vectors and text; vector (cosine) and keyword (BM25 with stemming
+    and stop words, title and heading path weighted) search, always within one tenant. Fusing the two is
+    retrieval's job (retrieval/), the same for every backend."""
 
-    def upsert(self, chunks: Sequence[ChunkRecord]) -> list[WriteFailure]: ...
+    def upsert(self, chunks: Sequence[ChunkRecord]) -> list[WriteFailure]:
+        """Write entries of either level; the same id again replaces the entry."""
 
     def delete_versions(self, tenant: str, document_id: str, *, below: int) -> None:
-        """Delete the document's chunks whose version is < `below`."""
+        """Delete the document's entries (both levels) whose version is < `below`."""
 
-    def hybrid_search(self, tenant: str, text: str, vector: Vector, *, limit: int, alpha: float,
-                      candidates: int, filters: Metadata | None = None) -> list[SearchHit]:
-        """Relative-score fusion of the `candidates` best of each retriever, best `limit` first."""
+    def search(self, tenant: str, request: SearchRequest) -> Candidates:
+        """The best `request.candidates * len(request.levels)` entries of those levels, per retriever asked for."""
+
+    def section_chunks(self, tenant: str, sections: Sequence[tuple[str, int, int]], per_section: int
+                       ) -> list[SearchHit]:
+        """The first `per_section` chunks of each (document, version, section), in document order (score 0):
+        what a section found only by its section entry is cited by."""
 
     def chunk_versions(self, tenant: str, document_id: str) -> list[tuple[str, int]]:
-        """(chunk_id, version) of every stored chunk of a document: for audits and tests."""
+        """(chunk_id, version) of every stored chunk (not section entry) of a document: for audits and tests."""
 
-    def count(self, tenant: str | None = None) -> int: ...
+    def count(self, tenant: str | None = None) -> int:
+        """Stored chunks (section entries are not counted)."""
 
     def maintain(self) -> None:
         """Upkeep (fold new rows into the indexes, compact, build an ANN index when due); cheap when
@@ -148,6 +210,29 @@ class Embedder(Protocol):
 
     def embed(self, texts: Sequence[str]) -> Vectors:
         """L2-normalised float32 vectors, one row per text."""
+
+
+class Reranker(Protocol):
+    """Reorders first-stage hits by a model that reads the question and each passage together.
+
+    Returns the same hits, best first, each with the reranker's score; raises RetrievalModelError when it
+    gives no usable ranking in time (retrieval then keeps the first-stage order) and ConfigurationError
+    when it never will (a rejected key)."""
+
+    name: str
+
+    def rerank(self, question: str, hits: Sequence[SearchHit]) -> list[SearchHit]: ...
+
+
+class QueryRewriter(Protocol):
+    """More ways to search for a question: paraphrases, or a hypothetical answer to embed.
+
+    Returns extra queries (the question itself is always searched too); raises RetrievalModelError when it
+    gives nothing usable in time and ConfigurationError when it never will."""
+
+    name: str
+
+    def rewrite(self, question: str) -> list[str]: ...
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +184,7 @@ def delete(document_ids: list[str] = typer.Argument(..., help="ids of the docume
 @app.command()
 def ask(question: str = typer.Argument(None, help="the question (or use --queries)"),
         tenant: str = typer.Option("default"),
-        top_k: int = typer.Option(5, "--top-k", min=1, max=50),
+        top_k: int = typer.Option(5, "--top-k", min=1, max=100),
         retrieve_only: bool = typer.Option(False, "--retrieve-only", help="ranked chunks, no generation"),
         as_json: bool = typer.Option(False, "--json", help="print the answer event as it travelled"),
         queries: Path = typer.Option(None, "--queries", help="JSONL with query_id (or id) and text: ask all, one "
@@ -194,10 +195,10 @@ def ask(question: str = typer.Argument(None, help="the question (or use --querie
 
     from infra.kafka.clients import check_reachable
     from infra.kafka.serde import summarize
-    from schemas.events import AnswerDelta, QueryRequested
+    from schemas.events import QueryRequested
 
     from .client import ask_many
-    from .render import print_answer
+    from .render import StreamView
 
     settings = _settings(traced=True)
     try:
@@ -212,22 +213,14 @@ def ask(question: str = typer.Argument(None, help="the question (or use --querie
     except ValidationError as exc:
         raise RagbusError(f"invalid query: {summarize(exc, [QueryRequested])}") from exc
     check_reachable(settings)
-    streamed = False
-
-    def show(delta: AnswerDelta) -> None:
-        nonlocal streamed
-        streamed = True
-        typer.echo(delta.text, nl=False)
-
     single = queries is None and not as_json
-    answers = ask_many(settings, batch, timeout, on_delta=show if single else None)
+    view = StreamView() if single else None
+    answers = ask_many(settings, batch, timeout, on_delta=view.delta if view is not None else None)
     missing = [q.query_id for q in batch if q.query_id not in answers]
     for q in batch:
         if q.query_id in answers:
-            if single:
-                if streamed:
-                    typer.echo()
-                print_answer(answers[q.query_id], streamed)
+            if view is not None:
+                view.finish(answers[q.query_id])  # the final answer, exactly, whatever was streamed
             else:
                 typer.echo(answers[q.query_id].model_dump_json())
         else:
@@ -258,6 +251,73 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
             seen[key] = n
             rows.append((n, row))
     return rows
+
+
+@app.command("eval")
+def eval_(directory: Path = typer.Argument(..., help="a BEIR directory: corpus.jsonl, queries.jsonl, qrels.tsv"),
+          tenant: str = typer.Option(None, help="tenant to ingest into (default: a fresh one) or to score"),
+          no_ingest: bool = typer.Option(False, "--no-ingest", help="score an existing tenant (needs --tenant)"),
+          as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+          top_k: int = typer.Option(100, "--top-k", help="chunks retrieved per query (recall@100 needs 100)"),
+          concurrency: int = typer.Option(1, min=1, max=64, help="queries in flight (1: latency of one query)"),
+          timeout: float = typer.Option(3600.0, help="seconds for ingestion, and again for the queries")) -> None:
+    """Ingest a BEIR set into the running stack, ask every query through the bus, print retrieval metrics."""
+    import time
+
+    from pydantic import ValidationError
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from infra.kafka.clients import check_reachable
+    from infra.kafka.serde import summarize
+    from schemas.events import Envelope
+
+    from . import evaluate
+
+    settings = _settings()
+    evaluate.check_top_k(top_k)
+    if no_ingest and not tenant:
+        raise RagbusError("--no-ingest scores an existing tenant: name it with --tenant")
+    tenant = tenant or f"eval-{uuid.uuid4().hex[:8]}"
+    try:
+        Envelope(tenant=tenant)  # a bad tenant name fails here, as one line, not after the ingestion
+    except ValidationError as exc:
+        raise RagbusError(f"invalid --tenant: {summarize(exc)}") from exc
+    eval_set = evaluate.load_set(directory)
+    check_reachable(settings)
+    ingested, ingest_s = 0, 0.0
+    with Progress(console=Console(stderr=True), transient=as_json) as progress:  # stdout keeps the result
+        if not no_ingest:
+            events = evaluate.corpus_events(settings, eval_set, tenant, f"eval-{tenant}")
+            bar = progress.add_task(f"indexing into tenant {tenant}", total=len(events))
+            started = time.monotonic()
+            problems = evaluate.ingest(settings, events, timeout, lambda: progress.advance(bar))
+            ingest_s, ingested = time.monotonic() - started, len(events) - len(problems)
+            if problems:
+                for p in problems[:20]:
+                    typer.echo(f"not indexed: {p}", err=True)
+                raise RagbusError(f"{len(problems)} of {len(events)} documents were not indexed; "
+                                  "see `ragbus status` and `ragbus dlq list`")
+        bar = progress.add_task("asking", total=len(eval_set.queries))
+        asked = evaluate.ask_all(settings, tenant, eval_set.queries, top_k=top_k, concurrency=concurrency,
+                                 timeout_s=timeout, progress=lambda: progress.advance(bar))
+    result = evaluate.report(eval_set, asked, tenant=tenant, documents_ingested=ingested, ingest_s=ingest_s,
+                             top_k=top_k)
+    if as_json:
+        typer.echo(json.dumps(result))
+    else:
+        lo, hi = result["ndcg@10_ci95"]
+        typer.echo(f"{directory}: {result['queries']} queries, tenant {tenant}"
+                   + (f", {ingested} documents ingested in {ingest_s:.0f}s" if ingested else ""))
+        typer.echo(f"nDCG@10 {result['ndcg@10']:.4f} (95% bootstrap interval {lo:.3f}-{hi:.3f})  "
+                   f"recall@10 {result['recall@10']:.4f}  recall@100 {result['recall@100']:.4f}  "
+                   f"MRR@10 {result['mrr@10']:.4f}")
+        typer.echo(f"query latency p50 {result['latency_ms']['p50']} ms, p95 {result['latency_ms']['p95']} ms "
+                   f"(retrieval in the answerer p50 {result['retrieve_ms']['p50']} ms)")
+    if asked.unanswered:
+        typer.echo(f"{len(asked.unanswered)} queries got no answer within {timeout:.0f}s: is `ragbus up` running?",
+                   err=True)
+        raise typer.Exit(1)
 
 
 def _query(path: Path, n: int, row: dict[str, Any], **options: Any) -> Any:

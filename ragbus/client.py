@@ -9,7 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from infra.kafka.clients import EventProducer, topic_name
 from infra.kafka.tail import Tail
@@ -203,19 +203,7 @@ class QueryClient:
             with tracing.publishing(self._topic, q) as trace_headers:
                 self._producer.send(TOPICS.queries, q.query_id, q, trace_headers)
         self._producer.flush()
-        wanted = {q.query_id for q in queries}
-        got: dict[str, AnswerGenerated] = {}
-        deadline = time.monotonic() + timeout_s
-        while wanted - got.keys() and (left := deadline - time.monotonic()) > 0:
-            for event in self._replies.poll(min(left, 0.5)):
-                if event.query_id not in wanted:
-                    continue
-                if isinstance(event, AnswerDelta):
-                    if on_delta is not None and event.query_id not in got:
-                        on_delta(event)
-                elif event.query_id not in got:
-                    got[event.query_id] = event
-        return got
+        return collect_answers(self._replies, {q.query_id for q in queries}, timeout_s, on_delta)
 
     def close(self) -> None:
         self._replies.close()
@@ -232,3 +220,42 @@ def ask_many(settings: Settings, queries: list[QueryRequested], timeout_s: float
     """Publish queries and collect exactly one answer per query id (or none when the deadline passes)."""
     with QueryClient(settings) as client:
         return client.ask(queries, timeout_s, on_delta)
+
+
+class Polls(Protocol):
+    def poll(self, timeout_s: float) -> Iterator[Any]: ...
+
+
+#: How long the replies are read after the last answer arrived, for its deltas still unread.
+DRAIN_S = 0.5
+
+
+def collect_answers(replies: Polls, wanted: set[str], timeout_s: float,
+                    on_delta: Callable[[AnswerDelta], None] | None = None) -> dict[str, AnswerGenerated]:
+    """Read answers and deltas until every wanted query has its answer, passing deltas on as they come.
+
+    A query's deltas are published before its answer, but on another topic: when the answer is read,
+    deltas may still be unread. So with `on_delta`, the replies are drained after the last answer until a
+    read brings no delta; no delta of an answered query is dropped (without it, nothing waits)."""
+    got: dict[str, AnswerGenerated] = {}
+    deadline = time.monotonic() + timeout_s
+
+    def read(timeout: float) -> int:
+        passed = 0
+        for event in replies.poll(timeout):
+            if event.query_id not in wanted:
+                continue
+            if isinstance(event, AnswerDelta):
+                if on_delta is not None:
+                    on_delta(event)
+                    passed += 1
+            elif event.query_id not in got:
+                got[event.query_id] = event
+        return passed
+
+    while wanted - got.keys() and (left := deadline - time.monotonic()) > 0:
+        read(min(left, 0.5))
+    if on_delta is not None and got:
+        while read(DRAIN_S) and time.monotonic() < deadline + 10 * DRAIN_S:
+            pass
+    return got

@@ -51,6 +51,6 @@ def run_demo(settings_in: Settings, question: str, timeout_s: float) -> int:
             return 1
 
         print("A: ", end="")
-        print_answer(answer, streamed=False)
+        print_answer(answer)
         _say(f"\nanswered in {answer.timings.total_ms:.0f} ms; total demo time {time.monotonic() - started:.1f}s")
         return 0 if answer.citations else 1

@@ -46,7 +46,7 @@ HEADER_TOKENS = 32
 
 
 def _embedder_stage(settings: Settings, metrics: Metrics, health: Health) -> faust_runner.FaustApp:
-    model = tracing.traced_embedder(wiring.build_embedder(settings))
+    model = wiring.passage_embedder(settings, tracing.traced_embedder(wiring.build_embedder(settings)))
     limit = getattr(model, "max_tokens", 0)
     if limit and settings.chunker.size_tokens + HEADER_TOKENS > limit:
         raise ConfigurationError(
@@ -99,9 +99,10 @@ def consumer(settings: Settings, name: str, metrics: Metrics, health: Health | N
             if upkeep is not None:
                 upkeep.append(maintain_forever(index, settings.index.maintain_every_s))
         else:
-            retriever = Retriever(tracing.traced_embedder(wiring.build_embedder(settings)), index,
-                                  alpha=settings.retrieval.alpha,
-                                  candidates=settings.retrieval.candidates)
+            questions = wiring.query_embedder(settings, tracing.traced_embedder(wiring.build_embedder(settings)))
+            retriever = Retriever(questions, index, wiring.retrieval_config(settings),
+                                  reranker=wiring.build_reranker(settings), rewriter=wiring.build_rewriter(settings),
+                                  on_degraded=lambda model, reason: metrics.retrieval_degraded.labels(model).inc())
 
             def emit(out: Out) -> None:  # streamed deltas go out at once, ahead of the batch's commit
                 producer.send(out.topic, out.key, out.event)

@@ -1,36 +1,143 @@
-"""Hybrid fusion shared by adapters that fuse on the client (Weaviate fuses on the server the same way).
+"""Evidence from two retrievers and two levels, fused into one ranking of sections (pure functions).
 
-Relative score fusion (Weaviate's default `relativeScoreFusion`): each retriever's scores are
-min-max normalised to [0, 1] within the query, then combined as alpha * vector + (1 - alpha) * bm25.
-Reciprocal-rank fusion was measured worse than dense retrieval alone on our evaluation data
-(README of shared/data: 0.581 vs 0.691 nDCG@10), because it throws the score gaps away.
+Each retriever (dense: cosine; keyword: BM25) returns its candidates at two levels: chunks, and section
+entries (a section's title, heading path and lead). Per level and retriever, a section's evidence is its
+best entry's score (for chunks: its best chunk), min-max normalised to [0, 1] within the candidate list
+(relative score fusion, as Weaviate's `relativeScoreFusion`; a section not in a list gets 0). Then
+
+    score = alpha * ((1 - sw) * dense_chunks + sw * dense_sections)
+          + (1 - alpha) * ((1 - kw) * keyword_chunks + kw * keyword_sections)
+          + bonus * min(1, (matching chunks - 1) / 3)
+
+where `matching chunks` counts the section's chunks in the dense list scoring at least half of the best
+(several good chunks are evidence a section is about the question, bounded so it never dominates).
+
+Exact matches survive fusion: when the keyword retriever ranks one section first by a wide margin (its
+score at least `exact_ratio` times the runner-up's, or no runner-up at all), that section is put first.
+That is the shape of an identifier query (an error code, a function or package name) that occurs in one
+place: min-max fusion alone would cap such a hit at 1 - alpha, below dense neighbours that share nothing
+with the query. Reciprocal-rank fusion is not used: it throws the score gaps away, and measured worse
+than dense retrieval alone on our data (bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
-T = TypeVar("T")
+from kernel.ports import SearchHit
 
-
-def _normalise(scores: Sequence[float]) -> list[float]:
-    if not scores:
-        return []
-    lo, hi = min(scores), max(scores)
-    if hi - lo < 1e-12:
-        return [1.0 for _ in scores]
-    return [(s - lo) / (hi - lo) for s in scores]
+SectionKey = tuple[str, int, int]
 
 
-def relative_score_fusion(vector: Sequence[tuple[str, float, T]], keyword: Sequence[tuple[str, float, T]],
-                          alpha: float, limit: int) -> list[tuple[T, float]]:
-    """Fuse two ranked lists of (id, raw score, item), higher scores better; returns (item, score)."""
+@dataclass(frozen=True)
+class Weights:
+    alpha: float = 0.7
+    section_weight: float = 0.85
+    keyword_section_weight: float = 1.0
+    bonus: float = 0.0
+    exact_ratio: float = 2.0
+
+
+@dataclass
+class RankedSection:
+    key: SectionKey
+    score: float
+    chunks: list[tuple[SearchHit, float]] = field(default_factory=list)
+
+
+def normalise(hits: Sequence[SearchHit]) -> dict[str, float]:
+    """Min-max normalised score per entry id (all equal: all 1)."""
+    if not hits:
+        return {}
+    lo, hi = min(h.score for h in hits), max(h.score for h in hits)
+    return {h.chunk_id: (h.score - lo) / (hi - lo) if hi - lo > 1e-12 else 1.0 for h in hits}
+
+
+def best_per_section(hits: Sequence[SearchHit]) -> dict[SectionKey, float]:
+    norm = normalise(hits)
+    out: dict[SectionKey, float] = {}
+    for h in hits:
+        out[h.section_key] = max(out.get(h.section_key, 0.0), norm[h.chunk_id])
+    return out
+
+
+def confident_first(hits: Sequence[SearchHit], ratio: float) -> SectionKey | None:
+    """The section the list ranks first by a margin of `ratio` over the next section, if any."""
+    if ratio <= 0 or not hits:
+        return None
+    best: dict[SectionKey, float] = {}
+    for h in hits:
+        best[h.section_key] = max(best.get(h.section_key, float("-inf")), h.score)
+    ordered = sorted(best.items(), key=lambda kv: -kv[1])
+    top = ordered[0]
+    if top[1] <= 0:
+        return None
+    if len(ordered) == 1 or ordered[1][1] <= 0 or top[1] >= ratio * ordered[1][1]:
+        return top[0]
+    return None
+
+
+def _several(dense_chunks: Sequence[SearchHit]) -> dict[SectionKey, float]:
+    norm = normalise(dense_chunks)
+    counts: dict[SectionKey, int] = {}
+    for h in dense_chunks:
+        if norm[h.chunk_id] >= 0.5:
+            counts[h.section_key] = counts.get(h.section_key, 0) + 1
+    return {k: min(1.0, (n - 1) / 3) for k, n in counts.items() if n > 1}
+
+
+def fuse(dense_chunks: Sequence[SearchHit], keyword_chunks: Sequence[SearchHit],
+         dense_sections: Sequence[SearchHit], keyword_sections: Sequence[SearchHit],
+         weights: Weights) -> list[RankedSection]:
+    """Sections best first, each with its candidate chunks (best first by their own fused score)."""
+    a, sw, kw = weights.alpha, weights.section_weight, weights.keyword_section_weight
+    parts = [(a * (1 - sw), best_per_section(dense_chunks)), (a * sw, best_per_section(dense_sections)),
+             ((1 - a) * (1 - kw), best_per_section(keyword_chunks)),
+             ((1 - a) * kw, best_per_section(keyword_sections))]
+    if weights.bonus:
+        parts.append((weights.bonus, _several(dense_chunks)))
+    scores: dict[SectionKey, float] = {}
+    for weight, evidence in parts:
+        if weight:
+            for key, value in evidence.items():
+                scores[key] = scores.get(key, 0.0) + weight * value
+    ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
+    exact = None
+    if a < 1:
+        exact = (confident_first(keyword_sections, weights.exact_ratio)
+                 or confident_first(keyword_chunks, weights.exact_ratio))
+    if exact is not None and exact in scores:
+        ranked.sort(key=lambda kv: kv[0] != exact)  # stable: only the exact match moves, to the top
+    sections = {key: RankedSection(key, score) for key, score in ranked}
+    for hit, score in fuse_chunks(dense_chunks, keyword_chunks, a):
+        if hit.section_key in sections:
+            sections[hit.section_key].chunks.append((hit, score))
+    return list(sections.values())
+
+
+def fuse_chunks(dense: Sequence[SearchHit], keyword: Sequence[SearchHit], alpha: float
+                ) -> list[tuple[SearchHit, float]]:
+    """Chunk-level relative score fusion: alpha * dense + (1 - alpha) * keyword, best first."""
     fused: dict[str, float] = {}
-    items: dict[str, T] = {}
-    for weight, hits in ((alpha, vector), (1.0 - alpha, keyword)):
-        for (key, _, item), norm in zip(hits, _normalise([h[1] for h in hits]), strict=True):
-            fused[key] = fused.get(key, 0.0) + weight * norm
-            items.setdefault(key, item)
-    ranked = sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
-    return [(items[key], score) for key, score in ranked]
+    items: dict[str, SearchHit] = {}
+    for weight, hits in ((alpha, dense), (1 - alpha, keyword)):
+        norm = normalise(hits)
+        for h in hits:
+            fused[h.chunk_id] = fused.get(h.chunk_id, 0.0) + weight * norm[h.chunk_id]
+            items.setdefault(h.chunk_id, h)
+    return [(items[k], s) for k, s in sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def newest_versions(*lists: Sequence[SearchHit]) -> list[list[SearchHit]]:
+    """Each list without entries of a document version older than the newest version any list holds (an
+    update leaves the old entries searchable until the new version is complete)."""
+    newest: dict[str, int] = {}
+    for h in _all(lists):
+        newest[h.document_id] = max(newest.get(h.document_id, -1), h.version)
+    return [[h for h in hits if h.version == newest[h.document_id]] for hits in lists]
+
+
+def _all(lists: Iterable[Sequence[SearchHit]]) -> Iterable[SearchHit]:
+    for hits in lists:
+        yield from hits

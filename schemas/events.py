@@ -43,7 +43,11 @@ URL_SCHEMES = ("https", "s3", "file")
 #: Chunks per ChunksProduced/ChunksEmbedded message: keeps each message far below 1 MB with vectors.
 CHUNKS_PER_PART = 64
 QUESTION_MAX_CHARS = 4_000
-TOP_K_MAX = 50
+#: The lead of a section entry (its keyword text) is at most this long: bounds a part's size while
+#: covering most sections whole (keyword search over whole sections beat it over chunks; bench/RESULTS.md).
+SECTION_TEXT_MAX_CHARS = 4_000
+#: 100 so that `ragbus eval` can measure recall@100 through the bus.
+TOP_K_MAX = 100
 METADATA_MAX_KEYS = 32
 
 NAMESPACE = uuid.UUID("6f1b2a3c-58d4-4f0e-9a57-2c1b7e0d9a11")
@@ -108,6 +112,11 @@ def utcnow() -> datetime:
 def chunk_uuid(tenant: str, document_id: str, version: int, index: int) -> str:
     """Deterministic chunk id: a redelivery writes the same id, so writes are idempotent."""
     return str(uuid.uuid5(NAMESPACE, f"{tenant}\x1f{document_id}\x1f{version}\x1f{index}"))
+
+
+def section_uuid(tenant: str, document_id: str, version: int, section: int) -> str:
+    """Deterministic id of a section entry, in the same namespace as chunks but never equal to one."""
+    return str(uuid.uuid5(NAMESPACE, f"{tenant}\x1f{document_id}\x1f{version}\x1fsection\x1f{section}"))
 
 
 def content_hash(data: bytes) -> str:
@@ -241,6 +250,20 @@ class Chunk(BaseModel):
     index: Annotated[int, Field(ge=0)]
     text: Annotated[str, StringConstraints(min_length=1, max_length=32_000)]
     section_path: Annotated[list[ShortText], Field(max_length=16)] = Field(default_factory=list)
+    #: Number of the document section the chunk belongs to (chunks of one section share it).
+    section: Annotated[int, Field(ge=0)] = 0
+
+
+class SectionLead(BaseModel):
+    """A section as one retrievable entry: its heading path and lead text (the start of the section, at
+    most SECTION_TEXT_MAX_CHARS), indexed as the representation above its chunks. It travels in the part
+    that holds the section's first chunk."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    section: Annotated[int, Field(ge=0)]
+    text: Annotated[str, StringConstraints(min_length=1, max_length=SECTION_TEXT_MAX_CHARS)]
+    section_path: Annotated[list[ShortText], Field(max_length=16)] = Field(default_factory=list)
 
 
 class _DocumentPart(Envelope):
@@ -276,6 +299,8 @@ class _DocumentPart(Envelope):
 class ChunksProduced(_DocumentPart):
     type: Literal["chunks.produced"] = "chunks.produced"
     chunks: Annotated[list[Chunk], Field(max_length=CHUNKS_PER_PART)]
+    #: The sections whose first chunk is in this part (older producers send none).
+    sections: Annotated[list[SectionLead], Field(max_length=CHUNKS_PER_PART)] = Field(default_factory=list)
 
 
 class EmbeddedChunk(Chunk):
@@ -292,11 +317,22 @@ class EmbeddedChunk(Chunk):
         return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
 
 
+class EmbeddedSection(SectionLead):
+    """A section entry with its vector (base64 of little-endian float32, as EmbeddedChunk): the vector of the
+    section's first chunk."""
+
+    vector_b64: Annotated[str, StringConstraints(max_length=43_692)]
+
+    def vector(self) -> np.ndarray[Any, np.dtype[np.float32]]:
+        return np.frombuffer(base64.b64decode(self.vector_b64), dtype="<f4")
+
+
 class ChunksEmbedded(_DocumentPart):
     type: Literal["chunks.embedded"] = "chunks.embedded"
     model: ShortText
     dim: Annotated[int, Field(ge=1, le=8192)]
     chunks: Annotated[list[EmbeddedChunk], Field(max_length=CHUNKS_PER_PART)]
+    sections: Annotated[list[EmbeddedSection], Field(max_length=CHUNKS_PER_PART)] = Field(default_factory=list)
 
 
 class Status(StrEnum):

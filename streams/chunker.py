@@ -75,16 +75,20 @@ def chunk_event(event: DocumentArrived | DocumentDeleted, chunker: Chunker, load
         content = _content(event, load, fetch or NoFetcher())
     except UnicodeDecodeError as exc:
         raise PoisonMessageError(f"claim-check content is not UTF-8 text: {exc.reason}") from exc
-    chunks = chunker.chunk(event.content_type, content)
+    chunks, sections = chunker.split(event.content_type, content)
     version = event.effective_version
     digest = content_hash(content.encode("utf-8") if isinstance(content, str) else content)
     parts = [chunks[i:i + CHUNKS_PER_PART] for i in range(0, len(chunks), CHUNKS_PER_PART)]
+    first_part: dict[int, int] = {}  # a section travels with its first chunk
+    for c in chunks:
+        first_part.setdefault(c.section, c.index // CHUNKS_PER_PART)
     envelope = {"tenant": event.tenant, "correlation_id": event.correlation_id or str(event.event_id)}
     outs = [
         Out(TOPICS.chunks, key, ChunksProduced(
             **envelope, document_id=event.document_id, version=version, content_hash=digest, title=event.title,
             source=event.source, metadata=event.metadata, part=n, parts=len(parts), total_chunks=len(chunks),
-            document_occurred_at=event.occurred_at, chunks=part))
+            document_occurred_at=event.occurred_at, chunks=part,
+            sections=[s for s in sections if first_part[s.section] == n]))
         for n, part in enumerate(parts)
     ]
     outs.append(Out(TOPICS.status, key, DocumentStatus(

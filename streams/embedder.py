@@ -24,6 +24,7 @@ from schemas.events import (
     DocumentDeleted,
     DocumentStatus,
     EmbeddedChunk,
+    EmbeddedSection,
     Status,
 )
 from schemas.topics import TOPICS, document_key
@@ -68,6 +69,9 @@ class CachedEmbedder:
 
 
 def embed_events(events: Sequence[ChunksProduced | DocumentDeleted], embedder: CachedEmbedder) -> list[PerEvent]:
+    """Every chunk of the batch in one model call. A section entry's vector is its first chunk's: title,
+    heading path and the start of the section, which is what the model can read of a section anyway; it
+    ranked sections better than embedding the whole section (bench/RESULTS.md) and costs nothing more."""
     texts = [embedding_text(ev.title, c.section_path, c.text)
              for ev in events if isinstance(ev, ChunksProduced) for c in ev.chunks]
     vectors = embedder.embed(texts)
@@ -80,10 +84,15 @@ def embed_events(events: Sequence[ChunksProduced | DocumentDeleted], embedder: C
             continue
         chunks = [EmbeddedChunk(**c.model_dump(), vector_b64=EmbeddedChunk.encode_vector(vectors[cursor + i]))
                   for i, c in enumerate(ev.chunks)]
+        first: dict[int, str] = {}
+        for c in chunks:
+            first.setdefault(c.section, c.vector_b64)
+        sections = [EmbeddedSection(**s.model_dump(), vector_b64=first[s.section])
+                    for s in ev.sections if s.section in first]
         cursor += len(ev.chunks)
-        fields = ev.model_dump(exclude={"type", "chunks", "event_id", "occurred_at"})
+        fields = ev.model_dump(exclude={"type", "chunks", "sections", "event_id", "occurred_at"})
         outs = [Out(TOPICS.embedded, key, ChunksEmbedded(**fields, model=embedder.name, dim=embedder.dim,
-                                                         chunks=chunks))]
+                                                         chunks=chunks, sections=sections))]
         if ev.part == ev.parts - 1:
             outs.append(Out(TOPICS.status, key, DocumentStatus(
                 tenant=ev.tenant, correlation_id=ev.correlation_id, document_id=ev.document_id,

@@ -4,9 +4,11 @@ real client and ragbus's adapter run unmodified against it.
 
 What it models: collections with a self-provided named vector, multi-tenancy with auto tenant
 creation, batch upserts by uuid with per-object errors (a vector of the wrong length is refused),
-filters (equal, less than, contains any, and/or) on text, int and text[] properties, hybrid search
-(BM25 over the query properties + cosine, relative score fusion, alpha), fetch with filters,
-delete-many by filter, object counts and tenant listing.
+filters (equal, less than, contains any, and/or) on text, int and text[] properties, near_vector search
+(cosine distance), BM25 search over the query properties with per-property boosts (`name^2`, BM25F-style
+weighted term frequencies and lengths), hybrid search (BM25 + cosine, relative score fusion, alpha),
+fetch with filters, delete-many by filter, object counts (with filters), schema updates (PUT) and tenant
+listing.
 
 Where it answers like the real server, that is on purpose and sourced: hybrid fusion follows Weaviate's
 FusionRelativeScore (its own implementation below, not ragbus's fusion), a read of a tenant that does
@@ -14,7 +16,8 @@ not exist fails with gRPC UNKNOWN (the server returns a plain error there), `ten
 HEAD /v1/schema/{class}/tenants/{name} answering 200 or 404.
 
 What it does not model (so tests here cannot tell you about it): HNSW approximation and recall,
-Weaviate's exact BM25 tokenisation and stemming, consistency levels, replication, persistence,
+Weaviate's exact BM25 tokenisation (it splits on non-word characters; ragbus searches pre-analysed text
+split on spaces, which splits the same) and stopword handling, consistency levels, replication, persistence,
 authentication, references, generative and rerank modules, and every schema default the real server
 fills in beyond what the client needs to parse it.
 """
@@ -156,6 +159,16 @@ def _rest(store: Store) -> type[BaseHTTPRequestHandler]:
                 return self._send(200, body)
             return self._send(404, {"error": [{"message": f"no route {self.path}"}]})
 
+        def do_PUT(self) -> None:
+            body = self._body()
+            m = re.fullmatch(r"/v1/schema/([^/]+)", self.path)
+            if m and m.group(1) in store.schemas:
+                with store.lock:
+                    dims = store.schemas[m.group(1)].get("_dims", {})
+                    store.schemas[m.group(1)] = _with_defaults(body) | {"_dims": dims}
+                return self._send(200, body)
+            return self._send(404, {"error": [{"message": f"no route {self.path}"}]})
+
         def do_DELETE(self) -> None:
             m = re.fullmatch(r"/v1/schema/([^/]+)", self.path)
             if m:
@@ -230,20 +243,24 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 
 
 def _bm25(query: str, objs: list[tuple[str, dict[str, Any]]], fields: list[str]) -> list[tuple[str, float]]:
+    """BM25F: per-property boosts (`name^2`) weigh term frequencies and lengths; k1 1.2, b 0.75."""
+    weights = {f.split("^")[0]: float(f.split("^")[1]) if "^" in f else 1.0 for f in fields}
     terms = [t.lower() for t in _WORD.findall(query)]
-    docs = {u: [t.lower() for f in fields for t in _WORD.findall(str(p.get(f) or ""))] for u, p in objs}
-    if not docs or not terms:
+    bags = {u: [(t.lower(), w) for f, w in weights.items() for t in _WORD.findall(str(p.get(f) or ""))]
+            for u, p in objs}
+    if not bags or not terms:
         return []
-    avg = sum(len(d) for d in docs.values()) / len(docs) or 1.0
+    lengths = {u: sum(w for _, w in bag) for u, bag in bags.items()}
+    avg = sum(lengths.values()) / len(lengths) or 1.0
     scores = {}
-    for u, words in docs.items():
+    for u, bag in bags.items():
         s = 0.0
         for t in set(terms):
-            tf = words.count(t)
+            tf = sum(w for word, w in bag if word == t)
             if tf:
-                df = sum(1 for d in docs.values() if t in d)
-                idf = math.log(1 + (len(docs) - df + 0.5) / (df + 0.5))
-                s += idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * len(words) / avg))
+                df = sum(1 for b in bags.values() if any(word == t for word, _ in b))
+                idf = math.log(1 + (len(bags) - df + 0.5) / (df + 0.5))
+                s += idf * tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * lengths[u] / avg))
         if s > 0:
             scores[u] = s
     return sorted(scores.items(), key=lambda kv: -kv[1])
@@ -332,8 +349,28 @@ class Servicer(weaviate_pb2_grpc.WeaviateServicer):
             kw = [(u, s, u) for u, s in _bm25(h.query, [(u, o["props"]) for u, o in kept], list(h.properties))] \
                 if alpha < 1 else []
             ranked = _relative_score_fusion([(1.0 - alpha, kw), (alpha, vec_hits)])[:limit]
+        elif request.HasField("near_vector"):
+            nv = request.near_vector
+            vec = next((_vector(v.vector_bytes) for v in nv.vectors), None)
+            if vec is None:
+                vec = _vector(nv.vector_bytes)
+            target = (list(nv.targets.target_vectors) or list(nv.target_vectors) or [None])[0]
+            sims = []
+            for u, o in kept:
+                v = o["vectors"].get(target) if target else next(iter(o["vectors"].values()), None)
+                if v is not None:
+                    sims.append((u, float(np.dot(v, vec) / (np.linalg.norm(v) * np.linalg.norm(vec) or 1))))
+            sims.sort(key=lambda x: (-x[1], x[0]))
+            return self._reply(objs, request, [(u, 1.0 - sim) for u, sim in sims[:limit]], distance=True)
+        elif request.HasField("bm25_search"):
+            b = request.bm25_search
+            ranked = _bm25(b.query, [(u, o["props"]) for u, o in kept], list(b.properties))[:limit]
         else:
             ranked = [(u, 0.0) for u, _ in sorted(kept, key=lambda x: x[0])][:limit]
+        return self._reply(objs, request, ranked)
+
+    def _reply(self, objs: dict[str, Any], request: Any, ranked: list[tuple[str, float]],
+               distance: bool = False) -> Any:
         results = []
         for u, score in ranked:
             props = objs[u]["props"]
@@ -341,15 +378,17 @@ class Servicer(weaviate_pb2_grpc.WeaviateServicer):
             results.append(search_get_pb2.SearchResult(
                 properties=search_get_pb2.PropertiesResult(non_ref_props=properties_pb2.Properties(
                     fields={n: _value(props[n]) for n in names if n in props})),
-                metadata=search_get_pb2.MetadataResult(id=u, id_as_bytes=uuid.UUID(u).bytes, score=score,
-                                                       score_present=True)))
+                metadata=search_get_pb2.MetadataResult(
+                    id=u, id_as_bytes=uuid.UUID(u).bytes, score=0.0 if distance else score,
+                    score_present=not distance, distance=score if distance else 0.0, distance_present=distance)))
         return search_get_pb2.SearchReply(took=0.001, results=results)
 
     def Aggregate(self, request: Any, context: Any) -> Any:
         self._maybe_fail(context)
         objs = self._tenant(request.collection, request.tenant, context)
+        n = sum(1 for o in objs.values() if not request.HasField("filters") or _match(request.filters, o["props"]))
         return aggregate_pb2.AggregateReply(took=0.001, single_result=aggregate_pb2.AggregateReply.Single(
-            objects_count=len(objs)))
+            objects_count=n))
 
     def TenantsGet(self, request: Any, context: Any) -> Any:
         names = sorted(self.s.data.get(request.collection, {}))

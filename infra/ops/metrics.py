@@ -117,6 +117,9 @@ class Metrics:
                           "Estimated language-model cost in USD", ["model"])
         self.citations_dropped = d(("answerer",), Counter, "ragbus_citations_dropped_total",
                                    "Citations removed because they named no retrieved chunk")
+        self.retrieval_degraded = d(("answerer",), Counter, "ragbus_retrieval_degraded_total",
+                                    "Queries a reranker or query rewriter failed on (retrieved without it)",
+                                    ["model"])
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
         PlatformCollector(registry=self.registry)  # python_info
 

@@ -1,9 +1,15 @@
 """Embedded vector index on LanceDB: on disk in the data directory, survives restarts.
 
-Vector search (cosine; exact until the table is large enough for an IVF-HNSW index), BM25 through
-Lance's native full-text index over title + section path + text, metadata filters as SQL prefilters,
-and relative-score fusion on the client. Tenant isolation: every query is prefiltered on `tenant`,
-which the port makes a required argument; there is no search path without it.
+One table holds chunks and section entries (`level`). Vector search is cosine (exact until the table is
+large enough for an IVF-HNSW index); keyword search is BM25 through Lance's native full-text indexes,
+one over the text and one over the heading (title and section path), both with English stemming and
+stop words; the query is their weighted sum (`heading_weight` times the heading's BM25). Metadata
+filters are SQL prefilters. Fusion is retrieval's (retrieval/), not this adapter's. Tenant isolation:
+every query is prefiltered on `tenant`, which the port makes a required argument; there is no search
+path without it.
+
+The vector column records the model (and passage prefix) its vectors came from: an index built with
+another model is refused at start-up, even when the dimensions agree.
 """
 
 from __future__ import annotations
@@ -20,11 +26,10 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 from lancedb.index import FTS, Bitmap, BTree, IvfHnswSq
-from lancedb.query import MatchQuery
+from lancedb.query import BooleanQuery, FullTextQuery, MatchQuery, Occur
 
 from kernel.errors import ConfigurationError
-from kernel.ports import ChunkRecord, Metadata, SearchHit, Vector, WriteFailure
-from retrieval.fusion import relative_score_fusion
+from kernel.ports import Candidates, ChunkRecord, Level, Metadata, SearchHit, SearchRequest, WriteFailure
 
 TABLE = "chunks"
 #: Below this many rows exact search is fast and perfectly accurate; above it, build an ANN index.
@@ -33,6 +38,17 @@ READ_CONSISTENCY = timedelta(seconds=0.1)
 #: Versions older than this are deleted by maintenance; readers in other processes hold a version for
 #: at most one query, so this only has to outlast the slowest query.
 KEEP_VERSIONS = timedelta(minutes=10)
+MODEL_KEY = "ragbus.model"
+#: Full-text indexes: English stemming and stop words (Lance's defaults, stated so a default change
+#: upstream cannot change ragbus's keyword side silently).
+KEYWORD_INDEX = {"base_tokenizer": "simple", "language": "English", "stem": True, "remove_stop_words": True,
+                 "lower_case": True, "ascii_folding": True, "max_token_length": 40}
+INDEXES = {"text_idx", "heading_idx", "document_id_idx"}
+#: What a search reads back (not the vector: converting it costs more than the search).
+RETURNED = ["chunk_id", "document_id", "version", "idx", "level", "section", "text", "title", "section_path",
+            "metadata"]
+#: Columns added since the first schema, with the value old rows get.
+ADDED = {"level": "'chunk'", "section": "CAST(0 AS INT)", "heading": "title"}
 
 
 def _quote(value: str) -> str:
@@ -43,8 +59,12 @@ def _meta_terms(metadata: Metadata) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in sorted(metadata.items())]
 
 
+def heading(title: str, section_path: Sequence[str]) -> str:
+    return "\n".join([title, *section_path]).strip()
+
+
 class LanceVectorIndex:
-    def __init__(self, path: Path, dim: int) -> None:
+    def __init__(self, path: Path, dim: int, model: str | None = None) -> None:
         path.mkdir(parents=True, exist_ok=True)
         # A reader in another process (the answerer) looks for a newer table version at most every
         # READ_CONSISTENCY: checking on every search cost ~3 ms per search (two per query), and a write is
@@ -56,10 +76,11 @@ class LanceVectorIndex:
         self._schema = pa.schema([
             pa.field("chunk_id", pa.string()), pa.field("tenant", pa.string()),
             pa.field("document_id", pa.string()), pa.field("version", pa.int64()),
-            pa.field("idx", pa.int32()), pa.field("text", pa.string()), pa.field("title", pa.string()),
-            pa.field("section_path", pa.string()), pa.field("source", pa.string()),
+            pa.field("idx", pa.int32()), pa.field("level", pa.string()), pa.field("section", pa.int32()),
+            pa.field("text", pa.string()), pa.field("title", pa.string()), pa.field("section_path", pa.string()),
+            pa.field("heading", pa.string()), pa.field("source", pa.string()),
             pa.field("meta", pa.list_(pa.string())), pa.field("metadata", pa.string()),
-            pa.field("search_text", pa.string()), pa.field("vector", pa.list_(pa.float32(), dim)),
+            pa.field("vector", pa.list_(pa.float32(), dim), metadata={MODEL_KEY: model} if model else None),
         ])
         self._table = self._open_or_create(path)
         have = self._table.schema.field("vector").type.list_size
@@ -67,21 +88,43 @@ class LanceVectorIndex:
             raise ConfigurationError(
                 f"the vector index at {path} holds {have}-dim vectors but the embedder makes {dim}: "
                 "use a new RAGBUS_DATA_DIR or the model that built it")
+        self._check_model(path, model)
+
+    def _check_model(self, path: Path, model: str | None) -> None:
+        if model is None:
+            return
+        recorded = (self._table.schema.field("vector").metadata or {}).get(MODEL_KEY.encode())
+        if recorded is None:  # an index from before models were recorded: it adopts the configured one
+            with self._lock:
+                self._table.update_field_metadata({"path": "vector", "metadata": {MODEL_KEY: model}})
+        elif recorded.decode() != model:
+            raise ConfigurationError(
+                f"the vector index at {path} holds vectors of the embedding model {recorded.decode()!r}, but "
+                f"RAGBUS_EMBEDDER_MODEL (with its passage prefix) is {model!r}: vectors of two models cannot be "
+                "compared; use a new RAGBUS_DATA_DIR or the model that built the index")
 
     def _open_or_create(self, path: Path) -> Any:
-        """Open the table, creating it with its indexes once; several processes may race to create it."""
+        """Open the table, creating or upgrading it with its indexes once; several processes may race."""
         for attempt in range(20):
             try:
                 if TABLE in self._db.list_tables(limit=1000).tables:
                     table = self._db.open_table(TABLE)
-                    if {i.name for i in table.list_indices()} >= {"search_text_idx", "document_id_idx"}:
+                    missing = {n: sql for n, sql in ADDED.items() if n not in table.schema.names}
+                    if missing:  # upgrade of an older table: new columns, and the old single keyword column goes
+                        table.add_columns(missing)
+                    if "search_text" in table.schema.names:
+                        if any(i.name == "search_text_idx" for i in table.list_indices()):
+                            table.drop_index("search_text_idx")
+                        table.drop_columns(["search_text"])
+                    if {i.name for i in table.list_indices()} >= INDEXES:
                         return table
                     if attempt == 0:  # another process may be building them right now
                         time.sleep(0.5)
                         continue
                 else:
                     table = self._db.create_table(TABLE, schema=self._schema, exist_ok=True)
-                table.create_index("search_text", config=FTS(), replace=True)
+                table.create_index("text", config=FTS(**KEYWORD_INDEX), replace=True)  # type: ignore[arg-type]
+                table.create_index("heading", config=FTS(**KEYWORD_INDEX), replace=True)  # type: ignore[arg-type]
                 table.create_index("document_id", config=BTree(), replace=True)
                 return table
             except (RuntimeError, OSError, ValueError) as exc:
@@ -102,15 +145,16 @@ class LanceVectorIndex:
                 continue
             rows.append({
                 "chunk_id": c.chunk_id, "tenant": c.tenant, "document_id": c.document_id, "version": c.version,
-                "idx": c.index, "text": c.text, "title": c.title, "section_path": json.dumps(list(c.section_path)),
+                "idx": c.index, "level": c.level.value, "section": c.section, "text": c.text, "title": c.title,
+                "section_path": json.dumps(list(c.section_path)), "heading": heading(c.title, c.section_path),
                 "source": c.source, "meta": _meta_terms(c.metadata), "metadata": json.dumps(dict(c.metadata)),
-                "search_text": "\n".join([c.title, " ".join(c.section_path), c.text]),
                 "vector": np.asarray(c.vector, dtype=np.float32),
             })
         if rows:
             with self._lock:
+                data = pa.Table.from_pylist(rows, schema=self._schema).select(self._table.schema.names)
                 (self._table.merge_insert("chunk_id").when_matched_update_all()
-                 .when_not_matched_insert_all().execute(pa.Table.from_pylist(rows, schema=self._schema)))
+                 .when_not_matched_insert_all().execute(data))
         return failures
 
     def delete_versions(self, tenant: str, document_id: str, *, below: int) -> None:
@@ -118,8 +162,10 @@ class LanceVectorIndex:
             self._table.delete(f"tenant = {_quote(tenant)} AND document_id = {_quote(document_id)} "
                                f"AND version < {int(below)}")
 
-    def _where(self, tenant: str, filters: Metadata | None) -> str:
+    def _where(self, tenant: str, filters: Metadata | None, levels: Sequence[Level]) -> str:
         clauses = [f"tenant = {_quote(tenant)}"]
+        if set(levels) != set(Level):
+            clauses.append(f"level IN ({', '.join(_quote(lv.value) for lv in levels)})")
         for key, value in sorted((filters or {}).items()):
             if key == "document_id":
                 clauses.append(f"document_id = {_quote(str(value))}")
@@ -129,33 +175,45 @@ class LanceVectorIndex:
                 clauses.append(f"array_has(meta, {_quote(_meta_terms({key: value})[0])})")
         return " AND ".join(clauses)
 
-    def hybrid_search(self, tenant: str, text: str, vector: Vector, *, limit: int, alpha: float,
-                      candidates: int, filters: Metadata | None = None) -> list[SearchHit]:
-        where = self._where(tenant, filters)
-        candidates = max(candidates, limit)
-        vec_rows: list[dict[str, Any]] = []
-        kw_rows: list[dict[str, Any]] = []
-        if alpha > 0:
-            vec_rows = (self._table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector")
-                        .distance_type("cosine").where(where, prefilter=True).limit(candidates).to_list())
-        if alpha < 1:
-            query = MatchQuery(text, "search_text")  # type: ignore[call-arg]  # the other fields have defaults
-            kw_rows = (self._table.search(query, query_type="fts")
-                       .where(where, prefilter=True).limit(candidates).to_list())
-        fused = relative_score_fusion(
-            [(r["chunk_id"], 1.0 - float(r["_distance"]), r) for r in vec_rows],
-            [(r["chunk_id"], float(r["_score"]), r) for r in kw_rows], alpha, limit)
-        return [SearchHit(r["chunk_id"], r["document_id"], int(r["version"]), int(r["idx"]), r["text"], score,
-                          r["title"], tuple(json.loads(r["section_path"])), json.loads(r["metadata"]))
-                for r, score in fused]
+    def search(self, tenant: str, request: SearchRequest) -> Candidates:
+        where = self._where(tenant, request.filters, request.levels)
+        limit = request.candidates * len(request.levels)
+        dense: list[dict[str, Any]] = []
+        keyword: list[dict[str, Any]] = []
+        if request.dense:
+            dense = (self._table.search(np.asarray(request.vector, dtype=np.float32), vector_column_name="vector")
+                     .distance_type("cosine").where(where, prefilter=True).select([*RETURNED, "_distance"])
+                     .limit(limit).to_list())
+        if request.keyword and request.text.strip():
+            query: FullTextQuery = MatchQuery(request.text, "text")  # type: ignore[call-arg]  # defaults exist
+            if request.heading_weight:  # a sum (BooleanQuery), not MultiMatchQuery's best single field
+                heading = MatchQuery(request.text, "heading", boost=request.heading_weight)  # type: ignore[call-arg]
+                query = BooleanQuery([(Occur.SHOULD, query), (Occur.SHOULD, heading)])
+            keyword = (self._table.search(query, query_type="fts").where(where, prefilter=True)
+                       .select([*RETURNED, "_score"])
+                       .limit(limit).to_list())
+        return Candidates([_hit(r, 1.0 - float(r["_distance"])) for r in dense],
+                          [_hit(r, float(r["_score"])) for r in keyword])
+
+    def section_chunks(self, tenant: str, sections: Sequence[tuple[str, int, int]], per_section: int
+                       ) -> list[SearchHit]:
+        if not sections:
+            return []
+        wanted = set(sections)
+        docs = ", ".join(sorted({_quote(d) for d, _, _ in sections}))  # IN on the indexed column, then exact keys
+        rows = (self._table.search().where(f"tenant = {_quote(tenant)} AND level = {_quote(Level.CHUNK.value)} "
+                                           f"AND document_id IN ({docs})").limit(1_000_000).to_list())
+        return _first_chunks([h for h in (_hit(r, 0.0) for r in rows) if h.section_key in wanted], per_section)
 
     def chunk_versions(self, tenant: str, document_id: str) -> list[tuple[str, int]]:
-        rows = (self._table.search().where(f"tenant = {_quote(tenant)} AND document_id = {_quote(document_id)}")
+        rows = (self._table.search().where(f"tenant = {_quote(tenant)} AND document_id = {_quote(document_id)} "
+                                           f"AND level = {_quote(Level.CHUNK.value)}")
                 .select(["chunk_id", "version", "idx"]).limit(1_000_000).to_list())
         return [(r["chunk_id"], int(r["version"])) for r in sorted(rows, key=lambda r: (r["version"], r["idx"]))]
 
     def count(self, tenant: str | None = None) -> int:
-        return int(self._table.count_rows(None if tenant is None else f"tenant = {_quote(tenant)}"))
+        where = f"level = {_quote(Level.CHUNK.value)}"
+        return int(self._table.count_rows(where if tenant is None else f"tenant = {_quote(tenant)} AND {where}"))
 
     def maintain(self) -> None:
         """Fold new rows into the full-text and vector indexes, compact small fragments, drop versions older
@@ -191,11 +249,26 @@ class LanceVectorIndex:
         return "vector" in self._indexed_columns()
 
     def _due(self) -> bool:
-        """Rows outside the full-text index (searched by a scan) or small fragments to merge."""
-        stats = self._table.index_stats("search_text_idx")
-        if stats is not None and stats.num_unindexed_rows > 0:
-            return True
+        """Rows outside a full-text index (searched by a scan) or small fragments to merge."""
+        for name in ("text_idx", "heading_idx"):
+            stats = self._table.index_stats(name)
+            if stats is not None and stats.num_unindexed_rows > 0:
+                return True
         return int(self._table.stats()["fragment_stats"]["num_small_fragments"]) > 1
 
     def close(self) -> None:
         """LanceDB holds no open handles that need closing."""
+
+
+def _first_chunks(hits: list[SearchHit], per_section: int) -> list[SearchHit]:
+    out: dict[tuple[str, int, int], list[SearchHit]] = {}
+    for h in sorted(hits, key=lambda h: (h.section_key, h.index)):
+        if len(out.setdefault(h.section_key, [])) < per_section:
+            out[h.section_key].append(h)
+    return [h for group in out.values() for h in group]
+
+
+def _hit(r: dict[str, Any], score: float) -> SearchHit:
+    return SearchHit(r["chunk_id"], r["document_id"], int(r["version"]), int(r["idx"]), r["text"], score,
+                     r["title"], tuple(json.loads(r["section_path"])), json.loads(r["metadata"]),
+                     int(r["section"]), Level(r["level"]))

@@ -11,8 +11,16 @@ tenant's chunks and deleting a tenant is cheap. Tenants are created on first wri
 
 Writes use deterministic uuid5 ids (schemas.events.chunk_uuid) and read back per-object errors; the
 indexer retries or dead-letters each refused object with Weaviate's message (weaviate-python-client
-issues #577 and #885: batch errors are easy to drop). Hybrid search uses relative score fusion, the
-same fusion the embedded LanceDB adapter computes on the client.
+issues #577 and #885: batch errors are easy to drop).
+
+Search returns each retriever's own candidates (near_vector by cosine; BM25), and retrieval/ fuses them the
+same way for every backend. Weaviate has no stemming (weaviate#2439), so the adapter indexes and queries
+analysed copies of the text and of the heading (title and section path), stemmed and without stop words
+by retrieval/keywords.py exactly as LanceDB's full-text index does natively, and searches them with
+whitespace tokenisation and the heading weighted (`heading_kw^w`). Chunks and section entries share the
+collection (`level`). The collection's description records the embedding model (and passage prefix) its
+vectors came from; a collection built with another model is refused at start-up. Objects written before
+these properties existed have no `level` nor analysed text: re-ingest such a tenant after upgrading.
 
 Failures are classified by the client's exception types and the gRPC status code underneath them, never
 by message text (`classify`): unreachable, timing out, overloaded -> RetryableError; refused credentials
@@ -35,7 +43,7 @@ import weaviate
 from weaviate.classes.config import Configure, DataType, Property, Tokenization, VectorDistances
 from weaviate.classes.data import DataObject
 from weaviate.classes.init import AdditionalConfig, Auth, Timeout
-from weaviate.classes.query import Filter, HybridFusion, MetadataQuery
+from weaviate.classes.query import Filter, MetadataQuery
 from weaviate.exceptions import (
     AuthenticationFailedError,
     InsufficientPermissionsError,
@@ -50,7 +58,8 @@ from weaviate.exceptions import (
 
 from infra.settings import WeaviateSettings
 from kernel.errors import ConfigurationError, RetryableError
-from kernel.ports import ChunkRecord, Metadata, SearchHit, Vector, WriteFailure
+from kernel.ports import Candidates, ChunkRecord, Level, Metadata, SearchHit, SearchRequest, Vector, WriteFailure
+from retrieval.keywords import analyse
 
 MIN_VERSION = (1, 27)
 VECTOR = "chunk"
@@ -62,14 +71,18 @@ PROPERTIES = [
     Property(name="text", data_type=DataType.TEXT, tokenization=TEXT),
     Property(name="title", data_type=DataType.TEXT, tokenization=TEXT),
     Property(name="section", data_type=DataType.TEXT, tokenization=TEXT),
+    Property(name="level", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False),
+    Property(name="section_no", data_type=DataType.INT),
+    Property(name="text_kw", data_type=DataType.TEXT, tokenization=Tokenization.WHITESPACE),
+    Property(name="heading_kw", data_type=DataType.TEXT, tokenization=Tokenization.WHITESPACE),
     Property(name="section_path", data_type=DataType.TEXT_ARRAY, tokenization=Tokenization.FIELD,
              index_searchable=False),
     Property(name="source", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False),
     Property(name="meta", data_type=DataType.TEXT_ARRAY, tokenization=Tokenization.FIELD, index_searchable=False),
     Property(name="metadata", data_type=DataType.TEXT, index_filterable=False, index_searchable=False),
 ]
-SEARCHED = ["text", "title", "section"]
-RETURNED = ["document_id", "version", "idx", "text", "title", "section_path", "metadata"]
+RETURNED = ["document_id", "version", "idx", "text", "title", "section_path", "metadata", "level", "section_no"]
+MODEL_MARK = "ragbus embedding model: "
 
 
 def connect(settings: WeaviateSettings) -> weaviate.WeaviateClient:
@@ -141,10 +154,11 @@ def classify(exc: WeaviateBaseError) -> Exception:
 
 
 class WeaviateVectorIndex:
-    def __init__(self, client: weaviate.WeaviateClient, collection: str, dim: int) -> None:
+    def __init__(self, client: weaviate.WeaviateClient, collection: str, dim: int, model: str | None = None) -> None:
         self._client = client
         self._name = collection
         self._dim = dim
+        self._model = model
         self._ensure_collection()
         self._collection = client.collections.get(collection)
         self._tenants: set[str] = set()
@@ -153,6 +167,7 @@ class WeaviateVectorIndex:
         if not self._client.collections.exists(self._name):
             self._client.collections.create(
                 self._name,
+                description=MODEL_MARK + self._model if self._model else None,
                 properties=PROPERTIES,
                 vector_config=[Configure.Vectors.self_provided(
                     name=VECTOR, vector_index_config=Configure.VectorIndex.hnsw(
@@ -172,9 +187,15 @@ class WeaviateVectorIndex:
             have = existing.get(prop.name)
             if have is not None and have.data_type.value != prop.dataType.value:
                 problems.append(f"property {prop.name} is {have.data_type.value}, ragbus needs {prop.dataType.value}")
+        recorded = (config.description or "").partition(MODEL_MARK)[2]
+        if self._model and recorded and recorded != self._model:
+            problems.append(f"its vectors come from the embedding model {recorded!r}, not {self._model!r} "
+                            "(RAGBUS_EMBEDDER_MODEL with its passage prefix)")
         if problems:
             raise ConfigurationError(f"the Weaviate collection {self._name} is incompatible: {'; '.join(problems)}; "
                                      "ragbus never alters it: drop it or set RAGBUS_WEAVIATE_COLLECTION")
+        if self._model and not recorded:  # a collection from before models were recorded adopts this one
+            self._client.collections.get(self._name).config.update(description=MODEL_MARK + self._model)
         for prop in PROPERTIES:  # additive schema change: add what is missing
             if prop.name not in existing:
                 self._client.collections.get(self._name).config.add_property(prop)
@@ -192,10 +213,12 @@ class WeaviateVectorIndex:
             objects = [DataObject(uuid=c.chunk_id, vector={VECTOR: _vector(c.vector)}, properties={
                 "document_id": c.document_id, "version": c.version, "idx": c.index, "text": c.text,
                 "title": c.title, "section": " > ".join(c.section_path), "section_path": list(c.section_path),
-                "source": c.source, "meta": _meta_terms(c.metadata), "metadata": json.dumps(dict(c.metadata))})
+                "source": c.source, "meta": _meta_terms(c.metadata), "metadata": json.dumps(dict(c.metadata)),
+                "level": c.level.value, "section_no": c.section, "text_kw": analyse(c.text),
+                "heading_kw": analyse("\n".join([c.title, *c.section_path]))})
                 for c in batch]
             try:
-                result = self._collection.with_tenant(tenant).data.insert_many(objects)  # type: ignore[arg-type]
+                result = self._collection.with_tenant(tenant).data.insert_many(objects)
             except WeaviateInsertManyAllFailedError as exc:  # raised when every object failed
                 failures += [WriteFailure(c.chunk_id, str(exc)[:500]) for c in batch]
                 continue
@@ -225,33 +248,56 @@ class WeaviateVectorIndex:
         except WeaviateBaseError as exc:
             raise classify(exc) from exc
 
-    def _filters(self, filters: Metadata | None) -> Any:
-        parts = []
+    def _filters(self, filters: Metadata | None, levels: Sequence[Level]) -> Any:
+        parts = [Filter.any_of([Filter.by_property("level").equal(lv.value) for lv in levels])
+                 if len(levels) > 1 else Filter.by_property("level").equal(levels[0].value)]
         for key, value in sorted((filters or {}).items()):
             if key in ("document_id", "source"):
                 parts.append(Filter.by_property(key).equal(str(value)))
             else:
                 parts.append(Filter.by_property("meta").contains_any(_meta_terms({key: value})))
-        return Filter.all_of(parts) if len(parts) > 1 else (parts[0] if parts else None)
+        return Filter.all_of(parts) if len(parts) > 1 else parts[0]
 
-    def hybrid_search(self, tenant: str, text: str, vector: Vector, *, limit: int, alpha: float,
-                      candidates: int, filters: Metadata | None = None) -> list[SearchHit]:
+    def search(self, tenant: str, request: SearchRequest) -> Candidates:
         if not self._exists(tenant):
-            return []  # a tenant that never wrote anything has nothing to find
+            return Candidates()  # a tenant that never wrote anything has nothing to find
+        query = self._collection.with_tenant(tenant).query
+        where = self._filters(request.filters, request.levels)
+        limit = request.candidates * len(request.levels)
+        dense: list[SearchHit] = []
+        keyword: list[SearchHit] = []
         try:
-            result = self._collection.with_tenant(tenant).query.hybrid(
-                query=text, vector=_vector(vector), target_vector=VECTOR, alpha=alpha,
-                fusion_type=HybridFusion.RELATIVE_SCORE, query_properties=SEARCHED, limit=max(limit, candidates),
-                filters=self._filters(filters), return_metadata=MetadataQuery(score=True),
-                return_properties=RETURNED)
+            if request.dense:
+                found = query.near_vector(near_vector=_vector(request.vector), target_vector=VECTOR, limit=limit,
+                                          filters=where, return_properties=RETURNED,
+                                          return_metadata=MetadataQuery(distance=True))
+                dense = [_hit(o, 1.0 - float(o.metadata.distance or 0.0)) for o in found.objects]
+            analysed = analyse(request.text)
+            if request.keyword and analysed:
+                fields = ["text_kw"] + ([f"heading_kw^{request.heading_weight:g}"] if request.heading_weight else [])
+                found = query.bm25(query=analysed, query_properties=fields, limit=limit,
+                                   filters=where, return_properties=RETURNED,
+                                   return_metadata=MetadataQuery(score=True))
+                keyword = [_hit(o, float(o.metadata.score or 0.0)) for o in found.objects]
         except WeaviateBaseError as exc:
             raise classify(exc) from exc
-        hits = []
-        for o in result.objects[:limit]:
-            p = cast(dict[str, Any], o.properties)
-            hits.append(SearchHit(str(o.uuid), p["document_id"], int(p["version"]), int(p["idx"]), p["text"],
-                                  float(o.metadata.score or 0.0), p.get("title") or "",
-                                  tuple(p.get("section_path") or ()), json.loads(p.get("metadata") or "{}")))
+        return Candidates(dense, keyword)
+
+    def section_chunks(self, tenant: str, sections: Sequence[tuple[str, int, int]], per_section: int
+                       ) -> list[SearchHit]:
+        if not sections or not self._exists(tenant):
+            return []
+        hits: list[SearchHit] = []
+        try:
+            for d, v, n in sections:  # the first chunks of a section are its lowest indexes
+                where = (Filter.by_property("level").equal(Level.CHUNK.value)
+                         & Filter.by_property("document_id").equal(d) & Filter.by_property("version").equal(v)
+                         & Filter.by_property("section_no").equal(n))
+                found = self._collection.with_tenant(tenant).query.fetch_objects(
+                    filters=where, limit=10_000, return_properties=RETURNED)
+                hits += sorted((_hit(o, 0.0) for o in found.objects), key=lambda h: h.index)[:per_section]
+        except WeaviateBaseError as exc:
+            raise classify(exc) from exc
         return hits
 
     def chunk_versions(self, tenant: str, document_id: str) -> list[tuple[str, int]]:
@@ -259,7 +305,8 @@ class WeaviateVectorIndex:
             return []
         try:
             result = self._collection.with_tenant(tenant).query.fetch_objects(
-                filters=Filter.by_property("document_id").equal(document_id), limit=10_000,
+                filters=Filter.by_property("document_id").equal(document_id)
+                & Filter.by_property("level").equal(Level.CHUNK.value), limit=10_000,
                 return_properties=["version", "idx"])
         except WeaviateBaseError as exc:
             raise classify(exc) from exc
@@ -270,8 +317,9 @@ class WeaviateVectorIndex:
     def count(self, tenant: str | None = None) -> int:
         try:
             tenants = [tenant] if tenant is not None else list(self._collection.tenants.get())
-            return sum(int(self._collection.with_tenant(t).aggregate.over_all(total_count=True).total_count or 0)
-                       for t in tenants if self._exists(t))
+            chunks = Filter.by_property("level").equal(Level.CHUNK.value)
+            return sum(int(self._collection.with_tenant(t).aggregate.over_all(total_count=True, filters=chunks)
+                           .total_count or 0) for t in tenants if self._exists(t))
         except WeaviateBaseError as exc:
             raise classify(exc) from exc
 
@@ -280,3 +328,10 @@ class WeaviateVectorIndex:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _hit(o: Any, score: float) -> SearchHit:
+    p = cast(dict[str, Any], o.properties)
+    return SearchHit(str(o.uuid), p["document_id"], int(p["version"]), int(p["idx"]), p["text"], score,
+                     p.get("title") or "", tuple(p.get("section_path") or ()), json.loads(p.get("metadata") or "{}"),
+                     int(p.get("section_no") or 0), Level(p.get("level") or Level.CHUNK.value))

@@ -7,8 +7,8 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from kernel.ports import ChunkRecord, VectorIndex
-from schemas.events import chunk_uuid
+from kernel.ports import ChunkRecord, Level, SearchHit, SearchRequest, VectorIndex
+from schemas.events import chunk_uuid, section_uuid
 
 from .conftest import DIM
 
@@ -21,9 +21,23 @@ def vec(*hot: int) -> np.ndarray:  # type: ignore[type-arg]
 
 
 def rec(doc: str, version: int, idx: int, text: str, v: np.ndarray, tenant: str = "t1",  # type: ignore[type-arg]
-        **meta: object) -> ChunkRecord:
+        section: int = 0, **meta: object) -> ChunkRecord:
     return ChunkRecord(chunk_uuid(tenant, doc, version, idx), tenant, doc, version, idx, text, v, f"title {doc}",
-                       ("Sec",), f"src/{doc}", meta)
+                       ("Sec",), f"src/{doc}", meta, section)
+
+
+def sec(doc: str, version: int, number: int, text: str, v: np.ndarray, tenant: str = "t1",  # type: ignore[type-arg]
+        title: str = "", path: tuple[str, ...] = ("Sec",)) -> ChunkRecord:
+    return ChunkRecord(section_uuid(tenant, doc, version, number), tenant, doc, version, number, text, v,
+                       title or f"title {doc}", path, f"src/{doc}", {}, number, Level.SECTION)
+
+
+def search(index: VectorIndex, tenant: str, text: str, v: np.ndarray, *, level: Level = Level.CHUNK,  # type: ignore[type-arg]
+           alpha: float = 0.5, candidates: int = 50, **kw: object) -> list[SearchHit]:
+    """The keyword list when alpha is 0, the dense list when it is 1, both (dense first) otherwise."""
+    found = index.search(tenant, SearchRequest(text=text, vector=v, candidates=candidates, levels=(level,),
+                                               dense=alpha > 0, keyword=alpha < 1, **kw))  # type: ignore[arg-type]
+    return found.keyword if alpha == 0 else found.dense if alpha == 1 else [*found.dense, *found.keyword]
 
 
 CORPUS = [
@@ -49,45 +63,121 @@ def test_upsert_is_idempotent(filled: VectorIndex) -> None:
 
 
 def test_vector_search_ranks_nearest_first(filled: VectorIndex) -> None:
-    hits = filled.hybrid_search("t1", "anything", vec(2), limit=2, candidates=50, alpha=1.0)
-    assert hits[0].document_id == "mongo"
-    assert hits[0].score >= hits[1].score
-    assert hits[0].title == "title mongo" and hits[0].section_path == ("Sec",)
+    hits = search(filled, "t1", "anything", vec(2), alpha=1.0, candidates=2)
+    assert len(hits) == 2 and hits[0].document_id == "mongo"
+    assert hits[0].score >= hits[1].score and hits[0].score == pytest.approx(1.0, abs=1e-4)  # cosine similarity
+    assert hits[0].title == "title mongo" and hits[0].section_path == ("Sec",) and hits[0].level is Level.CHUNK
 
 
 def test_keyword_search_finds_the_term(filled: VectorIndex) -> None:
-    hits = filled.hybrid_search("t1", "BM25 hybrid", vec(0), limit=3, candidates=50, alpha=0.0)
-    assert hits[0].document_id == "weaviate"
-
-
-def test_hybrid_fuses_both_signals(filled: VectorIndex) -> None:
-    hits = filled.hybrid_search("t1", "BSON documents", vec(0), limit=4, candidates=50, alpha=0.5)
-    ids = [h.document_id for h in hits]
-    assert "mongo" in ids[:2] and "kafka" in ids[:2]
+    hits = search(filled, "t1", "BM25 hybrid", vec(0), alpha=0.0)
+    assert hits[0].document_id == "weaviate" and hits[0].score > 0
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_keyword_search_stems_and_ignores_stop_words(filled: VectorIndex) -> None:
+    """English stemming in both backends: "committing offset" finds "commit offsets"; "the" finds nothing."""
+    hits = search(filled, "t1", "committing the offsetting", vec(0), alpha=0.0)
+    assert hits and hits[0].document_id == "kafka" and hits[0].index == 1
+    assert search(filled, "t1", "the of and", vec(0), alpha=0.0) == []
+
+
+def test_an_identifier_is_found_by_its_exact_token(index: VectorIndex) -> None:
+    assert index.upsert([*CORPUS, rec("ticket", 1, 0, "Resolved in release XK2B9Q7ZL0PA after review.", vec(6))]) == []
+    hits = search(index, "t1", "XK2B9Q7ZL0PA", vec(0), alpha=0.0)
+    assert [h.document_id for h in hits] == ["ticket"]
+
+
+def test_the_heading_weight_weighs_title_matches(index: VectorIndex) -> None:
+    docs = [ChunkRecord(chunk_uuid("t1", "a", 1, 0), "t1", "a", 1, 0, "notes about penguins and their diet", vec(0),
+                        "Penguin handbook", ("Diet",)),
+            ChunkRecord(chunk_uuid("t1", "b", 1, 0), "t1", "b", 1, 0, "penguins penguins in the zoo", vec(1),
+                        "Zoo guide", ("Animals",))]
+    assert index.upsert(docs) == []
+    text_only = search(index, "t1", "penguin handbook", vec(0), alpha=0.0, heading_weight=0.0)
+    weighted = search(index, "t1", "penguin handbook", vec(0), alpha=0.0, heading_weight=3.0)
+    assert text_only[0].document_id == "b" and weighted[0].document_id == "a"
+
+
+def test_hybrid_request_returns_both_lists(filled: VectorIndex) -> None:
+    found = filled.search("t1", SearchRequest(text="BSON documents", vector=vec(0), candidates=3))
+    assert [h.document_id for h in found.dense][:1] == ["kafka"] and found.keyword[0].document_id == "mongo"
+    assert len(found.dense) <= 3 and len(found.keyword) <= 3
 
 
 def test_search_never_crosses_tenants(filled: VectorIndex) -> None:
     for alpha in (0.0, 0.5, 1.0):
-        assert {h.document_id for h in filled.hybrid_search("t2", "Kafka partitions", vec(0), limit=10,
-                                                            candidates=50, alpha=alpha)} == {"other"}
-        assert filled.hybrid_search("nobody", "Kafka", vec(0), limit=10, candidates=50, alpha=alpha) == []
+        assert {h.document_id for h in search(filled, "t2", "Kafka partitions", vec(0), alpha=alpha)} == {"other"}
+        assert search(filled, "nobody", "Kafka", vec(0), alpha=alpha) == []
 
 
 def test_filters_on_document_and_metadata(filled: VectorIndex) -> None:
-    hits = filled.hybrid_search("t1", "Kafka", vec(0), limit=10, candidates=50, alpha=0.5,
-                                filters={"document_id": "mongo"})
+    hits = search(filled, "t1", "Kafka", vec(0), filters={"document_id": "mongo"})
     assert {h.document_id for h in hits} == {"mongo"}
-    hits = filled.hybrid_search("t1", "Kafka", vec(0), limit=10, candidates=50, alpha=0.5, filters={"lang": "en"})
+    hits = search(filled, "t1", "Kafka", vec(0), filters={"lang": "en"})
     assert {h.document_id for h in hits} == {"kafka"}
     assert hits[0].metadata == {"lang": "en"}
 
 
 def test_quotes_in_values_are_data_not_syntax(filled: VectorIndex) -> None:
     assert filled.upsert([rec("it's", 1, 0, "O'Reilly's book.", vec(4))]) == []
-    hits = filled.hybrid_search("t1", "O'Reilly", vec(4), limit=5, candidates=50, alpha=0.5,
-                                filters={"document_id": "it's"})
-    assert [h.document_id for h in hits] == ["it's"]
+    hits = search(filled, "t1", "O'Reilly", vec(4), filters={"document_id": "it's"})
+    assert {h.document_id for h in hits} == {"it's"}
+
+
+def test_section_entries_are_a_level_of_their_own(filled: VectorIndex) -> None:
+    entries = [sec("kafka", 1, 0, "Kafka keeps messages ordered. Consumers commit offsets.", vec(0)),
+               sec("mongo", 1, 0, "MongoDB stores documents as BSON.", vec(2))]
+    assert filled.upsert(entries) == []
+    dense = search(filled, "t1", "x", vec(2), level=Level.SECTION, alpha=1.0)
+    assert [(h.document_id, h.level, h.section) for h in dense] == [("mongo", Level.SECTION, 0),
+                                                                    ("kafka", Level.SECTION, 0)]
+    keyword = search(filled, "t1", "ordered messages", vec(0), level=Level.SECTION, alpha=0.0)
+    assert [h.document_id for h in keyword] == ["kafka"] and keyword[0].chunk_id == entries[0].chunk_id
+    chunk_hits = search(filled, "t1", "ordered messages", vec(0), alpha=0.0)
+    assert all(h.level is Level.CHUNK for h in chunk_hits)
+    assert filled.count("t1") == 4 and filled.chunk_versions("t1", "mongo") == [(CORPUS[2].chunk_id, 1)]
+    filled.delete_versions("t1", "mongo", below=2)
+    assert search(filled, "t1", "x", vec(2), level=Level.SECTION, alpha=1.0)[0].document_id == "kafka"
+
+
+def test_both_levels_in_one_request(filled: VectorIndex) -> None:
+    """The retriever asks for chunks and section entries at once; each hit says which level it is."""
+    entries = [sec("kafka", 1, 0, "Kafka keeps messages ordered. Consumers commit offsets.", vec(0)),
+               sec("mongo", 1, 0, "MongoDB stores documents as BSON.", vec(2)),
+               sec("other", 1, 0, "Kafka partitions in another tenant.", vec(0), tenant="t2")]
+    assert filled.upsert(entries) == []
+    found = filled.search("t1", SearchRequest(text="BSON documents", vector=vec(2), candidates=5,
+                                              levels=(Level.CHUNK, Level.SECTION)))
+    for hits in (found.dense, found.keyword):
+        assert {(h.document_id, h.level) for h in hits if h.document_id == "mongo"} == {
+            ("mongo", Level.CHUNK), ("mongo", Level.SECTION)}
+        assert {h.document_id for h in hits} <= {"kafka", "mongo", "weaviate"}  # never the other tenant
+    assert [(h.document_id, h.level) for h in found.dense[:2]] in (
+        [("mongo", Level.CHUNK), ("mongo", Level.SECTION)], [("mongo", Level.SECTION), ("mongo", Level.CHUNK)])
+    assert len(found.dense) == 6  # 4 chunks and 2 section entries of t1, within 5 per level asked for
+    narrow = filled.search("t1", SearchRequest(text="BSON documents", vector=vec(2), candidates=1,
+                                               levels=(Level.CHUNK, Level.SECTION), dense=False))
+    assert len(narrow.keyword) <= 2 and not narrow.dense
+    only = filled.search("t1", SearchRequest(text="BSON", vector=vec(2), candidates=5, levels=(Level.SECTION,),
+                                             filters={"document_id": "mongo"}))
+    assert [(h.document_id, h.level) for h in [*only.dense, *only.keyword]] == [("mongo", Level.SECTION)] * 2
+
+
+def test_a_request_names_its_levels_and_a_depth() -> None:
+    for bad in ({"levels": ()}, {"levels": (Level.CHUNK, Level.CHUNK)}, {"candidates": 0}):
+        with pytest.raises(ValueError):
+            SearchRequest(**({"text": "x", "vector": vec(0), "candidates": 5} | bad))  # type: ignore[arg-type]
+
+
+def test_section_chunks_are_the_first_chunks_of_each_section(index: VectorIndex) -> None:
+    records = [rec("doc", 1, i, f"part {i}", vec(i % DIM), section=0 if i < 3 else 1) for i in range(5)]
+    assert index.upsert([*records, sec("doc", 1, 0, "part 0", vec(0))]) == []
+    hits = index.section_chunks("t1", [("doc", 1, 1), ("doc", 1, 0)], 2)
+    assert sorted((h.section, h.index) for h in hits) == [(0, 0), (0, 1), (1, 3), (1, 4)]
+    assert all(h.level is Level.CHUNK for h in hits)
+    assert index.section_chunks("t1", [("nope", 1, 0)], 1) == []
+    assert index.section_chunks("t9", [("doc", 1, 0)], 1) == []
 
 
 def test_delete_versions_is_bounded_by_version(filled: VectorIndex) -> None:
@@ -115,10 +205,9 @@ def test_the_same_chunk_twice_in_one_write_is_one_row(index: VectorIndex) -> Non
 def test_a_fresh_reader_sees_every_tenant_and_an_unknown_tenant_has_nothing(
         filled: VectorIndex, index_opener: Callable[[], VectorIndex]) -> None:
     reader = index_opener()  # another process: knows nothing of what `filled` wrote
-    assert {h.document_id for h in reader.hybrid_search("t2", "Kafka partitions", vec(0), limit=5, candidates=50,
-                                                        alpha=0.5)} == {"other"}
+    assert {h.document_id for h in search(reader, "t2", "Kafka partitions", vec(0))} == {"other"}
     assert reader.chunk_versions("t1", "kafka") == filled.chunk_versions("t1", "kafka") != []
     assert reader.count("t1") == 4
-    assert reader.hybrid_search("never", "Kafka", vec(0), limit=5, candidates=50, alpha=0.5) == []
+    assert search(reader, "never", "Kafka", vec(0)) == []
     assert reader.chunk_versions("never", "kafka") == [] and reader.count("never") == 0
     reader.delete_versions("never", "kafka", below=10)  # nothing to delete is not an error

@@ -12,7 +12,7 @@ from weaviate.exceptions import WeaviateBaseError
 from infra.settings import WeaviateSettings
 from infra.stores.weaviate import WeaviateVectorIndex, connect
 from kernel.errors import ConfigurationError, RetryableError
-from kernel.ports import ChunkRecord
+from kernel.ports import ChunkRecord, SearchRequest
 from schemas.events import chunk_uuid
 from tests.weaviate_double import WeaviateDouble
 
@@ -85,7 +85,7 @@ def test_failures_are_classified_by_grpc_status_not_message(double: WeaviateDoub
     calls = [lambda: index.delete_versions("t", "d", below=5)]
     if code is not grpc.StatusCode.UNAVAILABLE:  # the client itself retries UNAVAILABLE searches and batches
         calls += [lambda: index.upsert([chunk]),  # with backoff for about a minute before it raises
-                  lambda: index.hybrid_search("t", "text", chunk.vector, limit=3, candidates=10, alpha=0.5)]
+                  lambda: index.search("t", SearchRequest(text="text", vector=chunk.vector, candidates=10))]
     for call in calls:
         with pytest.raises(expected) as raised:
             call()

@@ -41,14 +41,16 @@ def test_cli_round_trip(stack: tuple[Stack, Settings], tmp_path: Path) -> None:
     assert {"query_id", "answer", "degraded", "timings", "citations"} <= answer.keys()
     assert {"document_id", "chunk_id", "score", "text"} <= answer["citations"][0].keys()
 
-    (tmp_path / "q.jsonl").write_text('{"id": "q-owl", "text": "How far can owls turn their heads?"}\n'
-                                      '{"id": "q-kafka", "text": "Who shares partitions?"}\n')
-    done = cli(settings, "ask", "--queries", str(tmp_path / "q.jsonl"), "--retrieve-only")
+    (tmp_path / "q.jsonl").write_text('{"id": "faq/owls#1", "text": "How far can owls turn their heads?"}\n'
+                                      '{"id": "q kafka", "text": "Who shares partitions?"}\n')
+    done = cli(settings, "ask", "--queries", str(tmp_path / "q.jsonl"), "--retrieve-only", "--json")
     lines = [json.loads(line) for line in done.stdout.splitlines()]
-    assert done.returncode == 0 and sorted(a["query_id"] for a in lines) == ["q-kafka", "q-owl"]
+    assert done.returncode == 0, done.stderr
+    assert sorted(a["query_id"] for a in lines) == ["faq/owls#1", "q kafka"]  # the client's ids, unchanged
     by_id = {a["query_id"]: a for a in lines}
-    assert by_id["q-owl"]["retrieve_only"] and by_id["q-owl"]["citations"][0]["document_id"].endswith("page.html")
-    assert by_id["q-kafka"]["citations"][0]["document_id"] == "kafka-note"
+    assert by_id["faq/owls#1"]["retrieve_only"]
+    assert by_id["faq/owls#1"]["citations"][0]["document_id"].endswith("page.html")
+    assert by_id["q kafka"]["citations"][0]["document_id"] == "kafka-note"
 
     done = cli(settings, "ask", "Tell me about giraffes")
     assert done.returncode == 0 and "Citations:" in done.stdout and "[1] giraffe" in done.stdout

@@ -25,7 +25,7 @@ from infra.stores.lance import LanceVectorIndex
 from infra.stores.sqlite import SqliteDocumentStore
 from kernel.errors import RetryableError
 from kernel.stage import PerEvent, Stage, per_event
-from schemas.events import ChunksEmbedded, DocumentArrived, DocumentStatus, Status
+from schemas.events import ChunksEmbedded, DocumentArrived, DocumentStatus, EmbeddedChunk, Status
 from schemas.topics import TOPICS, document_key
 from tests.conftest import ROOT
 from tests.unit.test_stages import Pipeline
@@ -177,8 +177,12 @@ def test_worker_stopped_mid_stream_resumes_without_loss_or_duplicates(broker: st
     from infra.models.embedder import embedding_dim
 
     dim = embedding_dim(settings.embedder.model)
-    events = [ev.model_copy(update={"dim": dim, "chunks": [c.model_copy(update={"vector_b64": c.encode_vector(
-        list(c.vector()) + [0.0] * (dim - len(c.vector())))}) for c in ev.chunks]}) for ev in events]
+    def widen(entry: Any) -> Any:
+        return entry.model_copy(update={"vector_b64": EmbeddedChunk.encode_vector(
+            list(entry.vector()) + [0.0] * (dim - len(entry.vector())))})
+
+    events = [ev.model_copy(update={"dim": dim, "chunks": [widen(c) for c in ev.chunks],
+                                    "sections": [widen(s) for s in ev.sections]}) for ev in events]
     publish(settings, events)
     store = SqliteDocumentStore(settings.data_dir / "ragbus.sqlite")
     proc = worker(settings, "indexer")

@@ -41,11 +41,11 @@ def test_ingested_docs_answer_with_the_right_citation(stack: tuple[Stack, Settin
     docs = sorted((ROOT / "docs").glob("*.md"))
     statuses = ingest(settings, docs)
     assert set(statuses.values()) == {Status.INDEXED} and len(statuses) == len(docs)
-    cases = {
-        "Where do I put extra librdkafka settings such as SASL?": "configuration.md",
-        "What happens to late chunks of a deleted document version?": "delivery.md",
-        "How long does Tansu hold a consumer group join?": "operations.md",
-        "Why does ragbus not use reciprocal-rank fusion?": "architecture.md",
+    cases = {  # the documents that answer each question (operations.md has a section on SASL settings too)
+        "Where do I put extra librdkafka settings such as SASL?": ("configuration.md", "operations.md"),
+        "What happens to late chunks of a deleted document version?": ("delivery.md",),
+        "How long does Tansu hold a consumer group join?": ("operations.md",),
+        "Why does ragbus not use reciprocal-rank fusion?": ("architecture.md",),
     }
     for question, expected in cases.items():
         answer = ask(settings, question)

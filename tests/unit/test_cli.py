@@ -56,3 +56,11 @@ def test_bad_jsonl_line(tmp_path: Path) -> None:
     (tmp_path / "d.jsonl").write_text('{"id": "a", "text": "ok"}\n{"title": "no id"}\n')
     line = one_line_error(ragbus("ingest", str(tmp_path / "d.jsonl"), env={"RAGBUS_DATA_DIR": str(tmp_path)}))
     assert "d.jsonl:2" in line and "'id' and 'text'" in line
+
+
+def test_query_ids_must_be_printable(tmp_path: Path) -> None:
+    """Any printable id is taken as given (tests/integration/test_cli_on_stack.py asks with BEIR's ids);
+    one that could not be echoed on its own line is refused before anything is sent."""
+    (tmp_path / "q.jsonl").write_text('{"id": "faq/general#3", "text": "ok"}\n{"id": "a\\nb", "text": "no"}\n')
+    line = one_line_error(ragbus("ask", "--queries", str(tmp_path / "q.jsonl"), env={"RAGBUS_DATA_DIR": str(tmp_path)}))
+    assert "q.jsonl:2" in line and "printable" in line

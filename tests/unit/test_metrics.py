@@ -15,7 +15,7 @@ from infra.ops.metrics import ALL_STAGES, DURATION_BUCKETS, Metrics, families
 from infra.stores.lance import LanceVectorIndex
 from infra.stores.sqlite import SqliteDocumentStore
 from retrieval.extractive import ExtractiveAnswerer
-from retrieval.retriever import Retriever
+from retrieval.retriever import RetrievalConfig, Retriever
 from schemas.events import DocumentArrived, QueryRequested, utcnow
 from tests.conftest import ROOT
 from tests.doubles import HashEmbedder
@@ -80,8 +80,8 @@ def test_document_freshness_is_measured_once_per_version_when_searchable(tmp_pat
 def test_query_freshness_counts_answers_made_now_not_replays(tmp_path: Path) -> None:
     store, embedder = SqliteDocumentStore(tmp_path / "db.sqlite"), HashEmbedder()
     metrics = Metrics(stages=["answerer"])
-    answerer = Answerer(Retriever(embedder, LanceVectorIndex(tmp_path / "lance", embedder.dim), alpha=0.75,
-                                  candidates=10), ExtractiveAnswerer(), store, metrics, lambda out: None)
+    retriever = Retriever(embedder, LanceVectorIndex(tmp_path / "lance", embedder.dim), RetrievalConfig(candidates=10))
+    answerer = Answerer(retriever, ExtractiveAnswerer(), store, metrics, lambda out: None)
     q = QueryRequested(text="where?", query_id="q1", occurred_at=utcnow() - timedelta(seconds=3))
     answerer.handle([q])
     answerer.handle([q])  # redelivered: the stored answer is republished

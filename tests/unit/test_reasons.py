@@ -112,7 +112,7 @@ CASES: list[tuple[str, TopicSpec, bytes | None, str]] = [
     ("blank question", TOPICS.queries, query(text="   "), QUERY + "field 'text': question must not be blank"),
     ("missing question", TOPICS.queries, query(text=...), QUERY + "missing field 'text': expected a string of 1 to "
      "4000 characters"),
-    ("top_k", TOPICS.queries, query(top_k=500), QUERY + "field 'top_k': expected a number <= 50, got 500"),
+    ("top_k", TOPICS.queries, query(top_k=500), QUERY + "field 'top_k': expected a number <= 100, got 500"),
     ("query id control", TOPICS.queries, query(query_id="a\nb"),
      QUERY + "field 'query_id': expected printable text without control characters, got \"a\\nb\""),
     ("query id type", TOPICS.queries, query(query_id=7), QUERY + "field 'query_id': expected a string, got 7"),

@@ -16,7 +16,7 @@ from infra.stores.lance import LanceVectorIndex
 from infra.stores.sqlite import SqliteDocumentStore
 from kernel.errors import PoisonMessageError
 from retrieval.extractive import ExtractiveAnswerer
-from retrieval.retriever import Retriever
+from retrieval.retriever import RetrievalConfig, Retriever
 from schemas.events import (
     ChunksEmbedded,
     ChunksProduced,
@@ -58,7 +58,7 @@ class Pipeline:
         self.index_events(self.embedded(ev))
 
     def retriever(self) -> Retriever:
-        return Retriever(self.embedder, self.index, alpha=0.75, candidates=50)
+        return Retriever(self.embedder, self.index, RetrievalConfig(candidates=50))
 
     def versions(self, doc: str, tenant: str = "default") -> tuple[set[int], set[int]]:
         return ({v for _, v in self.index.chunk_versions(tenant, doc)},

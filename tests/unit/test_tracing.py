@@ -35,7 +35,7 @@ from infra.stores.lance import LanceVectorIndex
 from infra.stores.sqlite import SqliteDocumentStore
 from kernel.stage import Out, Stage
 from retrieval.extractive import ExtractiveAnswerer
-from retrieval.retriever import Retriever
+from retrieval.retriever import RetrievalConfig, Retriever
 from schemas.events import DocumentArrived, QueryRequested
 from schemas.topics import TOPICS
 from streams import chunker, embedder
@@ -161,7 +161,7 @@ def test_a_query_is_one_trace_to_its_answer(spans: InMemorySpanExporter, tmp_pat
     topic = TOPICS.queries.physical(settings.kafka.topic_prefix)
     store, model = SqliteDocumentStore(tmp_path / "db.sqlite"), CountingEmbedder()
     index = LanceVectorIndex(tmp_path / "lance", model.dim)
-    retriever = Retriever(tracing.traced_embedder(model), index, alpha=0.75, candidates=10)
+    retriever = Retriever(tracing.traced_embedder(model), index, RetrievalConfig(candidates=10))
     answerer = Answerer(retriever, ExtractiveAnswerer(), store, Metrics(), lambda out: None)
     from infra.kafka.serde import encode, headers_for
 

@@ -1,0 +1,166 @@
+"""`ragbus eval DIR`: retrieval quality and query latency of the running stack on a BEIR-layout set.
+
+The documents of `DIR/corpus.jsonl` are ingested through the bus into a fresh tenant (or an existing one
+with `--no-ingest`), every query of `DIR/queries.jsonl` is asked through the bus as a retrieve-only query,
+and the ranked documents are scored against `DIR/qrels.tsv` (or `DIR/qrels/test.tsv`). So what it
+measures is what a user of the stack gets: the answerer's own settings, index and model.
+
+Query ids of any printable form (BEIR's `faq/general#3`) are mapped to internal ids for the bus and
+given back unchanged. Latency is the round trip of each query (publish to answer received), asked
+`concurrency` at a time (1 by default, so a query never waits behind another), next to the answerer's own
+retrieval time from each answer's timings.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from infra import wiring
+from infra.kafka.clients import EventProducer
+from infra.kafka.tail import Tail
+from infra.settings import Settings
+from kernel.errors import RagbusError
+from retrieval.evaluation import Scores, bootstrap_interval, documents, score
+from schemas.events import TOP_K_MAX, AnswerGenerated, ContentType, DocumentArrived, QueryRequested
+from schemas.topics import TOPICS
+
+from .client import InputError, _event, publish, wait_final
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    corpus: Path
+    queries: list[tuple[str, str]]
+    judgements: dict[str, dict[str, float]]
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except ValueError as exc:
+                    raise InputError(f"{path}:{n}: not JSON ({exc})") from exc
+                if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("text"), str):
+                    raise InputError(f"{path}:{n}: need an object with 'id' and a string 'text'")
+                yield n, row
+
+
+def load_set(directory: Path) -> EvalSet:
+    """Read a BEIR-layout directory; every problem is one line that names the file and what to fix."""
+    corpus, queries_file = directory / "corpus.jsonl", directory / "queries.jsonl"
+    qrels = next((p for p in (directory / "qrels.tsv", directory / "qrels" / "test.tsv") if p.exists()), None)
+    for needed in (corpus, queries_file):
+        if not needed.exists():
+            raise InputError(f"{needed}: no such file (a BEIR directory has corpus.jsonl, queries.jsonl, qrels.tsv)")
+    if qrels is None:
+        raise InputError(f"{directory}: no qrels.tsv (or qrels/test.tsv)")
+    judgements: dict[str, dict[str, float]] = {}
+    for n, line in enumerate(qrels.read_text(encoding="utf-8").splitlines(), 1):
+        parts = line.split("\t")
+        if not line.strip() or (n == 1 and parts[0] in ("query-id", "query_id", "qid")):
+            continue
+        if len(parts) < 3:
+            raise InputError(f"{qrels}:{n}: need query-id<TAB>corpus-id<TAB>score")
+        try:
+            judgements.setdefault(parts[0], {})[parts[1]] = float(parts[2])
+        except ValueError as exc:
+            raise InputError(f"{qrels}:{n}: score {parts[2]!r} is not a number") from exc
+    queries = [(str(row["id"]), row["text"]) for _, row in _rows(queries_file)]
+    queries = [(qid, text) for qid, text in queries if qid in judgements]
+    if not queries:
+        raise InputError(f"{queries_file}: no query has a judgement in {qrels}")
+    return EvalSet(corpus, queries, judgements)
+
+
+def corpus_events(settings: Settings, eval_set: EvalSet, tenant: str, correlation: str) -> list[DocumentArrived]:
+    store = wiring.build_store(settings)
+    try:
+        return [_event(settings, store, tenant=tenant, correlation=correlation, doc_id=str(row["id"]),
+                       title=str(row.get("title") or ""), source=f"{eval_set.corpus.as_posix()}:{n}",
+                       content_type=ContentType.TEXT, data=row["text"], metadata=row.get("metadata") or {})
+                for n, row in _rows(eval_set.corpus)]
+    finally:
+        store.close()
+
+
+def ingest(settings: Settings, events: list[DocumentArrived], timeout_s: float,
+           progress: Callable[[], None]) -> list[str]:
+    """Publish the corpus and wait until every document is final; returns what failed or did not finish."""
+    with Tail(settings, TOPICS.status) as tail:
+        publish(settings, EventProducer(settings), events)
+        final = wait_final(tail, events, timeout_s, lambda _: progress())
+    problems = [f"{s.document_id}: {s.error}" for s in final.values() if s.status.value == "failed"]
+    problems += [f"{e.document_id}: not indexed within {timeout_s:.0f}s" for e in events if e.document_id not in final]
+    return problems
+
+
+@dataclass
+class Asked:
+    rankings: dict[str, list[str]] = field(default_factory=dict)
+    round_trip_ms: list[float] = field(default_factory=list)
+    retrieve_ms: list[float] = field(default_factory=list)
+    unanswered: list[str] = field(default_factory=list)
+
+
+def ask_all(settings: Settings, tenant: str, queries: list[tuple[str, str]], *, top_k: int, concurrency: int,
+            timeout_s: float, progress: Callable[[], None]) -> Asked:
+    """Ask every query retrieve-only through the bus, at most `concurrency` in flight."""
+    run = uuid.uuid4().hex[:10]
+    internal = {f"eval-{run}-{i}": (qid, text) for i, (qid, text) in enumerate(queries)}
+    pending = list(internal)
+    in_flight: dict[str, float] = {}
+    out = Asked()
+    producer = EventProducer(settings)
+    with Tail(settings, TOPICS.answers) as answers:
+        deadline = time.monotonic() + timeout_s
+        while (pending or in_flight) and time.monotonic() < deadline:
+            while pending and len(in_flight) < concurrency:
+                key = pending.pop(0)
+                producer.send(TOPICS.queries, key, QueryRequested(
+                    tenant=tenant, query_id=key, text=internal[key][1], top_k=top_k, retrieve_only=True,
+                    deadline_ms=int(min(600.0, max(1.0, timeout_s)) * 1000)))
+                producer.flush()
+                in_flight[key] = time.perf_counter()
+            for a in answers.poll(0.05):
+                if isinstance(a, AnswerGenerated) and a.query_id in in_flight:
+                    out.round_trip_ms.append((time.perf_counter() - in_flight.pop(a.query_id)) * 1000)
+                    out.retrieve_ms.append(a.timings.retrieve_ms)
+                    out.rankings[internal[a.query_id][0]] = documents([c.document_id for c in a.citations])
+                    progress()
+    out.unanswered = [internal[k][0] for k in [*in_flight, *pending]]
+    return out
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))], 1)
+
+
+def report(eval_set: EvalSet, asked: Asked, *, tenant: str, documents_ingested: int, ingest_s: float,
+           top_k: int) -> dict[str, Any]:
+    judged = {qid: eval_set.judgements[qid] for qid, _ in eval_set.queries}
+    scores: Scores = score(asked.rankings, judged)
+    metrics = scores.means()
+    return {
+        "tenant": tenant, "queries": len(judged), "answered": len(asked.rankings),
+        "documents_ingested": documents_ingested, "ingest_s": round(ingest_s, 1), "top_k": top_k,
+        **metrics, "ndcg@10_ci95": list(bootstrap_interval(scores.ndcg10)),
+        "latency_ms": {"p50": percentile(asked.round_trip_ms, 50), "p95": percentile(asked.round_trip_ms, 95)},
+        "retrieve_ms": {"p50": percentile(asked.retrieve_ms, 50), "p95": percentile(asked.retrieve_ms, 95)},
+        "unanswered": asked.unanswered[:20],
+    }
+
+
+def check_top_k(top_k: int) -> None:
+    if not 1 <= top_k <= TOP_K_MAX:
+        raise RagbusError(f"--top-k must be between 1 and {TOP_K_MAX}")

@@ -1,0 +1,183 @@
+"""Fusion of two retrievers over two levels, exact matches, and the Retriever's optional models."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from infra.stores.lance import LanceVectorIndex
+from kernel.errors import RetrievalModelError
+from kernel.ports import ChunkRecord, Level, SearchHit
+from retrieval.fusion import Weights, confident_first, fuse, newest_versions
+from retrieval.retriever import Mode, RetrievalConfig, Retriever
+from schemas.events import chunk_uuid, section_uuid
+from tests.doubles import HashEmbedder
+
+
+def hit(doc: str, score: float, *, idx: int = 0, section: int = 0, version: int = 1,
+        level: Level = Level.CHUNK) -> SearchHit:
+    return SearchHit(f"{doc}-{level.value}-{version}-{idx}", doc, version, idx, f"text of {doc}", score,
+                     section=section, level=level)
+
+
+NEIGHBOURS = [hit(f"near{i}", 0.50 - i * 0.01) for i in range(10)]  # dense: close scores, no confidence
+
+
+def chunks_only(alpha: float = 0.75, **kw: float) -> Weights:
+    """Weights for evidence from chunks alone (no section entries in these lists)."""
+    return Weights(alpha=alpha, section_weight=0.0, keyword_section_weight=0.0, **kw)
+
+
+def test_a_confident_keyword_hit_survives_fusion() -> None:
+    """The issue's case: one document holds a unique identifier; BM25 ranks it first (score ~10, nothing
+    else matches); dense ranks ten neighbours that share nothing with the query above it."""
+    keyword = [hit("ticket", 10.0)]
+    dense = [*NEIGHBOURS, hit("ticket", 0.30)]
+    ranked = [s.key[0] for s in fuse(dense, keyword, [], [], chunks_only())]
+    assert ranked[0] == "ticket"
+    without = [s.key[0] for s in fuse(dense, keyword, [], [], chunks_only(exact_ratio=0))]
+    assert "ticket" not in without[:5]  # what relative-score fusion alone did: capped at 1 - alpha
+
+
+def test_only_a_wide_margin_counts_as_confident() -> None:
+    assert confident_first([hit("a", 10.0), hit("b", 6.0)], 2.0) is None
+    assert confident_first([hit("a", 10.0), hit("b", 4.0)], 2.0) == ("a", 1, 0)
+    assert confident_first([hit("a", 10.0), hit("a", 9.0, idx=1)], 2.0) == ("a", 1, 0)  # one section, two chunks
+    assert confident_first([hit("a", 10.0)], 0.0) is None  # disabled
+    assert confident_first([], 2.0) is None
+
+
+def test_without_a_margin_fusion_is_left_alone() -> None:
+    keyword = [hit("near5", 7.0), hit("near1", 6.5), hit("near9", 6.0)]
+    ranked = [s.key[0] for s in fuse(NEIGHBOURS, keyword, [], [], chunks_only())]
+    assert ranked == [s.key[0] for s in fuse(NEIGHBOURS, keyword, [], [], chunks_only(exact_ratio=0))]
+    assert ranked[:2] == ["near1", "near0"]  # 0.75 * 0.89 + 0.25 * 0.5 against 0.75 * 1
+
+
+def test_section_entries_and_chunks_are_combined() -> None:
+    """`lead` matches as a section (its title, path and lead) and by a good chunk; `spot` has the single best
+    chunk and nothing else: with sections weighed in, the section that is about the question wins."""
+    dense_chunks = [hit("spot", 0.62), hit("lead", 0.60), hit("other", 0.40)]
+    dense_sections = [hit("lead", 0.70, level=Level.SECTION), hit("spot", 0.45, level=Level.SECTION),
+                      hit("other", 0.40, level=Level.SECTION)]
+    chunks_only = fuse(dense_chunks, [], dense_sections, [], Weights(alpha=1.0, section_weight=0.0))
+    both = fuse(dense_chunks, [], dense_sections, [], Weights(alpha=1.0, section_weight=0.5))
+    assert chunks_only[0].key[0] == "spot" and both[0].key[0] == "lead"
+    assert [h.chunk_id for h, _ in both[0].chunks] == ["lead-chunk-1-0"]  # the answer still cites chunks
+
+
+def test_several_matching_chunks_earn_a_bounded_bonus() -> None:
+    many = [hit("many", 0.60, idx=i) for i in range(6)]
+    dense = [hit("one", 0.61), *many, hit("far", 0.1)]
+    plain = fuse(dense, [], [], [], Weights(alpha=1.0, section_weight=0.0))
+    bonus = fuse(dense, [], [], [], Weights(alpha=1.0, section_weight=0.0, bonus=0.1))
+    assert plain[0].key[0] == "one" and bonus[0].key[0] == "many"
+    assert bonus[0].score <= 1.0 + 0.1 + 1e-9 and len(bonus[0].chunks) == 6
+
+
+def test_only_the_newest_version_of_a_document_counts() -> None:
+    dense, keyword = newest_versions([hit("d", 0.9, version=1), hit("e", 0.5)], [hit("d", 3.0, version=2)])
+    assert [(h.document_id, h.version) for h in dense] == [("e", 1)]
+    assert [(h.document_id, h.version) for h in keyword] == [("d", 2)]
+
+
+# ---- the Retriever on the real embedded index ----
+
+DIM = 64
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> LanceVectorIndex:
+    emb = HashEmbedder(DIM)
+    docs = {"kafka": ["Kafka partitions keep the order of messages.", "Consumers commit offsets after work."],
+            "mongo": ["MongoDB stores BSON documents.", "Replica sets elect a primary."],
+            "ticket": ["Release notes: fixed XK2B9Q7ZL0PA in the exporter."]}
+    records = []
+    for doc, texts in docs.items():
+        vectors = emb.embed(texts)
+        records += [ChunkRecord(chunk_uuid("t", doc, 1, i), "t", doc, 1, i, t, v, doc.title(), (), "", {}, 0)
+                    for i, (t, v) in enumerate(zip(texts, vectors, strict=True))]
+        lead = " ".join(texts)
+        records.append(ChunkRecord(section_uuid("t", doc, 1, 0), "t", doc, 1, 0, lead, emb.embed([lead])[0],
+                                   doc.title(), (), "", {}, 0, Level.SECTION))
+    idx = LanceVectorIndex(tmp_path / "lance", DIM)
+    assert idx.upsert(records) == []
+    return idx
+
+
+def test_the_retriever_cites_one_chunk_per_section(index: LanceVectorIndex) -> None:
+    hits = Retriever(HashEmbedder(DIM), index).retrieve("t", "How do consumers commit offsets?", top_k=3)
+    assert hits[0].document_id == "kafka" and hits[0].level is Level.CHUNK and hits[0].index == 1
+    assert len({h.document_id for h in hits}) == len(hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_modes_use_one_retriever(index: LanceVectorIndex) -> None:
+    keyword = Retriever(HashEmbedder(DIM), index, RetrievalConfig(mode=Mode.KEYWORD))
+    assert [h.document_id for h in keyword.retrieve("t", "XK2B9Q7ZL0PA", top_k=3)] == ["ticket"]
+    hybrid = Retriever(HashEmbedder(DIM), index)
+    assert hybrid.retrieve("t", "XK2B9Q7ZL0PA", top_k=3)[0].document_id == "ticket"
+
+
+def test_a_section_found_only_by_its_entry_is_cited_by_its_first_chunk(index: LanceVectorIndex) -> None:
+    retriever = Retriever(HashEmbedder(DIM), index, RetrievalConfig(candidates=1))
+    sections = retriever.rank("t", "BSON primary", HashEmbedder(DIM).embed(["BSON primary"])[0])
+    sections[0].chunks.clear()  # as if no chunk of it were among the candidates
+    hits = retriever._select("t", sections, 2)
+    assert hits[0].level is Level.CHUNK and hits[0].index == 0 and hits[0].document_id == sections[0].key[0]
+
+
+class FailingReranker:
+    name = "failing"
+
+    def rerank(self, question: str, hits: Sequence[SearchHit]) -> list[SearchHit]:
+        raise RetrievalModelError("overloaded")
+
+
+class ReversingReranker:
+    name = "reversing"
+
+    def rerank(self, question: str, hits: Sequence[SearchHit]) -> list[SearchHit]:
+        return list(reversed(hits))
+
+
+class Rewriter:
+    name = "rewriter"
+
+    def __init__(self, out: list[str] | Exception) -> None:
+        self.out = out
+
+    def rewrite(self, question: str) -> list[str]:
+        if isinstance(self.out, Exception):
+            raise self.out
+        return self.out
+
+
+def test_a_failing_reranker_leaves_the_first_stage_order(index: LanceVectorIndex) -> None:
+    degraded: list[tuple[str, str]] = []
+    plain = Retriever(HashEmbedder(DIM), index).retrieve("t", "Kafka order of messages", top_k=3)
+    failing = Retriever(HashEmbedder(DIM), index, reranker=FailingReranker(),
+                        on_degraded=lambda m, r: degraded.append((m, r)))
+    assert failing.retrieve("t", "Kafka order of messages", top_k=3) == plain
+    assert degraded == [("failing", "overloaded")]
+    reversing = Retriever(HashEmbedder(DIM), index, RetrievalConfig(rerank_depth=3), reranker=ReversingReranker())
+    assert reversing.retrieve("t", "Kafka order of messages", top_k=3) == list(reversed(plain))
+
+
+def test_rewrites_are_searched_too_and_a_failing_rewriter_is_skipped(index: LanceVectorIndex) -> None:
+    degraded: list[tuple[str, str]] = []
+    plain = Retriever(HashEmbedder(DIM), index).retrieve("t", "zzz unknown words", top_k=1)
+    helped = Retriever(HashEmbedder(DIM), index, rewriter=Rewriter(["replica primary election"]))
+    assert helped.retrieve("t", "zzz unknown words", top_k=1)[0].document_id == "mongo"
+    failing = Retriever(HashEmbedder(DIM), index, rewriter=Rewriter(RetrievalModelError("timeout")),
+                        on_degraded=lambda m, r: degraded.append((m, r)))
+    assert failing.retrieve("t", "zzz unknown words", top_k=1) == plain and degraded == [("rewriter", "timeout")]
+
+
+def test_embedding_is_one_call_for_the_question_and_its_rewrites(index: LanceVectorIndex) -> None:
+    emb = HashEmbedder(DIM)
+    Retriever(emb, index, rewriter=Rewriter(["a", "b"])).retrieve("t", "q", top_k=1)
+    assert emb.calls == [["q", "a", "b"]] and np.isfinite(emb.embed(["x"])).all()
