@@ -11,7 +11,7 @@ import pytest
 
 from infra.stores import lance
 from infra.stores.lance import LanceVectorIndex
-from kernel.ports import ChunkRecord
+from kernel.ports import ChunkRecord, SearchRequest
 
 DIM = 16
 
@@ -56,9 +56,10 @@ def test_maintenance_beside_writes_and_deletes_loses_nothing(tmp_path: Path) -> 
         expected = 3 if doc % 4 == 0 else 5
         assert len(index.chunk_versions("default", f"doc-{doc}")) == expected, doc
     assert "tenant" in index._indexed_columns()  # the tenant prefilter of every search is indexed
-    # every row is in the full-text index now: nothing is left to scan
-    stats = index._table.index_stats("search_text_idx")
-    assert stats is not None and stats.num_unindexed_rows == 0
+    # every row is in both full-text indexes now: nothing is left to scan
+    for name in ("text_idx", "heading_idx"):
+        stats = index._table.index_stats(name)
+        assert stats is not None and stats.num_unindexed_rows == 0, name
 
 
 def test_the_ann_index_is_built_once_the_table_is_large(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -73,5 +74,5 @@ def test_the_ann_index_is_built_once_the_table_is_large(tmp_path: Path, monkeypa
     index.maintain()
     assert index._has_ann()
     # a stored row's own vector finds that row first, through the ANN index
-    hits = index.hybrid_search("default", "unrelated words", more[42].vector, limit=5, alpha=1.0, candidates=20)
-    assert hits[0].chunk_id == more[42].chunk_id
+    found = index.search("default", SearchRequest("unrelated words", more[42].vector, candidates=20, keyword=False))
+    assert found.dense[0].chunk_id == more[42].chunk_id
