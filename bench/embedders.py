@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # the ONNX export `make install` made, not one per temporary data directory
 os.environ.setdefault("RAGBUS_EMBEDDER_ONNX_DIR", str(Path(__file__).resolve().parent.parent / ".ragbus" / "models"))
 
+from bench.report import run_facts
 from chunking.splitter import Chunker, embedding_text
 from infra.models.embedder import SentenceTransformerEmbedder, load_tokenizer, model_dir
 from infra.models.onnx_embedder import OnnxModel, ensure_exported
@@ -111,7 +111,7 @@ def main() -> None:
                           "cos_mean": float(cos.mean())}
     report = {"texts": len(texts), "threads": args.threads, "model": str(model_dir("all-MiniLM-L6-v2").name),
               "backends": {k: {m: round(v, 4) for m, v in r.items()} for k, r in rows.items()},
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
+              **run_facts()}
     if args.json:
         print(json.dumps(report))
         return

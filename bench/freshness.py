@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -34,6 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.corpus import documents, percentile, preload
+from bench.report import emit, run_facts
 from infra.kafka.clients import EventProducer
 from infra.kafka.tail import Tail
 from infra.ops import logs
@@ -181,12 +180,8 @@ def main() -> None:
             result = steady(child, docs, rate, args.seconds, args.probe_every)
     report = {"preloaded_chunks": chunks, "capacity_docs_per_s": cap and round(cap, 2),
               "rate_docs_per_s": round(rate, 2), **result, "embedder": settings.embedder.backend,
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
-    if args.json:
-        print(json.dumps(report))
-        return
-    for key, value in report.items():
-        print(f"{key:>24}: {value}")
+              **run_facts()}
+    emit(report, args.json)
 
 
 if __name__ == "__main__":

@@ -17,9 +17,7 @@ ratio = pipeline chunks/s / raw embedder chunks/s: how busy the pipeline keeps i
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import sqlite3
 import sys
@@ -32,6 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # the ONNX export `make install` made, not one per temporary data directory
 os.environ.setdefault("RAGBUS_EMBEDDER_ONNX_DIR", str(Path(__file__).resolve().parent.parent / ".ragbus" / "models"))
 
+from bench.report import emit, run_facts
 from chunking.splitter import Chunker, embedding_text
 from infra import wiring
 from infra.kafka.clients import EventProducer
@@ -131,14 +130,9 @@ def main() -> None:
         # The same work (each distinct text embedded once) raw vs through the pipeline: equal to
         # chunks_per_s / embedder_chunks_per_s when no text repeats, and not flattered when some do.
         "ratio": round(embed_s / elapsed, 3),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "date": time.strftime("%Y-%m-%d"),
+        **run_facts(),
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k:>24}: {v}")
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

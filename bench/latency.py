@@ -20,9 +20,7 @@ the client.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -31,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.corpus import percentile, preload, questions, rss_mb, synthetic_fill
+from bench.report import emit, run_facts
 from infra import wiring
 from infra.models.embedder import embedding_dim
 from infra.ops import logs
@@ -102,13 +101,8 @@ def main() -> None:
         result = {"chunks": chunks, "synthetic_chunks": synthetic_count(settings), "queries": args.queries,
                   "embedder": settings.embedder.backend,
                   **measure(settings, args.queries, args.burst),
-                  "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-                  "date": time.strftime("%Y-%m-%d")}
-    if args.json:
-        print(json.dumps(result))
-        return
-    for key, value in result.items():
-        print(f"{key:>22}: {value}")
+                  **run_facts()}
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -32,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.corpus import percentile, questions, real_rows
+from bench.report import run_facts
 from infra import wiring
 from infra.settings import Settings
 from infra.stores import lance
@@ -150,7 +150,7 @@ def main() -> None:
             report["sizes"][size] = one_size(size, texts, vectors, qs, qv, Path(tmp))
         if not args.json:
             print(size, json.dumps(report["sizes"][size]), flush=True)
-    report |= {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
+    report |= run_facts()
     print(json.dumps(report))
 
 
