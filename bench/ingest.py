@@ -17,9 +17,9 @@ ratio = pipeline chunks/s / raw embedder chunks/s: how busy the pipeline keeps i
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
+import shutil
+import sqlite3
 import sys
 import tempfile
 import time
@@ -27,22 +27,31 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the ONNX export `make install` made, not one per temporary data directory
+os.environ.setdefault("RAGBUS_EMBEDDER_ONNX_DIR", str(Path(__file__).resolve().parent.parent / ".ragbus" / "models"))
 
+from bench.report import emit, run_facts
 from chunking.splitter import Chunker, embedding_text
 from infra import wiring
 from infra.kafka.clients import EventProducer
 from infra.kafka.tail import Tail
-from infra.models.embedder import SentenceTransformerEmbedder, load_tokenizer
+from infra.models.embedder import embedding_dim, load_tokenizer
 from infra.ops import logs
 from infra.settings import Settings
 from ragbus.client import documents_from, new_correlation, publish, wait_final
-from ragbus.supervisor import Stack
+from ragbus.supervisor import PROCESSES, Stack
 from schemas.events import DocumentArrived
 from schemas.topics import TOPICS
 
 
-def run_pipeline(settings: Settings, events: list[DocumentArrived], timeout: float) -> tuple[float, int, int]:
-    with Stack(settings) as stack:
+def layout(embedders: int) -> tuple[tuple[str, ...], ...]:
+    """`ragbus up`'s processes, with `embedders` embedder processes sharing chunks.v1's partitions."""
+    return tuple(p for stage in PROCESSES for p in ([stage] * embedders if stage == ("embedder",) else [stage]))
+
+
+def run_pipeline(settings: Settings, events: list[DocumentArrived], timeout: float,
+                 embedders: int = 1) -> tuple[float, int, int]:
+    with Stack(settings, processes=layout(embedders)) as stack:
         child = stack.child_settings()
         warm = DocumentArrived(document_id="__warmup__", text="Warm-up document for the benchmark.",
                                correlation_id="warmup")
@@ -69,7 +78,7 @@ def raw_embedder(settings: Settings, events: list[DocumentArrived], store: objec
     for ev in events:
         content = ev.text if ev.text is not None else store.get_content(ev.content_ref)  # type: ignore[attr-defined]
         texts += [embedding_text(ev.title, c.section_path, c.text) for c in chunker.chunk(ev.content_type, content)]
-    embedder = SentenceTransformerEmbedder(settings.embedder)
+    embedder = wiring.build_embedder(settings)  # the backend the pipeline used
     embedder.embed(texts[:8])  # warm-up, like the pipeline's
     unique = list(dict.fromkeys(texts))  # the pipeline's cache embeds each distinct text once
     started = time.perf_counter()
@@ -84,10 +93,21 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=0, help="first N documents only")
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--json", action="store_true", help="one JSON object")
+    ap.add_argument("--seed-dir", type=Path, help="start from a copy of this data directory (an index of N chunks, "
+                                                   "e.g. made by bench/latency.py); its cached vectors are dropped")
+    ap.add_argument("--embedders", type=int, default=1,
+                    help="embedder processes on separate partitions; the cores' threads are split between them")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="ragbus-bench-") as data:
         os.environ["RAGBUS_DATA_DIR"] = data
+        if args.seed_dir:
+            shutil.copytree(args.seed_dir, data, dirs_exist_ok=True, ignore=shutil.ignore_patterns("logs", "health",
+                                                                                                 "broker.json"))
+            with sqlite3.connect(Path(data) / "ragbus.sqlite") as db:  # the pages' vectors may be cached there
+                db.execute("DELETE FROM embeddings")
+        if args.embedders > 1:
+            os.environ["RAGBUS_EMBEDDER_THREADS"] = str(max(1, (os.cpu_count() or 2) // args.embedders))
         os.environ.pop("RAGBUS_KAFKA_BOOTSTRAP_SERVERS", None)
         os.environ.setdefault("RAGBUS_LOG_LEVEL", "WARNING")
         settings = Settings()
@@ -96,10 +116,13 @@ def main() -> None:
         events = list(documents_from(args.paths, settings, store, "default", new_correlation()))
         if args.limit:
             events = events[: args.limit]
-        elapsed, chunks, failed = run_pipeline(settings, events, args.timeout)
+        preloaded = wiring.build_index(settings, embedding_dim(settings.embedder.model)).count() if args.seed_dir else 0
+        elapsed, chunks, failed = run_pipeline(settings, events, args.timeout, args.embedders)
         embed_s, unique = raw_embedder(settings, events, store)
 
     result = {
+        "embedder": settings.embedder.backend, "embedder_processes": args.embedders,
+        "index_chunks_before": preloaded,
         "documents": len(events), "failed": failed, "chunks": chunks, "distinct_chunk_texts": unique,
         "pipeline_s": round(elapsed, 2), "docs_per_s": round(len(events) / elapsed, 3),
         "chunks_per_s": round(chunks / elapsed, 2), "embedder_s": round(embed_s, 2),
@@ -107,14 +130,9 @@ def main() -> None:
         # The same work (each distinct text embedded once) raw vs through the pipeline: equal to
         # chunks_per_s / embedder_chunks_per_s when no text repeats, and not flattered when some do.
         "ratio": round(embed_s / elapsed, 3),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "date": time.strftime("%Y-%m-%d"),
+        **run_facts(),
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k:>24}: {v}")
+    emit(result, args.json)
 
 
 if __name__ == "__main__":

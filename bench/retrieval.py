@@ -31,6 +31,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the ONNX export `make install` made, not one per temporary data directory
+os.environ.setdefault("RAGBUS_EMBEDDER_ONNX_DIR", str(Path(__file__).resolve().parent.parent / ".ragbus" / "models"))
 
 from chunking.splitter import Chunker
 from consumers.indexer import Indexer
@@ -90,7 +92,6 @@ def build_index(settings: Settings, directory: Path, tmp: Path) -> tuple[LanceVe
         chunks += sum(len(e.chunks) for e in embedded)
         print(f"  indexed {min(start + 256, len(rows))}/{len(rows)} documents ({cached.computed} embedded)",
               file=sys.stderr, flush=True)
-    index._last_maintain = 0.0
     index.maintain()  # what the indexer does in the background: fold new rows into the indexes
     return index, len(rows), chunks, time.perf_counter() - started
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import re
 import sys
@@ -38,6 +37,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from bench.report import emit, run_facts
 
 CORPUS = Path(__file__).resolve().parent.parent.parent / "shared/data/pydocs-faq-dev/corpus.jsonl"
 HANG_ENV = "RAGBUS_SOAK_HANG_FILE"
@@ -265,14 +266,9 @@ def main() -> None:  # one scenario, read top to bottom
         "freshness_metric_p95_s": round(histogram_quantile(0.95, before, after), 2),
         "hang_bound_s": bound, "hang_detected_after_s": round(detected, 1) if detected is not None else None,
         "hang_recovered_after_s": round(recovered, 1),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-        "date": time.strftime("%Y-%m-%d"),
+        **run_facts(),
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k:>24}: {v}")
+    emit(result, args.json)
     late = detected is None or detected > bound + 5
     sys.exit(1 if false_stalls or late else 0)
 

@@ -93,7 +93,7 @@ class Indexer:
             elif i in chunks:
                 results[i] = self._maybe_finish(ev)
         self._metrics.chunks.labels(STAGE).inc(sum(len(c) for c in chunks.values()))
-        self._index.maintain()  # cheap unless due: folds new rows into the index's own structures
+        # no index maintenance here: it runs in the indexer process's own thread, off the commit path
         return results
 
     def _write(self, chunks: dict[int, list[ChunkRecord]]) -> dict[int, Exception]:

@@ -12,6 +12,9 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+#: Fetch wait against the local Tansu broker, which holds a fetch for its whole wait even when data arrives.
+LOCAL_FETCH_WAIT_MS = 10
+
 
 def _cfg(prefix: str) -> SettingsConfigDict:
     return SettingsConfigDict(env_prefix=prefix, extra="ignore", frozen=True)
@@ -27,9 +30,21 @@ class KafkaSettings(BaseSettings):
     session_timeout_ms: int = Field(6000, ge=1000, le=300_000)
     #: Extra librdkafka settings (JSON object), e.g. security.protocol / sasl.* for a managed cluster.
     client_config: dict[str, str] = Field(default_factory=dict)
+    #: Most events a consumer stage (indexer, status, answerer) takes as one batch.
     poll_batch: int = Field(256, ge=1, le=10_000)
+    #: How long an idle consumer stage blocks for its next event before it looks up (stop, lag). An
+    #: event that arrives is handed over at once, whatever this says.
     poll_timeout_s: float = Field(0.25, gt=0, le=10)
+    #: After a batch's first event, how much longer the indexer and status stages wait for more (0:
+    #: take only what already arrived). Under load batches fill by themselves while the previous one
+    #: is written; a linger only trades freshness for fewer, larger writes when the stream is thin.
+    batch_linger_s: float = Field(0.0, ge=0, le=10)
     message_max_bytes: int = Field(2 * 1024 * 1024, ge=1024 * 1024)
+    #: Longest a consumer's fetch waits at the broker for data (librdkafka `fetch.wait.max.ms`, aiokafka
+    #: `fetch_max_wait_ms`). Kafka answers a waiting fetch as soon as data arrives, so there this only
+    #: bounds idle requests; the local Tansu broker answers only when the wait runs out, so every hop
+    #: through it costs up to this long. Unset: 10 ms against the local broker, 500 ms otherwise.
+    fetch_wait_max_ms: int | None = Field(None, ge=1, le=30_000)
     #: Partitions of every pipeline topic that `ragbus topics create` (and `ragbus up`) creates: the most
     #: processes of one stage that share its work. Fixed once the topics exist (more partitions would move
     #: a document's events to another partition and break their order): docs/operations.md, "Scaling out".
@@ -123,7 +138,27 @@ class EmbedderSettings(BaseSettings):
     #: Events per micro-batch (across documents) and the longest wait to fill one.
     max_batch_events: int = Field(64, ge=1, le=10_000)
     batch_window_s: float = Field(0.05, ge=0, le=10)
-    threads: int = Field(0, ge=0, le=256, description="torch threads; 0 = torch's default")
+    threads: int = Field(0, ge=0, le=256, description="threads of the model; 0 = the runtime's default")
+    #: "onnx": ONNX Runtime on a model exported once from the same weights (infra/models/onnx_embedder.py);
+    #: "torch": sentence-transformers on torch, the reference.
+    backend: Literal["onnx", "torch"] = "onnx"
+    #: The ONNX model's MatMul weights in int8 (per-channel dynamic quantisation). Off by default: its vectors
+    #: stay at cosine >= 0.99 to torch's, but the dev-set nDCG@10 dropped 0.026 (bench/RESULTS.md, issue 13);
+    #: float32 gives torch's vectors exactly.
+    onnx_int8: bool = False
+    #: Where exported ONNX models are cached; unset: `<RAGBUS_DATA_DIR>/models`.
+    onnx_dir: Path | None = None
+
+
+class IndexSettings(BaseSettings):
+    """The vector index's upkeep (the embedded LanceDB index; Weaviate maintains itself)."""
+
+    model_config = _cfg("RAGBUS_INDEX_")
+
+    #: How often the indexer process folds new rows into the index's full-text and vector indexes and
+    #: compacts (in its own thread, off the commit path). Until then new rows are searched by a scan,
+    #: which grows with the rows written since the last run.
+    maintain_every_s: float = Field(2.0, gt=0, le=3600)
 
 
 class ChunkerSettings(BaseSettings):
@@ -261,6 +296,7 @@ class Settings(BaseSettings):
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
     embedder: EmbedderSettings = Field(default_factory=EmbedderSettings)
     chunker: ChunkerSettings = Field(default_factory=ChunkerSettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     answerer: AnswererSettings = Field(default_factory=AnswererSettings)
@@ -268,11 +304,20 @@ class Settings(BaseSettings):
     weaviate: WeaviateSettings = Field(default_factory=WeaviateSettings)
     mongodb: MongoSettings = Field(default_factory=MongoSettings)
 
+    def onnx_dir(self) -> Path:
+        return self.embedder.onnx_dir or self.data_dir / "models"
+
     def health_dir(self) -> Path:
         return self.data_dir / "health"
 
     def broker_file(self) -> Path:
         return self.data_dir / "broker.json"
+
+    def fetch_wait_ms(self) -> int:
+        """The consumers' fetch wait: as configured, else short for the local broker (see KafkaSettings)."""
+        if self.kafka.fetch_wait_max_ms is not None:
+            return self.kafka.fetch_wait_max_ms
+        return LOCAL_FETCH_WAIT_MS if self.kafka.bootstrap_servers is None else 500
 
     def resolve_bootstrap(self) -> str | None:
         """The configured bootstrap servers, else the local broker recorded by `ragbus up`."""

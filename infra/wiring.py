@@ -93,10 +93,16 @@ def build_fetcher(settings: Settings) -> ContentFetcher:
 
 
 def build_embedder(settings: Settings) -> Embedder:
-    """The bare model (no prefix): `passage_embedder` and `query_embedder` add the prefixes."""
-    from infra.models.embedder import SentenceTransformerEmbedder
+    """The bare model (no prefix: `passage_embedder` and `query_embedder` add the prefixes), on ONNX Runtime
+    or torch as RAGBUS_EMBEDDER_BACKEND says."""
+    if settings.embedder.backend == "onnx":
+        from infra.models.onnx_embedder import OnnxEmbedder
 
-    return SentenceTransformerEmbedder(settings.embedder)
+        return OnnxEmbedder(settings.embedder, settings.onnx_dir())
+    with _backend("torch", "RAGBUS_EMBEDDER_BACKEND=torch"):
+        from infra.models.embedder import SentenceTransformerEmbedder
+
+        return SentenceTransformerEmbedder(settings.embedder)
 
 
 def passage_embedder(settings: Settings, model: Embedder | None = None) -> Embedder:
@@ -120,7 +126,8 @@ def retrieval_config(settings: Settings) -> RetrievalConfig:
 def build_reranker(settings: Settings) -> Reranker | None:
     r = settings.retrieval
     if r.reranker == "cross-encoder":
-        from infra.models.reranker import CrossEncoderReranker
+        with _backend("torch", "RAGBUS_RETRIEVAL_RERANKER=cross-encoder"):
+            from infra.models.reranker import CrossEncoderReranker
 
         return CrossEncoderReranker(r.reranker_model)
     if r.reranker == "claude":

@@ -155,7 +155,9 @@ class VectorIndex(Protocol):
         """Stored chunks (section entries are not counted)."""
 
     def maintain(self) -> None:
-        """Background upkeep (index optimisation); cheap to call often."""
+        """Upkeep (fold new rows into the indexes, compact, build an ANN index when due); cheap when
+        nothing is due. Called from a thread of its own, concurrently with writes and searches, so it must
+        never make them wait or fail."""
 
     def close(self) -> None: ...
 

@@ -48,7 +48,8 @@ class Stage:
     source: TopicSpec
     handle: Handler
     on_failure: FailureHook | None = None
-    #: Events handed to `handle` at most at once, and the longest wait to fill a batch.
+    #: Events handed to `handle` at most at once, and how long after a batch's first event the runner
+    #: may wait for more (0: only what already arrived, so a lone event is handled at once).
     max_batch: int = 1
     window_s: float = 0.0
     #: The key each source event should have arrived with (None: any). A record keyed otherwise is still

@@ -21,6 +21,9 @@ app.add_typer(topics_app, name="topics")
 dlq_app = typer.Typer(no_args_is_help=True, help="Inspect and replay dead letters.")
 app.add_typer(dlq_app, name="dlq")
 
+embedder_app = typer.Typer(no_args_is_help=True, help="The embedding model.")
+app.add_typer(embedder_app, name="embedder")
+
 DEMO_QUESTION = "How does ragbus make sure a redelivered event does not create duplicate chunks?"
 
 
@@ -79,11 +82,24 @@ def topics_create() -> None:
                err=True)
 
 
+@embedder_app.command("export")
+def embedder_export() -> None:
+    """Export the ONNX model from the packaged weights into RAGBUS_EMBEDDER_ONNX_DIR (once; needs torch)."""
+    from infra.models.onnx_embedder import ensure_exported
+
+    settings = _settings()
+    path = ensure_exported(settings.embedder, settings.onnx_dir())
+    typer.echo(str(path))
+
+
 @app.command()
 def ingest(paths: list[Path] = typer.Argument(..., help="files, directories or .jsonl files"),
            tenant: str = typer.Option("default", help="tenant the documents belong to"),
            wait: bool = typer.Option(False, "--wait", help="return when every document is searchable"),
-           timeout: float = typer.Option(600.0, help="seconds --wait waits at most"),
+           idle_timeout: float = typer.Option(
+               120.0, min=1, help="--wait gives up after this many seconds without any progress in the pipeline"),
+           timeout: float = typer.Option(None, min=1, help="--wait gives up after this many seconds in all "
+                                                           "(default: no limit while the pipeline progresses)"),
            id_prefix: str = typer.Option(None, "--id-prefix",
                                          help="put this in front of every id instead of the directory's name "
                                               "(verbatim: 'handbook/' gives handbook/intro.md)")) -> None:
@@ -114,13 +130,15 @@ def ingest(paths: list[Path] = typer.Argument(..., help="files, directories or .
             return
         with Progress(transient=False) as progress:
             bar = progress.add_task("indexing", total=len(events))
-            final = wait_final(tail, events, timeout, lambda _: progress.advance(bar))
+            final = wait_final(tail, events, timeout, lambda _: progress.advance(bar), idle_timeout_s=idle_timeout)
     failed = [s for s in final.values() if s.status.value == "failed"]
     missing = [e.document_id for e in events if e.document_id not in final]
     for s in failed:
         typer.echo(f"failed: {s.document_id}: {s.error}", err=True)
+    why = (f"no progress for {idle_timeout:.0f}s" if timeout is None
+           else f"not finished within {timeout:.0f}s or no progress for {idle_timeout:.0f}s")
     for m in missing:
-        typer.echo(f"not finished within {timeout:.0f}s: {m}", err=True)
+        typer.echo(f"unfinished ({why}): {m}", err=True)
     typer.echo(f"{len(final) - len(failed)} indexed, {len(failed)} failed, {len(missing)} unfinished", err=True)
     if failed or missing:
         raise typer.Exit(1)

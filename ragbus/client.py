@@ -155,14 +155,25 @@ def publish(settings: Settings, producer: EventProducer, events: Iterable[Docume
     return sent
 
 
-def wait_final(tail: Tail, events: list[DocumentArrived], timeout_s: float,
-               progress: Callable[[DocumentStatus], None] | None = None) -> dict[str, DocumentStatus]:
-    """Follow status.v1 until every published document version is indexed or failed."""
+def wait_final(tail: Tail, events: list[DocumentArrived], timeout_s: float | None = None,
+               progress: Callable[[DocumentStatus], None] | None = None,
+               idle_timeout_s: float | None = None) -> dict[str, DocumentStatus]:
+    """Follow status.v1 until every published document version is indexed or failed.
+
+    Gives up after `timeout_s` in all (None: no limit), or after `idle_timeout_s` without progress (None: no
+    limit): no status event at all, for any document, so a long ingest that keeps moving is followed to its
+    end however long it takes, and a stalled one is reported once it has stopped moving.
+    """
     wanted = {(e.tenant, e.document_id): e.effective_version for e in events}
     final: dict[str, DocumentStatus] = {}
-    deadline = time.monotonic() + timeout_s
-    while len(final) < len(wanted) and time.monotonic() < deadline:
+    now = time.monotonic()
+    deadline = now + timeout_s if timeout_s is not None else float("inf")
+    moved = now
+    while len(final) < len(wanted) and (now := time.monotonic()) < deadline:
+        if idle_timeout_s is not None and now - moved > idle_timeout_s:
+            break
         for st in tail.poll(0.5):
+            moved = time.monotonic()  # any status means the pipeline is moving
             key = (st.tenant, st.document_id)
             if key in wanted and st.version >= wanted[key] and st.status.final and st.document_id not in final:
                 final[st.document_id] = st
@@ -175,52 +186,76 @@ def new_correlation() -> str:
     return f"ingest-{uuid.uuid4().hex[:12]}"
 
 
+class QueryClient:
+    """A long-lived query client: one producer and one reader of the answers and deltas topics, kept
+    open across queries, so a query costs one publish and the wait for its answer (no connection set-up,
+    no group join). Use it as a context manager; `ask` may be called any number of times."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._producer = EventProducer(settings)
+        self._replies = Tail(settings, TOPICS.answers, TOPICS.answer_deltas)
+        self._topic = topic_name(settings, TOPICS.queries)
+
+    def ask(self, queries: list[QueryRequested], timeout_s: float,
+            on_delta: Callable[[AnswerDelta], None] | None = None) -> dict[str, AnswerGenerated]:
+        """Publish queries and collect exactly one answer per query id (or none when the deadline passes)."""
+        for q in queries:
+            with tracing.publishing(self._topic, q) as trace_headers:
+                self._producer.send(TOPICS.queries, q.query_id, q, trace_headers)
+        self._producer.flush()
+        return collect_answers(self._replies, {q.query_id for q in queries}, timeout_s, on_delta)
+
+    def close(self) -> None:
+        self._replies.close()
+
+    def __enter__(self) -> QueryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def ask_many(settings: Settings, queries: list[QueryRequested], timeout_s: float,
              on_delta: Callable[[AnswerDelta], None] | None = None) -> dict[str, AnswerGenerated]:
     """Publish queries and collect exactly one answer per query id (or none when the deadline passes)."""
-    producer = EventProducer(settings)
-    with Tail(settings, TOPICS.answers) as answers, Tail(settings, TOPICS.answer_deltas) as deltas:
-        topic = topic_name(settings, TOPICS.queries)
-        for q in queries:
-            with tracing.publishing(topic, q) as trace_headers:
-                producer.send(TOPICS.queries, q.query_id, q, trace_headers)
-        producer.flush()
-        return collect_answers(answers, deltas, {q.query_id for q in queries}, timeout_s, on_delta)
+    with QueryClient(settings) as client:
+        return client.ask(queries, timeout_s, on_delta)
 
 
 class Polls(Protocol):
     def poll(self, timeout_s: float) -> Iterator[Any]: ...
 
 
-#: How long the deltas topic is read after the last answer arrived (each read waits this long at most).
+#: How long the replies are read after the last answer arrived, for its deltas still unread.
 DRAIN_S = 0.5
 
 
-def collect_answers(answers: Polls, deltas: Polls, wanted: set[str], timeout_s: float,
+def collect_answers(replies: Polls, wanted: set[str], timeout_s: float,
                     on_delta: Callable[[AnswerDelta], None] | None = None) -> dict[str, AnswerGenerated]:
-    """Read answers until every wanted query has one, passing deltas on as they come.
+    """Read answers and deltas until every wanted query has its answer, passing deltas on as they come.
 
     A query's deltas are published before its answer, but on another topic: when the answer is read,
-    deltas may still be unread. So after the answers the deltas topic is drained until a read comes back
-    empty; no delta of an answered query is dropped."""
+    deltas may still be unread. So with `on_delta`, the replies are drained after the last answer until a
+    read brings no delta; no delta of an answered query is dropped (without it, nothing waits)."""
     got: dict[str, AnswerGenerated] = {}
     deadline = time.monotonic() + timeout_s
 
-    def pass_on(timeout: float) -> int:
-        n = 0
-        for d in deltas.poll(timeout):
-            if isinstance(d, AnswerDelta) and d.query_id in wanted and on_delta is not None:
-                on_delta(d)
-                n += 1
-        return n
+    def read(timeout: float) -> int:
+        passed = 0
+        for event in replies.poll(timeout):
+            if event.query_id not in wanted:
+                continue
+            if isinstance(event, AnswerDelta):
+                if on_delta is not None:
+                    on_delta(event)
+                    passed += 1
+            elif event.query_id not in got:
+                got[event.query_id] = event
+        return passed
 
-    while wanted - got.keys() and time.monotonic() < deadline:
-        if on_delta is not None:
-            pass_on(0.05)
-        for a in answers.poll(0.2):
-            if a.query_id in wanted and a.query_id not in got:
-                got[a.query_id] = a
+    while wanted - got.keys() and (left := deadline - time.monotonic()) > 0:
+        read(min(left, 0.5))
     if on_delta is not None and got:
-        while pass_on(DRAIN_S) and time.monotonic() < deadline + 10 * DRAIN_S:
+        while read(DRAIN_S) and time.monotonic() < deadline + 10 * DRAIN_S:
             pass
     return got

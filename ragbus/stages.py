@@ -20,6 +20,7 @@ from infra.ops.health import Health, StallPolicy, report, serve
 from infra.ops.metrics import Metrics
 from infra.settings import Settings
 from kernel.errors import ConfigurationError
+from kernel.ports import VectorIndex
 from kernel.stage import Out, Stage
 from retrieval.retriever import Retriever
 from schemas.topics import STAGES, TOPICS
@@ -56,12 +57,35 @@ def _embedder_stage(settings: Settings, metrics: Metrics, health: Health) -> fau
     return faust_runner.build_app(settings, BatchPolicy(settings, stage, metrics, health), metrics, health)
 
 
-def consumer(settings: Settings, name: str, metrics: Metrics, health: Health | None = None
-             ) -> consumer_runner.ConsumerRunner:
-    """A consumer stage wired to its adapters; its runner owns the producer and the commits."""
-    producer = EventProducer(settings)
+#: Work a stage process does in its own thread beside its batches, until the stop event is set.
+Upkeep = Callable[[threading.Event], None]
+
+
+def maintain_forever(index: VectorIndex, every_s: float) -> Upkeep:
+    """The indexer process keeps its vector index in shape in a thread of its own (LanceDB's optimize and
+    the ANN build): a write, its commit and the searches never wait for it."""
+    def run(stop: threading.Event) -> None:
+        failures = 0
+        while not stop.wait(every_s):
+            try:
+                index.maintain()
+                failures = 0
+            except Exception as exc:  # searches stay correct (new rows are scanned); the next run retries
+                failures += 1
+                (log.error if failures >= 3 else log.warning)(
+                    "index maintenance failed; retrying at the next run", failures=failures, error=repr(exc)[:300])
+    return run
+
+
+def consumer(settings: Settings, name: str, metrics: Metrics, health: Health | None = None,
+             upkeep: list[Upkeep] | None = None) -> consumer_runner.ConsumerRunner:
+    """A consumer stage wired to its adapters; its runner owns the producer and the commits. Background
+    work the stage needs (the indexer's index maintenance) is appended to `upkeep`."""
+    # The answerer's deltas are sent one by one as the model's tokens arrive and nothing flushes them:
+    # no linger, so each leaves at once (batch outputs are flushed before the commit either way).
+    producer = EventProducer(settings, **({"linger.ms": 0} if name == "answerer" else {}))
     store = wiring.build_store(settings)
-    batch, window = settings.kafka.poll_batch, settings.kafka.poll_timeout_s
+    batch, window = settings.kafka.poll_batch, settings.kafka.batch_linger_s
     stage: Stage
     if name == "status":
         stage = status.stage(store, batch, window)
@@ -72,6 +96,8 @@ def consumer(settings: Settings, name: str, metrics: Metrics, health: Health | N
         index = wiring.build_index(settings, dim)
         if name == "indexer":
             stage = indexer.Indexer(index, store, metrics, dim).stage(batch, window)
+            if upkeep is not None:
+                upkeep.append(maintain_forever(index, settings.index.maintain_every_s))
         else:
             questions = wiring.query_embedder(settings, tracing.traced_embedder(wiring.build_embedder(settings)))
             retriever = Retriever(questions, index, wiring.retrieval_config(settings),
@@ -81,9 +107,11 @@ def consumer(settings: Settings, name: str, metrics: Metrics, health: Health | N
             def emit(out: Out) -> None:  # streamed deltas go out at once, ahead of the batch's commit
                 producer.send(out.topic, out.key, out.event)
 
+            # No linger for queries: a lone query is answered at once, and queries that arrive together
+            # still form one batch (answered concurrently) because they are in the queue already.
             stage = answerer.Answerer(retriever, wiring.build_answer_model(settings), store, metrics, emit,
                                       concurrency=settings.answerer.concurrency,
-                                      cache_answers=settings.answerer.cache_answers).stage(batch, window)
+                                      cache_answers=settings.answerer.cache_answers).stage(batch, 0.0)
     return consumer_runner.ConsumerRunner(settings, BatchPolicy(settings, stage, metrics, health), producer, health)
 
 
@@ -115,7 +143,8 @@ def run_workers(settings: Settings, names: list[str]) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    runners = [consumer(settings, n, metrics, healths[n]) for n in names]
+    upkeep: list[Upkeep] = []
+    runners = [consumer(settings, n, metrics, healths[n], upkeep) for n in names]
     errors: list[BaseException] = []
 
     def guard(fn: Callable[[threading.Event], None]) -> Callable[[threading.Event], None]:
@@ -132,6 +161,8 @@ def run_workers(settings: Settings, names: list[str]) -> None:
                for r, n in zip(runners, names, strict=True)]
     for t in threads:
         t.start()
+    for i, work in enumerate(upkeep):  # daemons: they hold no batch, and stop at the next wake-up
+        threading.Thread(target=work, args=(stop,), name=f"ragbus-upkeep-{i}", daemon=True).start()
     while any(t.is_alive() for t in threads):  # short joins: the main thread stays free to take signals
         for t in threads:
             t.join(0.2)

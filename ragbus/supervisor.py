@@ -29,7 +29,7 @@ from pathlib import Path
 from infra.kafka.broker import LocalBroker
 from infra.kafka.clients import check_reachable, ensure_topics
 from infra.ops import logs
-from infra.settings import Settings
+from infra.settings import LOCAL_FETCH_WAIT_MS, Settings
 from kernel.errors import ConfigurationError, RagbusError
 
 log = logs.get(__name__)
@@ -59,12 +59,20 @@ class _Child:
     fast_failures: int = 0
 
 
-def _provision_stores(settings: Settings) -> None:
+def _provision_stores(settings: Settings, env: dict[str, str]) -> None:
     """Create store schemas and indexes once, before several stage processes open them."""
     from infra import wiring
     from infra.models.embedder import embedding_dim
 
     wiring.build_store(settings).close()
+    if settings.embedder.backend == "onnx":
+        from infra.models.onnx_embedder import exported_dir
+
+        if not (exported_dir(settings.embedder, settings.onnx_dir()) / "meta.json").exists():
+            # once, before the stages load it; in a child process, so torch never stays resident here
+            log.info("exporting the embedding model to ONNX (once)", to=str(settings.onnx_dir()))
+            subprocess.run([sys.executable, "-m", "ragbus.cli", "embedder", "export"], env=env, check=True,
+                           stdout=subprocess.DEVNULL)
     wiring.build_index(settings, embedding_dim(settings.embedder.model)).close()
 
 
@@ -96,6 +104,8 @@ class Stack:
             self._broker.record_in(self._settings.broker_file())
             self.bootstrap = self._broker.bootstrap
             self._env.setdefault("RAGBUS_KAFKA_SESSION_TIMEOUT_MS", LOCAL_SESSION_TIMEOUT_MS)
+            # the children are given the broker's address explicitly, so tell them it is the local one
+            self._env.setdefault("RAGBUS_KAFKA_FETCH_WAIT_MAX_MS", str(LOCAL_FETCH_WAIT_MS))
             log.info("local broker started", bootstrap=self.bootstrap, note="memory-only storage")
         self._env["RAGBUS_KAFKA_BOOTSTRAP_SERVERS"] = self.bootstrap
         self._env["RAGBUS_DATA_DIR"] = str(data.resolve())
@@ -103,7 +113,7 @@ class Stack:
         check_reachable(settings)
         created = ensure_topics(settings)
         log.info("topics ready", created=len(created))
-        _provision_stores(settings)
+        _provision_stores(settings, self._env)
         for child in self._children:
             self._spawn(child)
         threading.Thread(target=self._supervise, name="ragbus-supervisor", daemon=True).start()

@@ -12,6 +12,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Exported ONNX models, shared by every test and stack of the run (and with `make demo`): exporting
+#: once per test data directory would cost ~20 s each time.
+ONNX_CACHE = Path(os.environ.get("RAGBUS_EMBEDDER_ONNX_DIR") or ROOT / ".ragbus" / "models")
+os.environ["RAGBUS_EMBEDDER_ONNX_DIR"] = str(ONNX_CACHE)
 pytest_plugins = ["tests.containers"]
 
 
@@ -35,6 +39,7 @@ def settings_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: 
 
     def make(bootstrap: str | None = None, **env: str) -> Settings:
         monkeypatch.setenv("RAGBUS_DATA_DIR", str(tmp_path / "data"))
+        monkeypatch.setenv("RAGBUS_EMBEDDER_ONNX_DIR", str(ONNX_CACHE))
         monkeypatch.setenv("RAGBUS_KAFKA_TOPIC_PREFIX", f"t{uuid.uuid4().hex[:8]}.")
         monkeypatch.setenv("RAGBUS_KAFKA_SESSION_TIMEOUT_MS", "2000")
         if bootstrap:

@@ -163,6 +163,7 @@ def make_consumer(settings: Settings, group_id: str | None, **overrides: Any) ->
         "fetch.max.bytes": settings.kafka.message_max_bytes * 4,
         "max.partition.fetch.bytes": settings.kafka.message_max_bytes,
         "enable.partition.eof": False,
+        "fetch.wait.max.ms": settings.fetch_wait_ms(),
     }
     cfg["group.id"] = group_id or f"ragbus-reader-{time.monotonic_ns()}"
     cfg.update(overrides)
@@ -215,6 +216,25 @@ class EventProducer:
             raise RetryableError(f"{remaining} messages not delivered within {timeout_s}s")
         if errors:
             raise RetryableError(f"{len(errors)} messages failed delivery, first: {errors[0]}")
+
+
+def consume_batch(consumer: Consumer, max_messages: int, wait_s: float, linger_s: float = 0.0) -> list[Message]:
+    """Up to `max_messages`: block at most `wait_s` for the first one, then take what is already there,
+    waiting at most `linger_s` more for the batch to fill.
+
+    `Consumer.consume(n, timeout)` returns early only when n messages arrived, so asking it for a batch
+    with a timeout waits the whole timeout for a lone message: one query would wait for the batch
+    window. Here a lone message is handed over at once, and a burst still arrives as one batch, since
+    everything fetched meanwhile is already in the local queue.
+    """
+    messages = consumer.consume(max_messages, 0)  # what is already in the local queue
+    if not messages:
+        messages = consumer.consume(1, wait_s)
+        if not messages:
+            return []
+    if len(messages) < max_messages:
+        messages += consumer.consume(max_messages - len(messages), linger_s)
+    return messages
 
 
 def commit_offsets(consumer: Consumer, records: Sequence[SourceRecord]) -> None:

@@ -1,8 +1,9 @@
 """Runs a Stage on a confluent-kafka consumer: for stages that write to the outside world.
 
-Checkpoint order (Quix-style): poll a batch -> the delivery policy (decode, the stage's writes, outputs
-and dead letters decided) -> produce them -> producer flush (durable) -> commit offsets. A crash anywhere
-before the commit redelivers the batch, and stages write idempotently.
+Checkpoint order (Quix-style): poll a batch (a lone event at once, a burst as one batch: `consume_batch`)
+-> the delivery policy (decode, the stage's writes, outputs and dead letters decided) -> produce them ->
+producer flush (durable) -> commit offsets. A crash anywhere before the commit redelivers the batch, and
+stages write idempotently.
 
 This module is only the transport. What happens to a batch (retries, dead letters, isolating the event
 that breaks it, the failure breaker) is the delivery policy's (delivery.py), shared with the faust
@@ -29,7 +30,7 @@ from infra.ops.health import Health
 from infra.settings import Settings
 from kernel.errors import RetryableError
 
-from .clients import EventProducer, commit_offsets, make_consumer, topic_name
+from .clients import EventProducer, commit_offsets, consume_batch, make_consumer, topic_name
 from .delivery import BatchPolicy
 from .records import SourceRecord, describe
 
@@ -81,7 +82,8 @@ class ConsumerRunner:
             while not stop.is_set():
                 if self._health is not None:
                     self._health.tick()
-                messages = consumer.consume(self._stage.max_batch, self._stage.window_s or 0.001)
+                messages = consume_batch(consumer, self._stage.max_batch, self._settings.kafka.poll_timeout_s,
+                                         self._stage.window_s)
                 self._revoked = False  # nothing was buffered across that poll
                 records = self._records(messages)
                 if records:

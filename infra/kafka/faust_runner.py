@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import faust
+from faust.transport.drivers import aiokafka as aiokafka_driver
 
 from infra.ops import logs
 from infra.ops.health import Health
@@ -45,7 +46,6 @@ from .records import SourceRecord
 from .security import faust_options
 
 log = logs.get(__name__)
-FaustApp = faust.App
 #: How long a stop request waits for the batch in hand before the process exits without acknowledging it.
 STOP_GRACE_S = 20.0
 #: Exit code of a worker that stopped itself rather than acknowledge a batch it could not finish.
@@ -54,12 +54,42 @@ EXIT_UNFINISHED_BATCH = 70
 EXIT_STOPPED = 0
 
 
+class _ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
+    """faust builds its aiokafka consumer with `fetch_max_wait_ms=1500` and no setting to change it. Against
+    a broker that holds a fetch for its whole wait (the local Tansu), that is up to 1.5 s per stage for
+    every event; the app's `fetch_wait_ms` (`Settings.fetch_wait_ms`) replaces it before the consumer
+    starts (aiokafka reads it when it builds its fetcher, in `start`)."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = getattr(self.app, "fetch_wait_ms", 1500)
+        return consumer
+
+
+class _Consumer(aiokafka_driver.Consumer):
+    def _new_consumer_thread(self) -> Any:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(aiokafka_driver.Transport):
+    Consumer = _Consumer
+
+
+class FaustApp(faust.App):
+    """A faust app whose consumer waits at the broker `fetch_wait_ms` at most (see `_ConsumerThread`)."""
+
+    fetch_wait_ms = 1500
+
+    def _new_transport(self) -> Any:
+        return _Transport(self.conf.broker_consumer, self, loop=self.loop)
+
+
 def _record(event: Any) -> SourceRecord:
     msg = event.message
     return SourceRecord(msg.topic, msg.partition, msg.offset, msg.key, msg.value, list(msg.headers or []))
 
 
-def build_app(settings: Settings, policy: BatchPolicy, metrics: Metrics, health: Health | None = None) -> faust.App:
+def build_app(settings: Settings, policy: BatchPolicy, metrics: Metrics, health: Health | None = None) -> FaustApp:
     stage = policy.stage
     session_s = settings.kafka.session_timeout_ms / 1000
     datadir = settings.data_dir / "faust" / stage.name
@@ -67,7 +97,7 @@ def build_app(settings: Settings, policy: BatchPolicy, metrics: Metrics, health:
     security, ignored = faust_options(settings.kafka.client_config)  # the same cluster settings as every stage
     if ignored:
         log.info("client settings that apply to the confluent-kafka stages only", stage=stage.name, keys=ignored)
-    app = faust.App(
+    app = FaustApp(
         f"{settings.kafka.topic_prefix}{stage.name}",
         broker=[f"kafka://{s.strip()}" for s in bootstrap(settings).split(",")],
         store="memory://",
@@ -86,6 +116,7 @@ def build_app(settings: Settings, policy: BatchPolicy, metrics: Metrics, health:
         producer_acks=-1,
         **security,
     )
+    app.fetch_wait_ms = settings.fetch_wait_ms()
     source = app.topic(topic_name(settings, stage.source), key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw", partitions=partitions(settings, stage.source))
     sinks: dict[str, Any] = {}
@@ -196,7 +227,7 @@ def _exit_unacknowledged(stage: str, records: list[SourceRecord], exc: BaseExcep
     os._exit(code)
 
 
-def run(app: faust.App, settings: Settings) -> None:
+def run(app: FaustApp, settings: Settings) -> None:
     """Run the faust worker in the foreground until SIGINT/SIGTERM."""
     # override_logging=False: the process's logging (infra/ops/logs.py) renders faust's lines too
     worker = faust.Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False,

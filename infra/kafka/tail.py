@@ -1,4 +1,4 @@
-"""Follow a topic from (about) its end without a consumer group: replies to one client's requests."""
+"""Follow topics from (about) their end without a consumer group: replies to one client's requests."""
 
 from __future__ import annotations
 
@@ -7,36 +7,42 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
-from infra.kafka.clients import make_consumer, partition_ids, topic_name
+from infra.kafka.clients import consume_batch, make_consumer, partition_ids, topic_name
 from infra.kafka.serde import decode
 from infra.settings import Settings
 from kernel.errors import PoisonMessageError
 from schemas.topics import TopicSpec
 
+#: Most messages taken per poll.
+POLL_MAX = 500
+
 
 class Tail:
-    """Reads one topic from (about) its current end, without a consumer group (no join delay).
+    """Reads one or more topics from (about) their current end, without a consumer group (no join delay).
 
     Start offsets come from the high-water mark before anything is published, so nothing published
     afterwards is missed; on Tansu the mark may be a little early, which only re-reads a few events.
+    One consumer follows every topic given, so one `poll` waits on all of them at once, and returns as
+    soon as a reply is there.
     """
 
-    def __init__(self, settings: Settings, spec: TopicSpec, from_start: bool = False) -> None:
-        self._spec = spec
+    def __init__(self, settings: Settings, spec: TopicSpec, *more: TopicSpec, from_start: bool = False) -> None:
+        self._specs = {topic_name(settings, s): s for s in (spec, *more)}
         self._consumer = make_consumer(settings, None)
-        name = topic_name(settings, spec)
         parts = []
-        for p in partition_ids(self._consumer, name):
-            low, high = self._consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)
-            parts.append(TopicPartition(name, p, low if from_start else high))
+        for name in self._specs:
+            for p in partition_ids(self._consumer, name):
+                low, high = self._consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)
+                parts.append(TopicPartition(name, p, low if from_start else high))
         self._consumer.assign(parts)
 
     def poll(self, timeout_s: float) -> Iterator[Any]:
-        for msg in self._consumer.consume(500, timeout_s):
+        """Events that arrived: returns as soon as there is one (waiting at most `timeout_s` for it)."""
+        for msg in consume_batch(self._consumer, POLL_MAX, timeout_s):
             if msg.error() is not None:
                 continue
             try:
-                yield decode(self._spec, msg.value())
+                yield decode(self._specs[msg.topic() or ""], msg.value())
             except PoisonMessageError:
                 continue  # not ours to judge here: the stage that consumes this topic dead-letters it
 
@@ -51,4 +57,4 @@ class Tail:
 
     def poll_raw(self, timeout_s: float) -> int:
         """How many messages arrived (any content): for counting, e.g. dead letters."""
-        return sum(1 for msg in self._consumer.consume(500, timeout_s) if msg.error() is None)
+        return sum(1 for msg in consume_batch(self._consumer, POLL_MAX, timeout_s) if msg.error() is None)

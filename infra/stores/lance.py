@@ -25,7 +25,7 @@ from typing import Any
 import lancedb
 import numpy as np
 import pyarrow as pa
-from lancedb.index import FTS, BTree, IvfHnswSq
+from lancedb.index import FTS, Bitmap, BTree, IvfHnswSq
 from lancedb.query import BooleanQuery, FullTextQuery, MatchQuery, Occur
 
 from kernel.errors import ConfigurationError
@@ -34,7 +34,10 @@ from kernel.ports import Candidates, ChunkRecord, Level, Metadata, SearchHit, Se
 TABLE = "chunks"
 #: Below this many rows exact search is fast and perfectly accurate; above it, build an ANN index.
 ANN_MIN_ROWS = 20_000
-MAINTAIN_EVERY_S = 30.0
+READ_CONSISTENCY = timedelta(seconds=0.1)
+#: Versions older than this are deleted by maintenance; readers in other processes hold a version for
+#: at most one query, so this only has to outlast the slowest query.
+KEEP_VERSIONS = timedelta(minutes=10)
 MODEL_KEY = "ragbus.model"
 #: Full-text indexes: English stemming and stop words (Lance's defaults, stated so a default change
 #: upstream cannot change ragbus's keyword side silently).
@@ -63,11 +66,13 @@ def heading(title: str, section_path: Sequence[str]) -> str:
 class LanceVectorIndex:
     def __init__(self, path: Path, dim: int, model: str | None = None) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        # read_consistency_interval=0: readers in other processes see every committed write at once.
-        self._db = lancedb.connect(str(path), read_consistency_interval=timedelta(0))
+        # A reader in another process (the answerer) looks for a newer table version at most every
+        # READ_CONSISTENCY: checking on every search cost ~3 ms per search (two per query), and a write is
+        # then searchable at most 0.1 s later. A new connection always starts at the latest version.
+        self._db = lancedb.connect(str(path), read_consistency_interval=READ_CONSISTENCY)
         self._dim = dim
-        self._lock = threading.Lock()
-        self._last_maintain = 0.0
+        self._lock = threading.Lock()  # writes of this process, one at a time (merge_insert ids must not race)
+        self._maintaining = threading.Lock()  # one maintenance at a time; never held by writes or searches
         self._schema = pa.schema([
             pa.field("chunk_id", pa.string()), pa.field("tenant", pa.string()),
             pa.field("document_id", pa.string()), pa.field("version", pa.int64()),
@@ -211,16 +216,45 @@ class LanceVectorIndex:
         return int(self._table.count_rows(where if tenant is None else f"tenant = {_quote(tenant)} AND {where}"))
 
     def maintain(self) -> None:
-        """Fold new rows into the indexes and compact; build the ANN index once the table is large."""
-        now = time.monotonic()
-        if now - self._last_maintain < MAINTAIN_EVERY_S:
-            return
-        self._last_maintain = now
-        with self._lock:
-            if self._table.count_rows() >= ANN_MIN_ROWS and not any(
-                    i.index_type.startswith("IVF") for i in self._table.list_indices()):
-                self._table.create_index("vector", config=IvfHnswSq(distance_type="cosine"))
-            self._table.optimize(cleanup_older_than=timedelta(minutes=10))
+        """Fold new rows into the full-text and vector indexes, compact small fragments, drop versions older
+        than KEEP_VERSIONS, and build the ANN index once the table is large; nothing when nothing is due.
+
+        Runs off the write path (the indexer's maintenance thread), concurrently with writes and searches:
+        it takes no lock a write takes. LanceDB commits optimistically: a compaction that conflicts with a
+        concurrent delete or update loses and leaves the table as it was (the next run tries again), so
+        maintenance never fails a write.
+        """
+        with self._maintaining:
+            table = self._table
+            try:
+                if "tenant" not in self._indexed_columns():
+                    # every search prefilters on tenant: without an index that filter scans the whole column
+                    table.create_index("tenant", config=Bitmap(), replace=False)
+                if table.count_rows() >= ANN_MIN_ROWS and not self._has_ann():
+                    table.create_index("vector", config=IvfHnswSq(distance_type="cosine"))
+                if self._due():
+                    table.optimize(cleanup_older_than=KEEP_VERSIONS)
+            except RuntimeError as exc:
+                # A compaction preempted by a concurrent write is expected and harmless: the write won,
+                # the table is as before, the next run compacts. The binding raises a plain RuntimeError;
+                # Lance marks this case "Retryable commit conflict" (lance io/commit/conflict_resolver.rs).
+                if "Retryable commit conflict" not in str(exc):
+                    raise
+
+    def _indexed_columns(self) -> set[str]:
+        return {c for i in self._table.list_indices() for c in i.columns}
+
+    def _has_ann(self) -> bool:
+        # LanceDB names the type "IvfHnswSq" (not "IVF_..."): look for an index on the vector column
+        return "vector" in self._indexed_columns()
+
+    def _due(self) -> bool:
+        """Rows outside a full-text index (searched by a scan) or small fragments to merge."""
+        for name in ("text_idx", "heading_idx"):
+            stats = self._table.index_stats(name)
+            if stats is not None and stats.num_unindexed_rows > 0:
+                return True
+        return int(self._table.stats()["fragment_stats"]["num_small_fragments"]) > 1
 
     def close(self) -> None:
         """LanceDB holds no open handles that need closing."""

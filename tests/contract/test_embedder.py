@@ -8,18 +8,25 @@ import numpy as np
 import pytest
 
 from kernel.ports import Embedder
+from tests.conftest import ONNX_CACHE
 
 TEXTS = ["Kafka keeps messages ordered within a partition.",
          "Consumers commit offsets after processing a batch.",
          "Penguins huddle together to stay warm in winter."]
 
 
-@pytest.fixture(scope="module", params=["sentence-transformers"])
+@pytest.fixture(scope="module", params=["sentence-transformers", "onnx-fp32", "onnx-int8"])
 def embedder(request: pytest.FixtureRequest) -> Iterator[Embedder]:
-    from infra.models.embedder import SentenceTransformerEmbedder
     from infra.settings import EmbedderSettings
 
-    yield SentenceTransformerEmbedder(EmbedderSettings())
+    if request.param.startswith("onnx"):
+        from infra.models.onnx_embedder import OnnxEmbedder
+
+        yield OnnxEmbedder(EmbedderSettings(backend="onnx", onnx_int8=request.param == "onnx-int8"), ONNX_CACHE)
+        return
+    from infra.models.embedder import SentenceTransformerEmbedder
+
+    yield SentenceTransformerEmbedder(EmbedderSettings(backend="torch"))
 
 
 def test_one_normalised_float32_row_per_text(embedder: Embedder) -> None:

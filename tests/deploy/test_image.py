@@ -123,6 +123,7 @@ def test_the_default_command_prints_usage() -> None:
 def test_the_baked_model_loads_offline() -> None:
     """What the build stage runs to prove the weights are in the image (here, in the same locked venv)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAGBUS_", "HF_"))} | {"HF_HUB_OFFLINE": "1"}
+    env["RAGBUS_EMBEDDER_ONNX_DIR"] = str(ROOT / ".ragbus" / "models")  # where `make install` exported it
     done = subprocess.run([str(VENV_BIN / "python"), str(DEPLOY / "image_check.py")], capture_output=True,
                           text=True, timeout=300, env=env, cwd="/")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -242,6 +243,8 @@ def test_the_build_stage_installs_and_checks_the_runtime_lock(tmp_path: Path) ->
     venv = tmp_path / "opt-ragbus"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAGBUS_", "VIRTUAL_ENV"))}
     env |= {"PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "PIP_NO_CACHE_DIR": "1"}
+    # the build stage's own settings (where the ONNX export goes), moved with the venv
+    env |= {k: v.replace("/opt/ragbus", str(venv)) for k, v in env_of(build).items() if k.startswith("RAGBUS_")}
     workdir = ROOT
     for kind, args in build.instructions:
         if kind == "WORKDIR":

@@ -27,6 +27,8 @@ CASES: list[tuple[str, str, str, dict[str, str], Callable[[Settings], Any]]] = [
      lambda s: wiring.build_index(s, 8)),
     ("claude", "anthropic", "infra.models.claude", {"RAGBUS_ANTHROPIC_API_KEY": "sk-test"},
      wiring.build_answer_model),
+    ("torch", "sentence_transformers", "infra.models.embedder", {"RAGBUS_EMBEDDER_BACKEND": "torch"},
+     wiring.build_embedder),
 ]
 
 
@@ -67,13 +69,16 @@ def test_the_cli_says_which_extra_to_install(tmp_path: Path) -> None:
 
 
 def test_the_embedded_defaults_import_no_backend_sdk(tmp_path: Path) -> None:
-    """`pip install ragbus` without extras runs `ragbus up`: the default wiring loads none of them."""
+    """`pip install ragbus` without extras runs `ragbus up`: the default wiring loads none of them (the ONNX
+    embedder runs on an exported model without torch; `make install` exported it)."""
     code = ("import sys; from infra import wiring; from infra.settings import Settings; "
             "s = Settings(); wiring.build_store(s).close(); wiring.build_index(s, 8).close(); "
-            "wiring.build_answer_model(s); "
-            "print(','.join(m for m in ('pymongo', 'weaviate', 'anthropic') if m in sys.modules))")
+            "wiring.build_answer_model(s); wiring.build_embedder(s).embed(['x']); "
+            "print(','.join(m for m in ('pymongo', 'weaviate', 'anthropic', 'torch', 'sentence_transformers') "
+            "if m in sys.modules))")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAGBUS_") and "ANTHROPIC" not in k}
+    env |= {"RAGBUS_DATA_DIR": str(tmp_path), "RAGBUS_EMBEDDER_ONNX_DIR": str(ROOT / ".ragbus" / "models")}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          env=env | {"RAGBUS_DATA_DIR": str(tmp_path)}, cwd=ROOT)
+                          env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == ""

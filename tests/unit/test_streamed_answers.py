@@ -36,10 +36,9 @@ class ScriptedTail:
 def test_deltas_still_unread_when_the_answer_arrives_are_passed_on() -> None:
     first, *rest = deltas(*PIECES)
     # the answer is read in the same round as the first delta; the other deltas are still in flight
-    answers = ScriptedTail([FINAL])
-    delta_tail = ScriptedTail([first], [rest[0]], [rest[1]])
+    replies = ScriptedTail([first, FINAL], [rest[0]], [rest[1]])
     seen: list[AnswerDelta] = []
-    got = collect_answers(answers, delta_tail, {QID}, timeout_s=5, on_delta=seen.append)
+    got = collect_answers(replies, {QID}, timeout_s=5, on_delta=seen.append)
     assert got == {QID: FINAL}
     assert [d.text for d in seen] == PIECES
 

@@ -1,0 +1,188 @@
+"""Freshness: seconds from publishing a document to finding it with a query, at a steady rate below capacity.
+
+    python bench/freshness.py [--preload 2000] [--rate R | --capacity-docs 80] [--fraction 0.5]
+                              [--seconds 60] [--probe-every 4] [--json]
+
+1. Starts the stack (`ragbus up`'s processes, local broker) on a fresh data directory holding `--preload`
+   real chunks (bench/corpus.py).
+2. Capacity: publishes `--capacity-docs` corpus sections at once and times until all are indexed; the
+   steady rate is `--fraction` of that (or `--rate` documents/s when given).
+3. Steady phase: a publisher sends further corpus sections, evenly spaced at that rate, for `--seconds`.
+   Every document's `indexed` status is timed (publish -> status seen by the client). Every
+   `--probe-every`-th document is also probed through the query path: retrieve-only queries filtered to
+   that document, sent back to back until one finds it; its freshness is publish -> that answer received,
+   so it includes one query round trip (an upper bound on when it became searchable).
+
+Reports p50/p95 of both, the rate offered and the rate achieved. Targets (issue 13): searchable p50 <= 0.75 s
+and p95 <= 1.5 s at half of ingest capacity.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.corpus import documents, percentile, preload
+from bench.report import emit, run_facts
+from infra.kafka.clients import EventProducer
+from infra.kafka.tail import Tail
+from infra.ops import logs
+from infra.settings import Settings
+from ragbus.client import QueryClient, publish, wait_final
+from ragbus.supervisor import Stack
+from schemas.events import DocumentArrived, DocumentStatus, QueryRequested, Status
+from schemas.topics import TOPICS, document_key
+
+
+def fresh_documents() -> Any:
+    """Corpus sections under new ids and titles: the title is part of every chunk's embedded text, so none
+    of them is in the embedding cache the preload filled, and each is really embedded."""
+    for i, doc in enumerate(itertools.cycle(documents())):
+        yield DocumentArrived(document_id=f"fresh-{i}-{doc['id']}"[:200], title=f"{doc['title']} (rev {i})",
+                              text=doc["text"], correlation_id="freshness")
+
+
+def capacity(settings: Settings, docs: list[DocumentArrived]) -> float:
+    with Tail(settings, TOPICS.status) as tail:
+        started = time.perf_counter()
+        publish(settings, EventProducer(settings), docs)
+        final = wait_final(tail, docs, 600)
+        elapsed = time.perf_counter() - started
+    if len(final) < len(docs):
+        raise SystemExit(f"capacity run: only {len(final)} of {len(docs)} documents indexed within 600 s")
+    return len(docs) / elapsed
+
+
+class Prober:
+    """Asks, back to back, one filtered retrieve-only query per pending probe document until it is found."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._client = QueryClient(settings)
+        self._pending: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self.found: dict[str, float] = {}
+        self.stop = threading.Event()
+
+    def add(self, document_id: str, published: float) -> None:
+        with self._lock:
+            self._pending[document_id] = published
+
+    def run(self) -> None:
+        while not self.stop.is_set() or self._pending:
+            with self._lock:
+                pending = dict(self._pending)
+            if not pending:
+                time.sleep(0.005)
+                continue
+            queries = {doc: QueryRequested(text="freshness probe", top_k=1, retrieve_only=True,
+                                           filters={"document_id": doc}) for doc in pending}
+            answers = self._client.ask(list(queries.values()), 10)
+            now = time.perf_counter()
+            for doc, q in queries.items():
+                a = answers.get(q.query_id)
+                if a is not None and a.citations:
+                    self.found[doc] = now - pending[doc]
+                    with self._lock:
+                        self._pending.pop(doc, None)
+            if self.stop.is_set() and time.perf_counter() - min(pending.values()) > 120:
+                break  # a probe that never turns up must not hang the benchmark
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def steady(settings: Settings, docs: Any, rate: float, seconds: float, probe_every: int) -> dict[str, Any]:
+    producer = EventProducer(settings)
+    published: dict[str, float] = {}
+    indexed: dict[str, float] = {}
+    prober = Prober(settings)
+    probe_thread = threading.Thread(target=prober.run, daemon=True)
+    probe_thread.start()
+    with Tail(settings, TOPICS.status) as tail:
+        start = time.perf_counter()
+        for n, doc in enumerate(docs):
+            due = start + n / rate
+            while (now := time.perf_counter()) < due:
+                for st in tail.poll(min(0.05, due - now)):
+                    _seen(st, published, indexed)
+            if now - start >= seconds:
+                break
+            producer.send(TOPICS.documents, document_key(doc.tenant, doc.document_id), doc)
+            producer.flush()
+            published[doc.document_id] = time.perf_counter()
+            if n % probe_every == 0:
+                prober.add(doc.document_id, published[doc.document_id])
+        offered_s = time.perf_counter() - start
+        deadline = time.perf_counter() + 120
+        while len(indexed) < len(published) and time.perf_counter() < deadline:
+            for st in tail.poll(0.2):
+                _seen(st, published, indexed)
+    prober.stop.set()
+    probe_thread.join(150)
+    prober.close()
+    to_indexed = [indexed[d] - published[d] for d in indexed]
+    to_found = list(prober.found.values())
+    return {"published": len(published), "offered_docs_per_s": round(len(published) / offered_s, 2),
+            "indexed": len(indexed),
+            "publish_to_indexed_s": {"p50": round(percentile(to_indexed, 50), 3),
+                                     "p95": round(percentile(to_indexed, 95), 3),
+                                     "max": round(max(to_indexed, default=float("nan")), 3)},
+            "probes": len(to_found),
+            "publish_to_searchable_s": {"p50": round(percentile(to_found, 50), 3),
+                                        "p95": round(percentile(to_found, 95), 3),
+                                        "max": round(max(to_found, default=float("nan")), 3)}}
+
+
+def _seen(st: DocumentStatus, published: dict[str, float], indexed: dict[str, float]) -> None:
+    if st.status is Status.INDEXED and st.document_id in published and st.document_id not in indexed:
+        indexed[st.document_id] = time.perf_counter()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preload", type=int, default=2000, help="chunks in the index before measuring")
+    ap.add_argument("--rate", type=float, help="documents/s; default: --fraction of the measured capacity")
+    ap.add_argument("--capacity-docs", type=int, default=80)
+    ap.add_argument("--fraction", type=float, default=0.5)
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--probe-every", type=int, default=4)
+    ap.add_argument("--data-dir", type=Path)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    os.environ.pop("RAGBUS_KAFKA_BOOTSTRAP_SERVERS", None)
+    os.environ.setdefault("RAGBUS_LOG_LEVEL", "WARNING")
+    with tempfile.TemporaryDirectory(prefix="ragbus-freshness-") as tmp:
+        os.environ["RAGBUS_DATA_DIR"] = str(args.data_dir or tmp)
+        settings = Settings()
+        logs.configure(settings.log_level, settings.log_format, quiet_clients=True)
+        say = (lambda _: None) if args.json else print
+        chunks = preload(settings, args.preload, say=say)
+        docs = fresh_documents()
+        with Stack(settings) as stack:
+            child = stack.child_settings()
+            warm = [next(docs)]
+            if capacity(child, warm) <= 0:
+                raise SystemExit("warm-up failed")
+            cap = None
+            if args.rate is None:
+                cap = capacity(child, [next(docs) for _ in range(args.capacity_docs)])
+                say(f"  capacity: {cap:.2f} documents/s")
+            rate = args.rate or args.fraction * (cap or 0)
+            result = steady(child, docs, rate, args.seconds, args.probe_every)
+    report = {"preloaded_chunks": chunks, "capacity_docs_per_s": cap and round(cap, 2),
+              "rate_docs_per_s": round(rate, 2), **result, "embedder": settings.embedder.backend,
+              **run_facts()}
+    emit(report, args.json)
+
+
+if __name__ == "__main__":
+    main()

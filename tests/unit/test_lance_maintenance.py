@@ -1,0 +1,78 @@
+"""LanceDB maintenance runs beside writes and searches (the indexer's upkeep thread): nothing it does may
+lose a write, fail one, or change what a search finds."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from infra.stores import lance
+from infra.stores.lance import LanceVectorIndex
+from kernel.ports import ChunkRecord, SearchRequest
+
+DIM = 16
+
+
+def record(doc: int, version: int, idx: int, rng: np.random.Generator) -> ChunkRecord:
+    vector = rng.normal(size=DIM).astype(np.float32)
+    vector /= np.linalg.norm(vector)
+    return ChunkRecord(f"d{doc}-v{version}-{idx}", "default", f"doc-{doc}", version, idx,
+                       f"document {doc} version {version} chunk {idx} about partitions", vector)
+
+
+def test_maintenance_beside_writes_and_deletes_loses_nothing(tmp_path: Path) -> None:
+    index = LanceVectorIndex(tmp_path, DIM)
+    rng = np.random.default_rng(7)
+    stop, errors = threading.Event(), []
+    runs = [0]
+
+    def maintain() -> None:
+        while not stop.is_set():
+            try:
+                index.maintain()
+                runs[0] += 1
+            except Exception as exc:  # pragma: no cover - what the test is looking for
+                errors.append(exc)
+
+    worker = threading.Thread(target=maintain)
+    worker.start()
+    try:
+        for doc in range(40):
+            index.upsert([record(doc, 1, i, rng) for i in range(5)])
+            if doc % 4 == 0:  # a new version replaces the old one: upsert, then delete below it
+                index.upsert([record(doc, 2, i, rng) for i in range(3)])
+                index.delete_versions("default", f"doc-{doc}", below=2)
+    finally:
+        stop.set()
+        worker.join()
+    assert not errors, errors
+    assert runs[0] > 0
+    index.maintain()
+    assert index.count() == 30 * 5 + 10 * 3
+    for doc in range(40):
+        expected = 3 if doc % 4 == 0 else 5
+        assert len(index.chunk_versions("default", f"doc-{doc}")) == expected, doc
+    assert "tenant" in index._indexed_columns()  # the tenant prefilter of every search is indexed
+    # every row is in both full-text indexes now: nothing is left to scan
+    for name in ("text_idx", "heading_idx"):
+        stats = index._table.index_stats(name)
+        assert stats is not None and stats.num_unindexed_rows == 0, name
+
+
+def test_the_ann_index_is_built_once_the_table_is_large(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(lance, "ANN_MIN_ROWS", 600)
+    index = LanceVectorIndex(tmp_path, DIM)
+    rng = np.random.default_rng(3)
+    index.upsert([record(d, 1, i, rng) for d in range(50) for i in range(10)])
+    index.maintain()
+    assert not index._has_ann()
+    more = [record(d, 1, i, rng) for d in range(50, 70) for i in range(10)]
+    index.upsert(more)
+    index.maintain()
+    assert index._has_ann()
+    # a stored row's own vector finds that row first, through the ANN index
+    found = index.search("default", SearchRequest("unrelated words", more[42].vector, candidates=20, keyword=False))
+    assert found.dense[0].chunk_id == more[42].chunk_id
