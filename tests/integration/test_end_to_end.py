@@ -45,7 +45,7 @@ def test_ingested_docs_answer_with_the_right_citation(stack: tuple[Stack, Settin
         "Where do I put extra librdkafka settings such as SASL?": ("configuration.md", "operations.md"),
         "What happens to late chunks of a deleted document version?": ("delivery.md",),
         "How long does Tansu hold a consumer group join?": ("operations.md",),
-        "Why does ragbus not use reciprocal-rank fusion?": ("architecture.md",),
+        "How are dense and keyword candidates fused into a ranking of sections?": ("architecture.md",),
     }
     for question, expected in cases.items():
         answer = ask(settings, question)
