@@ -25,8 +25,8 @@ from infra import wiring
 from infra.models.embedder import embedding_dim, load_tokenizer
 from infra.ops.metrics import Metrics
 from infra.settings import Settings
-from kernel.ports import ChunkRecord, DocumentRecord
-from schemas.events import ContentType, Status, chunk_uuid
+from kernel.ports import ChunkRecord, DocumentRecord, Level
+from schemas.events import ContentType, SectionLead, Status, chunk_uuid, section_uuid
 from streams.embedder import CachedEmbedder
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared/data/pydocs-faq-dev"
@@ -50,8 +50,10 @@ def questions(data: Path = DATA) -> list[str]:
 
 def preload(settings: Settings, chunks: int, tenant: str = "default", batch: int = 512,
             say: Any = print) -> int:
-    """Fill the data directory's stores with `chunks` chunks (fewer only if the data runs out); returns
-    how many the index holds. Idempotent: rows already there are rewritten, cached vectors are reused."""
+    """Fill the data directory's stores with `chunks` chunks (fewer only if the data runs out), and the index
+    with their section entries as the indexer writes them (the lead text, with the vector of the section's
+    first chunk); returns how many chunks the index holds. Idempotent: rows already there are rewritten,
+    cached vectors are reused."""
     index = wiring.build_index(settings, embedding_dim(settings.embedder.model))
     if index.count(tenant) >= chunks:
         return index.count(tenant)
@@ -61,14 +63,20 @@ def preload(settings: Settings, chunks: int, tenant: str = "default", batch: int
                       settings.chunker.overlap_tokens)
     started, done = time.perf_counter(), 0
     pending: list[tuple[dict[str, Any], Any]] = []
+    leads: dict[tuple[str, int], SectionLead] = {}  # (document, section) -> its entry, until written
 
     def flush() -> None:
         nonlocal done
         vectors = embedder.embed([embedding_text(d["title"], c.section_path, c.text) for d, c in pending])
         records = [ChunkRecord(chunk_uuid(tenant, d["id"], 1, c.index), tenant, d["id"], 1, c.index, c.text, v,
-                               d["title"], tuple(c.section_path), "bench") for (d, c), v in zip(pending, vectors,
-                                                                                               strict=True)]
-        index.upsert(records)
+                               d["title"], tuple(c.section_path), "bench", {}, c.section)
+                   for (d, c), v in zip(pending, vectors, strict=True)]
+        sections = [ChunkRecord(section_uuid(tenant, d["id"], 1, c.section), tenant, d["id"], 1, c.section,
+                                lead.text, v, d["title"], tuple(lead.section_path), "bench", {}, c.section,
+                                Level.SECTION)
+                    for (d, c), v in zip(pending, vectors, strict=True)
+                    if (lead := leads.pop((d["id"], c.section), None)) is not None]
+        index.upsert(records + sections)
         store.upsert_chunks(records)
         done += len(records)
         pending.clear()
@@ -77,9 +85,10 @@ def preload(settings: Settings, chunks: int, tenant: str = "default", batch: int
 
     finished: list[tuple[str, str, int]] = []
     for doc in documents():
-        pieces = chunker.chunk(ContentType.TEXT, doc["text"])
+        pieces, doc_leads = chunker.split(ContentType.TEXT, doc["text"])
         if done + len(pending) + len(pieces) > chunks:
             break
+        leads |= {(doc["id"], lead.section): lead for lead in doc_leads}
         pending += [(doc, c) for c in pieces]
         finished.append((doc["id"], doc["title"], len(pieces)))
         if len(pending) >= batch:
