@@ -28,14 +28,19 @@ def broker() -> Iterator[str]:
         yield b.bootstrap
 
 
+def clear_settings_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forget every ragbus (and Anthropic) setting of the environment for one test: it sees the defaults."""
+    for key in list(os.environ):
+        if key.startswith("RAGBUS_") or key in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"):
+            monkeypatch.delenv(key)
+
+
 @pytest.fixture
 def settings_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     """Settings isolated to this test: own data dir, own topic prefix, short session timeout."""
     from infra.settings import Settings
 
-    for key in list(os.environ):
-        if key.startswith("RAGBUS_") or key in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"):
-            monkeypatch.delenv(key)
+    clear_settings_env(monkeypatch)
 
     def make(bootstrap: str | None = None, **env: str) -> Settings:
         monkeypatch.setenv("RAGBUS_DATA_DIR", str(tmp_path / "data"))

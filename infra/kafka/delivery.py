@@ -302,7 +302,7 @@ class BatchPolicy:
         if now - self._rekey_logged >= _REKEY_LOG_EVERY_S:
             self._rekey_logged = now
             log.warning("event without its topic's key: handled and re-keyed; its publisher should key it",
-                        stage=self._stage.name, where=record.where(), correlation_id=record.correlation_id(),
+                        stage=self._stage.name, **_fields(record, event),
                         key=(record.key or b"")[:200].decode("utf-8", "replace") or None,
                         expected=expected[:200].decode("utf-8", "replace"))
 

@@ -4,18 +4,14 @@ developer's shell may have its own."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from tests.conftest import ONNX_CACHE
+from tests.conftest import ONNX_CACHE, clear_settings_env
 
 
 @pytest.fixture(autouse=True)
 def _default_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.startswith("RAGBUS_") or key in ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"):
-            monkeypatch.delenv(key)
+    clear_settings_env(monkeypatch)
     # not a setting under test: the session's exported ONNX model, so a stack started here does not export
     # its own copy into a temporary data directory (torch, ~15 s each)
     monkeypatch.setenv("RAGBUS_EMBEDDER_ONNX_DIR", str(ONNX_CACHE))
