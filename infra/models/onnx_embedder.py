@@ -2,14 +2,16 @@
 
 The model (all-MiniLM-L6-v2, or any sentence-transformers directory with mean pooling) is exported once,
 offline, from its own weights: the transformer, its mean pooling and the L2 normalisation become one ONNX
-graph. By default it stays float32 (the same vectors as torch's). With RAGBUS_EMBEDDER_ONNX_INT8=true its
-MatMul weights are quantised to int8 per output channel (dynamic quantisation; activations are quantised per
-run), except the feed-forward down-projections, which stay float32: faster, but the dev set's nDCG@10 drops
-by 0.026 although every vector stays at cosine >= 0.99 (bench/RESULTS.md, issue 13), so it is opt-in. A plain
-int8 quantisation of every operator moves vectors too far (cosine to torch's down to ~0.9 on real text);
-all MatMuls per channel reach ~0.984 at worst; leaving the down-projections in float32 keeps every
-vector at cosine >= 0.99 (bench/embedders.py measures them side by side). Every export checks its own
-vectors against the torch model on probe texts and refuses to cache a model that drifted.
+graph. By default it stays float32: the same vectors as torch's, and faster than torch because a batch runs
+across texts, one text per core (OnnxModel). With RAGBUS_EMBEDDER_ONNX_INT8=true its MatMul weights are
+quantised to int8 per output channel (dynamic quantisation; activations are quantised per run), except the
+feed-forward down-projections, which stay float32. It stays opt-in: on an AVX-512 VNNI Xeon its vectors kept
+cosine >= 0.99 to torch's but the dev set's nDCG@10 dropped by 0.026; on an AVX2-only EPYC (no VNNI, where
+ONNX Runtime's u8s8 arithmetic saturates) the worst vector fell to cosine 0.989 and it was only 1.1x
+float32's speed (bench/RESULTS.md, issue 13). A plain int8 quantisation of every operator moves vectors
+too far (cosine to torch's down to ~0.88 on real text); bench/embedders.py measures them side by side.
+Every export checks its own vectors against the torch model on probe texts and refuses to cache a model
+that drifted.
 
 The exported model is cached by the weights' digest and the export recipe in
 `RAGBUS_EMBEDDER_ONNX_DIR` (default: `<data dir>/models`), so it is built once per machine or image;
@@ -17,10 +19,9 @@ The exported model is cached by the weights' digest and the export recipe in
 once build it once (a file lock). Exporting needs torch and sentence-transformers; running needs only
 onnxruntime, tokenizers and numpy.
 
-Each text is run alone (a batch of one): with dynamic quantisation the activation scales depend on the
-whole input tensor, so a text batched with others (and their padding) would get a slightly different
-vector, and ragbus's vectors must not depend on what else was in the micro-batch. On a CPU a single
-sequence of up to 256 tokens already fills the matrix units, so this costs little throughput.
+Each text is run alone (a batch of one, no padding): with dynamic quantisation the activation scales depend
+on the whole input tensor, so a text batched with others would get a slightly different vector, and
+ragbus's vectors must not depend on what else was in the micro-batch.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -193,35 +196,84 @@ def _export_graph(torch: Any, model: Any, path: Path) -> None:
 
 
 class OnnxModel:
-    """An exported model directory (model.onnx, tokenizer.json, meta.json) on ONNX Runtime."""
+    """An exported model directory (model.onnx, tokenizer.json, meta.json) on ONNX Runtime.
+
+    Two ways to use the cores, chosen by the size of the call. A lone text (a question) runs on one session
+    whose operators use `threads` threads: lowest latency for one sequence. A batch of texts runs across
+    texts instead: each text on a single thread of a second session (created on the first batch), `threads`
+    texts at once (`run` is thread-safe and releases the GIL). One sequence of ~200 tokens is too small to
+    split well across cores; independent texts scale with them (measured on 2 cores, bench/RESULTS.md: 30
+    chunks/s against 26-27 with two intra-op threads, 18 for torch; a question: 6 ms with two intra-op
+    threads, 9 ms with one). Both sessions run the same graph on the same text alone (no padding, no
+    batch-mates), so a vector does not depend on what else was in the call, beyond float rounding (~1e-7).
+    """
+
+    #: Calls with at least this many texts run across texts (fewer: one after another on the lone session).
+    BATCH_MIN = 4
 
     def __init__(self, path: Path, threads: int = 0) -> None:
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         meta = json.loads((path / "meta.json").read_text())
         self.dim = int(meta["dim"])
         self.max_tokens = int(meta["max_seq_length"])
         self.int8 = bool(meta["int8"])
+        self.workers = threads or _cores()
+        self._path = path / "model.onnx"
         self._tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         self._tokenizer.enable_truncation(self.max_tokens)
         self._tokenizer.no_padding()
+        self._lone = self._session(self.workers)
+        self._batch: Any = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._started = threading.Lock()
+
+    def _session(self, intra_threads: int) -> Any:
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = intra_threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # ONNX Runtime's worker threads spin after each run by default, burning a core for a while; the stages
         # share the machine's cores (the answerer's search threads run right after the question's embedding).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = ort.InferenceSession(str(path / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(self._path), options, providers=["CPUExecutionProvider"])
+
+    @staticmethod
+    def _run(session: Any, ids: list[int]) -> Vectors:
+        batch = np.asarray([ids], dtype=np.int64)
+        feed = {"input_ids": batch, "attention_mask": np.ones_like(batch), "token_type_ids": np.zeros_like(batch)}
+        return np.asarray(session.run(None, feed)[0][0], dtype=np.float32)
+
+    def _batch_session(self) -> tuple[Any, ThreadPoolExecutor]:
+        with self._started:
+            if self._pool is None:
+                self._batch = self._session(1)
+                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="ragbus-onnx")
+            return self._batch, self._pool
 
     def embed(self, texts: Sequence[str]) -> Vectors:
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for i, enc in enumerate(self._tokenizer.encode_batch(list(texts))):
-            ids = np.asarray([enc.ids], dtype=np.int64)
-            feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-            out[i] = self._session.run(None, feed)[0][0]
+        encoded = [e.ids for e in self._tokenizer.encode_batch(list(texts))]
+        out = np.zeros((len(encoded), self.dim), dtype=np.float32)
+        if self.workers == 1 or len(encoded) < self.BATCH_MIN:
+            for i, ids in enumerate(encoded):
+                out[i] = self._run(self._lone, ids)
+            return out
+        session, pool = self._batch_session()
+        # longest first, so that the batch does not end waiting on one long text while the other cores idle
+        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        for i, vector in zip(order, pool.map(lambda i: self._run(session, encoded[i]), order), strict=True):
+            out[i] = vector
         return out
+
+
+def _cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 class OnnxEmbedder:

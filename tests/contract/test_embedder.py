@@ -43,6 +43,15 @@ def test_deterministic_and_independent_of_the_batch(embedder: Embedder) -> None:
     assert np.allclose(embedder.embed(TEXTS), together, atol=1e-6)
 
 
+def test_a_large_batch_gives_each_text_its_own_vector(embedder: Embedder) -> None:
+    """Enough texts of different lengths that a backend working across texts (the ONNX model's pool) takes
+    them out of order: each vector must still land on its own text."""
+    texts = [f"{t} " * n for n in (1, 7, 3, 12, 2) for t in TEXTS]
+    together = embedder.embed(texts)
+    alone = np.stack([embedder.embed([t])[0] for t in texts])
+    assert np.allclose(together, alone, atol=1e-4)
+
+
 def test_related_texts_are_closer_than_unrelated_ones(embedder: Embedder) -> None:
     kafka, offsets, penguins = embedder.embed(TEXTS)
     query = embedder.embed(["How does Kafka order messages?"])[0]
