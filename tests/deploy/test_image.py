@@ -433,7 +433,8 @@ def _moved(table: dict[str, str], text: str) -> str:
 
 def _run_stage(stage: Stage, moved: dict[str, str], env: dict[str, str]) -> list[str]:
     """A stage's instructions, in order, on this machine: ENV, WORKDIR, RUN (each bind mount pointing at its
-    source, the image's paths moved), COPY --from (a copy between moved paths). Returns each RUN's output."""
+    source, the image's paths moved; not the one that creates the runtime user), COPY --from (a copy between
+    moved paths). Returns each RUN's output."""
     import shutil
 
     args = {name: value for name, _, value in (a.partition("=") for a in stage.all("ARG"))}
@@ -450,6 +451,8 @@ def _run_stage(stage: Stage, moved: dict[str, str], env: dict[str, str]) -> list
             assert Path(_moved(moved, source)).is_dir(), rest
             if _moved(moved, source) != _moved(moved, target):
                 shutil.copytree(_moved(moved, source), _moved(moved, target))
+        elif kind == "RUN" and rest.startswith("groupadd "):
+            continue  # the runtime user: this machine's must not change (the commands run as the caller)
         elif kind == "RUN":
             binds, command = mounts(rest)
             table = dict(moved) | {m["target"]: _moved(moved, m["source"]) if "from" in m else str(ROOT / m["source"])
