@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ragbus-installed
 LOCK := requirements.lock
+EXPORT_LOCK := requirements-export.lock
 DEV_LOCK := requirements-dev.lock
 TOOLS := .tools
 UV_VERSION := 0.13.8
@@ -18,9 +19,11 @@ TORCH_FIND_LINKS ?= $(PIP_FIND_LINKS)
 
 .PHONY: install tools kcat demo test test-slow test-all lint schemas dashboard lock bench image clean
 
-# Installs exactly requirements-dev.lock (hash-checked: every extra and the test tools), then ragbus itself
-# (editable). The image installs requirements.lock, the same versions without the test tools (deploy/lock.py).
-$(STAMP): pyproject.toml $(LOCK) $(DEV_LOCK)
+# Installs exactly requirements-dev.lock (hash-checked: every extra, torch included, and the test tools), then
+# ragbus itself (editable). The image's runtime installs requirements.lock (the same versions without torch and
+# the test tools), its build stage requirements-export.lock (the core and torch, to export the ONNX model):
+# deploy/lock.py.
+$(STAMP): pyproject.toml $(LOCK) $(EXPORT_LOCK) $(DEV_LOCK)
 	$(PYTHON) deploy/lock.py check
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -86,16 +89,21 @@ $(UV):
 	$(PYTHON) -m venv $(TOOLS)/uv
 	$(TOOLS)/uv/bin/pip install -q uv==$(UV_VERSION)
 
-# Re-resolve both lockfiles after a change to pyproject.toml's dependencies (pins already in the locks are kept
-# where they still fit; `make lock UPGRADE=1` moves everything to the newest allowed versions). The runtime lock
-# is resolved within the dev lock, so both hold the same versions.
+# Re-resolve every lockfile after a change to pyproject.toml's dependencies (pins already in the locks are kept
+# where they still fit; `make lock UPGRADE=1` moves everything to the newest allowed versions). The runtime and
+# export locks are resolved within the dev lock, so all three hold the same versions; which extras each holds
+# (and that the runtime lock leaves out deploy/runtime-excludes.txt) is `deploy/lock.py args`.
 LOCK_FLAGS = --python-version 3.11 --python-platform x86_64-manylinux_2_28 --constraint deploy/constraints.txt \
 	--generate-hashes --no-emit-package torch $(foreach d,$(TORCH_FIND_LINKS),--find-links $(d)) \
 	$(if $(TORCH_INDEX),--index $(TORCH_INDEX) --index-strategy unsafe-best-match) \
 	--custom-compile-command "make lock" --quiet
 lock: $(UV)
-	$(UV) pip compile pyproject.toml --all-extras $(LOCK_FLAGS) $(if $(UPGRADE),--upgrade) -o $(DEV_LOCK)
-	$(UV) pip compile pyproject.toml --extra all $(LOCK_FLAGS) --constraint $(DEV_LOCK) -o $(LOCK)
+	$(UV) pip compile pyproject.toml $$($(PYTHON) deploy/lock.py args $(DEV_LOCK)) $(LOCK_FLAGS) \
+		$(if $(UPGRADE),--upgrade) -o $(DEV_LOCK)
+	$(UV) pip compile pyproject.toml $$($(PYTHON) deploy/lock.py args $(LOCK)) $(LOCK_FLAGS) \
+		--constraint $(DEV_LOCK) -o $(LOCK)
+	$(UV) pip compile pyproject.toml $$($(PYTHON) deploy/lock.py args $(EXPORT_LOCK)) $(LOCK_FLAGS) \
+		--constraint $(DEV_LOCK) -o $(EXPORT_LOCK)
 	$(PYTHON) deploy/lock.py stamp
 	$(PYTHON) deploy/lock.py check
 
