@@ -84,10 +84,16 @@ def ensure_exported(settings: EmbedderSettings, cache_dir: Path) -> Path:
     target = exported_dir(settings, cache_dir)
     if (target / "meta.json").exists():
         return target
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(cache_dir / f".{target.name}.lock"):
-        if not (target / "meta.json").exists():
-            export(model_dir(settings.model), target, int8=settings.onnx_int8)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with _locked(cache_dir / f".{target.name}.lock"):
+            if not (target / "meta.json").exists():
+                export(model_dir(settings.model), target, int8=settings.onnx_int8)
+    except PermissionError as exc:  # e.g. an image's read-only model directory that lacks this variant
+        raise ConfigurationError(
+            f"the ONNX model {target.name} is not exported and RAGBUS_EMBEDDER_ONNX_DIR ({cache_dir}) is not "
+            f"writable ({exc.strerror}): run `ragbus embedder export` with these settings where it is, or point "
+            "RAGBUS_EMBEDDER_ONNX_DIR at a writable directory") from exc
     return target
 
 

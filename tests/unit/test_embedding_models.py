@@ -101,3 +101,17 @@ def test_an_index_of_the_previous_schema_is_upgraded_in_place(tmp_path: Path) ->
     found = index.search("t", SearchRequest(text="committing", vector=np.ones(8, dtype=np.float32), candidates=5))
     assert [h.chunk_id for h in found.keyword] == ["c1"] and found.dense[0].level is Level.CHUNK
     assert index.count("t") == 1 and "search_text" not in index._table.schema.names
+
+
+def test_a_missing_onnx_export_in_a_read_only_directory_is_one_clear_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An image ships only the float32 export in a directory its user cannot write: asking for the int8 model
+    there must say what to do, not raise a PermissionError from the lock file."""
+    from infra.models import onnx_embedder
+
+    def refused(path: Path) -> None:  # what open() says for a directory the process may not write (not as root)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(onnx_embedder, "_locked", refused)
+    with pytest.raises(ConfigurationError, match="RAGBUS_EMBEDDER_ONNX_DIR .* is not writable"):
+        onnx_embedder.ensure_exported(EmbedderSettings(onnx_int8=True), tmp_path)
