@@ -8,10 +8,14 @@ of real words: bench/corpus.py). For each size, on a fresh LanceDB table:
 
 - write: rows upserted in batches of 256, as the indexer does, with the upkeep thread's maintenance running
   beside them every 2 s; rows/s over the whole fill and over its last tenth;
-- search: hybrid search (alpha 0.75, 50 candidates) for the 87 FAQ questions after maintenance, right after
-  2 s of new rows that maintenance has not folded in yet, and while a maintenance run is in progress;
-- recall@10 of the vector search as ragbus runs it against exact search (numpy, all rows), for the 87
-  questions and 200 sampled chunks.
+- search: the answerer's search and fusion (`Retriever.rank` with the configured retrieval settings: both
+  retrievers, both levels, RAGBUS_RETRIEVAL_CANDIDATES deep) for the 87 FAQ questions after maintenance,
+  right after 2 s of new rows that maintenance has not folded in yet, and while a maintenance run is in
+  progress;
+- recall@10 of the vector search as retrieval runs it (the same request, dense side only) against exact
+  search (numpy, all rows), for the 87 questions and 200 sampled chunks: the share of its first 10 that are
+  at least as close as the exact 10th nearest (the corpus repeats some chunks word for word, and between
+  equally close rows either is right).
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from infra import wiring
 from infra.settings import Settings
 from infra.stores import lance
 from infra.stores.lance import LanceVectorIndex
-from kernel.ports import ChunkRecord
+from kernel.ports import ChunkRecord, Level, SearchRequest
+from retrieval.retriever import Retriever
 from schemas.events import chunk_uuid
 
 BATCH = 256
@@ -62,30 +67,35 @@ def records(texts: list[str], vectors: np.ndarray[Any, Any], offset: int) -> lis
             for i, (t, v) in enumerate(zip(texts, vectors, strict=True))]
 
 
-def timed_searches(index: LanceVectorIndex, qs: list[str], qv: np.ndarray[Any, Any]) -> dict[str, float]:
+def timed_searches(retriever: Retriever, qs: list[str], qv: np.ndarray[Any, Any]) -> dict[str, float]:
     ms = []
     for text, vector in zip(qs, qv, strict=True):
         started = time.perf_counter()
-        index.hybrid_search("default", text, vector, limit=10, alpha=0.75, candidates=50)
+        retriever.rank("default", text, vector)
         ms.append((time.perf_counter() - started) * 1000)
     return {"p50": round(percentile(ms, 50), 1), "p95": round(percentile(ms, 95), 1)}
 
 
-def recall(index: LanceVectorIndex, vectors: np.ndarray[Any, Any], ids: list[str],
+def recall(retriever: Retriever, index: LanceVectorIndex, vectors: np.ndarray[Any, Any], ids: list[str],
            queries: np.ndarray[Any, Any]) -> float:
     hits = []
+    cfg = retriever.config
+    position = {chunk_id: i for i, chunk_id in enumerate(ids)}
     for q in queries:
-        exact = {ids[i] for i in np.argsort(-(vectors @ q))[:10]}
-        # the vector side exactly as retrieval runs it: the best `candidates` (50), of which the top 10 count
-        got = {h.chunk_id for h in index.hybrid_search("default", "", q, limit=10, alpha=1.0, candidates=50)}
-        hits.append(len(exact & got) / 10)
+        exact = vectors @ q
+        tenth = np.sort(exact)[-10]  # a hit counts when it is as close as the 10th nearest (ties: duplicate chunks)
+        # the vector side exactly as retrieval runs it (both levels, `candidates` deep); its best 10 count
+        found = index.search("default", SearchRequest(text="", vector=q, candidates=cfg.candidates,
+                                                      levels=(Level.CHUNK, Level.SECTION), keyword=False))
+        hits.append(sum(exact[position[h.chunk_id]] >= tenth - 1e-6 for h in found.dense[:10]) / 10)
     return round(float(np.mean(hits)), 4)
 
 
-def one_size(size: int, texts: list[str], vectors: np.ndarray[Any, Any], qs: list[str],
+def one_size(settings: Settings, size: int, texts: list[str], vectors: np.ndarray[Any, Any], qs: list[str],
              qv: np.ndarray[Any, Any], path: Path) -> dict[str, Any]:
     t, v = rows_for(size, texts, vectors)
     index = LanceVectorIndex(path, v.shape[1])
+    retriever = Retriever(wiring.query_embedder(settings), index, wiring.retrieval_config(settings))
     stop = threading.Event()
     maintenance: list[float] = []
 
@@ -118,17 +128,18 @@ def one_size(size: int, texts: list[str], vectors: np.ndarray[Any, Any], qs: lis
         "maintenance_runs_during_fill": len(maintenance),
         "maintenance_s_p50_max": [round(percentile(maintenance, 50), 2), round(max(maintenance, default=0), 2)],
         "final_maintenance_s": round(final_maintain_s, 2),
-        "search_ms_maintained": timed_searches(index, qs, qv),
+        "search_ms_maintained": timed_searches(retriever, qs, qv),
     }
     rng = np.random.default_rng(11)
     sample = v[rng.choice(len(v), 200, replace=False)]
-    result["recall@10"] = {"questions": recall(index, v, ids, qv), "chunks": recall(index, v, ids, sample)}
+    result["recall@10"] = {"questions": recall(retriever, index, v, ids, qv),
+                           "chunks": recall(retriever, index, v, ids, sample)}
     extra_t, extra_v = rows_for(size + 100, texts, vectors, seed=99)
     index.upsert(records(extra_t[size:], extra_v[size:], size))  # ~2 s of ingest at ~50 chunks/s
-    result["search_ms_100_new_rows"] = timed_searches(index, qs, qv)
+    result["search_ms_100_new_rows"] = timed_searches(retriever, qs, qv)
     runner = threading.Thread(target=index.maintain)
     runner.start()
-    result["search_ms_during_maintenance"] = timed_searches(index, qs, qv)
+    result["search_ms_during_maintenance"] = timed_searches(retriever, qs, qv)
     runner.join()
     return result
 
@@ -147,7 +158,7 @@ def main() -> None:
     report: dict[str, Any] = {"real_chunks": len(vectors), "ann_min_rows": lance.ANN_MIN_ROWS, "sizes": {}}
     for size in (int(s) for s in args.sizes.split(",")):
         with tempfile.TemporaryDirectory(prefix="ragbus-scale-") as tmp:
-            report["sizes"][size] = one_size(size, texts, vectors, qs, qv, Path(tmp))
+            report["sizes"][size] = one_size(settings, size, texts, vectors, qs, qv, Path(tmp))
         if not args.json:
             print(size, json.dumps(report["sizes"][size]), flush=True)
     report |= run_facts()
