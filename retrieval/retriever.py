@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -68,7 +67,6 @@ class Retriever:
         self._reranker = reranker
         self._rewriter = rewriter
         self._on_degraded = on_degraded or (lambda _model, _reason: None)
-        self._pool = ThreadPoolExecutor(4, thread_name_prefix="ragbus-retrieve")
 
     def retrieve(self, tenant: str, question: str, top_k: int, filters: Metadata | None = None) -> list[SearchHit]:
         queries = [question, *self._rewrites(question)]
@@ -85,21 +83,14 @@ class Retriever:
         return hits[:top_k]
 
     def candidates(self, tenant: str, text: str, vector: Vector, filters: Metadata | None = None) -> Candidates:
-        """Both levels in one query per retriever, the two retrievers at once (the index releases the GIL
-        while it searches): the section level costs no extra round trip."""
+        """Both levels and both retrievers in one request: the index runs the dense and the keyword query at
+        once (LanceDB inside one call, Weaviate on two threads), so neither the section level nor the second
+        retriever costs an extra round trip."""
         cfg = self.config
         levels = (Level.CHUNK, Level.SECTION) if cfg.sections else (Level.CHUNK,)
-
-        def one(dense: bool) -> Candidates:
-            return self._index.search(tenant, SearchRequest(
-                text=text, vector=vector, candidates=cfg.candidates, levels=levels, filters=filters,
-                heading_weight=cfg.heading_weight, dense=dense, keyword=not dense))
-
-        want_dense, want_keyword = cfg.mode is not Mode.KEYWORD, cfg.mode is not Mode.DENSE
-        if want_dense and want_keyword:
-            pending = self._pool.submit(one, False)
-            return Candidates(one(True).dense, pending.result().keyword)
-        return one(want_dense)
+        return self._index.search(tenant, SearchRequest(
+            text=text, vector=vector, candidates=cfg.candidates, levels=levels, filters=filters,
+            heading_weight=cfg.heading_weight, dense=cfg.mode is not Mode.KEYWORD, keyword=cfg.mode is not Mode.DENSE))
 
     def rank(self, tenant: str, text: str, vector: Vector, filters: Metadata | None = None) -> list[RankedSection]:
         """Sections best first for one query text, each with its candidate chunks."""

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 from urllib.parse import urlparse
 
@@ -162,6 +163,9 @@ class WeaviateVectorIndex:
         self._ensure_collection()
         self._collection = client.collections.get(collection)
         self._tenants: set[str] = set()
+        #: The keyword query runs here while the caller's thread runs the vector query (the sync client is
+        #: thread-safe and waits on gRPC with the GIL released): a search costs the slower of the two.
+        self._keyword_pool = ThreadPoolExecutor(2, thread_name_prefix="ragbus-weaviate-bm25")
 
     def _ensure_collection(self) -> None:
         if not self._client.collections.exists(self._name):
@@ -264,21 +268,23 @@ class WeaviateVectorIndex:
         query = self._collection.with_tenant(tenant).query
         where = self._filters(request.filters, request.levels)
         limit = request.candidates * len(request.levels)
-        dense: list[SearchHit] = []
-        keyword: list[SearchHit] = []
+        analysed = analyse(request.text)
+
+        def bm25() -> list[SearchHit]:
+            fields = ["text_kw"] + ([f"heading_kw^{request.heading_weight:g}"] if request.heading_weight else [])
+            found = query.bm25(query=analysed, query_properties=fields, limit=limit, filters=where,
+                               return_properties=RETURNED, return_metadata=MetadataQuery(score=True))
+            return [_hit(o, float(o.metadata.score or 0.0)) for o in found.objects]
+
         try:
+            pending = self._keyword_pool.submit(bm25) if request.keyword and analysed else None
+            dense: list[SearchHit] = []
             if request.dense:
                 found = query.near_vector(near_vector=_vector(request.vector), target_vector=VECTOR, limit=limit,
                                           filters=where, return_properties=RETURNED,
                                           return_metadata=MetadataQuery(distance=True))
                 dense = [_hit(o, 1.0 - float(o.metadata.distance or 0.0)) for o in found.objects]
-            analysed = analyse(request.text)
-            if request.keyword and analysed:
-                fields = ["text_kw"] + ([f"heading_kw^{request.heading_weight:g}"] if request.heading_weight else [])
-                found = query.bm25(query=analysed, query_properties=fields, limit=limit,
-                                   filters=where, return_properties=RETURNED,
-                                   return_metadata=MetadataQuery(score=True))
-                keyword = [_hit(o, float(o.metadata.score or 0.0)) for o in found.objects]
+            keyword = pending.result() if pending is not None else []
         except WeaviateBaseError as exc:
             raise classify(exc) from exc
         return Candidates(dense, keyword)
@@ -327,6 +333,7 @@ class WeaviateVectorIndex:
         """Weaviate maintains its indexes itself."""
 
     def close(self) -> None:
+        self._keyword_pool.shutdown(wait=False)
         self._client.close()
 
 
