@@ -97,7 +97,7 @@ def preload(settings: Settings, chunks: int, tenant: str = "default", batch: int
         flush()
     for doc_id, title, n in finished:
         store.apply_status(DocumentRecord(tenant, doc_id, 1, Status.INDEXED, n, title=title, source="bench"))
-    index.maintain()  # what the indexer's upkeep thread would have done meanwhile
+    index.maintain(force=True)  # what the indexer's upkeep thread would have done meanwhile
     return index.count(tenant)
 
 
@@ -164,5 +164,5 @@ def synthetic_fill(settings: Settings, total: int, tenant: str = "default", seed
         store.upsert_chunks(records)
         n += size
         say(f"  synthetic fill {n}/{total} ({(n - have) / (time.perf_counter() - started):.0f}/s)")
-    index.maintain()
+    index.maintain(force=True)
     return index.count(tenant)

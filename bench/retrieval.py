@@ -92,7 +92,7 @@ def build_index(settings: Settings, directory: Path, tmp: Path) -> tuple[LanceVe
         chunks += sum(len(e.chunks) for e in embedded)
         print(f"  indexed {min(start + 256, len(rows))}/{len(rows)} documents ({cached.computed} embedded)",
               file=sys.stderr, flush=True)
-    index.maintain()  # what the indexer does in the background: fold new rows into the indexes
+    index.maintain(force=True)  # what the indexer does in the background: fold new rows into the indexes
     return index, len(rows), chunks, time.perf_counter() - started
 
 

@@ -154,10 +154,10 @@ class VectorIndex(Protocol):
     def count(self, tenant: str | None = None) -> int:
         """Stored chunks (section entries are not counted)."""
 
-    def maintain(self) -> None:
+    def maintain(self, force: bool = False) -> None:
         """Upkeep (fold new rows into the indexes, compact, build an ANN index when due); cheap when
-        nothing is due. Called from a thread of its own, concurrently with writes and searches, so it must
-        never make them wait or fail."""
+        nothing is due; `force`: fold everything now. Called from a thread of its own, concurrently with
+        writes and searches, so it must never make them wait or fail."""
 
     def close(self) -> None: ...
 

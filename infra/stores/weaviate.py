@@ -329,7 +329,7 @@ class WeaviateVectorIndex:
         except WeaviateBaseError as exc:
             raise classify(exc) from exc
 
-    def maintain(self) -> None:
+    def maintain(self, force: bool = False) -> None:
         """Weaviate maintains its indexes itself."""
 
     def close(self) -> None:

@@ -50,7 +50,7 @@ def test_maintenance_beside_writes_and_deletes_loses_nothing(tmp_path: Path) -> 
         worker.join()
     assert not errors, errors
     assert runs[0] > 0
-    index.maintain()
+    index.maintain(force=True)
     assert index.count() == 30 * 5 + 10 * 3
     for doc in range(40):
         expected = 3 if doc % 4 == 0 else 5
@@ -76,3 +76,65 @@ def test_the_ann_index_is_built_once_the_table_is_large(tmp_path: Path, monkeypa
     # a stored row's own vector finds that row first, through the ANN index
     found = index.search("default", SearchRequest("unrelated words", more[42].vector, candidates=20, keyword=False))
     assert found.dense[0].chunk_id == more[42].chunk_id
+
+
+def unindexed(index: LanceVectorIndex) -> int:
+    stats = index._table.index_stats("text_idx")
+    return 0 if stats is None else int(stats.num_unindexed_rows)
+
+
+def test_maintenance_waits_until_folding_is_worth_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A few new rows stay outside the full-text index (searched by a scan, still found) until FOLD_ROWS of
+    them pile up; then one run folds them all."""
+    monkeypatch.setattr(lance, "FOLD_ROWS", 40)
+    index = LanceVectorIndex(tmp_path, DIM)
+    rng = np.random.default_rng(5)
+    index.upsert([record(d, 1, i, rng) for d in range(6) for i in range(5)])  # 30 rows, 6 fragments
+    index.maintain()
+    assert unindexed(index) == 30
+    found = index.search("default", SearchRequest("partitions", rng.normal(size=DIM).astype(np.float32),
+                                                  candidates=50, dense=False))
+    assert len(found.keyword) == 30  # unindexed rows are searched all the same
+    index.upsert([record(6, 1, i, rng) for i in range(10)])  # 40: due
+    index.maintain()
+    assert unindexed(index) == 0
+
+
+def test_a_row_waiting_long_enough_is_folded_however_few(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr(lance.time, "monotonic", lambda: clock[0])
+    index = LanceVectorIndex(tmp_path, DIM)
+    rng = np.random.default_rng(6)
+    index.upsert([record(0, 1, i, rng) for i in range(3)])
+    index.maintain()  # first seen waiting now
+    clock[0] += lance.FOLD_AFTER_S - 1
+    index.maintain()
+    assert unindexed(index) == 3
+    clock[0] += 2
+    index.maintain()
+    assert unindexed(index) == 0
+
+
+def test_maintenance_rests_in_proportion_to_its_own_cost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a run of d seconds nothing runs for d * (1/MAX_SHARE - 1), however much is due."""
+    clock = [1000.0]
+
+    def monotonic() -> float:  # every reading advances the clock: a run "takes" the readings inside it
+        clock[0] += 0.5
+        return clock[0]
+
+    monkeypatch.setattr(lance.time, "monotonic", monotonic)
+    monkeypatch.setattr(lance, "FOLD_ROWS", 1)
+    index = LanceVectorIndex(tmp_path, DIM)
+    rng = np.random.default_rng(8)
+    index.upsert([record(0, 1, i, rng) for i in range(3)])
+    index.maintain()
+    assert unindexed(index) == 0
+    rest = index._rest_until - clock[0]
+    assert rest > 0
+    index.upsert([record(1, 1, i, rng) for i in range(3)])
+    index.maintain()
+    assert unindexed(index) == 3  # due, but resting
+    clock[0] += rest
+    index.maintain()
+    assert unindexed(index) == 0
