@@ -1,13 +1,14 @@
 """Freshness: seconds from publishing a document to finding it with a query, at a steady rate below capacity.
 
-    python bench/freshness.py [--preload 2000] [--rate R | --capacity-docs 80] [--fraction 0.5]
+    python bench/freshness.py [--preload 2000] [--chunk-rate R | --capacity-docs 80] [--fraction 0.5]
                               [--seconds 60] [--probe-every 4] [--json]
 
 1. Starts the stack (`ragbus up`'s processes, local broker) on a fresh data directory holding `--preload`
    real chunks (bench/corpus.py).
-2. Capacity: publishes `--capacity-docs` corpus sections at once and times until all are indexed; the
-   steady rate is `--fraction` of that (or `--rate` documents/s when given).
-3. Steady phase: a publisher sends further corpus sections, evenly spaced at that rate, for `--seconds`.
+2. Capacity: publishes `--capacity-docs` corpus sections at once and times until all are indexed, in
+   chunks/s (the embedder's unit of work: documents/s would depend on which sections came); the steady
+   rate is `--fraction` of that (or `--chunk-rate` chunks/s when given).
+3. Steady phase: a publisher sends further corpus sections, paced by their chunks at that rate, for `--seconds`.
    Every document's `indexed` status is timed (publish -> status seen by the client). Every
    `--probe-every`-th document is also probed through the query path: retrieve-only queries filtered to
    that document, sent back to back until one finds it; its freshness is publish -> that answer received,
@@ -36,13 +37,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.corpus import documents, percentile, preload
 from bench.report import emit, run_facts
+from chunking.splitter import Chunker
 from infra.kafka.clients import EventProducer
 from infra.kafka.tail import Tail
+from infra.models.embedder import load_tokenizer
 from infra.ops import logs
 from infra.settings import Settings
 from ragbus.client import QueryClient, publish, wait_final
 from ragbus.supervisor import Stack
-from schemas.events import DocumentArrived, DocumentStatus, QueryRequested, Status
+from schemas.events import ContentType, DocumentArrived, DocumentStatus, QueryRequested, Status
 from schemas.topics import TOPICS, document_key
 
 #: Documents up to this many chunks are reported apart: what a short document waits behind long ones.
@@ -57,7 +60,8 @@ def fresh_documents() -> Any:
                               text=doc["text"], correlation_id="freshness")
 
 
-def capacity(settings: Settings, docs: list[DocumentArrived]) -> float:
+def capacity(settings: Settings, docs: list[DocumentArrived]) -> tuple[float, float]:
+    """(documents/s, chunks/s) of `docs` published at once, until all are indexed."""
     with Tail(settings, TOPICS.status) as tail:
         started = time.perf_counter()
         publish(settings, EventProducer(settings), docs)
@@ -65,7 +69,14 @@ def capacity(settings: Settings, docs: list[DocumentArrived]) -> float:
         elapsed = time.perf_counter() - started
     if len(final) < len(docs):
         raise SystemExit(f"capacity run: only {len(final)} of {len(docs)} documents indexed within 600 s")
-    return len(docs) / elapsed
+    return len(docs) / elapsed, sum(st.chunks for st in final.values()) / elapsed
+
+
+def chunk_counter(settings: Settings) -> Any:
+    """How many chunks the pipeline will make of a document (the chunker's own settings and tokenizer)."""
+    chunker = Chunker(load_tokenizer(settings.embedder.model), settings.chunker.size_tokens,
+                      settings.chunker.overlap_tokens)
+    return lambda doc: len(chunker.split(ContentType.TEXT, doc.text)[0])
 
 
 class Prober:
@@ -106,7 +117,10 @@ class Prober:
         self._client.close()
 
 
-def steady(settings: Settings, docs: Any, rate: float, seconds: float, probe_every: int) -> dict[str, Any]:
+def steady(settings: Settings, docs: Any, chunk_rate: float, seconds: float, probe_every: int) -> dict[str, Any]:
+    """Documents paced by their chunks (the embedder's unit of work), so the load is the same fraction of
+    capacity whatever the mix of short and long documents that happens to come next."""
+    count = chunk_counter(settings)
     producer = EventProducer(settings)
     published: dict[str, float] = {}
     indexed: dict[str, float] = {}
@@ -117,8 +131,9 @@ def steady(settings: Settings, docs: Any, rate: float, seconds: float, probe_eve
     probe_thread.start()
     with Tail(settings, TOPICS.status) as tail:
         start = time.perf_counter()
+        sent_chunks = 0
         for n, doc in enumerate(docs):
-            due = start + n / rate
+            due = start + sent_chunks / chunk_rate
             while (now := time.perf_counter()) < due:
                 for st in tail.poll(min(0.05, due - now)):
                     _seen(st, published, indexed, stages, sizes)
@@ -127,6 +142,7 @@ def steady(settings: Settings, docs: Any, rate: float, seconds: float, probe_eve
             producer.send(TOPICS.documents, document_key(doc.tenant, doc.document_id), doc)
             producer.flush()
             published[doc.document_id] = time.perf_counter()
+            sent_chunks += count(doc)
             if n % probe_every == 0:
                 prober.add(doc.document_id, published[doc.document_id])
         offered_s = time.perf_counter() - start
@@ -142,6 +158,7 @@ def steady(settings: Settings, docs: Any, rate: float, seconds: float, probe_eve
     small = [indexed[d] - published[d] for d in indexed if sizes.get(d, 0) <= SMALL_CHUNKS]
     slowest = sorted(indexed, key=lambda d: published[d] - indexed[d])[:10]
     return {"published": len(published), "offered_docs_per_s": round(len(published) / offered_s, 2),
+            "offered_chunks_per_s": round(sum(sizes.values()) / offered_s, 2),
             "indexed": len(indexed),
             "publish_to_indexed_s": _dist(to_indexed),
             # where the time goes: publish -> each stage's status (chunked, embedded, indexed)
@@ -170,7 +187,7 @@ def _dist(values: list[float]) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--preload", type=int, default=2000, help="chunks in the index before measuring")
-    ap.add_argument("--rate", type=float, help="documents/s; default: --fraction of the measured capacity")
+    ap.add_argument("--chunk-rate", type=float, help="chunks/s; default: --fraction of the measured capacity")
     ap.add_argument("--capacity-docs", type=int, default=80)
     ap.add_argument("--fraction", type=float, default=0.5)
     ap.add_argument("--seconds", type=float, default=60)
@@ -190,16 +207,17 @@ def main() -> None:
         with Stack(settings) as stack:
             child = stack.child_settings()
             warm = [next(docs)]
-            if capacity(child, warm) <= 0:
+            if capacity(child, warm)[0] <= 0:
                 raise SystemExit("warm-up failed")
             cap = None
-            if args.rate is None:
+            if args.chunk_rate is None:
                 cap = capacity(child, [next(docs) for _ in range(args.capacity_docs)])
-                say(f"  capacity: {cap:.2f} documents/s")
-            rate = args.rate or args.fraction * (cap or 0)
+                say(f"  capacity: {cap[0]:.2f} documents/s, {cap[1]:.1f} chunks/s")
+            rate = args.chunk_rate or args.fraction * (cap[1] if cap else 0)
             result = steady(child, docs, rate, args.seconds, args.probe_every)
-    report = {"preloaded_chunks": chunks, "capacity_docs_per_s": cap and round(cap, 2),
-              "rate_docs_per_s": round(rate, 2), **result, "embedder": settings.embedder.backend,
+    report = {"preloaded_chunks": chunks, "capacity_docs_per_s": cap and round(cap[0], 2),
+              "capacity_chunks_per_s": cap and round(cap[1], 1), "rate_chunks_per_s": round(rate, 2), **result,
+              "embedder": settings.embedder.backend,
               **run_facts()}
     emit(report, args.json)
 
