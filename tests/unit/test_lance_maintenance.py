@@ -138,3 +138,21 @@ def test_maintenance_rests_in_proportion_to_its_own_cost(tmp_path: Path, monkeyp
     clock[0] += rest
     index.maintain()
     assert unindexed(index) == 0
+
+
+def test_too_many_unindexed_rows_are_folded_even_while_resting(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bulk ingest must not leave every keyword search scanning thousands of rows until the rest is over."""
+    monkeypatch.setattr(lance, "FOLD_ROWS", 1)
+    monkeypatch.setattr(lance, "FOLD_ROWS_MAX", 20)
+    index = LanceVectorIndex(tmp_path, DIM)
+    rng = np.random.default_rng(9)
+    index.upsert([record(0, 1, i, rng) for i in range(3)])
+    index.maintain()
+    index._rest_until = float("inf")
+    index.upsert([record(1, 1, i, rng) for i in range(10)])
+    index.maintain()
+    assert unindexed(index) == 10  # resting
+    index.upsert([record(2, 1, i, rng) for i in range(10)])
+    index.maintain()
+    assert unindexed(index) == 0
