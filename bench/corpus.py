@@ -9,6 +9,7 @@ directory (`--data-dir`) embeds nothing.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -26,7 +27,7 @@ from infra.models.embedder import embedding_dim, load_tokenizer
 from infra.ops.metrics import Metrics
 from infra.settings import Settings
 from kernel.ports import ChunkRecord, DocumentRecord, Level
-from schemas.events import ContentType, SectionLead, Status, chunk_uuid, section_uuid
+from schemas.events import ContentType, DocumentArrived, SectionLead, Status, chunk_uuid, section_uuid
 from streams.embedder import CachedEmbedder
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared/data/pydocs-faq-dev"
@@ -41,6 +42,14 @@ def documents(data: Path = DATA) -> Iterator[dict[str, Any]]:
         for line in fh:
             doc = json.loads(line)
             yield doc | {"id": f"page:{doc['id']}"}
+
+
+def fresh_documents() -> Iterator[DocumentArrived]:
+    """Corpus sections under new ids and titles: the title is part of every chunk's embedded text, so none
+    of them is in the embedding cache the preload filled, and each is really embedded."""
+    for i, doc in enumerate(itertools.cycle(documents())):
+        yield DocumentArrived(document_id=f"fresh-{i}-{doc['id']}"[:200], title=f"{doc['title']} (rev {i})",
+                              text=doc["text"], correlation_id="freshness")
 
 
 def questions(data: Path = DATA) -> list[str]:

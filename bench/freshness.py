@@ -24,7 +24,6 @@ half of ingest capacity.
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.corpus import documents, percentile, preload
+from bench.corpus import fresh_documents, percentile, preload
 from bench.report import emit, run_facts
 from chunking.splitter import Chunker
 from infra.kafka.clients import EventProducer
@@ -50,14 +49,6 @@ from schemas.topics import TOPICS, document_key
 
 #: Documents up to this many chunks are reported apart: what a short document waits behind long ones.
 SMALL_CHUNKS = 16
-
-
-def fresh_documents() -> Any:
-    """Corpus sections under new ids and titles: the title is part of every chunk's embedded text, so none
-    of them is in the embedding cache the preload filled, and each is really embedded."""
-    for i, doc in enumerate(itertools.cycle(documents())):
-        yield DocumentArrived(document_id=f"fresh-{i}-{doc['id']}"[:200], title=f"{doc['title']} (rev {i})",
-                              text=doc["text"], correlation_id="freshness")
 
 
 def capacity(settings: Settings, docs: list[DocumentArrived]) -> tuple[float, float]:

@@ -11,6 +11,8 @@
    answer event, `--queries` times one after another, after 5 warm-up queries.
 3. Then `--burst` queries at once: how many queries per second the answerer gets through when they
    share batches.
+4. With `--during-ingest DOCS`: the one-at-a-time queries again while DOCS new corpus sections, published
+   at once, go through the pipeline (the embedder busy on both cores, index upkeep folding new rows).
 
 Round trip = publish -> answer event received by the client. `retrieve_ms` is the answerer's own time
 to embed the question and search (from the answer event); the rest is the bus, the document store and
@@ -20,6 +22,7 @@ the client.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 import tempfile
@@ -28,13 +31,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.corpus import percentile, preload, questions, rss_mb, synthetic_fill
+from bench.corpus import fresh_documents, percentile, preload, questions, rss_mb, synthetic_fill
 from bench.report import emit, run_facts
 from infra import wiring
+from infra.kafka.clients import EventProducer
 from infra.models.embedder import embedding_dim
 from infra.ops import logs
 from infra.settings import Settings
-from ragbus.client import QueryClient
+from ragbus.client import QueryClient, publish
 from ragbus.supervisor import Stack
 from schemas.events import QueryRequested
 
@@ -49,34 +53,51 @@ def synthetic_count(settings: Settings) -> int:
     return int(index._table.count_rows("source = 'synthetic'"))  # type: ignore[attr-defined]  # LanceDB directly
 
 
-def measure(settings: Settings, n: int, burst: int) -> dict[str, object]:
+def one_at_a_time(client: QueryClient, texts: list[str], n: int) -> tuple[list[float], list[float], list[float]]:
+    rtt, retrieve, answer_total = [], [], []
+    for i in range(n):
+        q = QueryRequested(text=texts[i % len(texts)], retrieve_only=True, top_k=5)
+        started = time.perf_counter()
+        got = client.ask([q], 30).get(q.query_id)
+        elapsed = (time.perf_counter() - started) * 1000
+        if got is None:
+            raise SystemExit(f"query {i} got no answer within 30 s")
+        rtt.append(elapsed)
+        retrieve.append(got.timings.retrieve_ms)
+        answer_total.append(got.timings.total_ms)
+    return rtt, retrieve, answer_total
+
+
+def during_ingest(settings: Settings, client: QueryClient, texts: list[str], n: int, documents: int
+                  ) -> dict[str, object]:
+    """`n` queries one at a time while `documents` new corpus sections, published at once, are ingested."""
+    docs = list(itertools.islice(fresh_documents(), documents))
+    publish(settings, EventProducer(settings), docs)
+    started = time.perf_counter()
+    rtt, retrieve, _ = one_at_a_time(client, texts, n)
+    return {"documents_published": documents, "queries_s": round(time.perf_counter() - started, 1),
+            "round_trip_ms": summary(rtt), "retrieve_ms": summary(retrieve)}
+
+
+def measure(settings: Settings, n: int, burst: int, ingest_docs: int) -> dict[str, object]:
     texts = questions()
     with Stack(settings) as stack, QueryClient(stack.child_settings()) as client:
         for i in range(5):  # warm-up: model loads, group joins, first fetches
             q = QueryRequested(text=texts[i], retrieve_only=True)
             if not client.ask([q], 120):
                 raise SystemExit("the stack did not answer the warm-up query within 120 s")
-        rtt, retrieve, answer_total = [], [], []
-        for i in range(n):
-            q = QueryRequested(text=texts[i % len(texts)], retrieve_only=True, top_k=5)
-            started = time.perf_counter()
-            got = client.ask([q], 30).get(q.query_id)
-            elapsed = (time.perf_counter() - started) * 1000
-            if got is None:
-                raise SystemExit(f"query {i} got no answer within 30 s")
-            rtt.append(elapsed)
-            retrieve.append(got.timings.retrieve_ms)
-            answer_total.append(got.timings.total_ms)
+        rtt, retrieve, answer_total = one_at_a_time(client, texts, n)
         batch = [QueryRequested(text=texts[i % len(texts)], retrieve_only=True) for i in range(burst)]
         started = time.perf_counter()
         answered = client.ask(batch, 300)
         burst_s = time.perf_counter() - started
         memory = {name: rss_mb(pid) for name, pid in stack.pids().items()}
+        ingest = during_ingest(stack.child_settings(), client, texts, n, ingest_docs) if ingest_docs else None
     return {"round_trip_ms": summary(rtt), "retrieve_ms": summary(retrieve), "answerer_total_ms": summary(answer_total),
             "bus_and_store_ms_p50": round(percentile([a - b for a, b in zip(rtt, retrieve, strict=True)], 50), 1),
             "burst": {"queries": burst, "answered": len(answered), "seconds": round(burst_s, 2),
                       "queries_per_s": round(len(answered) / burst_s, 1)},
-            "rss_mb_now_peak": memory}
+            "rss_mb_now_peak": memory, **({"during_bulk_ingest": ingest} if ingest else {})}
 
 
 def main() -> None:
@@ -84,6 +105,8 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, default=20_000)
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--burst", type=int, default=100)
+    ap.add_argument("--during-ingest", type=int, default=0, metavar="DOCS",
+                    help="then the same queries again while DOCS new corpus sections, published at once, are ingested")
     ap.add_argument("--data-dir", type=Path, help="reuse (or create) this data directory; default: a temporary one")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -100,7 +123,7 @@ def main() -> None:
             chunks = synthetic_fill(settings, args.chunks, say=say)
         result = {"chunks": chunks, "synthetic_chunks": synthetic_count(settings), "queries": args.queries,
                   "embedder": settings.embedder.backend,
-                  **measure(settings, args.queries, args.burst),
+                  **measure(settings, args.queries, args.burst, args.during_ingest),
                   **run_facts()}
     emit(result, args.json)
 

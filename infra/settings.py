@@ -139,6 +139,10 @@ class EmbedderSettings(BaseSettings):
     max_batch_events: int = Field(64, ge=1, le=10_000)
     batch_window_s: float = Field(0.05, ge=0, le=10)
     threads: int = Field(0, ge=0, le=256, description="threads of the model; 0 = the runtime's default")
+    #: The embedder process's CPU priority (Unix nice, 0-19): it is batch work that would otherwise take
+    #: every core from interactive queries on a shared machine. Measured on 2 cores while 200 documents were
+    #: ingested: bench/RESULTS.md. Within a container it only orders the container's own processes.
+    nice: int = Field(10, ge=0, le=19)
     #: "onnx": ONNX Runtime on a model exported once from the same weights (infra/models/onnx_embedder.py);
     #: "torch": sentence-transformers on torch, the reference.
     backend: Literal["onnx", "torch"] = "onnx"

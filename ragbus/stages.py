@@ -46,6 +46,8 @@ HEADER_TOKENS = 32
 
 
 def _embedder_stage(settings: Settings, metrics: Metrics, health: Health) -> faust_runner.FaustApp:
+    if settings.embedder.nice and hasattr(os, "nice"):
+        os.nice(settings.embedder.nice)  # this process only: the embedder runs alone in its worker process
     model = wiring.passage_embedder(settings, tracing.traced_embedder(wiring.build_embedder(settings)))
     limit = getattr(model, "max_tokens", 0)
     if limit and settings.chunker.size_tokens + HEADER_TOKENS > limit:

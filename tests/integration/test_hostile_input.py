@@ -8,8 +8,10 @@ traceback reached a stage's log.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -159,3 +161,15 @@ def test_hostile_values_are_dead_lettered_and_good_events_take_effect_once(
     for log in logs:
         assert "Traceback" not in log.read_text(errors="replace"), f"a traceback in {log.name}"
     assert stack.pids() == running[2], "a stage process died or was restarted"
+
+
+def test_the_embedder_yields_the_cores_to_interactive_stages(running: tuple[Stack, Settings, dict[str, int]]) -> None:
+    """Batch embedding runs at a lower CPU priority (RAGBUS_EMBEDDER_NICE) than the answerer, so a bulk ingest
+    on a small machine does not take the cores from interactive queries."""
+    _, settings, pids = running
+
+    def nice(pid: int) -> int:  # field 19 of /proc/PID/stat (after the command name in parentheses)
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+
+    assert nice(pids["embedder"]) == settings.embedder.nice == 10
+    assert nice(pids["answerer"]) == nice(os.getpid())
