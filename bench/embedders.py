@@ -3,10 +3,11 @@
     python bench/embedders.py [--data ../shared/data/pydocs-faq-dev] [--texts 400] [--threads 2] [--json]
 
 The texts are the first corpus sections chunked exactly as the pipeline does (200 tokens, contextual
-header). Backends: torch (sentence-transformers, the reference), ONNX float32, ONNX int8 as ragbus exports
-it (MatMul weights per output channel, the feed-forward down-projections left in float32), int8 on every
-MatMul per channel, and onnxruntime's default dynamic quantisation (every supported operator, one scale
-per tensor), to show why ragbus uses neither of the last two.
+header). Backends: torch (sentence-transformers, the reference), ONNX float32 as ragbus runs it (a batch
+across texts, one core each) and as it ran before (one text after another on intra-op threads), ONNX
+int8 as ragbus exports it (MatMul weights per output channel, the feed-forward down-projections left in
+float32), int8 on every MatMul per channel, and onnxruntime's default dynamic quantisation (every
+supported operator, one scale per tensor), to show why ragbus uses neither of the last two.
 Speed is chunks/s on an otherwise idle machine; cosine is each vector against torch's for the same text.
 Retrieval quality of a backend is bench/retrieval.py's job (RAGBUS_EMBEDDER_BACKEND=onnx|torch).
 """
@@ -96,6 +97,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         variants = {
+            "onnx-fp32, one text at a time on intra-op threads (before)": fp32_dir,
             "onnx-fp32": fp32_dir,
             "onnx-int8 ragbus (MatMul/channel, FFN-out fp32)": int8_dir,
             "onnx-int8 every MatMul, per channel": quantized(fp32_dir, work, "all-matmul", per_channel=True,
@@ -104,6 +106,8 @@ def main() -> None:
         }
         for name, path in variants.items():
             model = OnnxModel(path, args.threads)
+            if "(before)" in name:  # every call takes the lone-text path: what OnnxModel did for batches too
+                model.BATCH_MIN = 1 << 30
             vectors, seconds = timed(model.embed, texts)
             cos = (vectors * reference).sum(axis=1)
             rows[name] = {"chunks_per_s": len(texts) / seconds, "speedup": torch_s / seconds,
