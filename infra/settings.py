@@ -194,6 +194,9 @@ class RetrievalSettings(BaseSettings):
     heading_weight: float = Field(0.0, ge=0.0, le=10.0)
     #: Bounded bonus for a section with several well-matching chunks.
     multi_chunk_bonus: float = Field(0.0, ge=0.0, le=1.0)
+    #: Parent-document evidence: a section gains this share of the best score of another section of the
+    #: same parent (its document's metadata `parent`, else its title, else the document; 0: off).
+    parent_weight: float = Field(0.5, ge=0.0, lt=1.0)
     #: A keyword hit ranked first with this many times the runner-up's score is kept first (0: off).
     exact_match_ratio: float = Field(2.0, ge=0.0, le=100.0)
     #: Chunks cited per ranked section.

@@ -12,6 +12,18 @@ best entry's score (for chunks: its best chunk), min-max normalised to [0, 1] wi
 where `matching chunks` counts the section's chunks in the dense list scoring at least half of the best
 (several good chunks are evidence a section is about the question, bounded so it never dominates).
 
+Evidence above the section (parent-document retrieval): a section's parent is its document's
+`metadata["parent"]` when the sender set one, else its document's title, else the document itself, so
+the sections of one page share a parent whether the page arrived as one document or as one document per
+section (the BEIR convention: the passages of one article carry its title). A section then gains
+
+    parent_weight * (best score above of another candidate section with the same parent)
+
+so a section whose page also matches the question elsewhere ranks above an equally good section on a
+page that matches nowhere else. With `parent_weight` < 1 the sections of one parent keep their order among
+themselves (a - b > 0 implies a + w*b > b + w*a); a section alone under its parent (every package
+description, a title nobody else has) gains nothing. Exact matches are applied after it.
+
 Exact matches survive fusion: when the keyword retriever ranks one section first by a wide margin (its
 score at least `exact_ratio` times the runner-up's, or no runner-up at all), that section is put first.
 That is the shape of an identifier query (an error code, a function or package name) that occurs in one
@@ -37,6 +49,7 @@ class Weights:
     keyword_section_weight: float = 1.0
     bonus: float = 0.0
     exact_ratio: float = 2.0
+    parent_weight: float = 0.0
 
 
 @dataclass
@@ -78,6 +91,30 @@ def confident_first(hits: Sequence[SearchHit], ratio: float) -> SectionKey | Non
     return None
 
 
+def parent_of(hit: SearchHit) -> str:
+    """The work a hit's section is part of: the sender's `parent`, else the title, else the document."""
+    parent = hit.metadata.get("parent") if hit.metadata else None
+    if parent not in (None, ""):
+        return f"p:{parent}"
+    return f"t:{hit.title}" if hit.title else f"d:{hit.document_id}"
+
+
+def parent_evidence(scores: dict[SectionKey, float], parents: dict[SectionKey, str]) -> dict[SectionKey, float]:
+    """Per section, the best score of another section with the same parent (0 when it has none)."""
+    best: dict[str, list[tuple[float, SectionKey]]] = {}
+    for key, score in scores.items():
+        top = best.setdefault(parents.get(key, key[0]), [])
+        top.append((score, key))
+        top.sort(key=lambda sk: (-sk[0], sk[1]))
+        del top[2:]
+    out: dict[SectionKey, float] = {}
+    for key in scores:
+        others = [score for score, other in best[parents.get(key, key[0])] if other != key]
+        if others:
+            out[key] = others[0]
+    return out
+
+
 def _several(dense_chunks: Sequence[SearchHit]) -> dict[SectionKey, float]:
     norm = normalise(dense_chunks)
     counts: dict[SectionKey, int] = {}
@@ -102,6 +139,11 @@ def fuse(dense_chunks: Sequence[SearchHit], keyword_chunks: Sequence[SearchHit],
         if weight:
             for key, value in evidence.items():
                 scores[key] = scores.get(key, 0.0) + weight * value
+    if weights.parent_weight:
+        parents = {h.section_key: parent_of(h) for h in
+                   _all((dense_chunks, keyword_chunks, dense_sections, keyword_sections))}
+        for key, value in parent_evidence(scores, parents).items():
+            scores[key] += weights.parent_weight * value
     ranked = sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))
     exact = None
     if a < 1:

@@ -202,7 +202,10 @@ class DocumentArrived(Envelope):
     content_sha256: Sha256 | None = None
     """Optional sha256 (hex) of the bytes behind content_url: ragbus refuses other bytes."""
     metadata: Metadata = Field(default_factory=dict)
-    """Up to 32 key/value pairs, kept with every chunk and usable as query filters."""
+    """Up to 32 key/value pairs, kept with every chunk and usable as query filters. The key `parent` names
+    the larger work this document is part of (a page's URL for its sections, a book for its chapters):
+    retrieval counts a good match in one part as evidence for the others; without it, documents with the
+    same title are taken as one work."""
 
     @model_validator(mode="after")
     def _one_content(self) -> Self:

@@ -119,6 +119,19 @@ def test_filters_on_document_and_metadata(filled: VectorIndex) -> None:
     assert hits[0].metadata == {"lang": "en"}
 
 
+def test_hits_of_both_levels_and_retrievers_carry_title_and_metadata(index: VectorIndex) -> None:
+    """Fusion groups sections by parent (metadata `parent`, else the title): every hit must bring both back."""
+    section = ChunkRecord(section_uuid("t1", "faq", 1, 0), "t1", "faq", 1, 0, "Threads and queues", vec(5),
+                          "Library FAQ", ("Threads",), "src/faq", {"parent": "faq-page"}, 0, Level.SECTION)
+    assert index.upsert([rec("faq", 1, 0, "Threads and queues share work.", vec(5), parent="faq-page"),
+                         section]) == []
+    for level in (Level.CHUNK, Level.SECTION):
+        for alpha in (0.0, 1.0):
+            hits = search(index, "t1", "threads queues", vec(5), level=level, alpha=alpha)
+            assert hits and (hits[0].title, hits[0].metadata.get("parent")) in {
+                ("Library FAQ", "faq-page"), ("title faq", "faq-page")}, (level, alpha, hits[0])
+
+
 def test_quotes_in_values_are_data_not_syntax(filled: VectorIndex) -> None:
     assert filled.upsert([rec("it's", 1, 0, "O'Reilly's book.", vec(4))]) == []
     hits = search(filled, "t1", "O'Reilly", vec(4), filters={"document_id": "it's"})

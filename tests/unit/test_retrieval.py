@@ -18,9 +18,10 @@ from tests.doubles import HashEmbedder
 
 
 def hit(doc: str, score: float, *, idx: int = 0, section: int = 0, version: int = 1,
-        level: Level = Level.CHUNK) -> SearchHit:
+        level: Level = Level.CHUNK, title: str = "", parent: str | None = None) -> SearchHit:
     return SearchHit(f"{doc}-{level.value}-{version}-{idx}", doc, version, idx, f"text of {doc}", score,
-                     section=section, level=level)
+                     title=title, metadata={} if parent is None else {"parent": parent}, section=section,
+                     level=level)
 
 
 NEIGHBOURS = [hit(f"near{i}", 0.50 - i * 0.01) for i in range(10)]  # dense: close scores, no confidence
@@ -76,6 +77,41 @@ def test_several_matching_chunks_earn_a_bounded_bonus() -> None:
     bonus = fuse(dense, [], [], [], Weights(alpha=1.0, section_weight=0.0, bonus=0.1))
     assert plain[0].key[0] == "one" and bonus[0].key[0] == "many"
     assert bonus[0].score <= 1.0 + 0.1 + 1e-9 and len(bonus[0].chunks) == 6
+
+
+def test_a_section_whose_page_matches_elsewhere_gains_a_bounded_share() -> None:
+    """`faq-b` and `ref` score alike, but `faq-b`'s page (title "FAQ") also holds the best section: with parent
+    evidence it ranks above `ref`, below its sibling, and `alone` (a title nobody shares) gains nothing."""
+    dense = [hit("faq-a", 0.80, title="FAQ"), hit("ref", 0.61, title="Reference"),
+             hit("faq-b", 0.60, title="FAQ"), hit("alone", 0.40, title="Alone"), hit("far", 0.2, title="Far")]
+    plain = fuse(dense, [], [], [], Weights(alpha=1.0, section_weight=0.0))
+    parent = fuse(dense, [], [], [], Weights(alpha=1.0, section_weight=0.0, parent_weight=0.5))
+    assert [s.key[0] for s in plain][:3] == ["faq-a", "ref", "faq-b"]
+    assert [s.key[0] for s in parent][:3] == ["faq-a", "faq-b", "ref"]
+    by_doc = {s.key[0]: s.score for s in parent}
+    assert by_doc["faq-b"] == pytest.approx((0.60 - 0.2) / 0.6 + 0.5 * 1.0)
+    assert by_doc["alone"] == pytest.approx({s.key[0]: s.score for s in plain}["alone"])
+
+
+def test_the_senders_parent_overrides_the_title_and_the_document_is_the_last_resort() -> None:
+    """Sections of one document (no title) share it as parent; a `parent` in metadata groups documents whose
+    titles differ, and keeps apart documents whose titles are the same."""
+    same_doc = [hit("page", 0.9, section=0), hit("page", 0.6, idx=1, section=1), hit("other", 0.61)]
+    ranked = fuse(same_doc, [], [], [], Weights(alpha=1.0, section_weight=0.0, parent_weight=0.5))
+    assert [(s.key[0], s.key[2]) for s in ranked][:2] == [("page", 0), ("page", 1)]
+    apart = [hit("a", 0.9, title="README", parent="repo-1"), hit("x", 0.61, title="Notes"),
+             hit("b", 0.6, title="README", parent="repo-2"), hit("c", 0.5, title="Changelog", parent="repo-1")]
+    ranked = [s.key[0] for s in fuse(apart, [], [], [], Weights(alpha=1.0, section_weight=0.0, parent_weight=0.5))]
+    assert ranked.index("x") < ranked.index("b")  # same title, other parent: no lift
+    assert ranked.index("c") < ranked.index("b")  # other title, same parent as the best: lifted
+
+
+def test_an_exact_match_stays_first_over_parent_evidence() -> None:
+    dense = [hit("faq-a", 0.8, title="FAQ"), hit("faq-b", 0.79, title="FAQ"), hit("ticket", 0.3, title="T")]
+    keyword = [hit("ticket", 10.0, title="T")]
+    ranked = fuse(dense, keyword, [], [], Weights(alpha=0.75, section_weight=0.0, keyword_section_weight=0.0,
+                                                  parent_weight=0.5))
+    assert ranked[0].key[0] == "ticket"
 
 
 def test_only_the_newest_version_of_a_document_counts() -> None:
