@@ -236,21 +236,31 @@ def alternatives(lab: Lab) -> dict[str, Callable[[str, np.ndarray[Any, Any]], li
     for weight in (0.2, 0.3, 0.5, 0.7, 0.9):
         out[f"parent evidence {weight}" + (" (the pipeline's default)" if weight == lab.parent_weight else "")] = \
             with_parents(lab, weight)
+    out[f"parent evidence {lab.parent_weight}, titles shuffled among documents"] = \
+        with_parents(lab, lab.parent_weight, shuffled=True)
     return out
 
 
-def with_parents(lab: Lab, weight: float) -> Callable[[str, np.ndarray[Any, Any]], list[str]]:
-    """retrieval.fusion.fuse itself with parent evidence at `weight` (hits carry their titles)."""
+def with_parents(lab: Lab, weight: float, shuffled: bool = False) -> Callable[[str, np.ndarray[Any, Any]], list[str]]:
+    """retrieval.fusion.fuse itself with parent evidence at `weight` (hits carry their titles). `shuffled`:
+    the titles permuted among documents (same group sizes, unrelated members), the harm parent evidence
+    does when shared titles say nothing about what belongs together."""
     w = replace(lab.weights, parent_weight=weight)
+    docs = sorted({r["document_id"] for r in lab.rows})
+    titles = {d: t for r in lab.rows for d, t in [(r["document_id"], r["title"])]}
+    permuted = [titles[d] for d in docs]
+    np.random.default_rng(7).shuffle(permuted)
+    other = dict(zip(docs, permuted, strict=True))
+
+    def retitle(hits: list[SearchHit]) -> list[SearchHit]:
+        return [replace(h, title=other[h.document_id]) for h in hits] if shuffled else hits
 
     def rank(qid: str, q: np.ndarray[Any, Any]) -> list[str]:
         dc, ds = lab.dense(q, lab.depth)
         kc, ks = lab.keywords(qid, lab.depth)
-        return [s.key[0] for s in fuse(dc, kc, ds, ks, w)]
+        return [s.key[0] for s in fuse(retitle(dc), retitle(kc), retitle(ds), retitle(ks), w)]
 
     return rank
-
-
 
 
 def main() -> None:
