@@ -246,8 +246,8 @@ def with_parents(lab: Lab, weight: float, shuffled: bool = False) -> Callable[[s
     the titles permuted among documents (same group sizes, unrelated members), the harm parent evidence
     does when shared titles say nothing about what belongs together."""
     w = replace(lab.weights, parent_weight=weight)
-    docs = sorted({r["document_id"] for r in lab.rows})
-    titles = {d: t for r in lab.rows for d, t in [(r["document_id"], r["title"])]}
+    titles = {r["document_id"]: r["title"] for r in lab.rows}
+    docs = sorted(titles)
     permuted = [titles[d] for d in docs]
     np.random.default_rng(7).shuffle(permuted)
     other = dict(zip(docs, permuted, strict=True))

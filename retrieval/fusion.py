@@ -17,7 +17,7 @@ Evidence above the section (parent-document retrieval): a section's parent is it
 the sections of one page share a parent whether the page arrived as one document or as one document per
 section (the BEIR convention: the passages of one article carry its title). A section then gains
 
-    parent_weight * (best score above of another candidate section with the same parent)
+    parent_weight * (the best fused score, as above, of another candidate section with the same parent)
 
 so a section whose page also matches the question elsewhere ranks above an equally good section on a
 page that matches nowhere else. With `parent_weight` < 1 the sections of one parent keep their order among
@@ -34,6 +34,7 @@ than dense retrieval alone on our data (bench/RESULTS.md).
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -100,18 +101,16 @@ def parent_of(hit: SearchHit) -> str:
 
 
 def parent_evidence(scores: dict[SectionKey, float], parents: dict[SectionKey, str]) -> dict[SectionKey, float]:
-    """Per section, the best score of another section with the same parent (0 when it has none)."""
-    best: dict[str, list[tuple[float, SectionKey]]] = {}
+    """Per section that shares its parent with another candidate, the best score among those others."""
+    members: dict[str, list[tuple[float, SectionKey]]] = {}
     for key, score in scores.items():
-        top = best.setdefault(parents.get(key, key[0]), [])
-        top.append((score, key))
-        top.sort(key=lambda sk: (-sk[0], sk[1]))
-        del top[2:]
+        members.setdefault(parents[key], []).append((score, key))
     out: dict[SectionKey, float] = {}
-    for key in scores:
-        others = [score for score, other in best[parents.get(key, key[0])] if other != key]
-        if others:
-            out[key] = others[0]
+    for group in members.values():
+        if len(group) > 1:
+            (first, best), (second, _) = heapq.nlargest(2, group)
+            for _, key in group:
+                out[key] = second if key == best else first
     return out
 
 
