@@ -38,7 +38,7 @@ _WORD = re.compile(r"[a-z0-9]+")
 _IDENTIFIER = re.compile(r"^[a-z][a-z0-9]{5,}$")
 
 
-def _read(path: Path) -> str:
+def read(path: Path) -> str:
     if path.suffix == ".lz4":
         return subprocess.run(["lz4cat", str(path)], check=True, capture_output=True, text=True).stdout
     return path.read_text(encoding="utf-8")
@@ -113,7 +113,7 @@ def main() -> None:
         raise SystemExit(f"no Translation-en index in {args.lists}: see this script's docstring for apt-get update")
     packages: dict[str, tuple[str, str]] = {}
     for f in files:
-        for name, value in parse_translations(_read(f)).items():
+        for name, value in parse_translations(read(f)).items():
             packages.setdefault(name, value)
     for size in (int(s) for s in args.sizes.split(",")):
         build(packages, size, args.out)

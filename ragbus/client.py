@@ -111,15 +111,26 @@ def _jsonl(file: Path, settings: Settings, store: DocumentStore | None, tenant: 
                 continue
             try:
                 row = json.loads(line)
-                doc_id, text = str(row["id"]), row["text"]
-            except (ValueError, KeyError, TypeError) as exc:
+            except ValueError as exc:
                 raise InputError(f"{file}:{n}: expected a JSON object with 'id' and 'text' ({exc})") from exc
-            if not isinstance(text, str):
-                raise InputError(f"{file}:{n}: 'text' must be a string")
-            yield _event(settings, store, tenant=tenant, correlation=correlation, doc_id=id_prefix + doc_id,
-                         title=str(row.get("title", "")), source=f"{file.as_posix()}:{n}",
-                         content_type=ContentType(row.get("content_type", "text/plain")), data=text,
-                         metadata=row.get("metadata") or {})
+            yield row_event(settings, store, row, tenant=tenant, correlation=correlation,
+                            source=f"{file.as_posix()}:{n}", id_prefix=id_prefix)
+
+
+def row_event(settings: Settings, store: DocumentStore | None, row: Any, *, tenant: str, correlation: str,
+              source: str, id_prefix: str = "") -> DocumentArrived:
+    """The event for one JSONL row (`id`, `text`, optional `title`, `content_type`, `metadata`): what
+    `ragbus ingest` publishes for it, and so what `ragbus eval` and the benchmarks publish too."""
+    if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("text"), str):
+        raise InputError(f"{source}: expected a JSON object with 'id' and 'text' (a string)")
+    try:
+        content_type = ContentType(row.get("content_type", ContentType.TEXT.value))
+    except ValueError:
+        raise InputError(f"{source}: content_type {row.get('content_type')!r} is not one of "
+                         f"{', '.join(c.value for c in ContentType)}") from None
+    return _event(settings, store, tenant=tenant, correlation=correlation, doc_id=id_prefix + str(row["id"]),
+                  title=str(row.get("title") or ""), source=source, content_type=content_type, data=row["text"],
+                  metadata=row.get("metadata") or {})
 
 
 def check_known(store: DocumentStore, deletes: list[DocumentDeleted]) -> list[DocumentDeleted]:

@@ -27,10 +27,10 @@ from infra.kafka.tail import Tail
 from infra.settings import Settings
 from kernel.errors import RagbusError
 from retrieval.evaluation import Scores, bootstrap_interval, documents, score
-from schemas.events import TOP_K_MAX, AnswerGenerated, ContentType, DocumentArrived, QueryRequested
+from schemas.events import TOP_K_MAX, AnswerGenerated, DocumentArrived, QueryRequested
 from schemas.topics import TOPICS
 
-from .client import InputError, _event, publish, wait_final
+from .client import InputError, publish, row_event, wait_final
 
 
 @dataclass(frozen=True)
@@ -81,12 +81,11 @@ def load_set(directory: Path) -> EvalSet:
 
 
 def corpus_events(settings: Settings, eval_set: EvalSet, tenant: str, correlation: str) -> list[DocumentArrived]:
+    """The corpus as `ragbus ingest` would publish it (a row's `content_type` and `metadata` included)."""
     store = wiring.build_store(settings)
     try:
-        return [_event(settings, store, tenant=tenant, correlation=correlation, doc_id=str(row["id"]),
-                       title=str(row.get("title") or ""), source=f"{eval_set.corpus.as_posix()}:{n}",
-                       content_type=ContentType.TEXT, data=row["text"], metadata=row.get("metadata") or {})
-                for n, row in _rows(eval_set.corpus)]
+        return [row_event(settings, store, row, tenant=tenant, correlation=correlation,
+                          source=f"{eval_set.corpus.as_posix()}:{n}") for n, row in _rows(eval_set.corpus)]
     finally:
         store.close()
 
