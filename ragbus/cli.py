@@ -254,19 +254,18 @@ def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
 
 
 @app.command("eval")
-def eval_(directory: Path = typer.Argument(..., help="a BEIR directory: corpus.jsonl, queries.jsonl, qrels.tsv"),
-          tenant: str = typer.Option(None, help="tenant to ingest into (default: a fresh one) or to score"),
+def eval_(directories: list[Path] = typer.Argument(..., help="BEIR directories: corpus.jsonl, queries.jsonl, "
+                                                           "qrels.tsv (several: one table)"),
+          tenant: str = typer.Option(None, help="tenant to ingest into (default: a fresh one) or to score; with "
+                                                "several sets a prefix: set N uses TENANT-N"),
           no_ingest: bool = typer.Option(False, "--no-ingest", help="score an existing tenant (needs --tenant)"),
-          as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+          as_json: bool = typer.Option(False, "--json", help="print one JSON object per set, one per line"),
+          baseline: Path = typer.Option(None, help="an earlier --json output: paired nDCG@10 differences to it"),
           top_k: int = typer.Option(100, "--top-k", help="chunks retrieved per query (recall@100 needs 100)"),
           concurrency: int = typer.Option(1, min=1, max=64, help="queries in flight (1: latency of one query)"),
           timeout: float = typer.Option(3600.0, help="seconds for ingestion, and again for the queries")) -> None:
-    """Ingest a BEIR set into the running stack, ask every query through the bus, print retrieval metrics."""
-    import time
-
+    """Ingest BEIR sets into the running stack, ask every query through the bus, print retrieval metrics."""
     from pydantic import ValidationError
-    from rich.console import Console
-    from rich.progress import Progress
 
     from infra.kafka.clients import check_reachable
     from infra.kafka.serde import summarize
@@ -278,16 +277,49 @@ def eval_(directory: Path = typer.Argument(..., help="a BEIR directory: corpus.j
     evaluate.check_top_k(top_k)
     if no_ingest and not tenant:
         raise RagbusError("--no-ingest scores an existing tenant: name it with --tenant")
-    tenant = tenant or f"eval-{uuid.uuid4().hex[:8]}"
+    run = uuid.uuid4().hex[:8]
+    tenants = [(tenant or f"eval-{run}") + (f"-{n}" if len(directories) > 1 else "")
+               for n in range(1, len(directories) + 1)]
     try:
-        Envelope(tenant=tenant)  # a bad tenant name fails here, as one line, not after the ingestion
+        for t in tenants:
+            Envelope(tenant=t)  # a bad tenant name fails here, as one line, not after the ingestion
     except ValidationError as exc:
         raise RagbusError(f"invalid --tenant: {summarize(exc)}") from exc
-    eval_set = evaluate.load_set(directory)
+    sets = [evaluate.load_set(d) for d in directories]  # every set is checked before anything is published
+    baselines = evaluate.load_baseline(baseline) if baseline is not None else None
     check_reachable(settings)
+    results, unanswered = [], 0
+    for directory, eval_set, t in zip(directories, sets, tenants, strict=True):
+        result, missed = _eval_one(settings, eval_set, t, ingest=not no_ingest, top_k=top_k,
+                                   concurrency=concurrency, timeout=timeout, quiet=as_json)
+        results.append(result)
+        unanswered += missed
+        if as_json:
+            typer.echo(json.dumps(result))
+        else:
+            _print_eval(directory, result, baselines)
+    if len(results) > 1 and not as_json:
+        typer.echo("")
+        for line in evaluate.table(results, baselines):
+            typer.echo(line)
+    if unanswered:
+        typer.echo(f"{unanswered} queries got no answer within {timeout:.0f}s: is `ragbus up` running?", err=True)
+        raise typer.Exit(1)
+
+
+def _eval_one(settings: Settings, eval_set: Any, tenant: str, *, ingest: bool, top_k: int, concurrency: int,
+              timeout: float, quiet: bool) -> tuple[dict[str, Any], int]:
+    """One set through the bus: ingested into `tenant` (unless it is already there), asked, scored."""
+    import time
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from . import evaluate
+
     ingested, ingest_s = 0, 0.0
-    with Progress(console=Console(stderr=True), transient=as_json) as progress:  # stdout keeps the result
-        if not no_ingest:
+    with Progress(console=Console(stderr=True), transient=quiet) as progress:  # stdout keeps the result
+        if ingest:
             events = evaluate.corpus_events(settings, eval_set, tenant, f"eval-{tenant}")
             bar = progress.add_task(f"indexing into tenant {tenant}", total=len(events))
             started = time.monotonic()
@@ -303,21 +335,26 @@ def eval_(directory: Path = typer.Argument(..., help="a BEIR directory: corpus.j
                                  timeout_s=timeout, progress=lambda: progress.advance(bar))
     result = evaluate.report(eval_set, asked, tenant=tenant, documents_ingested=ingested, ingest_s=ingest_s,
                              top_k=top_k)
-    if as_json:
-        typer.echo(json.dumps(result))
-    else:
-        lo, hi = result["ndcg@10_ci95"]
-        typer.echo(f"{directory}: {result['queries']} queries, tenant {tenant}"
-                   + (f", {ingested} documents ingested in {ingest_s:.0f}s" if ingested else ""))
-        typer.echo(f"nDCG@10 {result['ndcg@10']:.4f} (95% bootstrap interval {lo:.3f}-{hi:.3f})  "
-                   f"recall@10 {result['recall@10']:.4f}  recall@100 {result['recall@100']:.4f}  "
-                   f"MRR@10 {result['mrr@10']:.4f}")
-        typer.echo(f"query latency p50 {result['latency_ms']['p50']} ms, p95 {result['latency_ms']['p95']} ms "
-                   f"(retrieval in the answerer p50 {result['retrieve_ms']['p50']} ms)")
-    if asked.unanswered:
-        typer.echo(f"{len(asked.unanswered)} queries got no answer within {timeout:.0f}s: is `ragbus up` running?",
-                   err=True)
-        raise typer.Exit(1)
+    return result, len(asked.unanswered)
+
+
+def _print_eval(directory: Path, result: dict[str, Any], baselines: dict[str, Any] | None) -> None:
+    from . import evaluate
+
+    lo, hi = result["ndcg@10_ci95"]
+    ingested = result["documents_ingested"]
+    typer.echo(f"{directory}: {result['queries']} queries, tenant {result['tenant']}"
+               + (f", {ingested} documents ingested in {result['ingest_s']:.0f}s" if ingested else ""))
+    typer.echo(f"nDCG@10 {result['ndcg@10']:.4f} (95% bootstrap interval {lo:.3f}-{hi:.3f})  "
+               f"recall@10 {result['recall@10']:.4f}  recall@100 {result['recall@100']:.4f}  "
+               f"MRR@10 {result['mrr@10']:.4f}")
+    typer.echo(f"query latency p50 {result['latency_ms']['p50']} ms, p95 {result['latency_ms']['p95']} ms "
+               f"(retrieval in the answerer p50 {result['retrieve_ms']['p50']} ms)")
+    other = baselines.get(directory.name) if baselines is not None else None
+    if baselines is not None:
+        diff = evaluate.versus(result, other) if other is not None else None
+        typer.echo(f"vs baseline: nDCG@10 {diff[0]:+.4f} (paired 95% interval {diff[1]:+.3f}..{diff[2]:+.3f})"
+                   if diff else f"vs baseline: {directory.name} is not in it")
 
 
 def _query(path: Path, n: int, row: dict[str, Any], **options: Any) -> Any:

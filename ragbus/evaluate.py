@@ -26,7 +26,7 @@ from infra.kafka.clients import EventProducer
 from infra.kafka.tail import Tail
 from infra.settings import Settings
 from kernel.errors import RagbusError
-from retrieval.evaluation import Scores, bootstrap_interval, documents, score
+from retrieval.evaluation import Scores, bootstrap_interval, documents, paired_difference, score
 from schemas.events import TOP_K_MAX, AnswerGenerated, DocumentArrived, QueryRequested
 from schemas.topics import TOPICS
 
@@ -151,13 +151,54 @@ def report(eval_set: EvalSet, asked: Asked, *, tenant: str, documents_ingested: 
     scores: Scores = score(asked.rankings, judged)
     metrics = scores.means()
     return {
-        "tenant": tenant, "queries": len(judged), "answered": len(asked.rankings),
-        "documents_ingested": documents_ingested, "ingest_s": round(ingest_s, 1), "top_k": top_k,
-        **metrics, "ndcg@10_ci95": list(bootstrap_interval(scores.ndcg10)),
+        "set": str(eval_set.corpus.parent), "tenant": tenant, "queries": len(judged),
+        "answered": len(asked.rankings), "documents_ingested": documents_ingested, "ingest_s": round(ingest_s, 1),
+        "top_k": top_k, **metrics, "ndcg@10_ci95": list(bootstrap_interval(scores.ndcg10)),
         "latency_ms": {"p50": percentile(asked.round_trip_ms, 50), "p95": percentile(asked.round_trip_ms, 95)},
         "retrieve_ms": {"p50": percentile(asked.retrieve_ms, 50), "p95": percentile(asked.retrieve_ms, 95)},
         "unanswered": asked.unanswered[:20],
+        # per query, so a later run can be compared with this one on the same questions (--baseline)
+        "ndcg@10_per_query": dict(zip(sorted(judged), scores.ndcg10, strict=True)),
     }
+
+
+def load_baseline(path: Path) -> dict[str, dict[str, Any]]:
+    """Results of an earlier `ragbus eval --json` (one JSON object per line), by set directory name."""
+    try:
+        lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--baseline {path}: not the output of `ragbus eval --json` ({exc})") from exc
+    out = {Path(r["set"]).name: r for r in lines if isinstance(r, dict) and "ndcg@10_per_query" in r}
+    if not out:
+        raise InputError(f"--baseline {path}: no set with per-query scores (made by `ragbus eval --json`)")
+    return out
+
+
+def versus(result: dict[str, Any], baseline: dict[str, Any]) -> tuple[float, float, float] | None:
+    """This run's nDCG@10 minus the baseline's over the questions both scored, with its paired 95% interval."""
+    mine, theirs = result["ndcg@10_per_query"], baseline["ndcg@10_per_query"]
+    common = sorted(set(mine) & set(theirs))
+    if not common:
+        return None
+    return paired_difference([theirs[q] for q in common], [mine[q] for q in common])
+
+
+def table(results: list[dict[str, Any]], baselines: dict[str, dict[str, Any]] | None) -> list[str]:
+    """One line per set: the figures `ragbus eval` prints for several sets at once."""
+    lines = ["| set | queries | nDCG@10 (95% CI) | recall@10 | recall@100 | MRR@10 | round trip p50 / p95 ms "
+             "| retrieve p50 ms |" + (" vs baseline (95% CI) |" if baselines is not None else ""),
+             "|---|---|---|---|---|---|---|---|" + ("---|" if baselines is not None else "")]
+    for r in results:
+        lo, hi = r["ndcg@10_ci95"]
+        line = (f"| {Path(r['set']).name} | {r['queries']} | {r['ndcg@10']:.3f} ({lo:.3f}-{hi:.3f}) | "
+                f"{r['recall@10']:.3f} | {r['recall@100']:.3f} | {r['mrr@10']:.3f} | {r['latency_ms']['p50']} / "
+                f"{r['latency_ms']['p95']} | {r['retrieve_ms']['p50']} |")
+        if baselines is not None:
+            other = baselines.get(Path(r["set"]).name)
+            diff = versus(r, other) if other is not None else None
+            line += f" {diff[0]:+.3f} ({diff[1]:+.3f}, {diff[2]:+.3f}) |" if diff else " (not in the baseline) |"
+        lines.append(line)
+    return lines
 
 
 def check_top_k(top_k: int) -> None:

@@ -56,3 +56,27 @@ def test_eval_input_errors_are_one_line(stack: tuple[Stack, Settings], tmp_path:
     assert done.returncode == 2 and "corpus.jsonl: no such file" in done.stderr
     done = cli(settings, "eval", str(write_set(tmp_path / "set")), "--no-ingest")
     assert done.returncode == 2 and "--tenant" in done.stderr
+
+
+def test_eval_runs_several_sets_in_one_table_and_compares_with_a_baseline(
+        stack: tuple[Stack, Settings], tmp_path: Path) -> None:
+    _, settings = stack
+    first, second = write_set(tmp_path / "first"), write_set(tmp_path / "second")
+    done = cli(settings, "eval", str(first), str(second), "--json", "--top-k", "10")
+    assert done.returncode == 0, done.stderr
+    results = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [Path(r["set"]).name for r in results] == ["first", "second"]
+    assert [r["tenant"][-2:] for r in results] == ["-1", "-2"]  # one fresh tenant per set
+    assert all(r["recall@10"] == 1.0 and len(r["ndcg@10_per_query"]) == 3 for r in results)
+    saved = tmp_path / "baseline.jsonl"
+    saved.write_text(done.stdout)
+
+    prefix = results[0]["tenant"][:-2]
+    again = cli(settings, "eval", str(first), str(second), "--no-ingest", "--tenant", prefix, "--baseline",
+                str(saved), "--top-k", "10")
+    assert again.returncode == 0, again.stderr
+    rows = [line for line in again.stdout.splitlines() if line.startswith(("| first", "| second"))]
+    assert len(rows) == 2 and all("+0.000 (+0.000, +0.000)" in row for row in rows), again.stdout
+
+    bad = cli(settings, "eval", str(first), "--baseline", str(first / "qrels.tsv"))
+    assert bad.returncode == 2 and "--baseline" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
