@@ -34,6 +34,8 @@ from lancedb.query import BooleanQuery, FullTextQuery, MatchQuery, Occur
 from kernel.errors import ConfigurationError
 from kernel.ports import Candidates, ChunkRecord, Level, Metadata, SearchHit, SearchRequest, WriteFailure
 
+from .rows import checked, conditions, meta_terms
+
 TABLE = "chunks"
 #: Below this many rows exact search is fast and perfectly accurate; above it, build an ANN index.
 ANN_MIN_ROWS = 20_000
@@ -74,10 +76,6 @@ ADDED = {"level": "'chunk'", "section": "CAST(0 AS INT)", "heading": "title"}
 
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
-
-
-def _meta_terms(metadata: Metadata) -> list[str]:
-    return [f"{k}={json.dumps(v)}" for k, v in sorted(metadata.items())]
 
 
 def heading(title: str, section_path: Sequence[str]) -> str:
@@ -190,20 +188,14 @@ class LanceVectorIndex:
     def upsert(self, chunks: Sequence[ChunkRecord]) -> list[WriteFailure]:
         if not chunks:
             return []
-        rows, failures = [], []
-        # one row per id (the last wins): a batch may carry the same event twice, and merge_insert
-        # refuses a source with duplicate keys
-        for c in {c.chunk_id: c for c in chunks}.values():
-            if c.vector.shape != (self._dim,):
-                failures.append(WriteFailure(c.chunk_id, f"vector has shape {c.vector.shape}, expected ({self._dim},)"))
-                continue
-            rows.append({
-                "chunk_id": c.chunk_id, "tenant": c.tenant, "document_id": c.document_id, "version": c.version,
-                "idx": c.index, "level": c.level.value, "section": c.section, "text": c.text, "title": c.title,
-                "section_path": json.dumps(list(c.section_path)), "heading": heading(c.title, c.section_path),
-                "source": c.source, "meta": _meta_terms(c.metadata), "metadata": json.dumps(dict(c.metadata)),
-                "vector": np.asarray(c.vector, dtype=np.float32),
-            })
+        valid, failures = checked(chunks, self._dim)
+        rows = [{
+            "chunk_id": c.chunk_id, "tenant": c.tenant, "document_id": c.document_id, "version": c.version,
+            "idx": c.index, "level": c.level.value, "section": c.section, "text": c.text, "title": c.title,
+            "section_path": json.dumps(list(c.section_path)), "heading": heading(c.title, c.section_path),
+            "source": c.source, "meta": meta_terms(c.metadata), "metadata": json.dumps(dict(c.metadata)),
+            "vector": np.asarray(c.vector, dtype=np.float32),
+        } for c in valid]
         if rows:
             with self._lock:
                 data = pa.Table.from_pylist(rows, schema=self._schema).select(self._table.schema.names)
@@ -222,13 +214,9 @@ class LanceVectorIndex:
         clauses = [f"tenant = {_quote(tenant)}"]
         if set(levels) != set(Level):
             clauses.append(f"level IN ({', '.join(_quote(lv.value) for lv in levels)})")
-        for key, value in sorted((filters or {}).items()):
-            if key == "document_id":
-                clauses.append(f"document_id = {_quote(str(value))}")
-            elif key == "source":
-                clauses.append(f"source = {_quote(str(value))}")
-            else:
-                clauses.append(f"array_has(meta, {_quote(_meta_terms({key: value})[0])})")
+        for cond in conditions(filters):
+            clauses.append(f"array_has(meta, {_quote(cond.value)})" if cond.field == "meta"
+                           else f"{cond.field} = {_quote(cond.value)}")
         return " AND ".join(clauses)
 
     def search(self, tenant: str, request: SearchRequest) -> Candidates:
