@@ -6,19 +6,18 @@ What it models: collections with a self-provided named vector, multi-tenancy wit
 creation, batch upserts by uuid with per-object errors (a vector of the wrong length is refused),
 filters (equal, less than, contains any, and/or) on text, int and text[] properties, near_vector search
 (cosine distance), BM25 search over the query properties with per-property boosts (`name^2`, BM25F-style
-weighted term frequencies and lengths), hybrid search (BM25 + cosine, relative score fusion, alpha),
-fetch with filters, delete-many by filter, object counts (with filters), schema updates (PUT) and tenant
-listing.
+weighted term frequencies and lengths), fetch with filters, delete-many by filter, object counts (with
+filters), schema updates (PUT) and tenant listing.
 
-Where it answers like the real server, that is on purpose and sourced: hybrid fusion follows Weaviate's
-FusionRelativeScore (its own implementation below, not ragbus's fusion), a read of a tenant that does
+Where it answers like the real server, that is on purpose and sourced: a read of a tenant that does
 not exist fails with gRPC UNKNOWN (the server returns a plain error there), `tenants.exists` is the REST
 HEAD /v1/schema/{class}/tenants/{name} answering 200 or 404.
 
 What it does not model (so tests here cannot tell you about it): HNSW approximation and recall,
 Weaviate's exact BM25 tokenisation (it splits on non-word characters; ragbus searches pre-analysed text
 split on spaces, which splits the same) and stopword handling, consistency levels, replication, persistence,
-authentication, references, generative and rerank modules, and every schema default the real server
+authentication, references, hybrid search (the adapter asks for each retriever's candidates and
+retrieval/ fuses them), generative and rerank modules, and every schema default the real server
 fills in beyond what the client needs to parse it.
 """
 
@@ -266,23 +265,6 @@ def _bm25(query: str, objs: list[tuple[str, dict[str, Any]]], fields: list[str])
     return sorted(scores.items(), key=lambda kv: -kv[1])
 
 
-def _relative_score_fusion(result_sets: list[tuple[float, list[tuple[str, float, str]]]]) -> list[tuple[str, float]]:
-    """Weaviate's FusionRelativeScore (usecases/traverser/hybrid), written from its documented algorithm, not
-    from ragbus's: per result set, scores are min-max normalised and weighted (a set whose scores are all
-    equal gives each result the full weight); the sums are sorted by score, then by the secondary sort
-    value (the raw score of the last set that held the result), then by id. Sets come keyword first."""
-    fused: dict[str, tuple[float, float]] = {}
-    for weight, results in result_sets:
-        if not results:
-            continue
-        lo, hi = min(r[1] for r in results), max(r[1] for r in results)
-        for uid, raw, _ in results:
-            score = weight * ((raw - lo) / (hi - lo) if hi != lo else 1.0)
-            fused[uid] = (fused.get(uid, (0.0, 0.0))[0] + score, raw)
-    ranked = sorted(fused.items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0]))
-    return [(uid, score) for uid, (score, _) in ranked]
-
-
 class Servicer(weaviate_pb2_grpc.WeaviateServicer):
     def __init__(self, store: Store) -> None:
         self.s = store
@@ -332,24 +314,7 @@ class Servicer(weaviate_pb2_grpc.WeaviateServicer):
         kept = [(u, o) for u, o in objs.items()
                 if not request.HasField("filters") or _match(request.filters, o["props"])]
         limit = request.limit or 10
-        if request.HasField("hybrid_search"):
-            h = request.hybrid_search
-            vec = next((_vector(v.vector_bytes) for v in h.vectors), None)
-            if vec is None and h.vector_bytes:
-                vec = _vector(h.vector_bytes)
-            target = (list(h.targets.target_vectors) or list(h.target_vectors) or [None])[0]
-            alpha = h.alpha_param if h.use_alpha_param else h.alpha
-            vec_hits = []
-            if vec is not None and alpha > 0:
-                for u, o in kept:
-                    v = o["vectors"].get(target) if target else next(iter(o["vectors"].values()), None)
-                    if v is not None:
-                        vec_hits.append((u, float(np.dot(v, vec) / (np.linalg.norm(v) * np.linalg.norm(vec) or 1)), u))
-                vec_hits.sort(key=lambda x: -x[1])
-            kw = [(u, s, u) for u, s in _bm25(h.query, [(u, o["props"]) for u, o in kept], list(h.properties))] \
-                if alpha < 1 else []
-            ranked = _relative_score_fusion([(1.0 - alpha, kw), (alpha, vec_hits)])[:limit]
-        elif request.HasField("near_vector"):
+        if request.HasField("near_vector"):
             nv = request.near_vector
             vec = next((_vector(v.vector_bytes) for v in nv.vectors), None)
             if vec is None:
