@@ -18,9 +18,11 @@
   consuming after some rebalances (faust-streaming #175, #532). Lag comes from the fetch high-water
   mark the client already has (Tansu answers ListOffsets(latest) wrongly).
 - **Broken**: the failure breaker is open (infra/kafka/delivery.py): the stage holds its events.
+- **Degraded**: the stage goes on, in a reduced mode an operator must mend: the answerer while its answer
+  model refuses every request (it answers extractively; consumers/model_guard.py).
 
-States, worst first: broken, stalled, disconnected, starting, ok. `/health` answers the state of
-every stage in the process as JSON, 503 when one is stalled or broken. The same state is in the
+States, worst first: broken, stalled, degraded, disconnected, starting, ok. `/health` answers the state of
+every stage in the process as JSON, 503 when one is broken, stalled or degraded. The same state is in the
 `ragbus_stage_*` gauges and in a small JSON file per process in `<data_dir>/health/`, which
 `ragbus status` reads on one machine.
 """
@@ -50,7 +52,7 @@ from kernel.errors import ConfigurationError
 STALE_AFTER_S = 30.0
 #: Batch durations remembered for the derived stall bound.
 RECENT_BATCHES = 32
-UNHEALTHY = frozenset({"broken", "stalled"})
+UNHEALTHY = frozenset({"broken", "stalled", "degraded"})
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,8 @@ class Health:
         self.last_crash: dict[str, Any] | None = None
         #: Why the stage stopped taking events (its failure breaker is open), or None.
         self.broken_reason: str | None = None
+        #: Why the stage works in a reduced mode (the answerer without its model), or None.
+        self.degraded_reason: str | None = None
         # evaluated at each scrape, so they are true even while the stage's loop is stuck in a batch
         metrics.ready.labels(stage).set_function(lambda: 1.0 if self.ready() else 0.0)
         metrics.stalled.labels(stage).set_function(lambda: 1.0 if self.stalled() else 0.0)
@@ -210,6 +214,13 @@ class Health:
         self._metrics.broken.labels(self.stage).set(0)
         self.write()
 
+    def degraded(self, reason: str | None) -> None:
+        """The stage goes on in a reduced mode for `reason`; None: fully working again."""
+        with self._lock:
+            self.degraded_reason = reason
+        self._metrics.degraded.labels(self.stage).set(0 if reason is None else 1)
+        self.write()
+
     def crashed(self, where: str, correlation_id: str, error: BaseException) -> None:
         """An unexpected exception out of the stage's handler (the event was isolated and dead-lettered)."""
         with self._lock:
@@ -253,6 +264,8 @@ class Health:
                 return "broken"
             if self.stalled():
                 return "stalled"
+            if self.degraded_reason is not None:
+                return "degraded"
             if not self._connected:
                 return "disconnected"
             return "ok" if self._assignment is not None else "starting"
@@ -264,6 +277,7 @@ class Health:
             return {
                 "stage": self.stage, "pid": os.getpid(), "state": self.state(), "live": self.live(),
                 "ready": self.ready(), "stalled": stalled, "broken": self.broken_reason,
+                "degraded": self.degraded_reason,
                 "lag": sum(p.lag for p in self._partitions.values()), "stuck_s": round(self.stuck_s(), 1),
                 "partitions": {tp: {"lag": p.lag, "committed": p.committed, "high": p.high,
                                     "stuck_s": round(p.stuck_s(now), 1)}
@@ -321,7 +335,7 @@ def read_health(directory: Path) -> list[dict[str, Any]]:
 
 
 def overall(snaps: list[dict[str, Any]]) -> str:
-    order = ("broken", "stalled", "disconnected", "starting", "ok")
+    order = ("broken", "stalled", "degraded", "disconnected", "starting", "ok")
     states = {s["state"] for s in snaps}
     return next((s for s in order if s in states), "ok")
 
