@@ -335,7 +335,8 @@ class Settings(BaseSettings):
         return LOCAL_FETCH_WAIT_MS if self.kafka.bootstrap_servers is None else 500
 
     def resolve_bootstrap(self) -> str | None:
-        """The configured bootstrap servers, else the local broker recorded by `ragbus up`."""
+        """The configured bootstrap servers, else the local broker recorded by `ragbus up` (unless it is
+        recorded as lost: infra/kafka/broker.py)."""
         if self.kafka.bootstrap_servers:
             return self.kafka.bootstrap_servers
         try:
@@ -343,4 +344,4 @@ class Settings(BaseSettings):
         except (OSError, ValueError):
             return None
         value = info.get("bootstrap")
-        return value if isinstance(value, str) else None
+        return value if isinstance(value, str) and "lost" not in info else None

@@ -348,6 +348,8 @@ def status(as_json: bool = typer.Option(False, "--json"),
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
+    if report["broker_lost"]:
+        typer.echo(f"broker: LOST: {report['broker_lost']}")
     docs = ", ".join(f"{k} {v}" for k, v in sorted(report["documents"].items())) or "none"
     typer.echo(f"documents: {docs}")
     typer.echo(f"chunks: document store {report['chunks']['document_store']}, "
@@ -364,7 +366,7 @@ def status(as_json: bool = typer.Option(False, "--json"),
         why = f" ({reason})" if reason else ""
         typer.echo(f"stage {st['stage']} (pid {st['pid']}): {state.upper() if state != 'ok' else state}{why}, "
                    f"lag {st['lag']}, processed {st['processed']}")
-    if any(st["state"] in UNHEALTHY for st in stages):
+    if report["broker_lost"] or any(st["state"] in UNHEALTHY for st in stages):
         raise typer.Exit(3)
 
 
