@@ -44,10 +44,12 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from infra.ops import logs
 from infra.ops.metrics import Metrics
 from infra.settings import Settings
 from kernel.errors import ConfigurationError
 
+log = logs.get(__name__)
 #: A health file not refreshed for this long belongs to a process that is gone.
 STALE_AFTER_S = 30.0
 #: Batch durations remembered for the derived stall bound.
@@ -118,6 +120,7 @@ class Health:
         self.last_crash: dict[str, Any] | None = None
         #: Why the stage stopped taking events (its failure breaker is open), or None.
         self.broken_reason: str | None = None
+        self._write_error: str | None = None
         #: Why the stage works in a reduced mode (the answerer without its model), or None.
         self.degraded_reason: str | None = None
         # evaluated at each scrape, so they are true even while the stage's loop is stuck in a batch
@@ -292,12 +295,23 @@ class Health:
             }
 
     def write(self) -> None:
+        """Refresh the health file. A full or vanished data directory must not end the stage (it is often the
+        very fault the file should report): the failure is logged once per distinct error, and `/health` still
+        answers from memory."""
         if self._path is None:
             return
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.snapshot()))
-        tmp.replace(self._path)
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.snapshot()))
+            tmp.replace(self._path)
+        except OSError as exc:
+            if str(exc) != self._write_error:
+                log.warning("cannot write the health file; /health still answers", stage=self.stage,
+                            path=str(self._path), error=str(exc)[:200])
+            self._write_error = str(exc)
+        else:
+            self._write_error = None
 
     def remove(self) -> None:
         if self._path is not None:
@@ -312,10 +326,7 @@ def report(healths: list[Health], every_s: float = 2.0) -> threading.Event:
     def loop() -> None:
         while not stop.wait(every_s):
             for h in healths:
-                try:
-                    h.write()
-                except OSError:  # a full or vanished data directory must not end the process
-                    continue
+                h.write()
 
     threading.Thread(target=loop, name="ragbus-health", daemon=True).start()
     return stop
