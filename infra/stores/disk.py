@@ -37,7 +37,7 @@ def trouble(directory: Path) -> str | None:
     except OSError as exc:
         if exc.errno in DISK_ERRNOS:
             return f"{errno.errorcode.get(exc.errno or 0, exc.errno)}: {exc.strerror} (writing in {directory})"
-        raise
+        return None  # not the disk (e.g. permissions): the write's own error surfaces as it is
     finally:
         probe.unlink(missing_ok=True)
     stats = os.statvfs(directory)

@@ -56,3 +56,11 @@ def test_a_full_disk_is_transient_for_lancedb_and_sqlite_and_writes_resume(tmp_p
     assert got["full"]["sqlite"].startswith("RetryableError: sqlite: SQLITE_"), got["full"]
     assert got["back"] == {"lance": "ok", "sqlite": "ok"}
     assert got["rows"] == [40, 40]
+
+
+def test_a_disk_that_takes_writes_or_a_fault_that_is_not_the_disk_is_not_called_full(tmp_path: Path) -> None:
+    from infra.stores.disk import trouble
+
+    assert trouble(tmp_path) is None  # a healthy disk (the test machines have far more than 64 MiB free)
+    assert trouble(tmp_path / "missing") is None  # ENOENT: not the disk's fault, the write's error surfaces
+    assert list(tmp_path.iterdir()) == []  # the probe leaves nothing behind
