@@ -2,11 +2,18 @@
 flow; then an audit of the stores themselves.
 
     python bench/chaos.py [--corpus ../shared/data/pydocs-faq-dev/corpus.jsonl] [--docs 300] [--kills 12]
+                          [--replicas 2] [--scale-embedder]
 
 The stages run as separate processes on the local broker (as `ragbus up` runs them); a killer SIGKILLs
-a random one every few seconds and the supervisor restarts it. The workload: every document at
-version 1; later, updates (version 2) of some, re-sends of identical events, stale version-1 events
-arriving after version 2, deletes (version 3) of others, and queries throughout. At the end it checks:
+a random one every few seconds and the supervisor restarts it. With `--replicas N` every stage runs in N
+processes of its own (`ragbus worker STAGE`) sharing its topic's partitions, so each kill makes the group
+hand the dead member's partitions to a survivor in the middle of its batches (a rebalance), and the
+restart another. With `--scale-embedder` the embedder goes from 1 process to 3 and back to 1 during the
+ingest (scaled-in processes stop with SIGTERM, as a rollout or an autoscaler stops them).
+
+The workload: every document at version 1; later, updates (version 2) of some, re-sends of identical
+events, stale version-1 events arriving after version 2, deletes (version 3) of others, and queries
+throughout. At the end it checks:
 
 - every live document is `indexed` at its latest version with exactly its chunks (ids recomputed here
   by chunking the text independently) in both the document store and the vector index;
@@ -47,12 +54,13 @@ from confluent_kafka import TopicPartition
 from chunking.splitter import Chunker
 from infra import wiring
 from infra.kafka.clients import EventProducer, make_consumer, partition_ids, topic_name
+from infra.kafka.deadletters import list_dead_letters
 from infra.models.embedder import embedding_dim, load_tokenizer
 from infra.ops import logs
 from infra.settings import Settings
-from ragbus.supervisor import Stack
+from ragbus.supervisor import PROCESSES, Stack
 from schemas.events import DocumentArrived, DocumentDeleted, QueryRequested, Status, chunk_uuid
-from schemas.topics import TOPICS, document_key
+from schemas.topics import STAGES, TOPICS, document_key
 from tests import hostile
 
 DEFAULT_CORPUS = Path(__file__).resolve().parent.parent.parent / "shared/data/pydocs-faq-dev/corpus.jsonl"
@@ -108,18 +116,36 @@ def answers_by_query(settings: Settings) -> dict[str, set[str]]:
 
 def dead_letter_keys(settings: Settings) -> dict[str, set[str]]:
     """Keys of every dead letter, by stage."""
-    out: dict[str, set[str]] = {}
-    for stage in ("chunker", "embedder", "indexer", "status", "answerer"):
-        spec = TOPICS.dead_letter(stage)
-        consumer = make_consumer(settings, None)
-        name = topic_name(settings, spec)
-        consumer.assign([TopicPartition(name, p, 0) for p in partition_ids(consumer, name)])
-        keys: set[str] = set()
-        while batch := consumer.consume(1000, 2.0):
-            keys.update((m.key() or b"").decode() for m in batch if m.error() is None)
-        consumer.close()
-        out[stage] = keys
+    out: dict[str, set[str]] = {stage: set() for stage in STAGES}
+    for dl in list_dead_letters(settings, list(STAGES), idle_s=2.0):
+        out[dl.stage].add(dl.key or "")
     return out
+
+
+class Scaler(threading.Thread):
+    """The embedder from 1 process to 3 after `up_s`, back to 1 after `down_s` (seconds from the start)."""
+
+    def __init__(self, stack: Stack, up_s: float, down_s: float) -> None:
+        super().__init__(daemon=True)
+        self.stack, self.up_s, self.down_s = stack, up_s, down_s
+        self.events: list[tuple[float, int]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        started = time.monotonic()
+        for at, n in ((self.up_s, 3), (self.down_s, 1)):
+            if self.stop.wait(max(0.0, started + at - time.monotonic())):
+                return
+            self.stack.scale(("embedder",), n)
+            self.events.append((round(time.monotonic() - started, 1), n))
+
+
+def layout(replicas: int, scale_embedder: bool) -> tuple[tuple[str, ...], ...]:
+    """The stack's processes: `ragbus up`'s layout, or every stage alone in `replicas` processes."""
+    if replicas <= 1 and not scale_embedder:
+        return PROCESSES
+    return tuple((stage,) for stage in STAGES
+                 for _ in range(1 if stage == "embedder" and scale_embedder else max(1, replicas)))
 
 
 #: Where each input topic's unreadable values end: the dead-letter topic of the stage that reads it.
@@ -138,6 +164,10 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=1200)
     ap.add_argument("--faults", action="store_true", help="inject handler exceptions (bench/faults.py)")
     ap.add_argument("--hostile", type=int, default=0, help="hostile values to publish among the good events")
+    ap.add_argument("--replicas", type=int, default=1, help="processes per stage (each stage alone in its own)")
+    ap.add_argument("--scale-embedder", action="store_true", help="embedder 1 -> 3 -> 1 processes during the run")
+    ap.add_argument("--scale-up-s", type=float, default=20.0, help="when the embedder goes to 3 processes")
+    ap.add_argument("--scale-down-s", type=float, default=70.0, help="when it goes back to 1")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     rows = load(args.corpus, args.docs + (20 if args.faults else 0))
@@ -167,11 +197,15 @@ def main() -> int:
         logs.configure(settings.log_level, settings.log_format, quiet_clients=True)
         started = time.time()
         command = (sys.executable, str(Path(__file__).resolve().parent / "faults.py")) if args.faults else None
-        with Stack(settings, max_restart_delay_s=2.0, worker_command=command) as stack:
+        with Stack(settings, layout(args.replicas, args.scale_embedder), max_restart_delay_s=2.0,
+                   worker_command=command) as stack:
             child = stack.child_settings()
             producer = EventProducer(child)
             killer = Killer(stack, rng, (args.kill_min_s, args.kill_max_s), args.kills)
             killer.start()
+            scaler = Scaler(stack, args.scale_up_s, args.scale_down_s)
+            if args.scale_embedder:
+                scaler.start()
 
             def doc(row: dict[str, str], version: int) -> DocumentArrived:
                 text = row["text"] if version == 1 else row["text"] + "\n\nRevised: " + row["title"]
@@ -223,6 +257,7 @@ def main() -> int:
                 time.sleep(1.0)
             killer.stop.set()
             killer.join()
+            scaler.stop.set()
             # quiesce: let restarted stages finish redelivered batches before auditing
             time.sleep(8)
             while time.time() < deadline and not settled():
@@ -286,6 +321,7 @@ def main() -> int:
         "kills": len(killer.kills), "killed": dict(sorted(_count(n for _, n in killer.kills).items())),
         "live_chunks_checked": live_chunks, "elapsed_s": round(elapsed, 1), "problems": len(problems),
         "faulty_events": len(faulty) + len(fault_queries), "hostile_values": len(hostile_keys),
+        "replicas": args.replicas, "embedder_scaled": scaler.events,
     }
     print(json.dumps(report))
     for p in problems[:50]:

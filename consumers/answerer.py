@@ -7,11 +7,28 @@ keeps, per document, only the newest version present.
 
 Answers are also cached by prompt version, model, normalised question and retrieved chunk ids (per
 tenant), so the same question over the same chunks costs one model call. Degraded answers are never
-cached: when the model recovers, the next query gets a real answer. A model that gives no usable
-answer in time (AnswerModelError) gets an extractive answer marked degraded with the reason; a model
-that never will (ConfigurationError: a rejected key, an unknown model) breaks the stage instead of
-passing degraded answers off as service. Queries of one batch are answered concurrently (model calls
-wait on the network) and published in their order.
+cached: when the model recovers, the next query gets a real answer. Queries of one batch are answered
+concurrently (model calls wait on the network) and published in their order.
+
+Every query gets exactly one final answer within its deadline, whatever fails; what fails decides only
+whether the answer is generated or extractive (`degraded: true`, with the reason) and whether the stage
+pauses (the full table, with what an operator sees and does: docs/operations.md, "Faults"):
+
+- the model overloaded, rate limited, 5xx or too slow: this query extractive; the stage goes on;
+- the model refuses this request (HTTP 400, 413, 422: its content): this query extractive; after
+  RAGBUS_ANSWERER_MODEL_REFUSALS in a row, as below;
+- the model refuses every request (401 key, 402 billing, 403 permissions, 404 model name, an account
+  state): every query extractive at once, without calling the model; the stage is *degraded* (`/health`
+  503 with the reason, `ragbus_stage_degraded`, `ragbus status`, one rate-limited ERROR line naming the
+  setting to fix), probes with one query every RAGBUS_ANSWERER_MODEL_PROBE_S and recovers by itself
+  (consumers/model_guard.py);
+- a reranker or query rewriter: retrieval goes on without it (counted);
+- its document store or vector index (the sink: nothing can be answered without them): the stage
+  pauses: retries, then the failure breaker holds the batch uncommitted and probes (infra/kafka/delivery.py);
+- the query's deadline passed before it could be answered (the stage was paused, or far behind):
+  answered late, extractive, degraded, the reason starting "expired:", counted as `expired`. Never dropped:
+  the asker may have given up, but whoever correlates the answers topic by query id gets its one final
+  answer, marked as what it is.
 """
 
 from __future__ import annotations
@@ -71,7 +88,7 @@ class Answerer:
             try:
                 answer = future.result()
             except (RetryableError, ConfigurationError):
-                raise  # about the stage (a store down, a rejected key), not this query
+                raise  # about the stage (its store or index down or refusing it), not this query
             except Exception as exc:  # this query's own failure: dead-lettered, the others are answered
                 results.append(exc)
                 continue
@@ -97,15 +114,22 @@ class Answerer:
         retrieved = time.perf_counter()
         common = {"tenant": q.tenant, "correlation_id": q.correlation_id or q.query_id, "query_id": q.query_id,
                   "question": q.text}
+        expired = remaining_s <= 0 and not q.retrieve_only
         if q.retrieve_only:
             answer = AnswerGenerated(**common, answer="", degraded=False, retrieve_only=True,
                                      citations=citations_from(hits), timings=_timings(started, retrieved, retrieved))
+        elif expired:
+            reason = (f"expired: the query's deadline ({q.deadline_ms} ms) passed {-remaining_s:.1f} s before it "
+                      "could be answered (the answerer was paused or behind): offline extractive answer")
+            gen = ExtractiveAnswerer(reason=reason).answer(q.text, hits,
+                                                           on_delta=self._deltas(q) if q.stream else None)
+            answer = _answer_event(common, gen, _timings(started, retrieved, time.perf_counter()))
         else:
             answer = self._generate(q, hits, remaining_s - (retrieved - started), common, started, retrieved)
         # the first answer stored wins: another answerer may have answered this query id meanwhile
         answer = AnswerGenerated.model_validate_json(
             self._store.put_answer(q.tenant, q.query_id, answer.model_dump_json()))
-        self._account(answer)
+        self._account(answer, expired)
         self._metrics.answer_seconds.observe(time.perf_counter() - started)
         return answer
 
@@ -120,10 +144,10 @@ class Answerer:
         on_delta = self._deltas(q) if q.stream else None
         try:
             if remaining_s <= 0:
-                raise AnswerModelError(f"the query's deadline ({q.deadline_ms} ms) passed before generation")
+                raise AnswerModelError(f"the query's deadline ({q.deadline_ms} ms) passed during retrieval")
             gen = self._model.answer(q.text, hits, on_delta=on_delta, deadline_s=remaining_s,
                                      search=self._search(q) if q.agentic else None)
-        except AnswerModelError as exc:
+        except AnswerModelError as exc:  # ModelRequestError too; the guard turns a ConfigurationError into one
             gen = ExtractiveAnswerer(reason=f"{exc}: offline extractive answer").answer(q.text, hits,
                                                                                         on_delta=on_delta)
         answer = _answer_event(common, gen, _timings(started, retrieved, time.perf_counter()))
@@ -145,8 +169,10 @@ class Answerer:
 
         return on_delta
 
-    def _account(self, a: AnswerGenerated) -> None:
-        self._metrics.answers.labels("cached" if a.cached else "degraded" if a.degraded else "ok").inc()
+    def _account(self, a: AnswerGenerated, expired: bool) -> None:
+        status = ("expired" if expired and a.degraded else "cached" if a.cached
+                  else "degraded" if a.degraded else "ok")
+        self._metrics.answers.labels(status).inc()
         if a.model and not a.cached:
             for kind, n in (("input", a.usage.input_tokens), ("output", a.usage.output_tokens),
                             ("cache_creation", a.usage.cache_creation_input_tokens),

@@ -224,6 +224,13 @@ class AnswererSettings(BaseSettings):
     agentic_max_steps: int = Field(3, ge=0, le=10)
     #: Reuse an answer for the same prompt version, model, normalised question and chunks.
     cache_answers: bool = True
+    #: While the answer model refuses every request (consumers/model_guard.py), one query is let through as
+    #: a probe this often (doubling up to `model_probe_max_s`); the others are answered extractively at once.
+    model_probe_s: float = Field(30.0, gt=0, le=3600)
+    model_probe_max_s: float = Field(300.0, gt=0, le=86_400)
+    #: Requests refused in a row for their content (HTTP 400, 413, 422) after which the refusals are taken
+    #: as a configuration (a model name, a parameter) and the stage degrades.
+    model_refusals: int = Field(3, ge=1, le=1000)
 
 
 class AnthropicSettings(BaseSettings):
@@ -328,7 +335,8 @@ class Settings(BaseSettings):
         return LOCAL_FETCH_WAIT_MS if self.kafka.bootstrap_servers is None else 500
 
     def resolve_bootstrap(self) -> str | None:
-        """The configured bootstrap servers, else the local broker recorded by `ragbus up`."""
+        """The configured bootstrap servers, else the local broker recorded by `ragbus up` (unless it is
+        recorded as lost: infra/kafka/broker.py)."""
         if self.kafka.bootstrap_servers:
             return self.kafka.bootstrap_servers
         try:
@@ -336,4 +344,4 @@ class Settings(BaseSettings):
         except (OSError, ValueError):
             return None
         value = info.get("bootstrap")
-        return value if isinstance(value, str) else None
+        return value if isinstance(value, str) and "lost" not in info else None

@@ -149,13 +149,12 @@ def build_rewriter(settings: Settings) -> QueryRewriter | None:
 
 
 def build_answer_model(settings: Settings) -> AnswerModel:
-    """Claude when a key is set; otherwise the offline extractive answerer (answers say degraded)."""
+    """Claude when a key is set; otherwise the offline extractive answerer (answers say degraded). Claude's
+    start-up check (key, models) is the answerer's guard's to run: a refusal degrades, it does not stop."""
     if settings.anthropic.api_key is not None:
         with _backend("claude", "RAGBUS_ANTHROPIC_API_KEY (or ANTHROPIC_API_KEY)"):
             from infra.models.claude import ClaudeAnswerer
-        model = ClaudeAnswerer(settings.anthropic, agentic_steps=settings.answerer.agentic_max_steps)
-        model.check()
-        return model
+        return ClaudeAnswerer(settings.anthropic, agentic_steps=settings.answerer.agentic_max_steps)
     from retrieval.extractive import ExtractiveAnswerer
 
     return ExtractiveAnswerer()

@@ -37,6 +37,13 @@ class AnswerModelError(RagbusError):
     an empty reply). The answerer falls back to an extractive answer marked degraded with this reason."""
 
 
+class ModelRequestError(AnswerModelError):
+    """The language model refused this one request (HTTP 400, 413, 422: too long, a block it does not take).
+    That query is answered extractively with the reason. A refusal of every request is a configuration (a
+    model name or a parameter the API does not take): the answerer's guard concludes that after a few
+    refusals in a row (consumers/model_guard.py)."""
+
+
 class RetrievalModelError(RagbusError):
     """An optional retrieval model (a reranker, a query rewriter) gave no usable result in time. Retrieval
     goes on without it (the first-stage order, the question as asked) and counts the degradation."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -283,9 +283,10 @@ class AnswerModel(Protocol):
 
     `on_delta` receives streamed text (None: no streaming); `deadline_s` is the time left to answer;
     `search(query, top_k)` runs a follow-up retrieval in the query's tenant (agentic mode only).
-    Raises AnswerModelError when the model gives no usable answer in time (the caller then answers
-    extractively, degraded, with that reason) and ConfigurationError when it never will (a rejected
-    key, an unknown model): a model failure is never passed off as an answer.
+    Raises AnswerModelError when the model gives no usable answer in time, ModelRequestError when it
+    refuses this request, and ConfigurationError when it will refuse every request (a rejected key, an
+    unknown model). The caller answers extractively, degraded, with the reason in every case: a model
+    failure is never passed off as an answer, nor a reason to withhold one (consumers/model_guard.py).
     """
 
     name: str
@@ -293,3 +294,11 @@ class AnswerModel(Protocol):
 
     def answer(self, question: str, hits: Sequence[SearchHit], *, on_delta: OnDelta | None = None,
                deadline_s: float | None = None, search: Search | None = None) -> GeneratedAnswer: ...
+
+
+@runtime_checkable
+class Checked(Protocol):
+    """An adapter that can verify its configuration at start-up (a key, a model name) without real work;
+    raises ConfigurationError naming the setting to fix."""
+
+    def check(self) -> None: ...

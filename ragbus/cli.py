@@ -376,6 +376,8 @@ def _query(path: Path, n: int, row: dict[str, Any], **options: Any) -> Any:
 def status(as_json: bool = typer.Option(False, "--json"),
            tenant: str = typer.Option(None, help="only this tenant")) -> None:
     """Documents by status, chunks per store, dead letters, consumer-group lag from Kafka, local stages."""
+    from infra.ops.health import UNHEALTHY
+
     from .inspect import collect_status
     from .render import print_groups
 
@@ -383,6 +385,8 @@ def status(as_json: bool = typer.Option(False, "--json"),
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
+    if report["broker_lost"]:
+        typer.echo(f"broker: LOST: {report['broker_lost']}")
     docs = ", ".join(f"{k} {v}" for k, v in sorted(report["documents"].items())) or "none"
     typer.echo(f"documents: {docs}")
     typer.echo(f"chunks: document store {report['chunks']['document_store']}, "
@@ -394,11 +398,12 @@ def status(as_json: bool = typer.Option(False, "--json"),
     if not stages:
         typer.echo("stages: none reporting on this machine")
     for st in stages:
-        state = st.get("state", "stalled" if st.get("stalled") else "ok")
-        why = f" ({st['broken']})" if st.get("broken") else ""
+        state = st["state"]
+        reason = st.get("broken") or st.get("degraded")
+        why = f" ({reason})" if reason else ""
         typer.echo(f"stage {st['stage']} (pid {st['pid']}): {state.upper() if state != 'ok' else state}{why}, "
                    f"lag {st['lag']}, processed {st['processed']}")
-    if any(st.get("state") in ("stalled", "broken") or st.get("stalled") for st in stages):
+    if report["broker_lost"] or any(st["state"] in UNHEALTHY for st in stages):
         raise typer.Exit(3)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from infra import wiring
+from infra.kafka.broker import lost
 from infra.kafka.clients import check_reachable
 from infra.kafka.groups import group_lags
 from infra.kafka.tail import Tail
@@ -37,7 +38,11 @@ def collect_status(settings: Settings, tenant: str | None = None) -> dict[str, A
         "documents": store.status_counts(tenant),
         "chunks": {"document_store": store.count_chunks(tenant), "vector_index": index.count(tenant)},
         "stages": read_health(settings.health_dir()),
+        "broker_lost": lost(settings.broker_file()) if not settings.kafka.bootstrap_servers else None,
     }
+    if report["broker_lost"]:
+        report["dead_letters"] = report["groups"] = "unknown (the local broker is gone)"
+        return report
     try:
         check_reachable(settings, timeout_s=3)
         report["dead_letters"] = dead_letter_counts(settings)

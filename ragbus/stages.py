@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from chunking.splitter import Chunker
 from consumers import answerer, indexer, status
+from consumers.model_guard import GuardPolicy, ModelGuard
 from infra import wiring
 from infra.kafka import consumer_runner, faust_runner
 from infra.kafka.clients import EventProducer, check_reachable, verify_topics
@@ -27,7 +28,6 @@ from schemas.topics import STAGES, TOPICS
 from streams import chunker, embedder
 
 STREAM_STAGES = ("chunker", "embedder")
-CONSUMER_STAGES = ("indexer", "status", "answerer")
 log = logs.get(__name__)
 
 
@@ -79,6 +79,22 @@ def maintain_forever(index: VectorIndex, every_s: float) -> Upkeep:
     return run
 
 
+def guarded_model(settings: Settings, metrics: Metrics, health: Health | None) -> ModelGuard:
+    """The answer model behind its guard (consumers/model_guard.py), reporting to the stage's health and
+    metrics; its start-up check runs here, and a refusal starts the answerer degraded instead of stopping it."""
+    def report(reason: str | None) -> None:
+        if health is not None:
+            health.degraded(reason)
+        else:
+            metrics.degraded.labels(answerer.STAGE).set(0 if reason is None else 1)
+
+    a = settings.answerer
+    guard = ModelGuard(wiring.build_answer_model(settings), report,
+                       GuardPolicy(probe_s=a.model_probe_s, probe_max_s=a.model_probe_max_s, refusals=a.model_refusals))
+    guard.check()
+    return guard
+
+
 def consumer(settings: Settings, name: str, metrics: Metrics, health: Health | None = None,
              upkeep: list[Upkeep] | None = None) -> consumer_runner.ConsumerRunner:
     """A consumer stage wired to its adapters; its runner owns the producer and the commits. Background
@@ -111,7 +127,7 @@ def consumer(settings: Settings, name: str, metrics: Metrics, health: Health | N
 
             # No linger for queries: a lone query is answered at once, and queries that arrive together
             # still form one batch (answered concurrently) because they are in the queue already.
-            stage = answerer.Answerer(retriever, wiring.build_answer_model(settings), store, metrics, emit,
+            stage = answerer.Answerer(retriever, guarded_model(settings, metrics, health), store, metrics, emit,
                                       concurrency=settings.answerer.concurrency,
                                       cache_answers=settings.answerer.cache_answers).stage(batch, 0.0)
     return consumer_runner.ConsumerRunner(settings, BatchPolicy(settings, stage, metrics, health), producer, health)

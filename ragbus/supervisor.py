@@ -5,6 +5,10 @@ creates the topics, and runs every stage as its own process (`ragbus worker ...`
 when scaled out. A stage process that dies is restarted with backoff. SIGINT/SIGTERM stops the stages
 first (each finishes or abandons its batch uncommitted, then leaves its group), then the broker.
 
+A local broker that dies ends `ragbus up` too (BrokerLost): it kept topics, offsets and the events in
+flight in memory, so a restarted one would know none of them; `ragbus up` says so in one line, records it
+in the data directory (`ragbus status` and every client repeat it) and exits non-zero.
+
 Crash loops end: a stage process that exits with an error within FAST_FAILURE_S of starting has failed
 at start-up (bad configuration, a port in use, a broker it cannot reach). After MAX_FAST_FAILURES such
 failures in a row, restarting is pointless: `ragbus up` stops everything and exits non-zero with the
@@ -26,7 +30,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra.kafka.broker import LocalBroker
+from infra.kafka.broker import LocalBroker, lost
 from infra.kafka.clients import check_reachable, ensure_topics
 from infra.ops import logs
 from infra.settings import LOCAL_FETCH_WAIT_MS, Settings
@@ -48,10 +52,22 @@ class StageFailed(RagbusError):
     """A stage kept failing at start-up; the message carries its own error."""
 
 
+class BrokerLost(RagbusError):
+    """The local broker died: what was in flight is gone with it (it keeps everything in memory)."""
+
+
+#: With the broker gone no stage can commit or hand over anything: they get this long to stop, then SIGKILL.
+LOST_BROKER_GRACE_S = 5.0
+
+
 @dataclass
 class _Child:
     stages: tuple[str, ...]
+    #: Its name among the stack's processes: the stages, and `#n` for the n-th copy of the same stages.
+    label: str = ""
     proc: subprocess.Popen[bytes] | None = None
+    #: Scaled in: stopped on purpose, not restarted.
+    retired: bool = False
     restarts: int = 0
     next_start: float = 0.0
     log_path: str = ""
@@ -86,12 +102,32 @@ class Stack:
         self._worker_command = worker_command or (sys.executable, "-m", "ragbus.cli", "worker")
         self._settings = settings
         self._broker: LocalBroker | None = None
-        self._children = [_Child(p) for p in processes]
+        self._children: list[_Child] = []
+        for stages in processes:
+            self._add_child(stages)
         self._env = dict(os.environ)
         self._stopping = threading.Event()
         self.bootstrap = ""
-        #: Set when a stage failed at start-up MAX_FAST_FAILURES times in a row.
-        self.failure: StageFailed | None = None
+        #: Set when a stage failed at start-up MAX_FAST_FAILURES times in a row, or the local broker died.
+        self.failure: StageFailed | BrokerLost | None = None
+
+    def _add_child(self, stages: tuple[str, ...]) -> _Child:
+        copies = sum(1 for c in self._children if c.stages == stages)
+        child = _Child(stages, ",".join(stages) + (f"#{copies + 1}" if copies else ""))
+        self._children.append(child)
+        return child
+
+    def scale(self, stages: tuple[str, ...], n: int) -> None:
+        """Run `n` processes of `stages` from now on: start new ones, or stop (SIGTERM: each finishes or
+        abandons its batch uncommitted and leaves the group) and retire the last ones."""
+        running = [c for c in self._children if c.stages == stages and not c.retired]
+        for _ in range(n - len(running)):
+            self._spawn(self._add_child(stages))
+        for child in running[n:] if n < len(running) else []:
+            child.retired = True
+            if child.proc is not None and child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+            log.info("stage process scaled in", stages=child.label)
 
     def start(self) -> Stack:
         self._check_ports()
@@ -121,7 +157,19 @@ class Stack:
 
     def _supervise(self) -> None:
         while not self._stopping.wait(0.5):
+            if self._broker is not None and self._broker.exit_code() is not None:
+                self._broker_lost(self._broker)
+                return
             self.supervise_once()
+
+    def _broker_lost(self, broker: LocalBroker) -> None:
+        """The local broker died under the stages: say so plainly and stop, instead of every client retrying
+        a broker that, restarted, would not know the topics, offsets or events any more."""
+        broker.record_lost(self._settings.broker_file())
+        why = lost(self._settings.broker_file()) or "the local broker is gone"
+        self.failure = BrokerLost(why)
+        log.error("local broker lost; stopping the stages", reason=why)
+        self._stopping.set()
 
     def _check_ports(self) -> None:
         """Every stage process's metrics port is free: one line now rather than a crash loop later."""
@@ -154,7 +202,7 @@ class Stack:
     def _spawn(self, child: _Child) -> None:
         logdir = self._settings.data_dir / "logs"
         logdir.mkdir(parents=True, exist_ok=True)
-        path = logdir / f"{'-'.join(child.stages)}.log"
+        path = logdir / f"{child.label.replace(',', '-').replace('#', '.')}.log"
         out = path.open("ab")
         env = dict(self._env)
         if self._settings.metrics_port:  # one /metrics + /health port per process: base, base+1, ...
@@ -170,7 +218,7 @@ class Stack:
         one that keeps failing at start-up."""
         now = time.monotonic()
         for child in self._children:
-            if child.proc is None or child.proc.poll() is None or self._stopping.is_set():
+            if child.proc is None or child.proc.poll() is None or self._stopping.is_set() or child.retired:
                 if child.proc is not None and child.proc.poll() is None and now - child.started_at > 60:
                     child.restarts = 0
                 continue
@@ -199,8 +247,10 @@ class Stack:
         self._stopping.set()
 
     def pids(self) -> dict[str, int]:
-        """Running stage processes by name (e.g. "indexer,status"): for operators and the chaos harness."""
-        return {",".join(c.stages): c.proc.pid for c in self._children if c.proc is not None and c.proc.poll() is None}
+        """Running stage processes by label (e.g. "indexer,status", "embedder#2"): for operators and the chaos
+        harness."""
+        return {c.label: c.proc.pid for c in self._children
+                if c.proc is not None and c.proc.poll() is None and not c.retired}
 
     def run_forever(self) -> None:
         """Until SIGINT/SIGTERM, or until a stage keeps failing at start-up (then StageFailed)."""
@@ -215,19 +265,21 @@ class Stack:
         for child in self._children:
             if child.proc is not None and child.proc.poll() is None:
                 child.proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE_S
+        broker_lost = isinstance(self.failure, BrokerLost)
+        deadline = time.monotonic() + (LOST_BROKER_GRACE_S if broker_lost else STOP_GRACE_S)
         for child in self._children:
             if child.proc is None:
                 continue
             try:
                 child.proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.warning("stage did not stop in time; killing", stages=",".join(child.stages))
+                log.warning("stage did not stop in time; killing", stages=child.label)
                 child.proc.kill()
                 child.proc.wait()
         if self._broker is not None:
             self._broker.stop()
-            self._settings.broker_file().unlink(missing_ok=True)
+            if not broker_lost:  # a lost broker stays recorded, so `ragbus status` and clients can say so
+                self._settings.broker_file().unlink(missing_ok=True)
             log.info("local broker stopped")
 
     def __enter__(self) -> Stack:

@@ -6,31 +6,35 @@ What it models: collections with a self-provided named vector, multi-tenancy wit
 creation, batch upserts by uuid with per-object errors (a vector of the wrong length is refused),
 filters (equal, less than, contains any, and/or) on text, int and text[] properties, near_vector search
 (cosine distance), BM25 search over the query properties with per-property boosts (`name^2`, BM25F-style
-weighted term frequencies and lengths), hybrid search (BM25 + cosine, relative score fusion, alpha),
-fetch with filters, delete-many by filter, object counts (with filters), schema updates (PUT) and tenant
-listing.
+weighted term frequencies and lengths), fetch with filters, delete-many by filter, object counts (with
+filters), schema updates (PUT) and tenant listing.
 
-Where it answers like the real server, that is on purpose and sourced: hybrid fusion follows Weaviate's
-FusionRelativeScore (its own implementation below, not ragbus's fusion), a read of a tenant that does
+Where it answers like the real server, that is on purpose and sourced: a read of a tenant that does
 not exist fails with gRPC UNKNOWN (the server returns a plain error there), `tenants.exists` is the REST
 HEAD /v1/schema/{class}/tenants/{name} answering 200 or 404.
 
 What it does not model (so tests here cannot tell you about it): HNSW approximation and recall,
 Weaviate's exact BM25 tokenisation (it splits on non-word characters; ragbus searches pre-analysed text
-split on spaces, which splits the same) and stopword handling, consistency levels, replication, persistence,
-authentication, references, generative and rerank modules, and every schema default the real server
-fills in beyond what the client needs to parse it.
+split on spaces, which splits the same) and stopword handling, consistency levels, replication,
+persistence (beyond a whole-state file rewritten after each change), authentication, references, hybrid
+search (the adapter asks for each retriever's candidates and retrieval/ fuses them), generative and
+rerank modules, and every schema default the real server fills in beyond what the client needs to parse
+it.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import pickle
 import re
+import signal
 import threading
 import uuid
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -55,13 +59,25 @@ F = base_pb2.Filters
 
 
 class Store:
-    def __init__(self) -> None:
+    def __init__(self, path: Path | None = None) -> None:
         self.schemas: dict[str, dict[str, Any]] = {}
         self.data: dict[str, dict[str, dict[str, dict[str, Any]]]] = {}  # collection -> tenant -> uuid -> obj
         self.version = VERSION
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         #: When set, every data call (batch, delete, search, aggregate) fails with this gRPC status.
         self.fail_with: grpc.StatusCode | None = None
+        #: Where the state is kept across restarts of the double's process (None: in memory only). Written
+        #: whole after every change that was acknowledged, as Weaviate's own write-ahead log makes it durable.
+        self.path = path
+        if path is not None and path.exists():
+            self.schemas, self.data = pickle.loads(path.read_bytes())
+
+    def save(self) -> None:
+        if self.path is not None:
+            with self.lock:
+                tmp = self.path.with_suffix(".tmp")
+                tmp.write_bytes(pickle.dumps((self.schemas, self.data)))
+                tmp.replace(self.path)
 
     def dims(self, collection: str) -> dict[str, int]:
         return self.schemas[collection].setdefault("_dims", {})
@@ -152,10 +168,12 @@ def _rest(store: Store) -> type[BaseHTTPRequestHandler]:
                 with store.lock:
                     store.schemas[body["class"]] = _with_defaults(body)
                     store.data[body["class"]] = {}
+                store.save()
                 return self._send(200, {k: v for k, v in store.schemas[body["class"]].items() if k != "_dims"})
             m = re.fullmatch(r"/v1/schema/([^/]+)/properties", self.path)
             if m:
                 store.schemas[m.group(1)]["properties"].append(_with_defaults({"properties": [body]})["properties"][0])
+                store.save()
                 return self._send(200, body)
             return self._send(404, {"error": [{"message": f"no route {self.path}"}]})
 
@@ -166,6 +184,7 @@ def _rest(store: Store) -> type[BaseHTTPRequestHandler]:
                 with store.lock:
                     dims = store.schemas[m.group(1)].get("_dims", {})
                     store.schemas[m.group(1)] = _with_defaults(body) | {"_dims": dims}
+                store.save()
                 return self._send(200, body)
             return self._send(404, {"error": [{"message": f"no route {self.path}"}]})
 
@@ -174,6 +193,7 @@ def _rest(store: Store) -> type[BaseHTTPRequestHandler]:
             if m:
                 store.schemas.pop(m.group(1), None)
                 store.data.pop(m.group(1), None)
+                store.save()
             self._send(200)
 
         def log_message(self, *args: Any) -> None:
@@ -266,23 +286,6 @@ def _bm25(query: str, objs: list[tuple[str, dict[str, Any]]], fields: list[str])
     return sorted(scores.items(), key=lambda kv: -kv[1])
 
 
-def _relative_score_fusion(result_sets: list[tuple[float, list[tuple[str, float, str]]]]) -> list[tuple[str, float]]:
-    """Weaviate's FusionRelativeScore (usecases/traverser/hybrid), written from its documented algorithm, not
-    from ragbus's: per result set, scores are min-max normalised and weighted (a set whose scores are all
-    equal gives each result the full weight); the sums are sorted by score, then by the secondary sort
-    value (the raw score of the last set that held the result), then by id. Sets come keyword first."""
-    fused: dict[str, tuple[float, float]] = {}
-    for weight, results in result_sets:
-        if not results:
-            continue
-        lo, hi = min(r[1] for r in results), max(r[1] for r in results)
-        for uid, raw, _ in results:
-            score = weight * ((raw - lo) / (hi - lo) if hi != lo else 1.0)
-            fused[uid] = (fused.get(uid, (0.0, 0.0))[0] + score, raw)
-    ranked = sorted(fused.items(), key=lambda kv: (-kv[1][0], -kv[1][1], kv[0]))
-    return [(uid, score) for uid, (score, _) in ranked]
-
-
 class Servicer(weaviate_pb2_grpc.WeaviateServicer):
     def __init__(self, store: Store) -> None:
         self.s = store
@@ -314,6 +317,7 @@ class Servicer(weaviate_pb2_grpc.WeaviateServicer):
                     continue
                 self._tenant(obj.collection, obj.tenant, context, create=True)[obj.uuid] = {
                     "props": _props(obj), "vectors": vectors}
+            self.s.save()
         return batch_pb2.BatchObjectsReply(took=0.001, errors=errors)
 
     def BatchDelete(self, request: Any, context: Any) -> Any:
@@ -323,6 +327,7 @@ class Servicer(weaviate_pb2_grpc.WeaviateServicer):
             gone = [u for u, o in objs.items() if _match(request.filters, o["props"])]
             for u in gone:
                 del objs[u]
+            self.s.save()
         return batch_delete_pb2.BatchDeleteReply(took=0.001, matches=len(gone), successful=len(gone))
 
     def Search(self, request: Any, context: Any) -> Any:
@@ -332,24 +337,7 @@ class Servicer(weaviate_pb2_grpc.WeaviateServicer):
         kept = [(u, o) for u, o in objs.items()
                 if not request.HasField("filters") or _match(request.filters, o["props"])]
         limit = request.limit or 10
-        if request.HasField("hybrid_search"):
-            h = request.hybrid_search
-            vec = next((_vector(v.vector_bytes) for v in h.vectors), None)
-            if vec is None and h.vector_bytes:
-                vec = _vector(h.vector_bytes)
-            target = (list(h.targets.target_vectors) or list(h.target_vectors) or [None])[0]
-            alpha = h.alpha_param if h.use_alpha_param else h.alpha
-            vec_hits = []
-            if vec is not None and alpha > 0:
-                for u, o in kept:
-                    v = o["vectors"].get(target) if target else next(iter(o["vectors"].values()), None)
-                    if v is not None:
-                        vec_hits.append((u, float(np.dot(v, vec) / (np.linalg.norm(v) * np.linalg.norm(vec) or 1)), u))
-                vec_hits.sort(key=lambda x: -x[1])
-            kw = [(u, s, u) for u, s in _bm25(h.query, [(u, o["props"]) for u, o in kept], list(h.properties))] \
-                if alpha < 1 else []
-            ranked = _relative_score_fusion([(1.0 - alpha, kw), (alpha, vec_hits)])[:limit]
-        elif request.HasField("near_vector"):
+        if request.HasField("near_vector"):
             nv = request.near_vector
             vec = next((_vector(v.vector_bytes) for v in nv.vectors), None)
             if vec is None:
@@ -397,11 +385,12 @@ class Servicer(weaviate_pb2_grpc.WeaviateServicer):
 
 
 class WeaviateDouble:
-    """`with WeaviateDouble() as w:` then connect to `w.url` with gRPC port `w.grpc_port`."""
+    """`with WeaviateDouble() as w:` then connect to `w.url` with gRPC port `w.grpc_port`. With `state`, what it
+    holds survives a restart of its process (`python -m tests.weaviate_double`)."""
 
-    def __init__(self) -> None:
-        self.store = Store()
-        self.http_port, self.grpc_port = free_port(), free_port()
+    def __init__(self, state: Path | None = None, http_port: int | None = None, grpc_port: int | None = None) -> None:
+        self.store = Store(state)
+        self.http_port, self.grpc_port = http_port or free_port(), grpc_port or free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
 
     def __enter__(self) -> WeaviateDouble:
@@ -424,3 +413,21 @@ class WeaviateDouble:
         self._grpc.stop(0)
         self._http.shutdown()
         self._http.server_close()
+
+
+def main() -> None:
+    """The double as a process of its own, to stop and restart under a client: until SIGTERM."""
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--http-port", type=int, required=True)
+    ap.add_argument("--grpc-port", type=int, required=True)
+    ap.add_argument("--state", type=Path, required=True)
+    args = ap.parse_args()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with WeaviateDouble(args.state, args.http_port, args.grpc_port):
+        print("ready", flush=True)
+        stop.wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -146,9 +146,11 @@ def _freshness_and_errors(d: Layout) -> None:
              [(f"sum by (stage) (increase(ragbus_stage_crashes_total{{{STAGE}}}[{RATE}]))", "crashes {{stage}}"),
               (f"sum by (stage) (increase(ragbus_stage_restarts_total{{{STAGE}}}[{RATE}]))", "restarts {{stage}}")],
              "short", w=8)
-    d.series("Stalled and broken stages", "1 while a stage is stalled (lag, no progress) or broken (breaker open)",
+    d.series("Stalled, broken and degraded stages", "1 while a stage is stalled (lag, no progress), broken (breaker "
+             "open) or degraded (the answerer without its model)",
              [(f"max by (stage) (ragbus_stage_stalled{{{STAGE}}})", "stalled {{stage}}"),
-              (f"max by (stage) (ragbus_stage_broken{{{STAGE}}})", "broken {{stage}}")], "short", w=24)
+              (f"max by (stage) (ragbus_stage_broken{{{STAGE}}})", "broken {{stage}}"),
+              (f"max by (stage) (ragbus_stage_degraded{{{STAGE}}})", "degraded {{stage}}")], "short", w=24)
 
 
 def _answers_and_build(d: Layout) -> None:

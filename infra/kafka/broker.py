@@ -2,7 +2,8 @@
 
 Used when RAGBUS_KAFKA_BOOTSTRAP_SERVERS is unset. Tansu's storage in this build is memory only:
 topics and offsets are gone when it stops, which is why `ragbus up` drains in-flight work before it
-stops the broker, and why the stores (not the log) are ragbus's durable state on one machine.
+stops the broker, and why the stores (not the log) are ragbus's durable state on one machine. When it
+dies under `ragbus up`, that is said plainly (`lost`) instead of every client retrying forever.
 """
 
 from __future__ import annotations
@@ -75,8 +76,16 @@ class LocalBroker:
                                    "owner_pid": os.getpid()}))
         tmp.replace(path)
 
-    def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+    def exit_code(self) -> int | None:
+        """None while the broker runs; its exit code (negative: the signal) once it is gone."""
+        return None if self._proc is None else self._proc.poll()
+
+    def record_lost(self, path: Path) -> None:
+        """Record in `path` that this broker is gone, for `ragbus status` and every client (see `lost`)."""
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"bootstrap": self.bootstrap, "pid": self._proc.pid if self._proc else None,
+                                   "lost": {"code": self.exit_code(), "at": time.time()}}))
+        tmp.replace(path)
 
     def stop(self) -> None:
         if self._proc and self._proc.poll() is None:
@@ -92,3 +101,36 @@ class LocalBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def lost(path: Path) -> str | None:
+    """Plain words when the local broker recorded in `path` is gone (`ragbus up` saw it exit, or its process
+    is no longer running): it kept everything in memory, so whatever was in flight is lost. None otherwise."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    pid, gone = info.get("pid"), info.get("lost")
+    if gone is None and (not isinstance(pid, int) or _running(pid)):
+        return None
+    how = "is not running"
+    if isinstance(gone, dict):
+        code, at = gone.get("code"), gone.get("at")
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) if isinstance(at, int | float) else "?"
+        how = f"exited at {when} ({f'signal {-code}' if isinstance(code, int) and code < 0 else f'code {code}'})"
+    return (f"the local broker (pid {pid}) {how}: it keeps topics and offsets in memory only, so the events in "
+            "flight were lost; start `ragbus up` again and re-send the documents `ragbus status` does not "
+            "show as indexed (re-sending indexed ones is harmless)")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped by `ragbus up`) is gone too
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True

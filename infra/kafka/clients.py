@@ -16,6 +16,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from pydantic import BaseModel
 
+from infra.kafka.broker import lost
 from infra.kafka.records import Headers, SourceRecord
 from infra.kafka.serde import encode, headers_for
 from infra.settings import Settings
@@ -25,6 +26,9 @@ from schemas.topics import TOPICS, TopicSpec
 
 def bootstrap(settings: Settings) -> str:
     servers = settings.resolve_bootstrap()
+    gone = lost(settings.broker_file()) if not settings.kafka.bootstrap_servers else None
+    if gone:
+        raise ConfigurationError(gone)
     if not servers:
         raise ConfigurationError(
             "no Kafka broker configured: start one with `ragbus up` (embedded) or set "

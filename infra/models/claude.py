@@ -7,10 +7,13 @@
   honouring `retry-after`/`retry-after-ms`. When the primary model still fails, the fallback model is
   tried; when that fails too, returns nothing, or the deadline is near, `answer` raises
   AnswerModelError and the answerer answers extractively, `degraded`, with the reason.
-- Failures are classified by the SDK's exception types: 400, 401, 402, 403 and 404 (a model that does
-  not exist) will not pass by retrying, so they raise ConfigurationError and break the stage loudly
-  instead of producing a stream of degraded answers. `check()` verifies the key and both models at
-  start-up.
+- Failures are classified by the SDK's exception types, never by message text. 401 (the key), 402 (billing),
+  403 (permissions), 404 (a model or gateway path that does not exist) and the account-state subclasses of
+  400 (an organisation on hold, ...) will not pass for any request: ConfigurationError, with the setting to
+  fix. A plain 400, 413 or 422 refuses this request (its size or content): ModelRequestError, this query's
+  problem, unless every request is refused (the answerer's guard, consumers/model_guard.py, decides that).
+  Either way the query is answered extractively, `degraded`, with the reason: the model is never a reason
+  to withhold an answer. `check()` verifies the key and both models at start-up.
 - Agentic mode lets the model call `search_documents` (same tenant and filters as the query) for a
   bounded number of steps; a malformed tool call gets an error result back, not a crash.
 """
@@ -27,7 +30,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from infra.ops import tracing
 from infra.settings import AnthropicSettings
-from kernel.errors import AnswerModelError, ConfigurationError
+from kernel.errors import AnswerModelError, ConfigurationError, ModelRequestError
 from kernel.ports import GeneratedAnswer, OnDelta, Search, SearchHit
 from schemas.events import Citation
 
@@ -52,9 +55,16 @@ PRICES: dict[str, tuple[float, float, float, float]] = {
 #: Leave this much of the deadline for the extractive fallback and publishing.
 DEADLINE_RESERVE_S = 1.0
 
-#: Errors no retry will mend: the key, the account, the model name or the request shape is wrong.
-_REFUSED = (anthropic.BadRequestError, anthropic.AuthenticationError, anthropic.PermissionDeniedError,
-            anthropic.NotFoundError, anthropic.PaymentRequiredError)
+#: Refusals of this one request (its size or content); their account-state subclasses are configuration.
+_REQUEST = (anthropic.BadRequestError, anthropic.ContentTooLargeError, anthropic.UnprocessableEntityError)
+#: Refusals no request will pass: the key, the account, the permissions, the model name.
+_CONFIGURATION = (anthropic.AuthenticationError, anthropic.PermissionDeniedError, anthropic.NotFoundError,
+                  anthropic.PaymentRequiredError, anthropic.BadRequestError)
+#: What to fix, by the refusal's status.
+_FIX = {401: "RAGBUS_ANTHROPIC_API_KEY (or ANTHROPIC_API_KEY) is not accepted: set a valid key",
+        402: "the account of RAGBUS_ANTHROPIC_API_KEY cannot be billed: check its plan and spend limits",
+        403: "the key of RAGBUS_ANTHROPIC_API_KEY may not use this model or endpoint: check its permissions",
+        400: "the account of RAGBUS_ANTHROPIC_API_KEY refuses requests: check its state in the console"}
 
 
 class SearchDocumentsInput(BaseModel):
@@ -141,14 +151,17 @@ class ClaudeAnswerer:
     def _models(self) -> list[str]:
         return [self._settings.model] + ([self._settings.fallback_model] if self._settings.fallback_model else [])
 
+    def _setting(self, model: str) -> str:
+        return "RAGBUS_ANTHROPIC_MODEL" if model == self._settings.model else "RAGBUS_ANTHROPIC_FALLBACK_MODEL"
+
     def check(self) -> None:
         """At start-up: the key is accepted and every configured model exists (no tokens are spent).
         An unreachable API is not fatal here: it may pass, and queries then degrade with the reason."""
         for model in self._models():
             try:
                 self._client.with_options(max_retries=1).models.retrieve(model)
-            except _REFUSED as exc:
-                raise _refused(exc) from exc
+            except (*_REQUEST, *_CONFIGURATION) as exc:
+                raise _refused(exc, self._setting(model)) from exc
             except anthropic.APIError:
                 return
 
@@ -165,8 +178,12 @@ class ClaudeAnswerer:
             budget = remaining / (len(models) - n)  # leave the fallback its share of the time
             try:
                 answer = self._answer_with(model, question, hits, on_delta, budget, search)
-            except _REFUSED as exc:
-                raise _refused(exc) from exc
+            except _REQUEST as exc:
+                if type(exc) in _REQUEST:  # the generic class: this request; a subclass names an account state
+                    raise ModelRequestError(f"Claude refused this request ({_describe(exc)})") from exc
+                raise _refused(exc, self._setting(model)) from exc
+            except _CONFIGURATION as exc:
+                raise _refused(exc, self._setting(model)) from exc
             except anthropic.APIError as exc:  # overloaded, rate limited, 5xx, timeouts, connection
                 failures.append(f"{model}: {_describe(exc)}")
                 continue
@@ -260,9 +277,14 @@ class ClaudeAnswerer:
         return results
 
 
-def _refused(exc: anthropic.APIStatusError) -> ConfigurationError:
-    return ConfigurationError(f"Claude refused the request ({_describe(exc)}): check RAGBUS_ANTHROPIC_API_KEY, "
-                              "RAGBUS_ANTHROPIC_MODEL and RAGBUS_ANTHROPIC_FALLBACK_MODEL")
+def _refused(exc: anthropic.APIStatusError, model_setting: str) -> ConfigurationError:
+    """The refusal as a ConfigurationError that names the one setting to fix."""
+    if exc.status_code == 404:
+        fix = (f"the model of {model_setting} does not exist for this key: set a model name the API lists "
+               "(or fix RAGBUS_ANTHROPIC_BASE_URL when a gateway is configured)")
+    else:
+        fix = _FIX.get(exc.status_code, f"check {model_setting} and RAGBUS_ANTHROPIC_API_KEY")
+    return ConfigurationError(f"Claude refused the request ({_describe(exc)}): {fix}")
 
 
 def _describe(exc: Exception) -> str:

@@ -18,9 +18,11 @@
   consuming after some rebalances (faust-streaming #175, #532). Lag comes from the fetch high-water
   mark the client already has (Tansu answers ListOffsets(latest) wrongly).
 - **Broken**: the failure breaker is open (infra/kafka/delivery.py): the stage holds its events.
+- **Degraded**: the stage goes on, in a reduced mode an operator must mend: the answerer while its answer
+  model refuses every request (it answers extractively; consumers/model_guard.py).
 
-States, worst first: broken, stalled, disconnected, starting, ok. `/health` answers the state of
-every stage in the process as JSON, 503 when one is stalled or broken. The same state is in the
+States, worst first: broken, stalled, degraded, disconnected, starting, ok. `/health` answers the state of
+every stage in the process as JSON, 503 when one is broken, stalled or degraded. The same state is in the
 `ragbus_stage_*` gauges and in a small JSON file per process in `<data_dir>/health/`, which
 `ragbus status` reads on one machine.
 """
@@ -42,15 +44,17 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from infra.ops import logs
 from infra.ops.metrics import Metrics
 from infra.settings import Settings
 from kernel.errors import ConfigurationError
 
+log = logs.get(__name__)
 #: A health file not refreshed for this long belongs to a process that is gone.
 STALE_AFTER_S = 30.0
 #: Batch durations remembered for the derived stall bound.
 RECENT_BATCHES = 32
-UNHEALTHY = frozenset({"broken", "stalled"})
+UNHEALTHY = frozenset({"broken", "stalled", "degraded"})
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,9 @@ class Health:
         self.last_crash: dict[str, Any] | None = None
         #: Why the stage stopped taking events (its failure breaker is open), or None.
         self.broken_reason: str | None = None
+        self._write_error: str | None = None
+        #: Why the stage works in a reduced mode (the answerer without its model), or None.
+        self.degraded_reason: str | None = None
         # evaluated at each scrape, so they are true even while the stage's loop is stuck in a batch
         metrics.ready.labels(stage).set_function(lambda: 1.0 if self.ready() else 0.0)
         metrics.stalled.labels(stage).set_function(lambda: 1.0 if self.stalled() else 0.0)
@@ -210,6 +217,13 @@ class Health:
         self._metrics.broken.labels(self.stage).set(0)
         self.write()
 
+    def degraded(self, reason: str | None) -> None:
+        """The stage goes on in a reduced mode for `reason`; None: fully working again."""
+        with self._lock:
+            self.degraded_reason = reason
+        self._metrics.degraded.labels(self.stage).set(0 if reason is None else 1)
+        self.write()
+
     def crashed(self, where: str, correlation_id: str, error: BaseException) -> None:
         """An unexpected exception out of the stage's handler (the event was isolated and dead-lettered)."""
         with self._lock:
@@ -253,6 +267,8 @@ class Health:
                 return "broken"
             if self.stalled():
                 return "stalled"
+            if self.degraded_reason is not None:
+                return "degraded"
             if not self._connected:
                 return "disconnected"
             return "ok" if self._assignment is not None else "starting"
@@ -264,6 +280,7 @@ class Health:
             return {
                 "stage": self.stage, "pid": os.getpid(), "state": self.state(), "live": self.live(),
                 "ready": self.ready(), "stalled": stalled, "broken": self.broken_reason,
+                "degraded": self.degraded_reason,
                 "lag": sum(p.lag for p in self._partitions.values()), "stuck_s": round(self.stuck_s(), 1),
                 "partitions": {tp: {"lag": p.lag, "committed": p.committed, "high": p.high,
                                     "stuck_s": round(p.stuck_s(now), 1)}
@@ -278,12 +295,23 @@ class Health:
             }
 
     def write(self) -> None:
+        """Refresh the health file. A full or vanished data directory must not end the stage (it is often the
+        very fault the file should report): the failure is logged once per distinct error, and `/health` still
+        answers from memory."""
         if self._path is None:
             return
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.snapshot()))
-        tmp.replace(self._path)
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.snapshot()))
+            tmp.replace(self._path)
+        except OSError as exc:
+            if str(exc) != self._write_error:
+                log.warning("cannot write the health file; /health still answers", stage=self.stage,
+                            path=str(self._path), error=str(exc)[:200])
+            self._write_error = str(exc)
+        else:
+            self._write_error = None
 
     def remove(self) -> None:
         if self._path is not None:
@@ -298,10 +326,7 @@ def report(healths: list[Health], every_s: float = 2.0) -> threading.Event:
     def loop() -> None:
         while not stop.wait(every_s):
             for h in healths:
-                try:
-                    h.write()
-                except OSError:  # a full or vanished data directory must not end the process
-                    continue
+                h.write()
 
     threading.Thread(target=loop, name="ragbus-health", daemon=True).start()
     return stop
@@ -321,7 +346,7 @@ def read_health(directory: Path) -> list[dict[str, Any]]:
 
 
 def overall(snaps: list[dict[str, Any]]) -> str:
-    order = ("broken", "stalled", "disconnected", "starting", "ok")
+    order = ("broken", "stalled", "degraded", "disconnected", "starting", "ok")
     states = {s["state"] for s in snaps}
     return next((s for s in order if s in states), "ok")
 

@@ -87,6 +87,9 @@ class Metrics:
                        "1 while the stage is connected to Kafka and has its partition assignment", ["stage"])
         self.broken = d(None, Gauge, "ragbus_stage_broken",
                         "1 while the stage's failure breaker is open: it holds its events and probes", ["stage"])
+        self.degraded = d(("answerer",), Gauge, "ragbus_stage_degraded",
+                          "1 while the stage works in a reduced mode: the answerer while its answer model refuses "
+                          "every request (queries are answered extractively, degraded)", ["stage"])
         self.crashes = d(None, Counter, "ragbus_stage_crashes_total",
                          "Unexpected exceptions out of a stage's handler (the event is isolated, then dead-lettered)",
                          ["stage"])
@@ -107,7 +110,7 @@ class Metrics:
                            "to all its chunks searchable; kind=query, a query to its answer",
                            ["kind"], buckets=FRESHNESS_BUCKETS)
         self.answers = d(("answerer",), Counter, "ragbus_answers_total",
-                         "Final answers published, by kind (ok, degraded, cached, replayed)", ["status"])
+                         "Final answers published, by kind (ok, degraded, expired, cached, replayed)", ["status"])
         self.answer_seconds = d(("answerer",), Histogram, "ragbus_answer_seconds",
                                 "Answerer time per query, retrieval to stored answer", buckets=ANSWER_BUCKETS)
         self.llm_tokens = d(("answerer",), Counter, "ragbus_llm_tokens_total",

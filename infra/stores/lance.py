@@ -15,10 +15,11 @@ another model is refused at start-up, even when the dimensions agree.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -28,12 +29,18 @@ from typing import Any, TypeVar
 import lancedb
 import numpy as np
 import pyarrow as pa
+import tenacity
 from lancedb.index import FTS, Bitmap, BTree, IvfHnswSq
 from lancedb.query import BooleanQuery, FullTextQuery, MatchQuery, Occur
 
-from kernel.errors import ConfigurationError
+from infra.ops import logs
+from kernel.errors import ConfigurationError, RetryableError
 from kernel.ports import Candidates, ChunkRecord, Level, Metadata, SearchHit, SearchRequest, WriteFailure
 
+from . import disk
+from .rows import checked, conditions, meta_terms
+
+log = logs.get(__name__)
 TABLE = "chunks"
 #: Below this many rows exact search is fast and perfectly accurate; above it, build an ANN index.
 ANN_MIN_ROWS = 20_000
@@ -68,16 +75,18 @@ COMPACT_FRAGMENTS = 64
 #: Maintenance takes at most this share of the time: after a run of d seconds the next waits >= d * (1/share - 1).
 #: One run at 24,000 rows costs ~0.4 s of CPU that the embedder and the searches share (bench/RESULTS.md).
 MAX_SHARE = 0.1
+#: Attempts at opening (creating, upgrading, indexing) the table while other processes may race at it.
+OPEN_ATTEMPTS = 20
 #: Columns added since the first schema, with the value old rows get.
 ADDED = {"level": "'chunk'", "section": "CAST(0 AS INT)", "heading": "title"}
 
 
+class _IndexesPending(Exception):
+    """The table exists without all its indexes, which another process may be building right now."""
+
+
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
-
-
-def _meta_terms(metadata: Metadata) -> list[str]:
-    return [f"{k}={json.dumps(v)}" for k, v in sorted(metadata.items())]
 
 
 def heading(title: str, section_path: Sequence[str]) -> str:
@@ -116,6 +125,7 @@ class _Searches:
 class LanceVectorIndex:
     def __init__(self, path: Path, dim: int, model: str | None = None) -> None:
         path.mkdir(parents=True, exist_ok=True)
+        self._path = path
         # A reader in another process (the answerer) looks for a newer table version at most every
         # READ_CONSISTENCY: checking on every search cost ~3 ms per search (two per query), and a write is
         # then searchable at most 0.1 s later. A new connection always starts at the latest version.
@@ -158,54 +168,69 @@ class LanceVectorIndex:
                 "compared; use a new RAGBUS_DATA_DIR or the model that built the index")
 
     def _open_or_create(self, path: Path) -> Any:
-        """Open the table, creating or upgrading it with its indexes once; several processes may race."""
-        for attempt in range(20):
-            try:
-                if TABLE in self._db.list_tables(limit=1000).tables:
-                    table = self._db.open_table(TABLE)
-                    missing = {n: sql for n, sql in ADDED.items() if n not in table.schema.names}
-                    if missing:  # upgrade of an older table: new columns, and the old single keyword column goes
-                        table.add_columns(missing)
-                    if "search_text" in table.schema.names:
-                        if any(i.name == "search_text_idx" for i in table.list_indices()):
-                            table.drop_index("search_text_idx")
-                        table.drop_columns(["search_text"])
-                    if {i.name for i in table.list_indices()} >= INDEXES:
-                        return table
-                    if attempt == 0:  # another process may be building them right now
-                        time.sleep(0.5)
-                        continue
-                else:
-                    table = self._db.create_table(TABLE, schema=self._schema, exist_ok=True)
-                table.create_index("text", config=FTS(**KEYWORD_INDEX), replace=True)  # type: ignore[arg-type]
-                table.create_index("heading", config=FTS(**KEYWORD_INDEX), replace=True)  # type: ignore[arg-type]
-                table.create_index("document_id", config=BTree(), replace=True)
-                return table
-            except (RuntimeError, OSError, ValueError) as exc:
-                if "conflict" not in str(exc).lower() and "exists" not in str(exc).lower():
-                    raise
-                time.sleep(0.2 * (attempt + 1))
-        raise ConfigurationError(f"could not open or create the vector index at {path}")
+        """Open the table, creating or upgrading it with its indexes once; several processes may race. Every
+        step is idempotent, so a step that fails (another process committed first) is simply taken again;
+        one that keeps failing is reported with its own error."""
+        attempts = 0
+
+        def once() -> Any:
+            nonlocal attempts
+            attempts += 1
+            if TABLE not in self._db.list_tables(limit=1000).tables:
+                table = self._db.create_table(TABLE, schema=self._schema, exist_ok=True)
+            else:
+                table = self._db.open_table(TABLE)
+                missing = {n: sql for n, sql in ADDED.items() if n not in table.schema.names}
+                if missing:  # upgrade of an older table: new columns, and the old single keyword column goes
+                    table.add_columns(missing)
+                if "search_text" in table.schema.names:
+                    if any(i.name == "search_text_idx" for i in table.list_indices()):
+                        table.drop_index("search_text_idx")
+                    table.drop_columns(["search_text"])
+                if {i.name for i in table.list_indices()} >= INDEXES:
+                    return table
+                if attempts == 1:
+                    raise _IndexesPending  # another process may be building them right now: look again
+            table.create_index("text", config=FTS(**KEYWORD_INDEX), replace=True)  # type: ignore[arg-type]
+            table.create_index("heading", config=FTS(**KEYWORD_INDEX), replace=True)  # type: ignore[arg-type]
+            table.create_index("document_id", config=BTree(), replace=True)
+            return table
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(OPEN_ATTEMPTS), wait=tenacity.wait_incrementing(0.2, 0.2, max=2.0),
+            retry=tenacity.retry_if_exception_type((RuntimeError, OSError, ValueError, _IndexesPending)))
+        try:
+            return retrying(once)
+        except tenacity.RetryError as exc:
+            last = exc.last_attempt.exception()
+            raise ConfigurationError(f"could not open or create the vector index at {path} in {OPEN_ATTEMPTS} "
+                                     f"attempts: {type(last).__name__}: {str(last)[:300]}") from last
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """A write that fails because of the disk (full, a size limit, failing) is transient; anything else
+        surfaces as itself (see infra/stores/disk.py for why the disk is asked, not the message)."""
+        try:
+            yield
+        except (RuntimeError, OSError) as exc:
+            why = disk.trouble(self._path)
+            if why is not None:
+                raise RetryableError(f"the vector index at {self._path} cannot write: {why}") from exc
+            raise
 
     def upsert(self, chunks: Sequence[ChunkRecord]) -> list[WriteFailure]:
         if not chunks:
             return []
-        rows, failures = [], []
-        # one row per id (the last wins): a batch may carry the same event twice, and merge_insert
-        # refuses a source with duplicate keys
-        for c in {c.chunk_id: c for c in chunks}.values():
-            if c.vector.shape != (self._dim,):
-                failures.append(WriteFailure(c.chunk_id, f"vector has shape {c.vector.shape}, expected ({self._dim},)"))
-                continue
-            rows.append({
-                "chunk_id": c.chunk_id, "tenant": c.tenant, "document_id": c.document_id, "version": c.version,
-                "idx": c.index, "level": c.level.value, "section": c.section, "text": c.text, "title": c.title,
-                "section_path": json.dumps(list(c.section_path)), "heading": heading(c.title, c.section_path),
-                "source": c.source, "meta": _meta_terms(c.metadata), "metadata": json.dumps(dict(c.metadata)),
-                "vector": np.asarray(c.vector, dtype=np.float32),
-            })
+        valid, failures = checked(chunks, self._dim)
+        rows = [{
+            "chunk_id": c.chunk_id, "tenant": c.tenant, "document_id": c.document_id, "version": c.version,
+            "idx": c.index, "level": c.level.value, "section": c.section, "text": c.text, "title": c.title,
+            "section_path": json.dumps(list(c.section_path)), "heading": heading(c.title, c.section_path),
+            "source": c.source, "meta": meta_terms(c.metadata), "metadata": json.dumps(dict(c.metadata)),
+            "vector": np.asarray(c.vector, dtype=np.float32),
+        } for c in valid]
         if rows:
-            with self._lock:
+            with self._lock, self._writing():
                 data = pa.Table.from_pylist(rows, schema=self._schema).select(self._table.schema.names)
                 (self._table.merge_insert("chunk_id").when_matched_update_all()
                  .when_not_matched_insert_all().execute(data))
@@ -213,7 +238,7 @@ class LanceVectorIndex:
         return failures
 
     def delete_versions(self, tenant: str, document_id: str, *, below: int) -> None:
-        with self._lock:
+        with self._lock, self._writing():
             self._table.delete(f"tenant = {_quote(tenant)} AND document_id = {_quote(document_id)} "
                                f"AND version < {int(below)}")
             self._searches.stale = True
@@ -222,13 +247,9 @@ class LanceVectorIndex:
         clauses = [f"tenant = {_quote(tenant)}"]
         if set(levels) != set(Level):
             clauses.append(f"level IN ({', '.join(_quote(lv.value) for lv in levels)})")
-        for key, value in sorted((filters or {}).items()):
-            if key == "document_id":
-                clauses.append(f"document_id = {_quote(str(value))}")
-            elif key == "source":
-                clauses.append(f"source = {_quote(str(value))}")
-            else:
-                clauses.append(f"array_has(meta, {_quote(_meta_terms({key: value})[0])})")
+        for cond in conditions(filters):
+            clauses.append(f"array_has(meta, {_quote(cond.value)})" if cond.field == "meta"
+                           else f"{cond.field} = {_quote(cond.value)}")
         return " AND ".join(clauses)
 
     def search(self, tenant: str, request: SearchRequest) -> Candidates:
@@ -299,6 +320,7 @@ class LanceVectorIndex:
         """
         with self._maintaining:
             table = self._table
+            before = table.version
             try:
                 if "tenant" not in self._indexed_columns():
                     # every search prefilters on tenant: without an index that filter scans the whole column
@@ -311,11 +333,16 @@ class LanceVectorIndex:
                     self._rest_until = time.monotonic() + (time.monotonic() - started) * (1 / MAX_SHARE - 1)
                     self._waiting_since = None
             except RuntimeError as exc:
-                # A compaction preempted by a concurrent write is expected and harmless: the write won,
-                # the table is as before, the next run compacts. The binding raises a plain RuntimeError;
-                # Lance marks this case "Retryable commit conflict" (lance io/commit/conflict_resolver.rs).
-                if "Retryable commit conflict" not in str(exc):
+                why = disk.trouble(self._path)
+                if why is not None:
+                    raise RetryableError(f"index maintenance at {self._path} cannot write: {why}") from exc
+                table.checkout_latest()
+                if table.version == before:
                     raise
+                # Lance commits optimistically: a compaction that a concurrent write (of this process or
+                # another) committed before loses, and leaves the table as it was; the next run compacts.
+                log.info("index maintenance lost a commit race to a write; the next run retries",
+                         versions=f"{before}..{table.version}", error=str(exc)[:200])
 
     def _indexed_columns(self) -> set[str]:
         return {c for i in self._table.list_indices() for c in i.columns}

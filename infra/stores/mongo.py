@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 from bson import Binary
-from pymongo import ASCENDING, MongoClient, ReplaceOne, ReturnDocument, WriteConcern
+from pymongo import ASCENDING, MongoClient, ReplaceOne, WriteConcern
 from pymongo.errors import (
     ConfigurationError as MongoConfigurationError,
 )
@@ -195,14 +195,15 @@ class MongoDocumentStore:
 
     @_classified
     def put_answer(self, tenant: str, query_id: str, answer_json: str) -> str:
-        """Insert unless an answer is stored already (the query id is the idempotency key); one round trip
-        returns whichever answer is stored."""
-        key = {"tenant": tenant, "query_id": query_id}
+        """Insert unless an answer is stored already (the query id is the idempotency key, a unique index);
+        returns whichever answer is stored. A plain insert, and a read only when another answerer won: one
+        round trip in the usual case, and no reliance on upsert-with-$setOnInsert semantics, which servers
+        speaking the wire protocol do not all share."""
         try:
-            row = self._answers.find_one_and_update(key, {"$setOnInsert": {"answer": answer_json}}, upsert=True,
-                                                    return_document=ReturnDocument.AFTER)
-        except DuplicateKeyError:  # a concurrent upsert of the same key won the race
-            row = self._answers.find_one(key)
+            self._answers.insert_one({"tenant": tenant, "query_id": query_id, "answer": answer_json})
+            return answer_json
+        except DuplicateKeyError:  # stored already: a redelivery, or a concurrent answerer won the race
+            row = self._answers.find_one({"tenant": tenant, "query_id": query_id})
         return str(row["answer"]) if row else answer_json
 
     def close(self) -> None:

@@ -59,18 +59,22 @@ class _Db:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA busy_timeout=30000")
-        self.lock = threading.RLock()
-        with self.lock:
+        self._lock = threading.RLock()
+        with self._lock:
             self._conn.executescript(_SCHEMA)
 
-    def tx(self) -> sqlite3.Connection:
-        return self._conn
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection for reads outside a write transaction (autocommit: each statement sees the latest
+        committed state), held by this thread until the block ends."""
+        with self._lock:
+            yield self._conn
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One short write transaction (BEGIN IMMEDIATE: writers queue on the lock instead of failing later);
         a locked or busy database is transient for the runner."""
-        with self.lock:
+        with self._lock:
             conn = self._conn
             try:
                 conn.execute("BEGIN IMMEDIATE")
@@ -97,8 +101,8 @@ class SqliteDocumentStore:
 
     # -- documents -------------------------------------------------------------------------
     def get_document(self, tenant: str, document_id: str) -> DocumentRecord | None:
-        with self._db.lock:
-            return self._get_locked(self._db.tx(), tenant, document_id)
+        with self._db.reading() as conn:
+            return self._get_locked(conn, tenant, document_id)
 
     def apply_status(self, record: DocumentRecord) -> bool:
         with self._db.transaction() as conn:
@@ -129,16 +133,16 @@ class SqliteDocumentStore:
         args: tuple[object, ...] = ()
         if tenant is not None:
             sql, args = sql + " WHERE tenant=?", (tenant,)
-        with self._db.lock:
-            rows = self._db.tx().execute(sql + " ORDER BY tenant, document_id LIMIT ?", (*args, limit)).fetchall()
+        with self._db.reading() as conn:
+            rows = conn.execute(sql + " ORDER BY tenant, document_id LIMIT ?", (*args, limit)).fetchall()
         return [_document(r) for r in rows]
 
     def status_counts(self, tenant: str | None = None) -> dict[str, int]:
         sql, args = "SELECT status, count(*) FROM documents", cast(tuple[object, ...], ())
         if tenant is not None:
             sql, args = sql + " WHERE tenant=?", (tenant,)
-        with self._db.lock:
-            return dict(self._db.tx().execute(sql + " GROUP BY status", args).fetchall())
+        with self._db.reading() as conn:
+            return dict(conn.execute(sql + " GROUP BY status", args).fetchall())
 
     # -- chunks ----------------------------------------------------------------------------
     def upsert_chunks(self, chunks: Sequence[ChunkRecord]) -> None:
@@ -150,8 +154,8 @@ class SqliteDocumentStore:
                     [(tenant, document_id, below)])
 
     def chunk_versions(self, tenant: str, document_id: str) -> list[tuple[str, int]]:
-        with self._db.lock:
-            return [(r[0], r[1]) for r in self._db.tx().execute(
+        with self._db.reading() as conn:
+            return [(r[0], r[1]) for r in conn.execute(
                 "SELECT chunk_id, version FROM chunk_ids WHERE tenant=? AND document_id=? ORDER BY version, idx",
                 (tenant, document_id)).fetchall()]
 
@@ -159,8 +163,8 @@ class SqliteDocumentStore:
         sql, args = "SELECT count(*) FROM chunk_ids", cast(tuple[object, ...], ())
         if tenant is not None:
             sql, args = sql + " WHERE tenant=?", (tenant,)
-        with self._db.lock:
-            return int(self._db.tx().execute(sql, args).fetchone()[0])
+        with self._db.reading() as conn:
+            return int(conn.execute(sql, args).fetchone()[0])
 
     # -- claim-check content -------------------------------------------------------------------
     def put_content(self, data: bytes) -> ContentRef:
@@ -169,16 +173,16 @@ class SqliteDocumentStore:
         return ref
 
     def get_content(self, ref: ContentRef) -> bytes:
-        with self._db.lock:
-            row = self._db.tx().execute("SELECT data FROM contents WHERE sha256=?", (ref.sha256,)).fetchone()
+        with self._db.reading() as conn:
+            row = conn.execute("SELECT data FROM contents WHERE sha256=?", (ref.sha256,)).fetchone()
         if row is None:
             raise KeyError(f"no stored content with sha256 {ref.sha256}")
         return bytes(row[0])
 
     # -- answers log ------------------------------------------------------------------------------
     def get_answer(self, tenant: str, query_id: str) -> str | None:
-        with self._db.lock:
-            row = self._db.tx().execute("SELECT answer FROM answers WHERE tenant=? AND query_id=?",
+        with self._db.reading() as conn:
+            row = conn.execute("SELECT answer FROM answers WHERE tenant=? AND query_id=?",
                                         (tenant, query_id)).fetchone()
         return None if row is None else str(row[0])
 
@@ -205,11 +209,11 @@ class SqliteEmbeddingCache:
 
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         out: dict[str, bytes] = {}
-        with self._db.lock:
+        with self._db.reading() as conn:
             for start in range(0, len(keys), 500):
                 part = list(keys[start:start + 500])
                 marks = ",".join("?" * len(part))
-                for key, vec in self._db.tx().execute(
+                for key, vec in conn.execute(
                         f"SELECT key, vector FROM embeddings WHERE key IN ({marks})", part):
                     out[key] = bytes(vec)
         return out

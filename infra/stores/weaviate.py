@@ -62,6 +62,8 @@ from kernel.errors import ConfigurationError, RetryableError
 from kernel.ports import Candidates, ChunkRecord, Level, Metadata, SearchHit, SearchRequest, Vector, WriteFailure
 from retrieval.keywords import analyse
 
+from .rows import checked, conditions, meta_terms
+
 MIN_VERSION = (1, 27)
 VECTOR = "chunk"
 TEXT = Tokenization.WORD
@@ -109,10 +111,6 @@ def connect(settings: WeaviateSettings) -> weaviate.WeaviateClient:
         raise ConfigurationError(f"Weaviate {'.'.join(map(str, version))} at {settings.url} is too old: ragbus "
                                  f"needs {'.'.join(map(str, MIN_VERSION))} or newer")
     return client
-
-
-def _meta_terms(metadata: Metadata) -> list[str]:
-    return [f"{k}={json.dumps(v)}" for k, v in sorted(metadata.items())]
 
 
 def _vector(v: Vector) -> Sequence[float]:
@@ -205,19 +203,16 @@ class WeaviateVectorIndex:
                 self._client.collections.get(self._name).config.add_property(prop)
 
     def upsert(self, chunks: Sequence[ChunkRecord]) -> list[WriteFailure]:
-        failures: list[WriteFailure] = []
+        valid, failures = checked(chunks, self._dim)
         by_tenant: dict[str, dict[str, ChunkRecord]] = {}
-        for c in chunks:
-            if c.vector.shape != (self._dim,):
-                failures.append(WriteFailure(c.chunk_id, f"vector has shape {c.vector.shape}, expected ({self._dim},)"))
-            else:
-                by_tenant.setdefault(c.tenant, {})[c.chunk_id] = c  # one object per id: the last wins
+        for c in valid:
+            by_tenant.setdefault(c.tenant, {})[c.chunk_id] = c
         for tenant, group in by_tenant.items():
             batch = list(group.values())
             objects = [DataObject(uuid=c.chunk_id, vector={VECTOR: _vector(c.vector)}, properties={
                 "document_id": c.document_id, "version": c.version, "idx": c.index, "text": c.text,
                 "title": c.title, "section": " > ".join(c.section_path), "section_path": list(c.section_path),
-                "source": c.source, "meta": _meta_terms(c.metadata), "metadata": json.dumps(dict(c.metadata)),
+                "source": c.source, "meta": meta_terms(c.metadata), "metadata": json.dumps(dict(c.metadata)),
                 "level": c.level.value, "section_no": c.section, "text_kw": analyse(c.text),
                 "heading_kw": analyse("\n".join([c.title, *c.section_path]))})
                 for c in batch]
@@ -255,11 +250,9 @@ class WeaviateVectorIndex:
     def _filters(self, filters: Metadata | None, levels: Sequence[Level]) -> Any:
         parts = [Filter.any_of([Filter.by_property("level").equal(lv.value) for lv in levels])
                  if len(levels) > 1 else Filter.by_property("level").equal(levels[0].value)]
-        for key, value in sorted((filters or {}).items()):
-            if key in ("document_id", "source"):
-                parts.append(Filter.by_property(key).equal(str(value)))
-            else:
-                parts.append(Filter.by_property("meta").contains_any(_meta_terms({key: value})))
+        for cond in conditions(filters):
+            parts.append(Filter.by_property("meta").contains_any([cond.value]) if cond.field == "meta"
+                         else Filter.by_property(cond.field).equal(cond.value))
         return Filter.all_of(parts) if len(parts) > 1 else parts[0]
 
     def search(self, tenant: str, request: SearchRequest) -> Candidates:

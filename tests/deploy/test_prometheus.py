@@ -91,7 +91,7 @@ def test_the_compose_prometheus_config_loads_with_the_rules_it_mounts(tmp_path: 
     root = _layout(tmp_path, compose["services"]["prometheus"]["volumes"], ROOT / "infra")
     done = promtool("check", "config", str(root / "etc" / "prometheus" / "prometheus.yml"))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "SUCCESS: 8 rules found" in done.stdout
+    assert "SUCCESS: 9 rules found" in done.stdout
 
 
 def test_the_compose_scrape_config_finds_every_worker_service() -> None:

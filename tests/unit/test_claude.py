@@ -8,7 +8,7 @@ import pytest
 
 from infra.models.claude import PROMPT_VERSION, SYSTEM_PROMPT, ClaudeAnswerer, estimate_cost
 from infra.settings import AnthropicSettings
-from kernel.errors import AnswerModelError, ConfigurationError
+from kernel.errors import AnswerModelError, ConfigurationError, ModelRequestError
 from kernel.ports import SearchHit
 from tests import fake_claude as fc
 
@@ -99,13 +99,24 @@ def test_no_time_left_means_no_model_call() -> None:
     assert fake.requests == []
 
 
-@pytest.mark.parametrize(("status", "kind"), [(400, "invalid_request_error"), (401, "authentication_error"),
-                                              (403, "permission_error"), (404, "not_found_error")])
-def test_refusals_are_configuration_errors_not_retried(status: int, kind: str) -> None:
+@pytest.mark.parametrize(("status", "kind", "setting"), [
+    (401, "authentication_error", "RAGBUS_ANTHROPIC_API_KEY"), (403, "permission_error", "RAGBUS_ANTHROPIC_API_KEY"),
+    (402, "billing_error", "RAGBUS_ANTHROPIC_API_KEY"), (404, "not_found_error", "RAGBUS_ANTHROPIC_MODEL")])
+def test_refusals_of_every_request_are_configuration_errors_naming_the_setting(status: int, kind: str,
+                                                                              setting: str) -> None:
     fake = fc.FakeClaude(fc.error(status, kind))
-    with pytest.raises(ConfigurationError, match=f"{status}.*RAGBUS_ANTHROPIC_API_KEY"):
+    with pytest.raises(ConfigurationError, match=f"{status}.*{setting}"):
         answerer(fake).answer("q", HITS)
     assert len(fake.requests) == 1  # no retry, no fallback: neither would mend it
+
+
+@pytest.mark.parametrize(("status", "kind"), [(400, "invalid_request_error"), (413, "request_too_large"),
+                                              (422, "invalid_request_error")])
+def test_a_refusal_of_this_request_is_the_requests_own_problem(status: int, kind: str) -> None:
+    fake = fc.FakeClaude(fc.error(status, kind))
+    with pytest.raises(ModelRequestError, match=f"refused this request.*{status}"):
+        answerer(fake).answer("q", HITS)
+    assert len(fake.requests) == 1
 
 
 def test_check_at_start_up_verifies_the_key_and_the_models() -> None:

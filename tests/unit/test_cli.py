@@ -64,3 +64,27 @@ def test_query_ids_must_be_printable(tmp_path: Path) -> None:
     (tmp_path / "q.jsonl").write_text('{"id": "faq/general#3", "text": "ok"}\n{"id": "a\\nb", "text": "no"}\n')
     line = one_line_error(ragbus("ask", "--queries", str(tmp_path / "q.jsonl"), env={"RAGBUS_DATA_DIR": str(tmp_path)}))
     assert "q.jsonl:2" in line and "printable" in line
+
+
+def test_status_shows_a_degraded_stage_with_its_reason(tmp_path: Path) -> None:
+    from infra.ops.health import Health
+    from infra.ops.metrics import Metrics
+
+    health = Health("answerer", Metrics(stages=["answerer"]), tmp_path / "health")
+    health.assigned(["ragbus.queries.v1[0]"])
+    health.degraded("Claude refused the request (401): RAGBUS_ANTHROPIC_API_KEY is not accepted")
+    done = ragbus("status", env={"RAGBUS_DATA_DIR": str(tmp_path), "RAGBUS_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",
+                                 "RAGBUS_EMBEDDER_ONNX_DIR": str(tmp_path / "models")})
+    assert done.returncode == 3, done.stderr
+    assert (f"stage answerer (pid {os.getpid()}): DEGRADED (Claude refused the request (401): "
+            "RAGBUS_ANTHROPIC_API_KEY is not accepted)") in done.stdout
+
+
+def test_a_lost_local_broker_is_said_plainly_by_every_command(tmp_path: Path) -> None:
+    import json
+
+    (tmp_path / "broker.json").write_text(json.dumps({"bootstrap": "127.0.0.1:9", "pid": 999_999_999,
+                                                      "lost": {"code": -9, "at": 0}}))
+    line = one_line_error(ragbus("ask", "hello?", env={"RAGBUS_DATA_DIR": str(tmp_path)}))
+    assert "the local broker (pid 999999999) exited" in line and "signal 9" in line
+    assert "events in flight were lost" in line and "ragbus up" in line
