@@ -48,7 +48,7 @@ def newer_librdkafka(tmp: Path) -> Path:
     ("ApiVersionRequest failed: Local: Read underflow"); docs/publishing.md says so and shows this fix.
     Against a real Kafka cluster the system library works."""
     if shutil.which("kcat") is None:
-        pytest.fail("kcat is not installed: run `make test-tools` (Debian package kcat)")
+        pytest.fail("kcat is not installed: run `make tools` (Debian package kcat)")
     libs = sorted((Path(confluent_kafka.__file__).parent.parent / "confluent_kafka.libs").glob("librdkafka*.so*"))
     assert libs, "the confluent-kafka wheel no longer ships librdkafka where this test looks"
     (tmp / "librdkafka.so.1").symlink_to(libs[0])
