@@ -339,6 +339,8 @@ def _query(path: Path, n: int, row: dict[str, Any], **options: Any) -> Any:
 def status(as_json: bool = typer.Option(False, "--json"),
            tenant: str = typer.Option(None, help="only this tenant")) -> None:
     """Documents by status, chunks per store, dead letters, consumer-group lag from Kafka, local stages."""
+    from infra.ops.health import UNHEALTHY
+
     from .inspect import collect_status
     from .render import print_groups
 
@@ -357,11 +359,11 @@ def status(as_json: bool = typer.Option(False, "--json"),
     if not stages:
         typer.echo("stages: none reporting on this machine")
     for st in stages:
-        state = st.get("state", "stalled" if st.get("stalled") else "ok")
-        why = f" ({st['broken']})" if st.get("broken") else ""
+        state = st["state"]
+        why = f" ({st['broken']})" if st["broken"] else ""
         typer.echo(f"stage {st['stage']} (pid {st['pid']}): {state.upper() if state != 'ok' else state}{why}, "
                    f"lag {st['lag']}, processed {st['processed']}")
-    if any(st.get("state") in ("stalled", "broken") or st.get("stalled") for st in stages):
+    if any(st["state"] in UNHEALTHY for st in stages):
         raise typer.Exit(3)
 
 

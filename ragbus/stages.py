@@ -27,7 +27,6 @@ from schemas.topics import STAGES, TOPICS
 from streams import chunker, embedder
 
 STREAM_STAGES = ("chunker", "embedder")
-CONSUMER_STAGES = ("indexer", "status", "answerer")
 log = logs.get(__name__)
 
 

@@ -75,9 +75,6 @@ class LocalBroker:
                                    "owner_pid": os.getpid()}))
         tmp.replace(path)
 
-    def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
     def stop(self) -> None:
         if self._proc and self._proc.poll() is None:
             self._proc.terminate()

@@ -64,3 +64,20 @@ def test_query_ids_must_be_printable(tmp_path: Path) -> None:
     (tmp_path / "q.jsonl").write_text('{"id": "faq/general#3", "text": "ok"}\n{"id": "a\\nb", "text": "no"}\n')
     line = one_line_error(ragbus("ask", "--queries", str(tmp_path / "q.jsonl"), env={"RAGBUS_DATA_DIR": str(tmp_path)}))
     assert "q.jsonl:2" in line and "printable" in line
+
+
+def test_status_shows_each_local_stage_and_exits_3_when_one_is_broken(tmp_path: Path) -> None:
+    """The health files the stage processes write (infra/ops/health.py), read back by `ragbus status`."""
+    from infra.ops.health import Health
+    from infra.ops.metrics import Metrics
+    from infra.settings import Settings
+
+    health_dir = Settings(data_dir=tmp_path).health_dir()
+    Health("status", Metrics(), health_dir).assigned([])
+    done = ragbus("status", env={"RAGBUS_DATA_DIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert f"stage status (pid {os.getpid()}): ok, lag 0, processed 0" in done.stdout
+    Health("indexer", Metrics(), health_dir).broken("the vector index refuses writes")
+    done = ragbus("status", env={"RAGBUS_DATA_DIR": str(tmp_path)})
+    assert done.returncode == 3, done.stderr
+    assert f"stage indexer (pid {os.getpid()}): BROKEN (the vector index refuses writes), lag 0" in done.stdout
