@@ -65,7 +65,7 @@ class ConsumerRunner:
         def on_assign(_: Any, partitions: list[Any]) -> None:
             log.info("partitions assigned", stage=self._stage.name, partitions=[p.partition for p in partitions])
             if self._health is not None:
-                self._health.assigned([f"{p.topic}[{p.partition}]" for p in partitions])
+                self._health.assigned([(p.topic, p.partition) for p in partitions])
 
         def on_revoke(_: Any, partitions: list[Any]) -> None:
             self._revoked = True
@@ -192,13 +192,13 @@ class ConsumerRunner:
         self._lag_at = time.monotonic()
         assignment = consumer.assignment()
         self._fetch_start(consumer, [tp for tp in assignment if (tp.topic, tp.partition) not in self._start])
-        offsets: dict[str, tuple[int | None, int]] = {}
+        offsets: dict[tuple[str, int], tuple[int | None, int]] = {}
         for tp in assignment:
             key = (tp.topic, tp.partition)
             _, high = consumer.get_watermark_offsets(tp, cached=True)
             committed = self._committed.get(key, self._start.get(key))
             if high >= 0 and committed is not None:
-                offsets[f"{tp.topic}[{tp.partition}]"] = (committed, high)
+                offsets[key] = (committed, high)
         self._health.observe(offsets)
 
     def _fetch_start(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -18,6 +18,7 @@ from confluent_kafka import TopicPartition
 
 from infra.kafka.clients import EventProducer, commit_offsets, make_consumer, partition_ids, topic_name
 from infra.kafka.records import SourceRecord, headers_of
+from infra.ops import logs
 from infra.settings import Settings
 from schemas.events import DeadLetter, utcnow
 from schemas.headers import DLQ_PREFIX, REPLAYED_FROM
@@ -77,7 +78,7 @@ def replay(settings: Settings, stage: str, limit: int | None = None, idle_s: flo
             for m in batch:
                 origin = _dead_letter(m).topic
                 kept = [(k, v) for k, v in headers_of(m) if not k.startswith(DLQ_PREFIX) and k != REPLAYED_FROM]
-                where = f"{m.topic()}[{m.partition()}]@{m.offset()}".encode()
+                where = logs.where(m.topic() or "", m.partition() or 0, m.offset() or 0).encode()
                 producer.send_raw(origin, m.key(), m.value(), kept + [(REPLAYED_FROM, where)])
             producer.flush()
             commit_offsets(consumer, [SourceRecord.of(m) for m in batch])

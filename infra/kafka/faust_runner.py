@@ -178,7 +178,7 @@ def _report_health(app: faust.App, topic: str, health: Health) -> None:
     connections, lag and stalls from faust's committed offsets and fetch high-water marks."""
 
     def on_assigned(_: Any, /, *args: Any, signal: Any, **__: Any) -> None:  # args: (the assigned partitions,)
-        health.assigned([f"{tp.topic}[{tp.partition}]" for tp in args[0] if tp.topic == topic])
+        health.assigned([(tp.topic, tp.partition) for tp in args[0] if tp.topic == topic])
 
     def on_revoked(_: Any, /, *__: Any, signal: Any, **___: Any) -> None:
         health.revoked()
@@ -191,13 +191,13 @@ def _report_health(app: faust.App, topic: str, health: Health) -> None:
 
     async def observe() -> None:
         health.connection(*_connected(app))
-        offsets: dict[str, tuple[int | None, int]] = {}
+        offsets: dict[tuple[str, int], tuple[int | None, int]] = {}
         for tp in app.consumer.assignment():
             high = app.consumer.highwater(tp) if tp.topic == topic else None
             if high is not None and high >= 0:
                 # faust has no public accessor; None: the group never committed (it starts at offset 0)
                 committed = getattr(app.consumer, "_committed_offset", {}).get(tp)
-                offsets[f"{tp.topic}[{tp.partition}]"] = (committed or 0, high)
+                offsets[(tp.topic, tp.partition)] = (committed or 0, high)
         health.observe(offsets)
 
     app.timer(interval=1.0, name="ragbus.tick")(tick)

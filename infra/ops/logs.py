@@ -146,5 +146,10 @@ def bound_context(**fields: Any) -> Iterator[None]:
         structlog.contextvars.reset_contextvars(**tokens)
 
 
+def where(topic: str, partition: int, offset: int | None = None) -> str:
+    """`topic[partition]`, or `topic[partition]@offset`: how logs, health and the CLI name a message's place."""
+    return f"{topic}[{partition}]" if offset is None else f"{topic}[{partition}]@{offset}"
+
+
 def get(name: str) -> Any:
     return structlog.get_logger(name)
