@@ -203,7 +203,8 @@ def get(url: str) -> tuple[int, Any]:
 def test_endpoints_answer_each_question(endpoints: tuple[str, Health, Clock]) -> None:
     url, health, clock = endpoints
     assert get(f"{url}/readyz")[0] == 503 and get(f"{url}/livez")[0] == 200
-    assert get(f"{url}/health") == (200, get(f"{url}/health")[1]) and get(f"{url}/health")[1]["status"] == "starting"
+    code, body = get(f"{url}/health")
+    assert code == 200 and body["status"] == "starting" and [s["stage"] for s in body["stages"]] == ["embedder"]
     health.assigned([TP])
     health.observe({TP: (0, 4)})
     assert get(f"{url}/readyz")[0] == 200 and get(f"{url}/health")[1]["status"] == "ok"
