@@ -12,9 +12,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import Message, TopicPartition
 
 from infra.kafka.clients import EventProducer, commit_offsets, make_consumer, partition_ids, topic_name
 from infra.kafka.records import SourceRecord, headers_of
@@ -25,7 +24,7 @@ from schemas.headers import DLQ_PREFIX, REPLAYED_FROM
 from schemas.topics import STAGES, TOPICS
 
 
-def _dead_letter(msg: Any) -> DeadLetter:
+def _dead_letter(msg: Message) -> DeadLetter:
     h = {k[len(DLQ_PREFIX):]: (v.encode() if isinstance(v, str) else v or b"").decode("utf-8", "replace")
          for k, v in headers_of(msg) if k.startswith(DLQ_PREFIX)}
     value = msg.value() or b""

@@ -116,7 +116,7 @@ class Health:
         self.last_progress: float | None = None
         self.crashes = 0
         self.restarts = 0
-        self.last_crash: dict[str, Any] | None = None
+        self.last_crash: dict[str, str | float] | None = None
         #: Why the stage stopped taking events (its failure breaker is open), or None.
         self.broken_reason: str | None = None
         # evaluated at each scrape, so they are true even while the stage's loop is stuck in a batch
@@ -356,7 +356,7 @@ def serve(host: str, port: int, metrics: Metrics, healths: list[Health]) -> Thre
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args: Any) -> None:
+        def log_message(self, format: str, *args: object) -> None:
             return
 
     try:
