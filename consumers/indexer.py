@@ -66,7 +66,7 @@ class Indexer:
         self._metrics = metrics
         self._dim = dim
 
-    def stage(self, max_batch: int, window_s: float) -> Stage:
+    def stage(self, max_batch: int, window_s: float) -> Stage[Event]:
         return Stage(name=STAGE, source=TOPICS.embedded, handle=self.handle,
                      on_failure=lambda ev, exc: failed_status(ev, exc, STAGE), max_batch=max_batch,
                      window_s=window_s)

@@ -27,6 +27,6 @@ def apply_statuses(store: DocumentStore, events: Sequence[DocumentStatus]) -> li
     return [[] for _ in events]
 
 
-def stage(store: DocumentStore, max_batch: int, window_s: float) -> Stage:
+def stage(store: DocumentStore, max_batch: int, window_s: float) -> Stage[DocumentStatus]:
     return Stage(name=STAGE, source=TOPICS.status, handle=lambda events: apply_statuses(store, events),
                  max_batch=max_batch, window_s=window_s)

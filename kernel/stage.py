@@ -16,13 +16,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic
 
 from pydantic import BaseModel
+from typing_extensions import TypeVar
 
 from kernel.errors import ConfigurationError, RetryableError
-from schemas.events import DocumentDeleted, DocumentStatus, Status
+from schemas.events import ChunksEmbedded, ChunksProduced, DocumentArrived, DocumentDeleted, DocumentStatus, Status
 from schemas.topics import TOPICS, TopicSpec, document_key
+
+#: The events a stage consumes. A runner that runs any stage (the delivery policy) writes plain `Stage`, which
+#: is `Stage[Any]`: it only passes decoded events from the stage's topic to the stage's own functions.
+E = TypeVar("E", bound=BaseModel, default=Any)
+#: The events of the document pipeline, whose failures are reported as a `failed` document status.
+DocumentEvent = DocumentArrived | DocumentDeleted | ChunksProduced | ChunksEmbedded
 
 
 @dataclass(frozen=True)
@@ -35,32 +42,33 @@ class Out:
 
 
 PerEvent = list[Out] | Exception
-Handler = Callable[[Sequence[Any]], list[PerEvent]]
+#: Per event, in order: the outputs to publish, or the exception that event raised.
+Handler = Callable[[Sequence[E]], list[PerEvent]]
 #: Outputs to publish when an event is dead-lettered (e.g. a `failed` status for `ingest --wait`).
-FailureHook = Callable[[Any, Exception], list[Out]]
+FailureHook = Callable[[E, Exception], list[Out]]
 #: Publishes at once, before the batch is finished (streamed answer deltas); the runner provides it.
 Emit = Callable[[Out], None]
 
 
 @dataclass(frozen=True)
-class Stage:
+class Stage(Generic[E]):
     name: str
     source: TopicSpec
-    handle: Handler
-    on_failure: FailureHook | None = None
+    handle: Handler[E]
+    on_failure: FailureHook[E] | None = None
     #: Events handed to `handle` at most at once, and how long after a batch's first event the runner
     #: may wait for more (0: only what already arrived, so a lone event is handled at once).
     max_batch: int = 1
     window_s: float = 0.0
     #: The key each source event should have arrived with (None: any). A record keyed otherwise is still
     #: handled (the stage keys its outputs itself); the runner counts and logs it, so publishers can fix it.
-    key: Callable[[Any], bytes] | None = None
+    key: Callable[[E], bytes] | None = None
 
 
-def per_event(fn: Callable[[Any], list[Out]]) -> Handler:
+def per_event(fn: Callable[[E], list[Out]]) -> Handler[E]:
     """Lift a one-event function into a batch handler that keeps each event's failure to itself."""
 
-    def handle(events: Sequence[Any]) -> list[PerEvent]:
+    def handle(events: Sequence[E]) -> list[PerEvent]:
         results: list[PerEvent] = []
         for event in events:
             try:
@@ -74,15 +82,12 @@ def per_event(fn: Callable[[Any], list[Out]]) -> Handler:
     return handle
 
 
-def failed_status(event: object, exc: Exception, stage: str) -> list[Out]:
-    """A `failed` status for a dead-lettered document event, so waiters and the store learn why."""
-    document_id = getattr(event, "document_id", None)
-    if document_id is None or isinstance(event, DocumentDeleted):
+def failed_status(event: DocumentEvent, exc: Exception, stage: str) -> list[Out]:
+    """A `failed` status for a dead-lettered document event, so waiters and the store learn why (a delete that
+    fails has no version to mark failed)."""
+    if isinstance(event, DocumentDeleted):
         return []
-    tenant = getattr(event, "tenant", "default")
-    version = getattr(event, "effective_version", None)
-    if version is None:
-        version = getattr(event, "version", 0)
-    return [Out(TOPICS.status, document_key(tenant, document_id), DocumentStatus(
-        tenant=tenant, correlation_id=getattr(event, "correlation_id", ""), document_id=document_id,
-        version=version, status=Status.FAILED, stage=stage, error=f"{type(exc).__name__}: {exc}"[:2000]))]
+    version = event.effective_version if isinstance(event, DocumentArrived) else event.version
+    return [Out(TOPICS.status, document_key(event.tenant, event.document_id), DocumentStatus(
+        tenant=event.tenant, correlation_id=event.correlation_id, document_id=event.document_id, version=version,
+        status=Status.FAILED, stage=stage, error=f"{type(exc).__name__}: {exc}"[:2000]))]

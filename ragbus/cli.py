@@ -430,7 +430,7 @@ def dlq_list(stage: str = typer.Option(None, help="only this stage's dead letter
         return
     for dl in list_dead_letters(settings, _stages(stage)):
         n += 1
-        typer.echo(f"{dl.stage:<9} {dl.topic}[{dl.partition}]@{dl.offset} {dl.error_type}: {dl.reason[:160]}")
+        typer.echo(f"{dl.stage:<9} {logs.where(dl.topic, dl.partition, dl.offset)} {dl.error_type}: {dl.reason[:160]}")
     typer.echo(f"{n} dead letters", err=True)
 
 

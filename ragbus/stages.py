@@ -21,9 +21,10 @@ from infra.ops.health import Health, StallPolicy, report, serve
 from infra.ops.metrics import Metrics
 from infra.settings import Settings
 from kernel.errors import ConfigurationError
-from kernel.ports import VectorIndex
+from kernel.ports import DocumentStore, VectorIndex
 from kernel.stage import Out, Stage
 from retrieval.retriever import Retriever
+from schemas.events import QueryRequested
 from schemas.topics import STAGES, TOPICS
 from streams import chunker, embedder
 
@@ -104,33 +105,39 @@ def consumer(settings: Settings, name: str, metrics: Metrics, health: Health | N
     producer = EventProducer(settings, **({"linger.ms": 0} if name == "answerer" else {}))
     store = wiring.build_store(settings)
     batch, window = settings.kafka.poll_batch, settings.kafka.batch_linger_s
-    stage: Stage
     if name == "status":
-        stage = status.stage(store, batch, window)
+        policy = BatchPolicy(settings, status.stage(store, batch, window), metrics, health)
     else:
         from infra.models.embedder import embedding_dim
 
         dim = embedding_dim(settings.embedder.model)
         index = wiring.build_index(settings, dim)
         if name == "indexer":
-            stage = indexer.Indexer(index, store, metrics, dim).stage(batch, window)
+            policy = BatchPolicy(settings, indexer.Indexer(index, store, metrics, dim).stage(batch, window), metrics,
+                                 health)
             if upkeep is not None:
                 upkeep.append(maintain_forever(index, settings.index.maintain_every_s))
         else:
-            questions = wiring.query_embedder(settings, tracing.traced_embedder(wiring.build_embedder(settings)))
-            retriever = Retriever(questions, index, wiring.retrieval_config(settings),
-                                  reranker=wiring.build_reranker(settings), rewriter=wiring.build_rewriter(settings),
-                                  on_degraded=lambda model, reason: metrics.retrieval_degraded.labels(model).inc())
+            policy = BatchPolicy(settings, _answerer(settings, metrics, producer, store, index, health), metrics,
+                                 health)
+    return consumer_runner.ConsumerRunner(settings, policy, producer, health)
 
-            def emit(out: Out) -> None:  # streamed deltas go out at once, ahead of the batch's commit
-                producer.send(out.topic, out.key, out.event)
 
-            # No linger for queries: a lone query is answered at once, and queries that arrive together
-            # still form one batch (answered concurrently) because they are in the queue already.
-            stage = answerer.Answerer(retriever, guarded_model(settings, metrics, health), store, metrics, emit,
-                                      concurrency=settings.answerer.concurrency,
-                                      cache_answers=settings.answerer.cache_answers).stage(batch, 0.0)
-    return consumer_runner.ConsumerRunner(settings, BatchPolicy(settings, stage, metrics, health), producer, health)
+def _answerer(settings: Settings, metrics: Metrics, producer: EventProducer, store: DocumentStore,
+              index: VectorIndex, health: Health | None) -> Stage[QueryRequested]:
+    questions = wiring.query_embedder(settings, tracing.traced_embedder(wiring.build_embedder(settings)))
+    retriever = Retriever(questions, index, wiring.retrieval_config(settings),
+                          reranker=wiring.build_reranker(settings), rewriter=wiring.build_rewriter(settings),
+                          on_degraded=lambda model, reason: metrics.retrieval_degraded.labels(model).inc())
+
+    def emit(out: Out) -> None:  # streamed deltas go out at once, ahead of the batch's commit
+        producer.send(out.topic, out.key, out.event)
+
+    # No linger for queries: a lone query is answered at once, and queries that arrive together
+    # still form one batch (answered concurrently) because they are in the queue already.
+    return answerer.Answerer(retriever, guarded_model(settings, metrics, health), store, metrics, emit,
+                             concurrency=settings.answerer.concurrency,
+                             cache_answers=settings.answerer.cache_answers).stage(settings.kafka.poll_batch, 0.0)
 
 
 def run_workers(settings: Settings, names: list[str]) -> None:

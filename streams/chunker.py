@@ -97,7 +97,8 @@ def chunk_event(event: DocumentArrived | DocumentDeleted, chunker: Chunker, load
     return outs
 
 
-def stage(chunker: Chunker, load: ContentLoader, fetch: ContentFetcher | None = None) -> Stage:
+def stage(chunker: Chunker, load: ContentLoader,
+          fetch: ContentFetcher | None = None) -> Stage[DocumentArrived | DocumentDeleted]:
     return Stage(
         name=STAGE, source=TOPICS.documents,
         handle=per_event(lambda ev: chunk_event(ev, chunker, load, fetch)),

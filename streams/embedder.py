@@ -101,7 +101,7 @@ def embed_events(events: Sequence[ChunksProduced | DocumentDeleted], embedder: C
     return results
 
 
-def stage(embedder: CachedEmbedder, max_batch: int, window_s: float) -> Stage:
+def stage(embedder: CachedEmbedder, max_batch: int, window_s: float) -> Stage[ChunksProduced | DocumentDeleted]:
     return Stage(
         name=STAGE, source=TOPICS.chunks, handle=lambda evs: embed_events(evs, embedder),
         on_failure=lambda ev, exc: failed_status(ev, exc, STAGE), max_batch=max_batch, window_s=window_s,

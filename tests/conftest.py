@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,13 @@ ROOT = Path(__file__).resolve().parent.parent
 ONNX_CACHE = Path(os.environ.get("RAGBUS_EMBEDDER_ONNX_DIR") or ROOT / ".ragbus" / "models")
 os.environ["RAGBUS_EMBEDDER_ONNX_DIR"] = str(ONNX_CACHE)
 pytest_plugins = ["tests.containers"]
+
+
+def make_variable(name: str, makefile: Path = ROOT / "Makefile") -> str:
+    """What make makes of a Makefile variable (so a test follows the Makefile instead of copying its paths)."""
+    done = subprocess.run(["make", "-s", "-f", str(makefile), "--eval", f"print-var: ; @echo $({name})",
+                           "print-var"], cwd=makefile.parent, capture_output=True, text=True, timeout=30, check=True)
+    return done.stdout.strip()
 
 
 @pytest.fixture(scope="session")

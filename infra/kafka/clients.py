@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient, NewTopic, TopicMetadata  # type: ignore[attr-defined]
 from pydantic import BaseModel
 
 from infra.kafka.broker import lost
@@ -37,7 +37,13 @@ def bootstrap(settings: Settings) -> str:
     return servers
 
 
+#: A librdkafka setting's value as confluent-kafka takes it: a scalar, the logger, or a callback.
+ConfigValue = str | int | float | bool | logging.Logger | Callable[..., None]
+
+
 def base_config(settings: Settings) -> dict[str, Any]:
+    """Any: confluent-kafka's AdminClient is annotated for scalar values only, but takes the logger as its
+    Consumer and Producer do."""
     cfg: dict[str, Any] = {
         "bootstrap.servers": bootstrap(settings),
         "message.max.bytes": settings.kafka.message_max_bytes,
@@ -90,7 +96,7 @@ def _check_topic_settings(settings: Settings) -> None:
             raise ConfigurationError(f'RAGBUS_KAFKA_TOPIC_PARTITIONS["{name}"] must be at least 1, not {count}')
 
 
-def topic_mismatches(settings: Settings, existing: dict[str, Any], specs: list[TopicSpec]) -> list[str]:
+def topic_mismatches(settings: Settings, existing: dict[str, TopicMetadata], specs: list[TopicSpec]) -> list[str]:
     """Existing topics whose partition count differs from what the settings ask for, as readable phrases."""
     out = []
     for spec in specs:
@@ -155,7 +161,7 @@ def partition_ids(client: Consumer | AdminClient, topic: str, timeout_s: float =
     return sorted(meta.partitions) if meta is not None and meta.error is None else []
 
 
-def make_consumer(settings: Settings, group_id: str | None, **overrides: Any) -> Consumer:
+def make_consumer(settings: Settings, group_id: str | None, **overrides: ConfigValue) -> Consumer:
     session = settings.kafka.session_timeout_ms
     cfg = base_config(settings) | {
         "enable.auto.commit": False,
@@ -178,7 +184,7 @@ class EventProducer:
     """An idempotent producer that tracks delivery failures: `flush()` raises if any send failed,
     so a caller never commits input offsets for output that did not reach the broker."""
 
-    def __init__(self, settings: Settings, **overrides: Any) -> None:
+    def __init__(self, settings: Settings, **overrides: ConfigValue) -> None:
         cfg = base_config(settings) | {
             "enable.idempotence": True,
             "acks": "all",

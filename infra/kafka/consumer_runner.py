@@ -21,9 +21,8 @@ import json
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from infra.ops import logs
 from infra.ops.health import Health
@@ -62,12 +61,12 @@ class ConsumerRunner:
                                  error_cb=self._on_error, stats_cb=self._on_stats,
                                  **{"statistics.interval.ms": STATS_EVERY_MS})
 
-        def on_assign(_: Any, partitions: list[Any]) -> None:
+        def on_assign(_: Consumer, partitions: list[TopicPartition]) -> None:
             log.info("partitions assigned", stage=self._stage.name, partitions=[p.partition for p in partitions])
             if self._health is not None:
-                self._health.assigned([f"{p.topic}[{p.partition}]" for p in partitions])
+                self._health.assigned([(p.topic, p.partition) for p in partitions])
 
-        def on_revoke(_: Any, partitions: list[Any]) -> None:
+        def on_revoke(_: Consumer, partitions: list[TopicPartition]) -> None:
             self._revoked = True
             self._start.clear()  # a later owner may commit meanwhile: read again on the next assignment
             self._committed.clear()
@@ -96,7 +95,7 @@ class ConsumerRunner:
             consumer.close()  # leaves the group at once, so the partitions move without a session timeout
             log.info("stage stopped", stage=self._stage.name)
 
-    def _records(self, messages: list[Any]) -> list[SourceRecord]:
+    def _records(self, messages: list[Message]) -> list[SourceRecord]:
         records = []
         for msg in messages:
             err = msg.error()
@@ -192,13 +191,13 @@ class ConsumerRunner:
         self._lag_at = time.monotonic()
         assignment = consumer.assignment()
         self._fetch_start(consumer, [tp for tp in assignment if (tp.topic, tp.partition) not in self._start])
-        offsets: dict[str, tuple[int | None, int]] = {}
+        offsets: dict[tuple[str, int], tuple[int | None, int]] = {}
         for tp in assignment:
             key = (tp.topic, tp.partition)
             _, high = consumer.get_watermark_offsets(tp, cached=True)
             committed = self._committed.get(key, self._start.get(key))
             if high >= 0 and committed is not None:
-                offsets[f"{tp.topic}[{tp.partition}]"] = (committed, high)
+                offsets[key] = (committed, high)
         self._health.observe(offsets)
 
     def _fetch_start(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

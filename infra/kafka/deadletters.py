@@ -12,19 +12,19 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import Message, TopicPartition
 
 from infra.kafka.clients import EventProducer, commit_offsets, make_consumer, partition_ids, topic_name
 from infra.kafka.records import SourceRecord, headers_of
+from infra.ops import logs
 from infra.settings import Settings
 from schemas.events import DeadLetter, utcnow
 from schemas.headers import DLQ_PREFIX, REPLAYED_FROM
 from schemas.topics import STAGES, TOPICS
 
 
-def _dead_letter(msg: Any) -> DeadLetter:
+def _dead_letter(msg: Message) -> DeadLetter:
     h = {k[len(DLQ_PREFIX):]: (v.encode() if isinstance(v, str) else v or b"").decode("utf-8", "replace")
          for k, v in headers_of(msg) if k.startswith(DLQ_PREFIX)}
     value = msg.value() or b""
@@ -77,7 +77,7 @@ def replay(settings: Settings, stage: str, limit: int | None = None, idle_s: flo
             for m in batch:
                 origin = _dead_letter(m).topic
                 kept = [(k, v) for k, v in headers_of(m) if not k.startswith(DLQ_PREFIX) and k != REPLAYED_FROM]
-                where = f"{m.topic()}[{m.partition()}]@{m.offset()}".encode()
+                where = logs.where(m.topic() or "", m.partition() or 0, m.offset() or 0).encode()
                 producer.send_raw(origin, m.key(), m.value(), kept + [(REPLAYED_FROM, where)])
             producer.flush()
             commit_offsets(consumer, [SourceRecord.of(m) for m in batch])

@@ -20,20 +20,23 @@ still escapes (a bug in this runner, the producer refusing a send) the process e
 acknowledging, exactly like a SIGKILL: the group resumes from the committed offset. A stop request in
 the middle of a batch lets the batch finish within a grace period; a batch the policy gives up (it was
 waiting when the stop came) leaves the same way, unacknowledged.
+
+What this relies on beyond faust's public API (the fetch wait, committed offsets, connection state, the exit
+without clean-up) is in faust_seam.py, with why each exists.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import threading
 import time
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import NoReturn, cast
 
 import faust
-from faust.transport.drivers import aiokafka as aiokafka_driver
+from faust.streams import Stream
+from faust.types import TP, AppT, EventT, StreamT, TopicT
 
 from infra.ops import logs
 from infra.ops.health import Health
@@ -42,7 +45,9 @@ from infra.settings import Settings
 
 from .clients import bootstrap, partitions, topic_name
 from .delivery import BatchPolicy, Done
-from .records import SourceRecord
+from .faust_seam import FaustApp as FaustApp
+from .faust_seam import broker_connected, committed_offset, leave_unacknowledged, verify
+from .records import Headers, SourceRecord
 from .security import faust_options
 
 log = logs.get(__name__)
@@ -52,41 +57,20 @@ STOP_GRACE_S = 20.0
 EXIT_UNFINISHED_BATCH = 70
 #: Exit code when a stop request came while the batch in hand could not finish (it is redelivered).
 EXIT_STOPPED = 0
+GIVEN_UP = "the batch was given up while waiting (the worker is stopping)"
 
 
-class _ConsumerThread(aiokafka_driver.AIOKafkaConsumerThread):
-    """faust builds its aiokafka consumer with `fetch_max_wait_ms=1500` and no setting to change it. Against
-    a broker that holds a fetch for its whole wait (the local Tansu), that is up to 1.5 s per stage for
-    every event; the app's `fetch_wait_ms` (`Settings.fetch_wait_ms`) replaces it before the consumer
-    starts (aiokafka reads it when it builds its fetcher, in `start`)."""
-
-    def _create_worker_consumer(self, transport: Any) -> Any:
-        consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = getattr(self.app, "fetch_wait_ms", 1500)
-        return consumer
-
-
-class _Consumer(aiokafka_driver.Consumer):
-    def _new_consumer_thread(self) -> Any:
-        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-
-class _Transport(aiokafka_driver.Transport):
-    Consumer = _Consumer
-
-
-class FaustApp(faust.App):
-    """A faust app whose consumer waits at the broker `fetch_wait_ms` at most (see `_ConsumerThread`)."""
-
-    fetch_wait_ms = 1500
-
-    def _new_transport(self) -> Any:
-        return _Transport(self.conf.broker_consumer, self, loop=self.loop)
-
-
-def _record(event: Any) -> SourceRecord:
+def _record(event: EventT[bytes]) -> SourceRecord:
     msg = event.message
-    return SourceRecord(msg.topic, msg.partition, msg.offset, msg.key, msg.value, list(msg.headers or []))
+    raw = msg.headers.items() if isinstance(msg.headers, Mapping) else msg.headers or []
+    headers: Headers = [(k, v) for k, v in raw]
+    return SourceRecord(msg.topic, msg.partition, msg.offset, msg.key, msg.value, headers)
+
+
+def _faust_headers(headers: Headers) -> list[tuple[str, bytes]]:
+    """faust annotates header values as bytes; aiokafka writes them as Kafka has them (str or bytes, or None for a
+    null value a dead letter keeps from its original)."""
+    return cast(list[tuple[str, bytes]], headers)
 
 
 def build_app(settings: Settings, policy: BatchPolicy, metrics: Metrics, health: Health | None = None) -> FaustApp:
@@ -116,12 +100,13 @@ def build_app(settings: Settings, policy: BatchPolicy, metrics: Metrics, health:
         producer_acks=-1,
         **security,
     )
-    app.fetch_wait_ms = settings.fetch_wait_ms()
+    app.fetch_wait_ms = settings.fetch_wait_ms()  # faust's own 1.5 s, replaced (infra/kafka/faust_seam.py)
+    verify(app)
     source = app.topic(topic_name(settings, stage.source), key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw", partitions=partitions(settings, stage.source))
-    sinks: dict[str, Any] = {}
+    sinks: dict[str, TopicT] = {}
 
-    def sink(name: str) -> Any:
+    def sink(name: str) -> TopicT:
         if name not in sinks:
             sinks[name] = app.topic(name, key_serializer="raw", value_serializer="raw")
         return sinks[name]
@@ -133,15 +118,14 @@ def build_app(settings: Settings, policy: BatchPolicy, metrics: Metrics, health:
     def wait(seconds: float) -> bool:
         return not stopping.wait(seconds)
 
-    async def finish(records: list[SourceRecord]) -> Done:
+    async def finish(records: list[SourceRecord]) -> Done | None:
+        """The batch processed and its outputs sent; None when the policy gave it up (the worker is stopping)."""
         done = await asyncio.get_running_loop().run_in_executor(executor, policy.process, records, wait)
-        if done is None:
-            raise _Abandoned("the batch was given up while waiting (the worker is stopping)")
-        for send in done.sends:
-            await sink(send.topic).send(key=send.key, value=send.value, headers=send.headers)
+        for send in done.sends if done is not None else []:
+            await sink(send.topic).send(key=send.key, value=send.value, headers=_faust_headers(send.headers))
         return done
 
-    async def agent(stream: Any) -> Any:
+    async def agent(stream: StreamT[bytes]) -> AsyncIterator[int]:
         nonlocal starts
         starts += 1
         if starts > 1:  # faust restarts an agent that crashed: say so, it is never normal
@@ -149,7 +133,8 @@ def build_app(settings: Settings, policy: BatchPolicy, metrics: Metrics, health:
             if health is not None:
                 health.restarted()
             log.error("agent restarted after a crash", stage=stage.name, restarts=starts - 1)
-        async for batch in stream.take_events(stage.max_batch, within=stage.window_s or 0.001):
+        batches = cast(Stream[bytes], stream).take_events(stage.max_batch, within=stage.window_s or 0.001)
+        async for batch in batches:  # (faust's StreamT does not declare take_events; its Stream does)
             records = [_record(e) for e in batch]
             started = time.perf_counter()
             work = asyncio.ensure_future(finish(records))
@@ -158,12 +143,16 @@ def build_app(settings: Settings, policy: BatchPolicy, metrics: Metrics, health:
             except asyncio.CancelledError:  # stopping: finish the batch in hand, or leave it unacknowledged
                 stopping.set()  # a policy that is waiting gives the batch up at once
                 try:
-                    await asyncio.wait_for(work, STOP_GRACE_S)
+                    done = await asyncio.wait_for(work, STOP_GRACE_S)
                 except BaseException as exc:
-                    _exit_unacknowledged(stage.name, records, exc, EXIT_STOPPED)
+                    _exit_unacknowledged(stage.name, records, _error(exc), EXIT_STOPPED)
+                if done is None:
+                    _exit_unacknowledged(stage.name, records, GIVEN_UP, EXIT_STOPPED)
                 raise
             except BaseException as exc:
-                _exit_unacknowledged(stage.name, records, exc, EXIT_UNFINISHED_BATCH)
+                _exit_unacknowledged(stage.name, records, _error(exc), EXIT_UNFINISHED_BATCH)
+            if done is None:  # given up: the policy does so only while the worker is stopping
+                _exit_unacknowledged(stage.name, records, GIVEN_UP, EXIT_STOPPED)
             policy.finished(records, done, started)
             yield len(records)
 
@@ -173,14 +162,14 @@ def build_app(settings: Settings, policy: BatchPolicy, metrics: Metrics, health:
     return app
 
 
-def _report_health(app: faust.App, topic: str, health: Health) -> None:
+def _report_health(app: FaustApp, topic: str, health: Health) -> None:
     """Liveness from a timer on the event loop, readiness from the rebalance signals and aiokafka's
     connections, lag and stalls from faust's committed offsets and fetch high-water marks."""
 
-    def on_assigned(_: Any, /, *args: Any, signal: Any, **__: Any) -> None:  # args: (the assigned partitions,)
-        health.assigned([f"{tp.topic}[{tp.partition}]" for tp in args[0] if tp.topic == topic])
+    def on_assigned(_: AppT, /, *args: set[TP], signal: object, **__: object) -> None:  # args: (the partitions,)
+        health.assigned([(tp.topic, tp.partition) for tp in args[0] if tp.topic == topic])
 
-    def on_revoked(_: Any, /, *__: Any, signal: Any, **___: Any) -> None:
+    def on_revoked(_: AppT, /, *__: object, signal: object, **___: object) -> None:
         health.revoked()
 
     app.on_partitions_assigned.connect(on_assigned)
@@ -190,41 +179,29 @@ def _report_health(app: faust.App, topic: str, health: Health) -> None:
         health.tick()
 
     async def observe() -> None:
-        health.connection(*_connected(app))
-        offsets: dict[str, tuple[int | None, int]] = {}
+        health.connection(*broker_connected(app))
+        offsets: dict[tuple[str, int], tuple[int | None, int]] = {}
         for tp in app.consumer.assignment():
             high = app.consumer.highwater(tp) if tp.topic == topic else None
             if high is not None and high >= 0:
-                # faust has no public accessor; None: the group never committed (it starts at offset 0)
-                committed = getattr(app.consumer, "_committed_offset", {}).get(tp)
-                offsets[f"{tp.topic}[{tp.partition}]"] = (committed or 0, high)
+                # None: the group never committed (it starts at offset 0)
+                offsets[(tp.topic, tp.partition)] = (committed_offset(app, tp) or 0, high)
         health.observe(offsets)
 
     app.timer(interval=1.0, name="ragbus.tick")(tick)
     app.timer(interval=2.0, name="ragbus.lag")(observe)
 
 
-def _connected(app: faust.App) -> tuple[bool, str | None]:
-    """Whether aiokafka holds a live broker connection (faust exposes none; checked by the runtime tests)."""
-    try:
-        conns = app.consumer._thread._ensure_consumer()._client._conns  # type: ignore[attr-defined]
-    except Exception as exc:  # the consumer is not started yet
-        return False, f"consumer not started ({type(exc).__name__})"
-    up = any(conn.connected() for conn in list(conns.values()))
-    return up, None if up else "no broker connection is up"
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
 
 
-class _Abandoned(Exception):
-    pass
-
-
-def _exit_unacknowledged(stage: str, records: list[SourceRecord], exc: BaseException, code: int) -> None:
+def _exit_unacknowledged(stage: str, records: list[SourceRecord], error: str, code: int) -> NoReturn:
     """Leave the process without acknowledging `records` (faust would commit them on any other way out)."""
     where = f"{records[0].where()}..{records[-1].offset}" if records else "(empty batch)"
     log.critical("batch could not be finished; exiting without acknowledging it, so it is redelivered",
-                 stage=stage, batch=where, events=len(records), error=f"{type(exc).__name__}: {exc}"[:500])
-    sys.stderr.flush()
-    os._exit(code)
+                 stage=stage, batch=where, events=len(records), error=error)
+    leave_unacknowledged(code)
 
 
 def run(app: FaustApp, settings: Settings) -> None:

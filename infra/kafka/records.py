@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Message
 
+from infra.ops import logs
 from schemas.events import utcnow
 from schemas.headers import CORRELATION_ID, DLQ_PREFIX, dlq
 from schemas.topics import TOPICS
@@ -44,7 +45,7 @@ class SourceRecord:
     headers: Headers
 
     def where(self) -> str:
-        return f"{self.topic}[{self.partition}]@{self.offset}"
+        return logs.where(self.topic, self.partition, self.offset)
 
     def correlation_id(self) -> str:
         for key, value in self.headers:

@@ -62,7 +62,7 @@ def json_depth(raw: bytes) -> int:
     return int(np.cumsum(steps, dtype=np.int64).max(initial=0))
 
 
-def _parse(raw: bytes, limits: DecodeSettings) -> Any:
+def _parse(raw: bytes, limits: DecodeSettings) -> object:
     if len(raw) > limits.max_bytes:
         raise PoisonMessageError(f"message value is {len(raw)} bytes, over the limit of {limits.max_bytes} "
                                  "(RAGBUS_DECODE_MAX_BYTES): send large content by reference")

@@ -45,6 +45,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from infra.ops import logs
+from infra.ops.logs import where
 from infra.ops.metrics import Metrics
 from infra.settings import Settings
 from kernel.errors import ConfigurationError
@@ -55,6 +56,8 @@ STALE_AFTER_S = 30.0
 #: Batch durations remembered for the derived stall bound.
 RECENT_BATCHES = 32
 UNHEALTHY = frozenset({"broken", "stalled", "degraded"})
+#: A partition of the stage's input: (topic, partition number).
+TopicPartition = tuple[str, int]
 
 
 @dataclass(frozen=True)
@@ -103,21 +106,21 @@ class Health:
         self._clock = clock
         self._path = directory / f"{stage}-{os.getpid()}.json" if directory else None
         self._lock = threading.RLock()
-        self._partitions: dict[str, _Partition] = {}
+        self._partitions: dict[TopicPartition, _Partition] = {}
         #: When a committed offset of the stage last moved, and since when it has had lag.
         self._moved_at = clock()
         self._lag_since: float | None = None
         self._durations: deque[float] = deque(maxlen=RECENT_BATCHES)
         self._last_tick = clock()
         self._in_batch_since: float | None = None
-        self._assignment: set[str] | None = None
+        self._assignment: set[TopicPartition] | None = None
         self._connected = True
         self._connection_error: str | None = None
         self.processed = 0
         self.last_progress: float | None = None
         self.crashes = 0
         self.restarts = 0
-        self.last_crash: dict[str, Any] | None = None
+        self.last_crash: dict[str, str | float] | None = None
         #: Why the stage stopped taking events (its failure breaker is open), or None.
         self.broken_reason: str | None = None
         self._write_error: str | None = None
@@ -150,7 +153,7 @@ class Health:
             self.last_progress = self._clock()
             self._durations.append(seconds)
 
-    def assigned(self, partitions: list[str]) -> None:
+    def assigned(self, partitions: list[TopicPartition]) -> None:
         """The group gave this stage `partitions` (possibly none)."""
         with self._lock:
             self._assignment = set(partitions)
@@ -176,8 +179,8 @@ class Health:
         if changed:
             self.write()
 
-    def observe(self, offsets: dict[str, tuple[int | None, int]]) -> None:
-        """Per partition `topic[p]`: (committed offset or None, fetch high-water mark)."""
+    def observe(self, offsets: dict[TopicPartition, tuple[int | None, int]]) -> None:
+        """Per partition: (committed offset or None, fetch high-water mark)."""
         now = self._clock()
         with self._lock:
             for tp, (committed, high) in offsets.items():
@@ -192,18 +195,16 @@ class Health:
                     part.lag_since = None
                 elif part.lag_since is None:
                     part.lag_since = now
-                topic, _, partition = tp.rpartition("[")
-                self._metrics.lag.labels(self.stage, topic, partition.rstrip("]")).set(part.lag)
+                self._metrics.lag.labels(self.stage, tp[0], str(tp[1])).set(part.lag)
             if not any(p.lag for p in self._partitions.values()):
                 self._lag_since = None
             elif self._lag_since is None:
                 self._lag_since = now
 
-    def _forget(self, tp: str) -> None:
+    def _forget(self, tp: TopicPartition) -> None:
         self._partitions.pop(tp, None)
-        topic, _, partition = tp.rpartition("[")
         with contextlib.suppress(KeyError):
-            self._metrics.lag.remove(self.stage, topic, partition.rstrip("]"))
+            self._metrics.lag.remove(self.stage, tp[0], str(tp[1]))
 
     def broken(self, reason: str) -> None:
         with self._lock:
@@ -282,8 +283,8 @@ class Health:
                 "ready": self.ready(), "stalled": stalled, "broken": self.broken_reason,
                 "degraded": self.degraded_reason,
                 "lag": sum(p.lag for p in self._partitions.values()), "stuck_s": round(self.stuck_s(), 1),
-                "partitions": {tp: {"lag": p.lag, "committed": p.committed, "high": p.high,
-                                    "stuck_s": round(p.stuck_s(now), 1)}
+                "partitions": {where(*tp): {"lag": p.lag, "committed": p.committed, "high": p.high,
+                                            "stuck_s": round(p.stuck_s(now), 1)}
                                for tp, p in sorted(self._partitions.items())},
                 "stall_bound_s": round(self.stall_bound(), 1),
                 "in_batch_s": round(now - self._in_batch_since, 1) if self._in_batch_since is not None else None,
@@ -380,7 +381,7 @@ def serve(host: str, port: int, metrics: Metrics, healths: list[Health]) -> Thre
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args: Any) -> None:
+        def log_message(self, format: str, *args: object) -> None:
             return
 
     try:

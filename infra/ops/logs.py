@@ -26,10 +26,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import IO, Any
+from typing import IO, cast
 
 import structlog
 from opentelemetry import trace
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 #: Loggers whose repeated WARNING+ lines are rate-limited (the Kafka clients and their runtimes).
 CLIENT_LOGGERS = ("librdkafka", "aiokafka", "kafka", "faust", "mode", "infra.kafka.client")
@@ -81,14 +82,14 @@ def _text(record: logging.LogRecord) -> str:
         return str(record.msg)
 
 
-def _add_field(record: logging.LogRecord, key: str, value: Any) -> None:
+def _add_field(record: logging.LogRecord, key: str, value: object) -> None:
     if isinstance(record.msg, dict):
         record.msg = {**record.msg, key: value}
     else:
         setattr(record, key, value)
 
 
-def add_trace_ids(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def add_trace_ids(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
     """`trace_id` and `span_id` of the current span, so a log line leads to its trace."""
     ctx = trace.get_current_span().get_span_context()
     if ctx.is_valid:
@@ -97,7 +98,7 @@ def add_trace_ids(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-def _shared() -> list[Any]:
+def _shared() -> list[Processor]:
     return [structlog.contextvars.merge_contextvars, structlog.stdlib.add_log_level,
             structlog.stdlib.add_logger_name, structlog.processors.TimeStamper(fmt="iso", utc=True),
             add_trace_ids]
@@ -107,7 +108,7 @@ def configure(level: str = "INFO", fmt: str = "console", quiet_clients: bool = F
               stream: IO[str] | None = None) -> logging.Handler:
     """Route every logger of the process through one handler. `quiet_clients`: for interactive
     commands, whose client failures are reported as one line instead. Returns the handler (tests)."""
-    renderer: Any = (structlog.processors.JSONRenderer() if fmt == "json"
+    renderer: Processor = (structlog.processors.JSONRenderer() if fmt == "json"
                      else structlog.dev.ConsoleRenderer(colors=False))
     structlog.configure(
         processors=[structlog.stdlib.filter_by_level, *_shared(), structlog.processors.StackInfoRenderer(),
@@ -137,7 +138,7 @@ def configure(level: str = "INFO", fmt: str = "console", quiet_clients: bool = F
 
 
 @contextmanager
-def bound_context(**fields: Any) -> Iterator[None]:
+def bound_context(**fields: object) -> Iterator[None]:
     """Fields on every line logged in this thread meanwhile (ragbus's and the libraries')."""
     tokens = structlog.contextvars.bind_contextvars(**{k: v for k, v in fields.items() if v is not None})
     try:
@@ -146,5 +147,10 @@ def bound_context(**fields: Any) -> Iterator[None]:
         structlog.contextvars.reset_contextvars(**tokens)
 
 
-def get(name: str) -> Any:
-    return structlog.get_logger(name)
+def where(topic: str, partition: int, offset: int | None = None) -> str:
+    """`topic[partition]`, or `topic[partition]@offset`: how logs, health and the CLI name a message's place."""
+    return f"{topic}[{partition}]" if offset is None else f"{topic}[{partition}]@{offset}"
+
+
+def get(name: str) -> structlog.stdlib.BoundLogger:
+    return cast(structlog.stdlib.BoundLogger, structlog.get_logger(name))

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextvars
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import ParamSpec, Protocol, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -33,11 +33,14 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.util.types import AttributeValue
 
 from infra.ops.metrics import ragbus_version
 from infra.settings import Settings
+from kernel.ports import Embedder, Vectors
 
 T = TypeVar("T")
+P = ParamSpec("P")
 Headers = list[tuple[str, str | bytes | None]]
 _TRACER = "ragbus"
 #: Links on one batch span at most (the SDK's own default limit is 128).
@@ -94,18 +97,19 @@ def inject(span: Span) -> Headers:
 
 
 @contextmanager
-def publishing(topic: str, event: Any) -> Iterator[Headers]:
+def publishing(topic: str, event: object) -> Iterator[Headers]:
     """A client publishing one event: a PRODUCER span that starts the event's trace; yields its headers."""
     with tracer().start_as_current_span(f"{topic} publish", kind=SpanKind.PRODUCER,
                                         attributes=_messaging(topic) | event_attributes(event)) as span:
         yield inject(span)
 
 
-def _messaging(topic: str) -> dict[str, Any]:
+def _messaging(topic: str) -> dict[str, AttributeValue]:
     return {"messaging.system": "kafka", "messaging.destination.name": topic}
 
 
-def event_attributes(event: Any) -> dict[str, str]:
+def event_attributes(event: object) -> dict[str, str]:
+    """The ids an event carries (any of tenant, document_id, query_id, correlation_id), as span attributes."""
     attrs = {}
     for field in ("tenant", "document_id", "query_id", "correlation_id"):
         value = getattr(event, field, None)
@@ -114,10 +118,26 @@ def event_attributes(event: Any) -> dict[str, str]:
     return attrs
 
 
+class Consumed(Protocol):
+    """What a span needs of a consumed message (infra/kafka/records.py's SourceRecord)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Headers: ...
+    def correlation_id(self) -> str: ...
+
+
 class BatchSpans:
     """The spans of one consumed batch: a `<stage> batch` span and a `<stage> process` span per message."""
 
-    def __init__(self, stage: str, group: str, records: Sequence[Any]) -> None:
+    def __init__(self, stage: str, group: str, records: Sequence[Consumed]) -> None:
         t = tracer()
         contexts = [extract(r.headers) for r in records]
         links = [Link(sc) for ctx in contexts[:MAX_LINKS]
@@ -139,7 +159,7 @@ class BatchSpans:
     def headers(self, index: int) -> Headers:
         return inject(self.events[index])
 
-    def decoded(self, index: int, event: Any) -> None:
+    def decoded(self, index: int, event: object) -> None:
         span = self.events[index]
         if span.is_recording():
             span.set_attributes(event_attributes(event))
@@ -151,7 +171,7 @@ class BatchSpans:
         span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"[:200]))
 
     @contextmanager
-    def handling(self, pairs: Sequence[tuple[int, Any, dict[str, str]]]) -> Iterator[None]:
+    def handling(self, pairs: Sequence[tuple[int, object, dict[str, str]]]) -> Iterator[None]:
         """While the stage handles these (index, event, log fields): `for_event` finds each one's span;
         the batch span is current, or the event's own span when it is handled alone."""
         spans = {id(event): (self.events[i], fields) for i, event, fields in pairs}
@@ -175,7 +195,7 @@ class BatchSpans:
         self.batch.end()
 
 
-def for_event(event: Any, fn: Callable[..., T]) -> Callable[..., T]:
+def for_event(event: object, fn: Callable[P, T]) -> Callable[P, T]:
     """`fn` to run, possibly in another thread, under `event`'s message span and log fields (the
     answerer answers a batch's queries in a thread pool)."""
     from infra.ops import logs
@@ -185,7 +205,7 @@ def for_event(event: Any, fn: Callable[..., T]) -> Callable[..., T]:
         return fn
     span, fields = found
 
-    def run(*args: Any, **kwargs: Any) -> T:
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
         with trace.use_span(span, end_on_exit=False), logs.bound_context(**fields):
             return fn(*args, **kwargs)
 
@@ -193,7 +213,8 @@ def for_event(event: Any, fn: Callable[..., T]) -> Callable[..., T]:
 
 
 @contextmanager
-def span(name: str, attributes: dict[str, Any] | None = None, kind: SpanKind = SpanKind.INTERNAL) -> Iterator[Span]:
+def span(name: str, attributes: dict[str, AttributeValue | None] | None = None,
+         kind: SpanKind = SpanKind.INTERNAL) -> Iterator[Span]:
     """A child span of whatever is current (a model call, a search); exceptions are recorded on it."""
     attrs = {k: v for k, v in (attributes or {}).items() if v is not None}
     with tracer().start_as_current_span(name, kind=kind, attributes=attrs) as s:
@@ -204,15 +225,15 @@ class TracedEmbedder:
     """An Embedder whose every call is an `embeddings <model>` span, with the input token count when the
     model can count (`count_tokens`) and the span is recorded."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Embedder) -> None:
         self._inner = inner
         self.name: str = inner.name
         self.dim: int = inner.dim
 
-    def __getattr__(self, attr: str) -> Any:  # max_tokens, count_tokens, ...: the model's own
+    def __getattr__(self, attr: str) -> object:  # max_tokens, count_tokens, ...: the model's own
         return getattr(self._inner, attr)
 
-    def embed(self, texts: Sequence[str]) -> Any:
+    def embed(self, texts: Sequence[str]) -> Vectors:
         with span(f"embeddings {self.name}", {"gen_ai.operation.name": "embeddings",
                                               "gen_ai.request.model": self.name,
                                               "ragbus.embed.texts": len(texts)}, kind=SpanKind.CLIENT) as s:
@@ -222,5 +243,5 @@ class TracedEmbedder:
             return self._inner.embed(texts)
 
 
-def traced_embedder(inner: Any) -> Any:
+def traced_embedder(inner: Embedder) -> Embedder:
     return TracedEmbedder(inner)

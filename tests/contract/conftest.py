@@ -29,8 +29,8 @@ def _sqlite(tmp: Path):  # type: ignore[no-untyped-def]
 
 def _mongomock_database() -> tuple[object, str]:
     """A mongomock client and a database name. Shim: pymongo >= 4.11 passes `sort=` to bulk operations,
-    which mongomock 4.3 does not accept (it fails with "unexpected keyword argument 'sort'"); the shim drops
-    it (ragbus never sorts bulk writes)."""
+    which mongomock 4.3 does not accept (`bulk_write(UpdateOne(..., upsert=True))` fails with "unexpected keyword
+    argument 'sort'"); the shim drops it (ragbus never sorts bulk writes)."""
     import mongomock
     from mongomock.collection import BulkOperationBuilder
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,16 +19,24 @@ LOCAL_TOOLS = {"promtool": ROOT / ".tools" / "prometheus" / "usr" / "bin" / "pro
 
 
 def tool(name: str) -> str:
-    """The path of a checking tool: on PATH, in the venv, or unpacked by `make tools`."""
+    """The path of a checking tool: on PATH, in the venv, or unpacked by `make tools`. For promtool, the first that
+    runs, as the Makefile chooses (a promtool on PATH that does not run is passed over)."""
     venv_bin = ROOT / ".venv" / "bin" / name
     for candidate in (shutil.which(name), str(venv_bin) if venv_bin.exists() else None,
                       str(LOCAL_TOOLS[name]) if name in LOCAL_TOOLS and LOCAL_TOOLS[name].exists() else None):
-        if candidate:
+        if candidate and (name not in LOCAL_TOOLS or _runs(candidate)):
             return candidate
     message = f"{name} is not installed: run `make tools` (it is part of `make test`)"
     if os.environ.get("CI"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+def _runs(path: str) -> bool:
+    try:
+        return subprocess.run([path, "--version"], capture_output=True, timeout=30).returncode == 0
+    except OSError:
+        return False
 
 
 def read(path: Path) -> str:

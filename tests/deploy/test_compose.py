@@ -4,8 +4,6 @@ worker containers run the image as the Dockerfile defines it."""
 
 from __future__ import annotations
 
-import json
-import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ import yaml
 from schemas.topics import STAGES
 from tests.conftest import ROOT
 from tests.deploy.conftest import read, tool, unknown_settings
+from tests.deploy.image_file import exec_form
 from tests.deploy.test_image import FINAL
 
 PATH = ROOT / "infra" / "compose.yaml"
@@ -77,7 +76,7 @@ def test_kafka_listens_inside_and_outside_the_compose_network() -> None:
 def test_workers_run_the_image_one_stage_each() -> None:
     workers = {n: s for n, s in SERVICES.items() if s.get("profiles") == ["workers"] and n != "topics"}
     assert {n: s["command"] for n, s in workers.items()} == {stage: [stage] for stage in STAGES}
-    image_check = json.loads(re.search(r"CMD (\[.*\])", FINAL.all("HEALTHCHECK")[-1]).group(1))  # type: ignore[union-attr]
+    image_check = exec_form(FINAL.last("HEALTHCHECK"))
     for name, service in workers.items():
         assert (PATH.parent / service["build"]["context"] / "Dockerfile").exists(), name
         assert service["healthcheck"]["test"] == ["CMD", *image_check], name

@@ -157,3 +157,26 @@ def test_a_faust_stage_logs_one_json_object_per_line(broker: str, settings_facto
         "no library line at all: is the test seeing the worker's output?"
     crash = next(r for r in records if r.get("event", "").startswith("stage raised an unexpected error"))
     assert crash["where"].startswith(f"{settings.kafka.topic_prefix}documents.v1[")
+
+
+def test_a_faust_stage_reports_readiness_and_lag_from_faust(broker: str, settings_factory) -> None:  # type: ignore[no-untyped-def]
+    """What infra/kafka/faust_seam.py reads from faust and aiokafka, against a broker: the broker connection
+    (readiness) and the committed offsets (lag 0 once every event is handled, on every partition that had one)."""
+    settings = settings_factory(broker)
+    ensure_topics(settings)
+    publish(settings, [f"doc-{i}" for i in range(20)])
+    proc = harness(settings, "")
+
+    def caught_up() -> bool:
+        snaps = read_health(settings.health_dir())
+        parts = snaps[0]["partitions"] if snaps else {}
+        return bool(parts) and snaps[0]["ready"] and all(p["lag"] == 0 for p in parts.values())
+
+    try:
+        wait_until(lambda: len(set(handled(settings, 20))) == 20, 60, "every event handled")
+        wait_until(caught_up, 30, "the stage to report itself ready with no lag")
+        [snap] = read_health(settings.health_dir())
+    finally:
+        stop(proc)
+    assert snap["state"] == "ok" and snap["connection_error"] is None
+    assert sum(p["committed"] for p in snap["partitions"].values()) == 20, snap["partitions"]

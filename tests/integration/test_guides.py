@@ -31,7 +31,7 @@ from tests.docs_blocks import Block, blocks
 from tests.https_server import HttpsServer
 from tests.pdf import tiny_pdf
 
-from .helpers import wait_until
+from .helpers import read_all, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -48,7 +48,7 @@ def newer_librdkafka(tmp: Path) -> Path:
     ("ApiVersionRequest failed: Local: Read underflow"); docs/publishing.md says so and shows this fix.
     Against a real Kafka cluster the system library works."""
     if shutil.which("kcat") is None:
-        pytest.fail("kcat is not installed: run `make test-tools` (Debian package kcat)")
+        pytest.fail("kcat is not installed: run `make tools` (Debian package kcat)")
     libs = sorted((Path(confluent_kafka.__file__).parent.parent / "confluent_kafka.libs").glob("librdkafka*.so*"))
     assert libs, "the confluent-kafka wheel no longer ships librdkafka where this test looks"
     (tmp / "librdkafka.so.1").symlink_to(libs[0])
@@ -142,6 +142,11 @@ def test_a_keyless_document_event_is_indexed_and_rekeyed(published: Settings) ->
     store = wiring.build_store(published)
     wait_until(lambda: (d := store.get_document("acme", "handbook/keyless.md")) is not None
                and d.status is Status.INDEXED, 60, "the keyless document to be indexed")
+    # every event derived from it travels keyed tenant/document_id, so per-document order holds downstream
+    for spec in (TOPICS.chunks, TOPICS.embedded, TOPICS.status):
+        keys = {m.key() for m in read_all(published, spec, expect=10**6, timeout_s=3)
+                if json.loads(m.value()).get("document_id") == "handbook/keyless.md"}
+        assert keys == {b"acme/handbook/keyless.md"}, (spec.name, keys)
 
 
 def test_dlq_list_json_is_an_array_empty_or_not(published: Settings, settings_factory) -> None:  # type: ignore[no-untyped-def]

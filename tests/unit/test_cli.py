@@ -71,7 +71,7 @@ def test_status_shows_a_degraded_stage_with_its_reason(tmp_path: Path) -> None:
     from infra.ops.metrics import Metrics
 
     health = Health("answerer", Metrics(stages=["answerer"]), tmp_path / "health")
-    health.assigned(["ragbus.queries.v1[0]"])
+    health.assigned([("ragbus.queries.v1", 0)])
     health.degraded("Claude refused the request (401): RAGBUS_ANTHROPIC_API_KEY is not accepted")
     done = ragbus("status", env={"RAGBUS_DATA_DIR": str(tmp_path), "RAGBUS_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9",
                                  "RAGBUS_EMBEDDER_ONNX_DIR": str(tmp_path / "models")})
@@ -88,3 +88,20 @@ def test_a_lost_local_broker_is_said_plainly_by_every_command(tmp_path: Path) ->
     line = one_line_error(ragbus("ask", "hello?", env={"RAGBUS_DATA_DIR": str(tmp_path)}))
     assert "the local broker (pid 999999999) exited" in line and "signal 9" in line
     assert "events in flight were lost" in line and "ragbus up" in line
+
+
+def test_status_shows_each_local_stage_and_exits_3_when_one_is_broken(tmp_path: Path) -> None:
+    """The health files the stage processes write (infra/ops/health.py), read back by `ragbus status`."""
+    from infra.ops.health import Health
+    from infra.ops.metrics import Metrics
+    from infra.settings import Settings
+
+    health_dir = Settings(data_dir=tmp_path).health_dir()
+    Health("status", Metrics(), health_dir).assigned([])
+    done = ragbus("status", env={"RAGBUS_DATA_DIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert f"stage status (pid {os.getpid()}): ok, lag 0, processed 0" in done.stdout
+    Health("indexer", Metrics(), health_dir).broken("the vector index refuses writes")
+    done = ragbus("status", env={"RAGBUS_DATA_DIR": str(tmp_path)})
+    assert done.returncode == 3, done.stderr
+    assert f"stage indexer (pid {os.getpid()}): BROKEN (the vector index refuses writes), lag 0" in done.stdout

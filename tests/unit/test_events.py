@@ -11,7 +11,14 @@ from pydantic import ValidationError
 from infra.kafka.serde import decode, encode
 from kernel.errors import PoisonMessageError
 from schemas import generate
-from schemas.events import INLINE_TEXT_MAX_BYTES, ContentRef, DocumentArrived, QueryRequested
+from schemas.events import (
+    INLINE_TEXT_MAX_BYTES,
+    ContentRef,
+    DocumentArrived,
+    QueryRequested,
+    chunk_uuid,
+    section_uuid,
+)
 from schemas.topics import TOPICS, TopicSpec
 from tests import hostile
 from tests.hostile import GOOD
@@ -129,3 +136,16 @@ def test_committed_json_schemas_are_current() -> None:
 def test_every_topic_name_is_declared_once() -> None:
     names = [spec.name for spec in TOPICS.all()]
     assert len(names) == len(set(names))
+
+
+@pytest.mark.parametrize(("make", "args", "golden"), [
+    (chunk_uuid, ("default", "handbook/a.md", 1, 0), "a7162319-3c12-520d-8e0a-1595f2a1a3a1"),
+    (chunk_uuid, ("acme", "docs/é.md", 1735689600000000, 17), "81840bb8-11d7-56f9-80b9-bb22effc0868"),
+    (section_uuid, ("default", "handbook/a.md", 1, 0), "bc0d21f4-01f3-585b-825f-a035439d99d8"),
+    (section_uuid, ("acme", "docs/é.md", 1735689600000000, 3), "43db6fc7-a701-53e6-badc-e7ef371db4c1"),
+])
+def test_chunk_and_section_ids_never_change(make, args, golden) -> None:  # type: ignore[no-untyped-def]
+    """Every stored chunk and section entry is keyed by these ids, and a redelivery or a re-index overwrites in place
+    only because they are the same as when the entry was first written: a change of formula would orphan every
+    stored entry (old ids never overwritten or deleted). Golden values, written down once; never update them."""
+    assert make(*args) == golden

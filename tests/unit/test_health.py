@@ -17,7 +17,7 @@ from infra.ops.health import Health, StallPolicy, serve
 from infra.ops.metrics import Metrics
 from kernel.errors import ConfigurationError
 
-TP = "ragbus.chunks.v1[0]"
+TP = ("ragbus.chunks.v1", 0)
 
 
 class Clock:
@@ -120,14 +120,14 @@ def test_a_fixed_bound_overrides_the_derived_one() -> None:
 def test_progress_on_any_partition_is_progress() -> None:
     # Under a backlog a consumer serves its partitions in turn: one waits while the others move.
     health, clock, _ = healthy(StallPolicy(fixed_s=5.0))
-    other = "ragbus.chunks.v1[1]"
+    other = ("ragbus.chunks.v1", 1)
     health.assigned([TP, other])
     health.observe({TP: (0, 10), other: (0, 10)})
     for step in range(1, 10):
         clock.advance(2)
         health.observe({TP: (0, 10), other: (step, 10)})
         assert not health.stalled()
-    assert health.snapshot()["partitions"][TP]["stuck_s"] == 18.0
+    assert health.snapshot()["partitions"]["ragbus.chunks.v1[0]"]["stuck_s"] == 18.0
     clock.advance(6)
     assert health.stalled()  # nothing moved anywhere for 6 s
 
@@ -203,13 +203,15 @@ def get(url: str) -> tuple[int, Any]:
 def test_endpoints_answer_each_question(endpoints: tuple[str, Health, Clock]) -> None:
     url, health, clock = endpoints
     assert get(f"{url}/readyz")[0] == 503 and get(f"{url}/livez")[0] == 200
-    assert get(f"{url}/health") == (200, get(f"{url}/health")[1]) and get(f"{url}/health")[1]["status"] == "starting"
+    code, body = get(f"{url}/health")
+    assert code == 200 and body["status"] == "starting" and [s["stage"] for s in body["stages"]] == ["embedder"]
     health.assigned([TP])
     health.observe({TP: (0, 4)})
     assert get(f"{url}/readyz")[0] == 200 and get(f"{url}/health")[1]["status"] == "ok"
     clock.advance(6)
     code, body = get(f"{url}/health")
-    assert code == 503 and body["status"] == "stalled" and body["stages"][0]["partitions"][TP]["lag"] == 4
+    assert code == 503 and body["status"] == "stalled"
+    assert body["stages"][0]["partitions"]["ragbus.chunks.v1[0]"]["lag"] == 4
     assert get(f"{url}/readyz")[0] == 200  # a stalled stage is still connected and assigned
     clock.advance(30)
     assert get(f"{url}/livez") == (503, {"ok": False, "failing": ["embedder"]})

@@ -58,7 +58,7 @@ class Stack:
         self.pipe.run(doc(1, "Kafka keeps the order of messages within one partition.", doc_id="kafka"))
         self.metrics = Metrics()
         self.health = Health("answerer", self.metrics)
-        self.health.assigned(["queries[0]"])  # as a runner reports it: connected, assigned, so "ok" until degraded
+        self.health.assigned([("queries", 0)])  # as a runner reports it: connected, assigned, so "ok" until degraded
         settings = AnthropicSettings(RAGBUS_ANTHROPIC_API_KEY="sk-test", RAGBUS_ANTHROPIC_BASE_URL=api.url,  # type: ignore[call-arg]
                                      max_retries=0, timeout_s=5)
         claude = ClaudeAnswerer(settings)

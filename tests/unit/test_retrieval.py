@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from infra.stores.lance import LanceVectorIndex
@@ -216,4 +215,4 @@ def test_rewrites_are_searched_too_and_a_failing_rewriter_is_skipped(index: Lanc
 def test_embedding_is_one_call_for_the_question_and_its_rewrites(index: LanceVectorIndex) -> None:
     emb = HashEmbedder(DIM)
     Retriever(emb, index, rewriter=Rewriter(["a", "b"])).retrieve("t", "q", top_k=1)
-    assert emb.calls == [["q", "a", "b"]] and np.isfinite(emb.embed(["x"])).all()
+    assert emb.calls == [["q", "a", "b"]]

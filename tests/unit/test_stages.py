@@ -208,3 +208,24 @@ def test_an_event_repeated_within_one_batch_is_written_once(pipe: Pipeline) -> N
     pipe.index_events(events + events)
     assert len(pipe.index.chunk_versions("default", "d1")) == events[0].total_chunks  # type: ignore[union-attr]
     assert len(pipe.store.chunk_versions("default", "d1")) == events[0].total_chunks  # type: ignore[union-attr]
+
+
+def test_a_dead_lettered_document_event_gets_a_failed_status_for_its_version() -> None:
+    """What every document stage publishes for an event it dead-letters, so `ingest --wait` and the store learn why
+    (a DocumentArrived without a version is its event time in microseconds; a delete has no version to fail)."""
+    from datetime import UTC, datetime
+
+    from kernel.stage import failed_status
+    from schemas.events import ChunksProduced, DocumentArrived, DocumentDeleted
+
+    at = datetime(2026, 1, 15, 9, 30, tzinfo=UTC)
+    arrived = DocumentArrived(tenant="acme", document_id="a.md", text="x", correlation_id="c-1", occurred_at=at)
+    part = ChunksProduced(tenant="acme", document_id="a.md", version=7, content_hash="0" * 64, part=0, parts=1,
+                          total_chunks=0, chunks=[], correlation_id="c-2")
+    outs = [failed_status(ev, ValueError("bad"), "chunker") for ev in (arrived, part)]
+    assert [(o.topic.name, o.key) for out in outs for o in out] == [("status.v1", b"acme/a.md")] * 2
+    statuses = [out[0].event for out in outs]
+    assert [(s.version, s.correlation_id, s.status, s.stage, s.error) for s in statuses] == [  # type: ignore[attr-defined]
+        (1768469400000000, "c-1", Status.FAILED, "chunker", "ValueError: bad"),
+        (7, "c-2", Status.FAILED, "chunker", "ValueError: bad")]
+    assert failed_status(DocumentDeleted(tenant="acme", document_id="a.md"), ValueError("bad"), "chunker") == []
