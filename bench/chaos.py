@@ -52,9 +52,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from confluent_kafka import TopicPartition
 
 from chunking.splitter import Chunker
+from engine.clients import EventProducer, make_consumer, partition_ids, topic_name
+from engine.deadletters import list_dead_letters
 from infra import wiring
-from infra.kafka.clients import EventProducer, make_consumer, partition_ids, topic_name
-from infra.kafka.deadletters import list_dead_letters
 from infra.models.embedder import embedding_dim, load_tokenizer
 from infra.ops import logs
 from infra.settings import Settings

@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.corpus import fresh_documents, percentile, preload
 from bench.report import emit, run_facts
 from chunking.splitter import Chunker
-from infra.kafka.clients import EventProducer
-from infra.kafka.tail import Tail
+from engine.clients import EventProducer
+from engine.tail import Tail
 from infra.models.embedder import load_tokenizer
 from infra.ops import logs
 from infra.settings import Settings

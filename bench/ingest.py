@@ -32,9 +32,9 @@ os.environ.setdefault("RAGBUS_EMBEDDER_ONNX_DIR", str(Path(__file__).resolve().p
 
 from bench.report import emit, run_facts
 from chunking.splitter import Chunker, embedding_text
+from engine.clients import EventProducer
+from engine.tail import Tail
 from infra import wiring
-from infra.kafka.clients import EventProducer
-from infra.kafka.tail import Tail
 from infra.models.embedder import embedding_dim, load_tokenizer
 from infra.ops import logs
 from infra.settings import Settings

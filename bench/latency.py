@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.corpus import fresh_documents, percentile, preload, questions, rss_mb, synthetic_fill
 from bench.report import emit, run_facts
+from engine.clients import EventProducer
 from infra import wiring
-from infra.kafka.clients import EventProducer
 from infra.models.embedder import embedding_dim
 from infra.ops import logs
 from infra.settings import Settings

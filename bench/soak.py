@@ -143,9 +143,9 @@ def main() -> None:  # one scenario, read top to bottom
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    from infra.kafka.broker import free_port
-    from infra.kafka.clients import EventProducer
-    from infra.kafka.tail import Tail
+    from engine.broker import free_port
+    from engine.clients import EventProducer
+    from engine.tail import Tail
     from infra.ops import logs
     from infra.settings import Settings
     from ragbus.client import publish

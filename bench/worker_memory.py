@@ -22,9 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from engine.clients import EventProducer
+from engine.tail import Tail
 from infra import wiring
-from infra.kafka.clients import EventProducer
-from infra.kafka.tail import Tail
 from infra.ops import logs
 from infra.settings import Settings
 from ragbus.client import ask_many, documents_from, new_correlation, publish, wait_final

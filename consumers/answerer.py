@@ -24,7 +24,7 @@ pauses (the full table, with what an operator sees and does: docs/operations.md,
   (consumers/model_guard.py);
 - a reranker or query rewriter: retrieval goes on without it (counted);
 - its document store or vector index (the sink: nothing can be answered without them): the stage
-  pauses: retries, then the failure breaker holds the batch uncommitted and probes (infra/kafka/delivery.py);
+  pauses: retries, then the failure breaker holds the batch uncommitted and probes (engine/delivery.py);
 - the query's deadline passed before it could be answered (the stage was paused, or far behind):
   answered late, extractive, degraded, the reason starting "expired:", counted as `expired`. Never dropped:
   the asker may have given up, but whoever correlates the answers topic by query id gets its one final

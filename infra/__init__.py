@@ -1,1 +1,2 @@
-"""Adapters to the outside world and wiring. The only package that imports vendor SDKs."""
+"""Adapters to the outside world, one folder per kind of system. With engine/ (the Kafka clients), the only package
+that imports vendor SDKs."""

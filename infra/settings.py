@@ -68,7 +68,7 @@ class DecodeSettings(BaseSettings):
 
 
 class DeliverySettings(BaseSettings):
-    """The delivery policy of every stage (infra/kafka/delivery.py), the same in both runtimes."""
+    """The delivery policy of every stage (engine/delivery.py), the same in both runtimes."""
 
     model_config = _cfg("RAGBUS_DELIVERY_")
 
@@ -336,7 +336,7 @@ class Settings(BaseSettings):
 
     def resolve_bootstrap(self) -> str | None:
         """The configured bootstrap servers, else the local broker recorded by `ragbus up` (unless it is
-        recorded as lost: infra/kafka/broker.py)."""
+        recorded as lost: engine/broker.py)."""
         if self.kafka.bootstrap_servers:
             return self.kafka.bootstrap_servers
         try:

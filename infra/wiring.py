@@ -26,7 +26,7 @@ from retrieval.fusion import Weights
 from retrieval.retriever import Mode, RetrievalConfig
 
 #: ragbus's own top-level packages: a missing module among these is a broken install, not a missing extra.
-_OWN = {"infra", "kernel", "schemas", "chunking", "retrieval", "streams", "consumers", "ragbus"}
+_OWN = {"infra", "engine", "kernel", "schemas", "chunking", "retrieval", "streams", "consumers", "ragbus"}
 
 
 @contextmanager

@@ -1,6 +1,6 @@
 """The stage contract: a stage is a function from a batch of typed events to typed outputs.
 
-A runner (infra/kafka) owns consumers, producers, offsets and commits; a stage never sees them and
+A runner (engine/) owns consumers, producers, offsets and commits; a stage never sees them and
 can be called in a unit test with plain events. `handle(events)` returns, per input event and in
 order, either the events to publish for it (`list[Out]`) or the exception that event raised, so one
 bad event in a micro-batch does not fail the others. Raising instead fails the whole batch, and the

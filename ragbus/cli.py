@@ -68,7 +68,7 @@ def topics_create() -> None:
 
     Partitions: RAGBUS_KAFKA_PARTITIONS (every pipeline topic), RAGBUS_KAFKA_TOPIC_PARTITIONS (per topic, JSON);
     replicas: RAGBUS_KAFKA_REPLICATION_FACTOR."""
-    from infra.kafka.clients import check_reachable, ensure_topics, partitions, topic_name
+    from engine.clients import check_reachable, ensure_topics, partitions, topic_name
     from schemas.topics import TOPICS
 
     settings = _settings()
@@ -110,9 +110,9 @@ def ingest(paths: list[Path] = typer.Argument(..., help="files, directories or .
     its file name. Ingest the same files the same way again to update them."""
     from rich.progress import Progress
 
+    from engine.clients import EventProducer, check_reachable
+    from engine.tail import Tail
     from infra import wiring
-    from infra.kafka.clients import EventProducer, check_reachable
-    from infra.kafka.tail import Tail
     from schemas.topics import TOPICS
 
     from .client import documents_from, new_correlation, publish, wait_final
@@ -153,9 +153,9 @@ def delete(document_ids: list[str] = typer.Argument(..., help="ids of the docume
     """Publish a document-deleted event per id: removes its chunks from every store."""
     from pydantic import ValidationError
 
+    from engine.clients import EventProducer, check_reachable, topic_name
+    from engine.serde import summarize
     from infra import wiring
-    from infra.kafka.clients import EventProducer, check_reachable, topic_name
-    from infra.kafka.serde import summarize
     from infra.ops import tracing
     from schemas.events import DocumentDeleted
     from schemas.topics import TOPICS, document_key
@@ -193,8 +193,8 @@ def ask(question: str = typer.Argument(None, help="the question (or use --querie
     """Publish a query event and wait for its answer on the answers topic."""
     from pydantic import ValidationError
 
-    from infra.kafka.clients import check_reachable
-    from infra.kafka.serde import summarize
+    from engine.clients import check_reachable
+    from engine.serde import summarize
     from schemas.events import QueryRequested
 
     from .client import ask_many
@@ -267,8 +267,8 @@ def eval_(directories: list[Path] = typer.Argument(..., help="BEIR directories: 
     """Ingest BEIR sets into the running stack, ask every query through the bus, print retrieval metrics."""
     from pydantic import ValidationError
 
-    from infra.kafka.clients import check_reachable
-    from infra.kafka.serde import summarize
+    from engine.clients import check_reachable
+    from engine.serde import summarize
     from schemas.events import Envelope
 
     from . import evaluate
@@ -361,7 +361,7 @@ def _query(path: Path, n: int, row: dict[str, Any], **options: Any) -> Any:
     """A QueryRequested from a --queries line; a mistake is reported with the file and line."""
     from pydantic import ValidationError
 
-    from infra.kafka.serde import summarize
+    from engine.serde import summarize
     from schemas.events import QueryRequested
 
     query_id = row.get("query_id", row.get("id"))
@@ -419,8 +419,8 @@ def _stages(stage: str | None) -> list[str]:
 def dlq_list(stage: str = typer.Option(None, help="only this stage's dead letters"),
              as_json: bool = typer.Option(False, "--json", help="a JSON array, one object per dead letter")) -> None:
     """Show dead letters: where each came from and why it could not be processed."""
-    from infra.kafka.clients import check_reachable
-    from infra.kafka.deadletters import list_dead_letters
+    from engine.clients import check_reachable
+    from engine.deadletters import list_dead_letters
 
     settings = _settings()
     check_reachable(settings)
@@ -438,8 +438,8 @@ def dlq_list(stage: str = typer.Option(None, help="only this stage's dead letter
 def dlq_replay(stage: str = typer.Option(..., help="whose dead letters to re-publish"),
                limit: int = typer.Option(None, min=1, help="at most this many")) -> None:
     """Re-publish a stage's dead letters to the topics they came from (after a fix). Each is replayed once."""
-    from infra.kafka.clients import check_reachable
-    from infra.kafka.deadletters import replay
+    from engine.clients import check_reachable
+    from engine.deadletters import replay
 
     settings = _settings()
     check_reachable(settings)

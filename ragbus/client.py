@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from infra.kafka.clients import EventProducer, topic_name
-from infra.kafka.tail import Tail
+from engine.clients import EventProducer, topic_name
+from engine.tail import Tail
 from infra.ops import tracing
 from infra.settings import Settings
 from kernel.errors import RagbusError

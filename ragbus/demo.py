@@ -10,8 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from infra.kafka.clients import EventProducer
-from infra.kafka.tail import Tail
+from engine.clients import EventProducer
+from engine.tail import Tail
 from infra.settings import Settings
 from infra.wiring import build_store
 from schemas.events import QueryRequested

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from engine.clients import EventProducer
+from engine.tail import Tail
 from infra import wiring
-from infra.kafka.clients import EventProducer
-from infra.kafka.tail import Tail
 from infra.settings import Settings
 from kernel.errors import RagbusError
 from retrieval.evaluation import Scores, bootstrap_interval, documents, paired_difference, score

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from engine.broker import lost
+from engine.clients import check_reachable
+from engine.groups import group_lags
+from engine.tail import Tail
 from infra import wiring
-from infra.kafka.broker import lost
-from infra.kafka.clients import check_reachable
-from infra.kafka.groups import group_lags
-from infra.kafka.tail import Tail
 from infra.models.embedder import embedding_dim
 from infra.ops.health import read_health
 from infra.settings import Settings

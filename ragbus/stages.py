@@ -12,10 +12,10 @@ from collections.abc import Callable
 from chunking.splitter import Chunker
 from consumers import answerer, indexer, status
 from consumers.model_guard import GuardPolicy, ModelGuard
+from engine import consumer_runner, faust_runner
+from engine.clients import EventProducer, check_reachable, verify_topics
+from engine.delivery import BatchPolicy
 from infra import wiring
-from infra.kafka import consumer_runner, faust_runner
-from infra.kafka.clients import EventProducer, check_reachable, verify_topics
-from infra.kafka.delivery import BatchPolicy
 from infra.ops import logs, tracing
 from infra.ops.health import Health, StallPolicy, report, serve
 from infra.ops.metrics import Metrics

@@ -30,8 +30,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from infra.kafka.broker import LocalBroker, lost
-from infra.kafka.clients import check_reachable, ensure_topics
+from engine.broker import LocalBroker, lost
+from engine.clients import check_reachable, ensure_topics
 from infra.ops import logs
 from infra.settings import LOCAL_FETCH_WAIT_MS, Settings
 from kernel.errors import ConfigurationError, RagbusError

@@ -1,6 +1,6 @@
 """Kafka record headers of the wire contract: what ragbus writes on every event, and on every dead letter.
 
-Declared once here, used by the serde and the dead-letter writer (infra/kafka) and described in the
+Declared once here, used by the serde and the dead-letter writer (engine/) and described in the
 AsyncAPI document (schemas/asyncapi.py). Headers are informative: ragbus reads the event's type and
 version from the JSON value, never from headers, so a publisher may leave them out.
 No I/O in this module.

@@ -39,7 +39,7 @@ class TopicSpec:
     #: What the key is; events of one key keep their order.
     key: str
     #: None: the deployment's setting (RAGBUS_KAFKA_PARTITIONS, per topic RAGBUS_KAFKA_TOPIC_PARTITIONS),
-    #: resolved by `infra.kafka.clients.partitions`.
+    #: resolved by `engine.clients.partitions`.
     partitions: int | None = None
     config: dict[str, str] = field(default_factory=dict)
     description: str = ""

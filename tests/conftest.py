@@ -30,7 +30,7 @@ def make_variable(name: str, makefile: Path = ROOT / "Makefile") -> str:
 @pytest.fixture(scope="session")
 def broker() -> Iterator[str]:
     """One local Tansu broker for the session; tests isolate themselves with a topic prefix."""
-    from infra.kafka.broker import LocalBroker
+    from engine.broker import LocalBroker
 
     with LocalBroker(Path(os.environ.get("TMPDIR", "/tmp")) / f"ragbus-test-broker-{os.getpid()}.log") as b:
         yield b.bootstrap

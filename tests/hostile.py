@@ -16,7 +16,7 @@ from typing import Any
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from infra.kafka.serde import decode
+from engine.serde import decode
 from kernel.errors import PoisonMessageError
 from schemas.topics import TopicSpec
 

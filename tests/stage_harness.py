@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from infra.kafka import faust_runner
-from infra.kafka.delivery import BatchPolicy
+from engine import faust_runner
+from engine.delivery import BatchPolicy
 from infra.ops import logs
 from infra.ops.health import Health, StallPolicy, report
 from infra.ops.metrics import Metrics

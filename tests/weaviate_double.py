@@ -52,7 +52,7 @@ from weaviate.proto.v1 import (
     weaviate_pb2_grpc,
 )
 
-from infra.kafka.broker import free_port
+from engine.broker import free_port
 
 VERSION = "1.32.4"  # tests may patch WeaviateDouble.version
 F = base_pb2.Filters

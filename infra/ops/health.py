@@ -17,7 +17,7 @@
   This is what catches a sink that hangs, a stage stuck in backoff, and faust agents that stop
   consuming after some rebalances (faust-streaming #175, #532). Lag comes from the fetch high-water
   mark the client already has (Tansu answers ListOffsets(latest) wrongly).
-- **Broken**: the failure breaker is open (infra/kafka/delivery.py): the stage holds its events.
+- **Broken**: the failure breaker is open (engine/delivery.py): the stage holds its events.
 - **Degraded**: the stage goes on, in a reduced mode an operator must mend: the answerer while its answer
   model refuses every request (it answers extractively; consumers/model_guard.py).
 

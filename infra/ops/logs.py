@@ -33,7 +33,7 @@ from opentelemetry import trace
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 #: Loggers whose repeated WARNING+ lines are rate-limited (the Kafka clients and their runtimes).
-CLIENT_LOGGERS = ("librdkafka", "aiokafka", "kafka", "faust", "mode", "infra.kafka.client")
+CLIENT_LOGGERS = ("librdkafka", "aiokafka", "kafka", "faust", "mode", "engine.client")
 #: At most one line per distinct client message in this many seconds.
 CLIENT_REPEAT_S = 10.0
 _NOISY = ("faust", "mode", "aiokafka", "httpx", "httpx2", "lancedb", "sentence_transformers", "urllib3",

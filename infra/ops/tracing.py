@@ -119,7 +119,7 @@ def event_attributes(event: object) -> dict[str, str]:
 
 
 class Consumed(Protocol):
-    """What a span needs of a consumed message (infra/kafka/records.py's SourceRecord)."""
+    """What a span needs of a consumed message (engine/records.py's SourceRecord)."""
 
     @property
     def topic(self) -> str: ...

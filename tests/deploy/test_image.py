@@ -144,8 +144,8 @@ class Running:
 def worker(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """`ragbus worker status` as the image runs it: the Dockerfile's ENTRYPOINT and ENV (data directory and
     port moved to this test's), plus what a deployment adds: the broker and a topic prefix."""
-    from infra.kafka.broker import free_port
-    from infra.kafka.clients import ensure_topics
+    from engine.broker import free_port
+    from engine.clients import ensure_topics
     from infra.settings import Settings
 
     data = tmp_path_factory.mktemp("image")

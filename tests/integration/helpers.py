@@ -6,9 +6,9 @@ from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 
-from infra.kafka.clients import EventProducer, make_consumer, partition_ids, topic_name
-from infra.kafka.consumer_runner import ConsumerRunner
-from infra.kafka.delivery import BatchPolicy
+from engine.clients import EventProducer, make_consumer, partition_ids, topic_name
+from engine.consumer_runner import ConsumerRunner
+from engine.delivery import BatchPolicy
 from infra.ops.health import Health
 from infra.ops.metrics import Metrics
 from infra.settings import Settings

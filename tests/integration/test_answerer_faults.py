@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from consumers.answerer import Answerer
-from infra.kafka.clients import EventProducer, ensure_topics
+from engine.clients import EventProducer, ensure_topics
 from infra.ops.health import Health
 from infra.ops.metrics import Metrics
 from infra.settings import Settings

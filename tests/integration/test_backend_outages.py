@@ -32,10 +32,10 @@ import pytest
 
 from consumers.answerer import Answerer
 from consumers.indexer import Indexer
-from infra.kafka.broker import free_port, wait_for_port
-from infra.kafka.clients import EventProducer, ensure_topics
-from infra.kafka.deadletters import list_dead_letters
-from infra.kafka.groups import group_lags
+from engine.broker import free_port, wait_for_port
+from engine.clients import EventProducer, ensure_topics
+from engine.deadletters import list_dead_letters
+from engine.groups import group_lags
 from infra.ops.health import Health
 from infra.ops.metrics import Metrics
 from infra.settings import Settings

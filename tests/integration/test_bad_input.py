@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from engine.clients import EventProducer, topic_name
+from engine.deadletters import list_dead_letters, replay
+from engine.tail import Tail
 from infra import wiring
-from infra.kafka.clients import EventProducer, topic_name
-from infra.kafka.deadletters import list_dead_letters, replay
-from infra.kafka.tail import Tail
 from infra.settings import Settings
 from ragbus.client import ask_many, publish, wait_final
 from ragbus.supervisor import Stack

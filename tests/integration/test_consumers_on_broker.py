@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from consumers import status
-from infra.kafka.clients import EventProducer, ensure_topics, topic_name
-from infra.kafka.consumer_runner import ConsumerRunner
+from engine.clients import EventProducer, ensure_topics, topic_name
+from engine.consumer_runner import ConsumerRunner
 from infra.stores.sqlite import SqliteDocumentStore
 from kernel.stage import PerEvent, Stage
 from schemas.events import DocumentStatus, Status

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from consumers.indexer import Indexer
-from infra.kafka.clients import EventProducer, ensure_topics
-from infra.kafka.consumer_runner import ConsumerRunner
+from engine.clients import EventProducer, ensure_topics
+from engine.consumer_runner import ConsumerRunner
 from infra.ops.health import Health, StallPolicy
 from infra.ops.metrics import Metrics
 from infra.settings import Settings
@@ -223,7 +223,7 @@ NAMES = [f"d{i}" for i in range(10)] + ["poison"] + [f"e{i}" for i in range(10)]
 ], ids=["batch raises ValueError", "event raises KeyError"])
 def test_an_unexpected_error_is_pinned_on_its_event_and_the_rest_flows(broker: str, settings_factory,  # type: ignore[no-untyped-def]
                                                                        stage: Stage) -> None:
-    from infra.kafka.deadletters import list_dead_letters
+    from engine.deadletters import list_dead_letters
 
     settings = settings_factory(broker)
     ensure_topics(settings)
@@ -262,7 +262,7 @@ class BrokenRelease(FlakyStage):
                          ids=["unexpected error on every event", "transient error that does not pass"])
 def test_a_stage_that_fails_on_everything_stops_instead_of_emptying_its_stream(
         broker: str, settings_factory, error: Exception) -> None:  # type: ignore[no-untyped-def]
-    from infra.kafka.deadletters import list_dead_letters
+    from engine.deadletters import list_dead_letters
 
     settings = settings_factory(broker, RAGBUS_DELIVERY_RETRY_ATTEMPTS="2", RAGBUS_DELIVERY_BACKOFF_INITIAL_S="0.05",
                                 RAGBUS_DELIVERY_PROBE_INTERVAL_S="0.3")

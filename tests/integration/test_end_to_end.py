@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from engine.clients import EventProducer
+from engine.tail import Tail
 from infra import wiring
-from infra.kafka.clients import EventProducer
-from infra.kafka.tail import Tail
 from infra.models.embedder import embedding_dim
 from infra.settings import Settings
 from ragbus.client import ask_many, documents_from, new_correlation, publish, wait_final

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.kafka.clients import EventProducer, ensure_topics
+from engine.clients import EventProducer, ensure_topics
 from infra.ops.health import read_health
 from infra.settings import Settings
 from schemas.events import DocumentArrived
@@ -160,7 +160,7 @@ def test_a_faust_stage_logs_one_json_object_per_line(broker: str, settings_facto
 
 
 def test_a_faust_stage_reports_readiness_and_lag_from_faust(broker: str, settings_factory) -> None:  # type: ignore[no-untyped-def]
-    """What infra/kafka/faust_seam.py reads from faust and aiokafka, against a broker: the broker connection
+    """What engine/faust_seam.py reads from faust and aiokafka, against a broker: the broker connection
     (readiness) and the committed offsets (lag 0 once every event is handled, on every partition that had one)."""
     settings = settings_factory(broker)
     ensure_topics(settings)

@@ -19,8 +19,8 @@ from pathlib import Path
 import confluent_kafka
 import pytest
 
+from engine.clients import EventProducer, ensure_topics, topic_name
 from infra import wiring
-from infra.kafka.clients import EventProducer, ensure_topics, topic_name
 from infra.settings import Settings
 from ragbus.client import ask_many
 from ragbus.supervisor import Stack

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from infra.kafka.clients import ensure_topics
+from engine.clients import ensure_topics
 from infra.ops.health import Health, StallPolicy
 from infra.ops.metrics import Metrics
 from kernel.stage import PerEvent, Stage

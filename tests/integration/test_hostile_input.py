@@ -19,10 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from engine.clients import EventProducer, make_consumer, partition_ids, topic_name
+from engine.serde import encode
+from engine.tail import Tail
 from infra import wiring
-from infra.kafka.clients import EventProducer, make_consumer, partition_ids, topic_name
-from infra.kafka.serde import encode
-from infra.kafka.tail import Tail
 from infra.models.embedder import embedding_dim
 from infra.settings import Settings
 from ragbus.supervisor import Stack

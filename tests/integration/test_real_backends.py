@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from engine.clients import EventProducer
+from engine.tail import Tail
 from infra import wiring
-from infra.kafka.clients import EventProducer
-from infra.kafka.tail import Tail
 from infra.models.embedder import embedding_dim
 from infra.settings import Settings
 from ragbus.client import ask_many, documents_from, new_correlation, publish, wait_final

@@ -15,8 +15,8 @@ import pytest
 from confluent_kafka import Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from infra.kafka.clients import base_config, ensure_topics, make_consumer, partition_ids, topic_name, verify_topics
-from infra.kafka.groups import group_id, group_lags
+from engine.clients import base_config, ensure_topics, make_consumer, partition_ids, topic_name, verify_topics
+from engine.groups import group_id, group_lags
 from infra.settings import Settings
 from kernel.errors import ConfigurationError
 from schemas.topics import TOPICS

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from infra.kafka.clients import consume_batch
+from engine.clients import consume_batch
 
 
 class ScriptedConsumer:

@@ -11,8 +11,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from infra.kafka.records import SourceRecord, dead_letter
-from infra.kafka.serde import decode, headers_for
+from engine.records import SourceRecord, dead_letter
+from engine.serde import decode, headers_for
 from kernel.errors import PoisonMessageError
 from schemas import generate
 from schemas.examples import EXAMPLES

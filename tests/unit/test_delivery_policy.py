@@ -8,9 +8,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from infra.kafka.delivery import BatchPolicy, Breaker
-from infra.kafka.records import SourceRecord
-from infra.kafka.serde import encode
+from engine.delivery import BatchPolicy, Breaker
+from engine.records import SourceRecord
+from engine.serde import encode
 from infra.ops.metrics import Metrics
 from infra.settings import DeliverySettings, Settings
 from kernel.stage import Handler, PerEvent, Stage

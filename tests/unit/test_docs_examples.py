@@ -9,7 +9,7 @@ import subprocess
 import jsonschema
 import pytest
 
-from infra.kafka.serde import decode
+from engine.serde import decode
 from schemas import generate
 from schemas.topics import TOPICS
 from tests.conftest import ROOT

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from infra.kafka.serde import decode, encode
+from engine.serde import decode, encode
 from kernel.errors import PoisonMessageError
 from schemas import generate
 from schemas.events import (

@@ -1,4 +1,4 @@
-"""infra/kafka/faust_seam.py against the installed faust-streaming and aiokafka: every private name it relies on is
+"""engine/faust_seam.py against the installed faust-streaming and aiokafka: every private name it relies on is
 there with the shape it uses, and each reach does what ragbus needs, on real faust and aiokafka objects, without a
 broker. A faust or aiokafka upgrade that moves one fails here by name. (With a broker, lag and readiness from
 faust's internals: tests/integration/test_faust_runtime.py.)"""
@@ -18,7 +18,7 @@ import pytest
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP
 
-from infra.kafka import faust_seam
+from engine import faust_seam
 from kernel.errors import ConfigurationError
 
 T = TypeVar("T")
@@ -55,7 +55,7 @@ def test_a_moved_internal_is_named_and_stops_a_faust_stage(tmp_path: Path, monke
         "AIOKafkaConsumerThread._create_worker_consumer now takes ('self', 'transport', 'loop'), not "
         "('self', 'transport')",
         "faust.transport.drivers.aiokafka.AIOKafkaConsumerThread._ensure_consumer is gone"]
-    with pytest.raises(ConfigurationError, match="changed what ragbus relies on .*update infra/kafka/faust_seam.py"):
+    with pytest.raises(ConfigurationError, match="changed what ragbus relies on .*update engine/faust_seam.py"):
         with_app(tmp_path, faust_seam.verify)
 
 
@@ -125,7 +125,7 @@ def test_connection_state_and_committed_offsets_are_read_from_faust_and_aiokafka
 def test_leaving_unacknowledged_runs_no_clean_up() -> None:
     """faust commits acknowledged offsets on every orderly way out; this way runs none (atexit here)."""
     code = ("import atexit; atexit.register(print, 'clean-up ran'); "
-            "from infra.kafka.faust_seam import leave_unacknowledged; print('leaving', flush=True); "
+            "from engine.faust_seam import leave_unacknowledged; print('leaving', flush=True); "
             "leave_unacknowledged(70)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 70 and done.stdout == "leaving\n", done.stderr

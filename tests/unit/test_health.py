@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from infra.kafka.broker import free_port
+from engine.broker import free_port
 from infra.ops.health import Health, StallPolicy, serve
 from infra.ops.metrics import Metrics
 from kernel.errors import ConfigurationError

@@ -12,7 +12,7 @@ import pytest
 from faust.auth import GSSAPICredentials, SASLCredentials, SSLCredentials
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
-from infra.kafka.security import faust_options
+from engine.security import faust_options
 from kernel.errors import ConfigurationError
 
 SCRAM = {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "ragbus",
@@ -96,8 +96,8 @@ def test_the_faust_app_of_a_stage_gets_the_credentials(tmp_path: Path, monkeypat
     """End to end as far as a unit test goes: the faust app built for a stage carries them."""
     import json
 
-    from infra.kafka import faust_runner
-    from infra.kafka.delivery import BatchPolicy
+    from engine import faust_runner
+    from engine.delivery import BatchPolicy
     from infra.ops.metrics import Metrics
     from infra.settings import Settings
     from kernel.stage import Stage

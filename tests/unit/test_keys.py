@@ -8,8 +8,8 @@ import json
 from typing import Any
 
 from chunking.splitter import Chunker
-from infra.kafka.delivery import BatchPolicy
-from infra.kafka.records import SourceRecord
+from engine.delivery import BatchPolicy
+from engine.records import SourceRecord
 from infra.models.embedder import load_tokenizer
 from infra.ops.metrics import Metrics
 from streams import chunker

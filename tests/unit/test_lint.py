@@ -1,4 +1,5 @@
-"""The import direction (vendor SDKs only in infra/) and the lint rules hold for the whole tree."""
+"""The import direction (the Kafka clients only in engine/ and infra/, other vendor SDKs only in infra/) and the lint
+rules hold for the whole tree."""
 
 from __future__ import annotations
 
@@ -16,14 +17,26 @@ def test_ruff_is_clean() -> None:
     assert done.returncode == 0, done.stdout[-4000:]
 
 
-def test_stage_modules_do_not_import_vendor_sdks() -> None:
-    """Belt and braces for TID251: importing the pure stage modules loads no broker or store client."""
-    code = ("import sys; import streams.chunker, streams.embedder, consumers.indexer, consumers.answerer; "
-            "bad = [m for m in ('faust', 'lancedb', 'weaviate', 'pymongo', 'anthropic') if m in sys.modules]; "
-            "print(','.join(bad))")
+def _loaded(modules: str, sdks: tuple[str, ...]) -> list[str]:
+    """Which of `sdks` importing `modules` (in a fresh interpreter) loads."""
+    code = f"import sys; import {modules}; print(','.join(m for m in {sdks!r} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == ""
+    return [m for m in done.stdout.strip().split(",") if m]
+
+
+def test_stage_modules_do_not_import_vendor_sdks() -> None:
+    """Belt and braces for TID251: importing the pure stage modules loads no broker or store client."""
+    assert _loaded("streams.chunker, streams.embedder, consumers.indexer, consumers.answerer",
+                   ("faust", "confluent_kafka", "lancedb", "weaviate", "pymongo", "anthropic")) == []
+
+
+def test_the_engine_imports_no_store_or_model_sdk() -> None:
+    """TID251 lets engine/ import vendor SDKs (it is the Kafka clients' home); the store and model SDKs stay in
+    infra/."""
+    engine = ", ".join(f"engine.{m}" for m in ("delivery", "faust_runner", "consumer_runner", "groups", "deadletters",
+                                                 "tail", "broker", "security"))
+    assert _loaded(engine, ("lancedb", "weaviate", "pymongo", "anthropic", "boto3", "sentence_transformers")) == []
 
 
 def test_mypy_strict_is_clean() -> None:

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from infra.kafka.delivery import BatchPolicy
-from infra.kafka.records import SourceRecord
-from infra.kafka.serde import encode, headers_for
+from engine.delivery import BatchPolicy
+from engine.records import SourceRecord
+from engine.serde import encode, headers_for
 from infra.ops import logs
 from infra.ops.metrics import Metrics
 from infra.settings import Settings
@@ -87,7 +87,7 @@ def test_repeated_client_errors_are_rate_limited() -> None:
 
 def test_our_own_lines_are_not_rate_limited(json_lines: io.StringIO) -> None:
     for i in range(20):
-        logs.get("infra.kafka.delivery").warning("dead-lettered", where=f"t[0]@{i}")
+        logs.get("engine.delivery").warning("dead-lettered", where=f"t[0]@{i}")
     assert len(parsed(json_lines)) == 20
 
 
@@ -137,8 +137,8 @@ def test_a_dead_broker_does_not_flood_the_log(json_lines: io.StringIO) -> None:
     """A confluent-kafka consumer whose broker is gone: librdkafka logs a line per reconnect attempt (here every
     50-100 ms). Once it has logged ten, each distinct line (digits aside) was written exactly once: the rest are
     held back for CLIENT_REPEAT_S (10 s, longer than this test runs)."""
-    from infra.kafka.broker import free_port
-    from infra.kafka.clients import make_consumer
+    from engine.broker import free_port
+    from engine.clients import make_consumer
 
     raw = _Raw()
     logging.getLogger("librdkafka").addHandler(raw)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from infra.kafka.serde import decode
+from engine.serde import decode
 from kernel.errors import PoisonMessageError
 from schemas.events import INLINE_TEXT_MAX_BYTES
 from schemas.topics import TOPICS, TopicSpec

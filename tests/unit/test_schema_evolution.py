@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from infra.kafka.serde import SUPPORTED_SCHEMA_VERSIONS, decode
+from engine.serde import SUPPORTED_SCHEMA_VERSIONS, decode
 from schemas import generate
 from schemas.events import SCHEMA_VERSION
 from schemas.topics import TOPICS, TopicSpec

@@ -25,8 +25,8 @@ from chunking.splitter import Chunker
 from consumers import status as status_stage
 from consumers.answerer import Answerer
 from consumers.indexer import Indexer
-from infra.kafka.delivery import BatchPolicy
-from infra.kafka.records import Send, SourceRecord
+from engine.delivery import BatchPolicy
+from engine.records import Send, SourceRecord
 from infra.models.embedder import load_tokenizer
 from infra.ops import tracing
 from infra.ops.metrics import Metrics
@@ -113,7 +113,7 @@ def test_each_document_is_one_connected_trace(spans: InMemorySpanExporter, tmp_p
             for i in range(2)]
     published = []
     for i, doc in enumerate(docs):  # what `ragbus ingest` does for each file
-        from infra.kafka.serde import encode, headers_for
+        from engine.serde import encode, headers_for
 
         with tracing.publishing(topic, doc) as headers:
             published.append(SourceRecord(topic, 0, i, doc.document_id.encode(), encode(doc),
@@ -163,7 +163,7 @@ def test_a_query_is_one_trace_to_its_answer(spans: InMemorySpanExporter, tmp_pat
     index = LanceVectorIndex(tmp_path / "lance", model.dim)
     retriever = Retriever(tracing.traced_embedder(model), index, RetrievalConfig(candidates=10))
     answerer = Answerer(retriever, ExtractiveAnswerer(), store, Metrics(), lambda out: None)
-    from infra.kafka.serde import encode, headers_for
+    from engine.serde import encode, headers_for
 
     queries = [QueryRequested(text=f"question {i}?", query_id=f"q{i}") for i in range(3)]
     records = []
@@ -210,7 +210,7 @@ def test_outputs_of_a_dead_lettered_event_keep_its_trace(spans: InMemorySpanExpo
     stage = Stage("chunker", TOPICS.documents, explode,
                   on_failure=lambda ev, exc: [Out(TOPICS.status, b"k", ev)])
     doc = DocumentArrived(document_id="d", text="x")
-    from infra.kafka.serde import encode, headers_for
+    from engine.serde import encode, headers_for
 
     with tracing.publishing("t", doc) as headers:
         record = SourceRecord("t", 0, 0, b"k", encode(doc), headers_for(doc) + headers)
@@ -223,7 +223,7 @@ def test_outputs_of_a_dead_lettered_event_keep_its_trace(spans: InMemorySpanExpo
 
 SCRIPT = r'''
 import json, sys
-from infra.kafka.records import SourceRecord
+from engine.records import SourceRecord
 from infra.ops import tracing
 from infra.settings import Settings
 settings = Settings()

@@ -130,4 +130,4 @@ def verify(app: faust.App) -> None:
     if problems := missing(app):
         raise ConfigurationError(
             f"faust-streaming {faust.__version__} / aiokafka {aiokafka.__version__} changed what ragbus relies on "
-            f"({'; '.join(problems)}): install the versions in requirements.lock, or update infra/kafka/faust_seam.py")
+            f"({'; '.join(problems)}): install the versions in requirements.lock, or update engine/faust_seam.py")

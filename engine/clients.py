@@ -16,9 +16,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from confluent_kafka.admin import AdminClient, NewTopic, TopicMetadata  # type: ignore[attr-defined]
 from pydantic import BaseModel
 
-from infra.kafka.broker import lost
-from infra.kafka.records import Headers, SourceRecord
-from infra.kafka.serde import encode, headers_for
+from engine.broker import lost
+from engine.records import Headers, SourceRecord
+from engine.serde import encode, headers_for
 from infra.settings import Settings
 from kernel.errors import ConfigurationError, RetryableError
 from schemas.topics import TOPICS, TopicSpec

@@ -35,7 +35,7 @@ from .records import SourceRecord, describe
 
 log = logs.get(__name__)
 #: Client errors a broker outage repeats many times a second: rate-limited (infra/ops/logs.py).
-client_log = logs.get("infra.kafka.client")
+client_log = logs.get("engine.client")
 LAG_EVERY_S = 2.0
 #: librdkafka statistics (broker connection states, for readiness) this often.
 STATS_EVERY_MS = 5000

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from infra.kafka.records import Headers
+from engine.records import Headers
 from infra.settings import DecodeSettings
 from kernel.errors import PoisonMessageError
 from schemas import headers

@@ -7,8 +7,8 @@ from typing import Any
 
 from confluent_kafka import TopicPartition
 
-from infra.kafka.clients import consume_batch, make_consumer, partition_ids, topic_name
-from infra.kafka.serde import decode
+from engine.clients import consume_batch, make_consumer, partition_ids, topic_name
+from engine.serde import decode
 from infra.settings import Settings
 from kernel.errors import PoisonMessageError
 from schemas.topics import TopicSpec

@@ -100,7 +100,7 @@ def build_app(settings: Settings, policy: BatchPolicy, metrics: Metrics, health:
         producer_acks=-1,
         **security,
     )
-    app.fetch_wait_ms = settings.fetch_wait_ms()  # faust's own 1.5 s, replaced (infra/kafka/faust_seam.py)
+    app.fetch_wait_ms = settings.fetch_wait_ms()  # faust's own 1.5 s, replaced (engine/faust_seam.py)
     verify(app)
     source = app.topic(topic_name(settings, stage.source), key_type=bytes, value_type=bytes,
                        key_serializer="raw", value_serializer="raw", partitions=partitions(settings, stage.source))

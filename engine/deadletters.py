@@ -15,8 +15,8 @@ from datetime import datetime
 
 from confluent_kafka import Message, TopicPartition
 
-from infra.kafka.clients import EventProducer, commit_offsets, make_consumer, partition_ids, topic_name
-from infra.kafka.records import SourceRecord, headers_of
+from engine.clients import EventProducer, commit_offsets, make_consumer, partition_ids, topic_name
+from engine.records import SourceRecord, headers_of
 from infra.ops import logs
 from infra.settings import Settings
 from schemas.events import DeadLetter, utcnow
