@@ -1,4 +1,4 @@
-"""infra/compose.yaml: valid against the Compose Specification's schema (check-jsonschema), every service
+"""deploy/compose.yaml: valid against the Compose Specification's schema (check-jsonschema), every service
 restarts and reports its health, Kafka has a listener for the compose network and one for the host, and the
 worker containers run the image as the Dockerfile defines it."""
 
@@ -16,7 +16,7 @@ from tests.deploy.conftest import read, tool, unknown_settings
 from tests.deploy.image_file import exec_form
 from tests.deploy.test_image import FINAL
 
-PATH = ROOT / "infra" / "compose.yaml"
+PATH = ROOT / "deploy" / "compose.yaml"
 COMPOSE: dict[str, Any] = yaml.safe_load(read(PATH))
 SERVICES: dict[str, Any] = COMPOSE["services"]
 

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import ROOT
 from tests.deploy.conftest import DEPLOY, read, tool
 from tests.deploy.promql import problems
 
@@ -87,16 +86,16 @@ def _layout(tmp_path: Path, volumes: list[str], base: Path) -> Path:
 
 
 def test_the_compose_prometheus_config_loads_with_the_rules_it_mounts(tmp_path: Path) -> None:
-    compose = yaml.safe_load(read(ROOT / "infra" / "compose.yaml"))
-    root = _layout(tmp_path, compose["services"]["prometheus"]["volumes"], ROOT / "infra")
+    compose = yaml.safe_load(read(DEPLOY / "compose.yaml"))
+    root = _layout(tmp_path, compose["services"]["prometheus"]["volumes"], DEPLOY)
     done = promtool("check", "config", str(root / "etc" / "prometheus" / "prometheus.yml"))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "SUCCESS: 9 rules found" in done.stdout
 
 
 def test_the_compose_scrape_config_finds_every_worker_service() -> None:
-    compose = yaml.safe_load(read(ROOT / "infra" / "compose.yaml"))
-    config = yaml.safe_load(read(ROOT / "infra" / "prometheus.yml"))
+    compose = yaml.safe_load(read(DEPLOY / "compose.yaml"))
+    config = yaml.safe_load(read(PROM / "prometheus-compose.yml"))
     job = next(j for j in config["scrape_configs"] if j["job_name"] == "ragbus")
     names = {n for sd in job["dns_sd_configs"] for n in sd["names"]}
     workers = {n for n, s in compose["services"].items() if s.get("profiles") == ["workers"] and n != "topics"}
