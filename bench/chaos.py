@@ -54,10 +54,10 @@ from confluent_kafka import TopicPartition
 from chunking.splitter import Chunker
 from engine.clients import EventProducer, make_consumer, partition_ids, topic_name
 from engine.deadletters import list_dead_letters
-from infra import wiring
 from infra.models.embedder import embedding_dim, load_tokenizer
 from infra.ops import logs
 from infra.settings import Settings
+from ragbus import wiring
 from ragbus.supervisor import PROCESSES, Stack
 from schemas.events import DocumentArrived, DocumentDeleted, QueryRequested, Status, chunk_uuid
 from schemas.topics import STAGES, TOPICS, document_key

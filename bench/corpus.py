@@ -22,11 +22,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAGBUS_EMBEDDER_ONNX_DIR", str(Path(__file__).resolve().parent.parent / ".ragbus" / "models"))
 
 from chunking.splitter import Chunker, embedding_text
-from infra import wiring
 from infra.models.embedder import embedding_dim, load_tokenizer
 from infra.ops.metrics import Metrics
 from infra.settings import Settings
 from kernel.ports import ChunkRecord, DocumentRecord, Level
+from ragbus import wiring
 from schemas.events import ContentType, DocumentArrived, SectionLead, Status, chunk_uuid, section_uuid
 from streams.embedder import CachedEmbedder
 

@@ -34,10 +34,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.retrieval import OUT, TENANT, build_index, print_matrix, question_embedder, whole_section_dense
-from infra import wiring
 from infra.settings import Settings
 from infra.stores.lance import LanceVectorIndex
 from kernel.ports import Level, SearchHit, SearchRequest
+from ragbus import wiring
 from ragbus.evaluate import EvalSet, load_set
 from retrieval.evaluation import bootstrap_interval, documents, paired_difference, score
 from retrieval.fusion import Weights, fuse

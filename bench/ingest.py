@@ -34,10 +34,10 @@ from bench.report import emit, run_facts
 from chunking.splitter import Chunker, embedding_text
 from engine.clients import EventProducer
 from engine.tail import Tail
-from infra import wiring
 from infra.models.embedder import embedding_dim, load_tokenizer
 from infra.ops import logs
 from infra.settings import Settings
+from ragbus import wiring
 from ragbus.client import documents_from, new_correlation, publish, wait_final
 from ragbus.supervisor import PROCESSES, Stack
 from schemas.events import DocumentArrived

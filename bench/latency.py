@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.corpus import fresh_documents, percentile, preload, questions, rss_mb, synthetic_fill
 from bench.report import emit, run_facts
 from engine.clients import EventProducer
-from infra import wiring
 from infra.models.embedder import embedding_dim
 from infra.ops import logs
 from infra.settings import Settings
+from ragbus import wiring
 from ragbus.client import QueryClient, publish
 from ragbus.supervisor import Stack
 from schemas.events import QueryRequested

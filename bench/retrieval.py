@@ -43,12 +43,12 @@ os.environ.setdefault("RAGBUS_EMBEDDER_ONNX_DIR", str(Path(__file__).resolve().p
 
 from chunking.splitter import Chunker, embedding_text
 from consumers.indexer import Indexer
-from infra import wiring
 from infra.models.embedder import load_tokenizer
 from infra.ops.metrics import Metrics
 from infra.settings import RetrievalSettings, Settings
 from infra.stores.lance import LanceVectorIndex
 from infra.stores.sqlite import SqliteDocumentStore, SqliteEmbeddingCache
+from ragbus import wiring
 from ragbus.client import row_event
 from ragbus.evaluate import EvalSet, load_set, percentile
 from retrieval.evaluation import bootstrap_interval, documents, paired_difference, score

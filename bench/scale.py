@@ -36,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.corpus import percentile, questions, real_rows
 from bench.report import run_facts
-from infra import wiring
 from infra.settings import Settings
 from infra.stores import lance
 from infra.stores.lance import LanceVectorIndex
 from kernel.ports import ChunkRecord, Level, SearchRequest
+from ragbus import wiring
 from retrieval.retriever import Retriever
 from schemas.events import chunk_uuid
 

@@ -24,9 +24,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from engine.clients import EventProducer
 from engine.tail import Tail
-from infra import wiring
 from infra.ops import logs
 from infra.settings import Settings
+from ragbus import wiring
 from ragbus.client import ask_many, documents_from, new_correlation, publish, wait_final
 from ragbus.supervisor import Stack
 from schemas.events import QueryRequested

@@ -101,11 +101,11 @@ def runtime() -> int:
                         "it out (deploy/runtime-excludes.txt)")
     problems += unmet(distributions())
 
-    from infra import wiring
     from infra.models.embedder import embedding_dim
     from infra.models.onnx_embedder import exported_dir
     from infra.settings import Settings
     from kernel.errors import ConfigurationError
+    from ragbus import wiring
 
     settings = Settings()
     model = settings.embedder.model

@@ -112,9 +112,9 @@ def ingest(paths: list[Path] = typer.Argument(..., help="files, directories or .
 
     from engine.clients import EventProducer, check_reachable
     from engine.tail import Tail
-    from infra import wiring
     from schemas.topics import TOPICS
 
+    from . import wiring
     from .client import documents_from, new_correlation, publish, wait_final
 
     settings = _settings(traced=True)
@@ -155,11 +155,11 @@ def delete(document_ids: list[str] = typer.Argument(..., help="ids of the docume
 
     from engine.clients import EventProducer, check_reachable, topic_name
     from engine.serde import summarize
-    from infra import wiring
     from infra.ops import tracing
     from schemas.events import DocumentDeleted
     from schemas.topics import TOPICS, document_key
 
+    from . import wiring
     from .client import check_known
 
     settings = _settings(traced=True)

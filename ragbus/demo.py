@@ -13,13 +13,13 @@ from pathlib import Path
 from engine.clients import EventProducer
 from engine.tail import Tail
 from infra.settings import Settings
-from infra.wiring import build_store
 from schemas.events import QueryRequested
 from schemas.topics import TOPICS
 
 from .client import ask_many, documents_from, new_correlation, publish, wait_final
 from .render import print_answer
 from .supervisor import Stack
+from .wiring import build_store
 
 ROOT = Path(__file__).resolve().parent.parent
 

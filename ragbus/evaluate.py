@@ -23,13 +23,13 @@ from typing import Any
 
 from engine.clients import EventProducer
 from engine.tail import Tail
-from infra import wiring
 from infra.settings import Settings
 from kernel.errors import RagbusError
 from retrieval.evaluation import Scores, bootstrap_interval, documents, paired_difference, score
 from schemas.events import TOP_K_MAX, AnswerGenerated, DocumentArrived, QueryRequested
 from schemas.topics import TOPICS
 
+from . import wiring
 from .client import InputError, publish, row_event, wait_final
 
 

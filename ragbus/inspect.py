@@ -9,12 +9,13 @@ from engine.broker import lost
 from engine.clients import check_reachable
 from engine.groups import group_lags
 from engine.tail import Tail
-from infra import wiring
 from infra.models.embedder import embedding_dim
 from infra.ops.health import read_health
 from infra.settings import Settings
 from kernel.errors import ConfigurationError
 from schemas.topics import STAGES, TOPICS
+
+from . import wiring
 
 
 def dead_letter_counts(settings: Settings) -> dict[str, int]:

@@ -15,7 +15,6 @@ from consumers.model_guard import GuardPolicy, ModelGuard
 from engine import consumer_runner, faust_runner
 from engine.clients import EventProducer, check_reachable, verify_topics
 from engine.delivery import BatchPolicy
-from infra import wiring
 from infra.ops import logs, tracing
 from infra.ops.health import Health, StallPolicy, report, serve
 from infra.ops.metrics import Metrics
@@ -27,6 +26,8 @@ from retrieval.retriever import Retriever
 from schemas.events import QueryRequested
 from schemas.topics import STAGES, TOPICS
 from streams import chunker, embedder
+
+from . import wiring
 
 STREAM_STAGES = ("chunker", "embedder")
 log = logs.get(__name__)

@@ -77,8 +77,9 @@ class _Child:
 
 def _provision_stores(settings: Settings, env: dict[str, str]) -> None:
     """Create store schemas and indexes once, before several stage processes open them."""
-    from infra import wiring
     from infra.models.embedder import embedding_dim
+
+    from . import wiring
 
     wiring.build_store(settings).close()
     if settings.embedder.backend == "onnx":

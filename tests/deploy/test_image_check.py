@@ -113,7 +113,7 @@ def test_the_runtime_check_fails_when_an_adapter_does_not_import(
 def test_the_runtime_check_fails_when_the_torch_backend_does_not_name_its_extra(
         runtime_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """What an image would show if wiring let the missing module through as a traceback."""
-    from infra import wiring
+    from ragbus import wiring
 
     monkeypatch.setattr(wiring, "_backend", lambda extra, setting: contextlib.nullcontext())
     code, err = _runtime_check(capsys)

@@ -271,8 +271,8 @@ def _health(port: int) -> dict[str, Any]:
 
 def test_the_indexer_pauses_on_a_full_disk_and_resumes_when_space_returns(
         broker: str, settings_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from infra import wiring
     from infra.models.embedder import embedding_dim
+    from ragbus import wiring
 
     port = free_port()
     settings = settings_factory(broker, RAGBUS_METRICS_PORT=str(port), RAGBUS_LOG_FORMAT="json", **FAST)

@@ -9,8 +9,8 @@ from pathlib import Path
 from engine.clients import EventProducer, topic_name
 from engine.deadletters import list_dead_letters, replay
 from engine.tail import Tail
-from infra import wiring
 from infra.settings import Settings
+from ragbus import wiring
 from ragbus.client import ask_many, publish, wait_final
 from ragbus.supervisor import Stack
 from schemas.events import INLINE_TEXT_MAX_BYTES, ContentRef, DocumentArrived, QueryRequested, Status, content_hash

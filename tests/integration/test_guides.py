@@ -20,8 +20,8 @@ import confluent_kafka
 import pytest
 
 from engine.clients import EventProducer, ensure_topics, topic_name
-from infra import wiring
 from infra.settings import Settings
+from ragbus import wiring
 from ragbus.client import ask_many
 from ragbus.supervisor import Stack
 from schemas.events import QueryRequested, Status

@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from engine.clients import EventProducer, make_consumer, partition_ids, topic_name
 from engine.serde import encode
 from engine.tail import Tail
-from infra import wiring
 from infra.models.embedder import embedding_dim
 from infra.settings import Settings
+from ragbus import wiring
 from ragbus.supervisor import Stack
 from schemas.events import (
     Chunk,

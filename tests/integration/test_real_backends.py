@@ -7,9 +7,9 @@ import pytest
 
 from engine.clients import EventProducer
 from engine.tail import Tail
-from infra import wiring
 from infra.models.embedder import embedding_dim
 from infra.settings import Settings
+from ragbus import wiring
 from ragbus.client import ask_many, documents_from, new_correlation, publish, wait_final
 from ragbus.supervisor import Stack
 from schemas.events import QueryRequested, Status

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from infra import wiring
 from infra.settings import Settings
 from kernel.errors import RagbusError
 from kernel.ports import DocumentRecord
+from ragbus import wiring
 from ragbus.client import documents_from
 from schemas.events import Status
 from tests.unit.test_cli import one_line_error, ragbus

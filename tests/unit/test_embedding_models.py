@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infra import wiring
 from infra.models.embedder import SentenceTransformerEmbedder, embedding_dim, model_dir
 from infra.settings import EmbedderSettings, Settings
 from infra.stores.lance import LanceVectorIndex
 from kernel.errors import ConfigurationError
+from ragbus import wiring
 from retrieval.embedding import Prefixed, passage_identity, with_prefix
 from tests.doubles import HashEmbedder
 

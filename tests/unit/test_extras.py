@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from infra import wiring
 from infra.settings import Settings
 from kernel.errors import ConfigurationError
+from ragbus import wiring
 from tests.conftest import ROOT
 
 #: (extra, the module its SDK provides, the ragbus adapter that imports it, settings that select it, build)
@@ -71,7 +71,7 @@ def test_the_cli_says_which_extra_to_install(tmp_path: Path) -> None:
 def test_the_embedded_defaults_import_no_backend_sdk(tmp_path: Path) -> None:
     """`pip install ragbus` without extras runs `ragbus up`: the default wiring loads none of them (the ONNX
     embedder runs on an exported model without torch; `make install` exported it)."""
-    code = ("import sys; from infra import wiring; from infra.settings import Settings; "
+    code = ("import sys; from ragbus import wiring; from infra.settings import Settings; "
             "s = Settings(); wiring.build_store(s).close(); wiring.build_index(s, 8).close(); "
             "wiring.build_answer_model(s); wiring.build_embedder(s).embed(['x']); "
             "print(','.join(m for m in ('pymongo', 'weaviate', 'anthropic', 'torch', 'sentence_transformers') "
