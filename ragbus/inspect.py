@@ -10,7 +10,7 @@ from engine.clients import check_reachable
 from engine.groups import group_lags
 from engine.tail import Tail
 from infra.models.embedder import embedding_dim
-from infra.ops.health import read_health
+from infra.ops.health_file import read_health
 from infra.settings import Settings
 from kernel.errors import ConfigurationError
 from schemas.topics import STAGES, TOPICS

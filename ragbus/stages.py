@@ -16,7 +16,9 @@ from engine import consumer_runner, faust_runner
 from engine.clients import EventProducer, check_reachable, verify_topics
 from engine.delivery import BatchPolicy
 from infra.ops import logs, tracing
-from infra.ops.health import Health, StallPolicy, report, serve
+from infra.ops.endpoints import serve
+from infra.ops.health import Health, StallPolicy
+from infra.ops.health_file import report
 from infra.ops.metrics import Metrics
 from infra.settings import Settings
 from kernel.errors import ConfigurationError

@@ -24,7 +24,8 @@ from typing import Any
 from engine import faust_runner
 from engine.delivery import BatchPolicy
 from infra.ops import logs
-from infra.ops.health import Health, StallPolicy, report
+from infra.ops.health import Health, StallPolicy
+from infra.ops.health_file import report
 from infra.ops.metrics import Metrics
 from infra.settings import Settings
 from kernel.stage import Out, PerEvent, Stage

@@ -25,34 +25,28 @@ States, worst first: broken, stalled, degraded, disconnected, starting, ok. `/he
 every stage in the process as JSON, 503 when one is broken, stalled or degraded. The same state is in the
 `ragbus_stage_*` gauges and in a small JSON file per process in `<data_dir>/health/`, which
 `ragbus status` reads on one machine.
+
+This module is the state machine; the file is infra/ops/health_file.py's (writer and reader), the HTTP
+endpoints infra/ops/endpoints.py's.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import json
 import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-from infra.ops import logs
+from infra.ops.health_file import HealthFile
 from infra.ops.logs import where
 from infra.ops.metrics import Metrics
 from infra.settings import Settings
-from kernel.errors import ConfigurationError
 
-log = logs.get(__name__)
-#: A health file not refreshed for this long belongs to a process that is gone.
-STALE_AFTER_S = 30.0
 #: Batch durations remembered for the derived stall bound.
 RECENT_BATCHES = 32
 UNHEALTHY = frozenset({"broken", "stalled", "degraded"})
@@ -104,7 +98,7 @@ class Health:
         self._metrics = metrics
         self._policy = policy or StallPolicy()
         self._clock = clock
-        self._path = directory / f"{stage}-{os.getpid()}.json" if directory else None
+        self._file = HealthFile(directory / f"{stage}-{os.getpid()}.json", stage) if directory else None
         self._lock = threading.RLock()
         self._partitions: dict[TopicPartition, _Partition] = {}
         #: When a committed offset of the stage last moved, and since when it has had lag.
@@ -123,7 +117,6 @@ class Health:
         self.last_crash: dict[str, str | float] | None = None
         #: Why the stage stopped taking events (its failure breaker is open), or None.
         self.broken_reason: str | None = None
-        self._write_error: str | None = None
         #: Why the stage works in a reduced mode (the answerer without its model), or None.
         self.degraded_reason: str | None = None
         # evaluated at each scrape, so they are true even while the stage's loop is stuck in a batch
@@ -296,101 +289,16 @@ class Health:
             }
 
     def write(self) -> None:
-        """Refresh the health file. A full or vanished data directory must not end the stage (it is often the
-        very fault the file should report): the failure is logged once per distinct error, and `/health` still
-        answers from memory."""
-        if self._path is None:
-            return
-        try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self._path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.snapshot()))
-            tmp.replace(self._path)
-        except OSError as exc:
-            if str(exc) != self._write_error:
-                log.warning("cannot write the health file; /health still answers", stage=self.stage,
-                            path=str(self._path), error=str(exc)[:200])
-            self._write_error = str(exc)
-        else:
-            self._write_error = None
+        """Refresh the health file (infra/ops/health_file.py), if this stage has one."""
+        if self._file is not None:
+            self._file.write(self.snapshot())
 
     def remove(self) -> None:
-        if self._path is not None:
-            self._path.unlink(missing_ok=True)
-
-
-def report(healths: list[Health], every_s: float = 2.0) -> threading.Event:
-    """Refresh the health files every `every_s` from a thread of their own, so a stage stuck in a batch
-    still reports (stalled) instead of going quiet. Set the returned event to stop."""
-    stop = threading.Event()
-
-    def loop() -> None:
-        while not stop.wait(every_s):
-            for h in healths:
-                h.write()
-
-    threading.Thread(target=loop, name="ragbus-health", daemon=True).start()
-    return stop
-
-
-def read_health(directory: Path) -> list[dict[str, Any]]:
-    """Health of the stage processes on this machine that are still reporting."""
-    out = []
-    for path in sorted(directory.glob("*.json")):
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if time.time() - float(data.get("updated_at", 0)) <= STALE_AFTER_S:
-            out.append(data)
-    return out
+        if self._file is not None:
+            self._file.remove()
 
 
 def overall(snaps: list[dict[str, Any]]) -> str:
     order = ("broken", "stalled", "degraded", "disconnected", "starting", "ok")
     states = {s["state"] for s in snaps}
     return next((s for s in order if s in states), "ok")
-
-
-def serve(host: str, port: int, metrics: Metrics, healths: list[Health]) -> ThreadingHTTPServer | None:
-    """/metrics (Prometheus), /health (JSON; 503 when a stage is stalled or broken), /livez, /readyz.
-    A port in use is a ConfigurationError naming the setting."""
-    if not port:
-        return None
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            status, ctype = 200, "application/json"
-            if path == "/metrics":
-                body, ctype = generate_latest(metrics.registry), CONTENT_TYPE_LATEST
-            elif path == "/health":
-                snaps = [h.snapshot() for h in healths]
-                state = overall(snaps)
-                status = 503 if state in UNHEALTHY else 200
-                body = json.dumps({"status": state, "stages": snaps}).encode()
-            elif path in ("/livez", "/readyz"):
-                failing = [h.stage for h in healths if not (h.live() if path == "/livez" else h.ready())]
-                status = 503 if failing else 200
-                body = json.dumps({"ok": not failing, "failing": failing}).encode()
-            else:
-                body, status, ctype = b"not found\n", 404, "text/plain"
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            return
-
-    try:
-        server = ThreadingHTTPServer((host, port), Handler)
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            raise ConfigurationError(f"RAGBUS_METRICS_PORT={port} is already in use on {host}: choose a free "
-                                     "port (each worker needs its own) or stop the process that holds it") from exc
-        raise ConfigurationError(f"cannot serve metrics on RAGBUS_METRICS_HOST={host} port {port}: "
-                                 f"{exc.strerror or exc}") from exc
-    threading.Thread(target=server.serve_forever, name="ragbus-http", daemon=True).start()
-    return server

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.ops.health import read_health
+from infra.ops.health_file import read_health
 from infra.stores.lance import LanceVectorIndex
 from infra.stores.sqlite import SqliteDocumentStore
 from schemas.events import Status

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from engine.clients import EventProducer, ensure_topics
-from infra.ops.health import read_health
+from infra.ops.health_file import read_health
 from infra.settings import Settings
 from schemas.events import DocumentArrived
 from schemas.topics import TOPICS, document_key

@@ -91,7 +91,7 @@ def test_a_lost_local_broker_is_said_plainly_by_every_command(tmp_path: Path) ->
 
 
 def test_status_shows_each_local_stage_and_exits_3_when_one_is_broken(tmp_path: Path) -> None:
-    """The health files the stage processes write (infra/ops/health.py), read back by `ragbus status`."""
+    """The health files the stage processes write (infra/ops/health_file.py), read back by `ragbus status`."""
     from infra.ops.health import Health
     from infra.ops.metrics import Metrics
     from infra.settings import Settings

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from engine.broker import free_port
-from infra.ops.health import Health, StallPolicy, serve
+from infra.ops.endpoints import serve
+from infra.ops.health import Health, StallPolicy
 from infra.ops.metrics import Metrics
 from kernel.errors import ConfigurationError
 
