@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.corpus import percentile, questions, real_rows
 from bench.report import run_facts
 from infra.settings import Settings
-from infra.stores import lance
+from infra.stores import lance_maintenance
 from infra.stores.lance import LanceVectorIndex
 from kernel.ports import ChunkRecord, Level, SearchRequest
 from ragbus import wiring
@@ -122,7 +122,7 @@ def one_size(settings: Settings, size: int, texts: list[str], vectors: np.ndarra
     final_maintain_s = time.perf_counter() - before
     ids = [r.chunk_id for r in records(t, v, 0)]
     result: dict[str, Any] = {
-        "rows": index.count(), "ann_index": index._has_ann(),
+        "rows": index.count(), "ann_index": "vector" in lance_maintenance.indexed_columns(index._table),
         "write_rows_per_s": round(size / fill_s, 1),
         "write_rows_per_s_last_tenth": round((size - tail_from) / tail_s, 1),
         "maintenance_runs_during_fill": len(maintenance),
@@ -155,7 +155,7 @@ def main() -> None:
     texts, vectors = real_rows(settings)
     qs = questions()
     qv = wiring.build_embedder(settings).embed(qs)
-    report: dict[str, Any] = {"real_chunks": len(vectors), "ann_min_rows": lance.ANN_MIN_ROWS, "sizes": {}}
+    report: dict[str, Any] = {"real_chunks": len(vectors), "ann_min_rows": lance_maintenance.ANN_MIN_ROWS, "sizes": {}}
     for size in (int(s) for s in args.sizes.split(",")):
         with tempfile.TemporaryDirectory(prefix="ragbus-scale-") as tmp:
             report["sizes"][size] = one_size(settings, size, texts, vectors, qs, qv, Path(tmp))

@@ -161,8 +161,8 @@ class IndexSettings(BaseSettings):
 
     #: How often the indexer process checks whether index upkeep is due (in its own thread, off the commit
     #: path): folding new rows into the full-text and vector indexes and compacting, when enough rows wait or
-    #: one has waited long enough, at most a tenth of the time (infra/stores/lance.py). Until then new rows
-    #: are searched by a scan.
+    #: one has waited long enough, at most a tenth of the time (infra/stores/lance_maintenance.py). Until then
+    #: new rows are searched by a scan.
     maintain_every_s: float = Field(2.0, gt=0, le=3600)
 
 

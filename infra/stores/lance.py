@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 import threading
-import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from datetime import timedelta
 from functools import lru_cache
@@ -30,7 +29,7 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 import tenacity
-from lancedb.index import FTS, Bitmap, BTree, IvfHnswSq
+from lancedb.index import FTS, BTree
 from lancedb.query import BooleanQuery, FullTextQuery, MatchQuery, Occur
 
 from infra.ops import logs
@@ -38,16 +37,12 @@ from kernel.errors import ConfigurationError, RetryableError
 from kernel.ports import Candidates, ChunkRecord, Level, Metadata, SearchHit, SearchRequest, WriteFailure
 
 from . import disk
+from .lance_maintenance import Maintenance
 from .rows import checked, conditions, meta_terms
 
 log = logs.get(__name__)
 TABLE = "chunks"
-#: Below this many rows exact search is fast and perfectly accurate; above it, build an ANN index.
-ANN_MIN_ROWS = 20_000
 READ_CONSISTENCY = timedelta(seconds=0.1)
-#: Versions older than this are deleted by maintenance; readers in other processes hold a version for
-#: at most one query, so this only has to outlast the slowest query.
-KEEP_VERSIONS = timedelta(minutes=10)
 MODEL_KEY = "ragbus.model"
 #: Full-text indexes: English stemming and stop words (Lance's defaults, stated so a default change
 #: upstream cannot change ragbus's keyword side silently).
@@ -62,19 +57,6 @@ RETURNED = ["chunk_id", "document_id", "version", "idx", "level", "section", "te
 #: FAQ questions at 24,000 rows for ~4 ms (bench/scale.py, bench/RESULTS.md). Without an ANN index the search
 #: is exact and this does nothing.
 REFINE_FACTOR = 2
-#: Maintenance folds new rows into the full-text indexes once this many are outside them: until then every
-#: keyword search scans them (measured at 24,000 rows: +7 ms for 200 unindexed rows, +37 ms for 1,000) ...
-FOLD_ROWS = 256
-#: ... or once the first of them has waited this long, however few they are ...
-FOLD_AFTER_S = 30.0
-#: ... and at this many even while resting (MAX_SHARE): during a bulk ingest this bounds what the scan adds
-#: to a search (~+37 ms) at the price of more upkeep while the documents pour in.
-FOLD_ROWS_MAX = 1024
-#: Small fragments (each write adds one) are compacted once this many have piled up.
-COMPACT_FRAGMENTS = 64
-#: Maintenance takes at most this share of the time: after a run of d seconds the next waits >= d * (1/share - 1).
-#: One run at 24,000 rows costs ~0.4 s of CPU that the embedder and the searches share (bench/RESULTS.md).
-MAX_SHARE = 0.1
 #: Attempts at opening (creating, upgrading, indexing) the table while other processes may race at it.
 OPEN_ATTEMPTS = 20
 #: Columns added since the first schema, with the value old rows get.
@@ -133,9 +115,6 @@ class LanceVectorIndex:
         self._db = lancedb.connect(str(path), read_consistency_interval=READ_CONSISTENCY, session=session)
         self._dim = dim
         self._lock = threading.Lock()  # writes of this process, one at a time (merge_insert ids must not race)
-        self._maintaining = threading.Lock()  # one maintenance at a time; never held by writes or searches
-        self._rest_until = 0.0  # monotonic time before which maintenance does not run again (MAX_SHARE)
-        self._waiting_since: float | None = None  # when rows outside the full-text indexes were first seen
         self._schema = pa.schema([
             pa.field("chunk_id", pa.string()), pa.field("tenant", pa.string()),
             pa.field("document_id", pa.string()), pa.field("version", pa.int64()),
@@ -153,6 +132,7 @@ class LanceVectorIndex:
                 "use a new RAGBUS_DATA_DIR or the model that built it")
         self._check_model(path, model)
         self._searches = _Searches(path, session)
+        self._maintenance = Maintenance(path)
 
     def _check_model(self, path: Path, model: str | None) -> None:
         if model is None:
@@ -303,71 +283,9 @@ class LanceVectorIndex:
         return int(self._table.count_rows(where if tenant is None else f"tenant = {_quote(tenant)} AND {where}"))
 
     def maintain(self, force: bool = False) -> None:
-        """Fold new rows into the full-text and vector indexes, compact small fragments, drop versions older
-        than KEEP_VERSIONS, and build the ANN index once the table is large; nothing when nothing is due.
-
-        Due means: FOLD_ROWS rows outside the full-text indexes, or one waiting FOLD_AFTER_S, or
-        COMPACT_FRAGMENTS small fragments, and no more often than MAX_SHARE of the time allows; or, resting or
-        not, FOLD_ROWS_MAX rows outside them. Folding
-        whenever any row was new (as this did before) kept a core busy under a steady stream of documents,
-        the embedder's core: new rows are searchable at once anyway (LanceDB scans what its indexes do not
-        cover), so the policy only bounds what that scan costs a search. `force` folds everything now.
-
-        Runs off the write path (the indexer's maintenance thread), concurrently with writes and searches:
-        it takes no lock a write takes. LanceDB commits optimistically: a compaction that conflicts with a
-        concurrent delete or update loses and leaves the table as it was (the next run tries again), so
-        maintenance never fails a write.
-        """
-        with self._maintaining:
-            table = self._table
-            before = table.version
-            try:
-                if "tenant" not in self._indexed_columns():
-                    # every search prefilters on tenant: without an index that filter scans the whole column
-                    table.create_index("tenant", config=Bitmap(), replace=False)
-                if table.count_rows() >= ANN_MIN_ROWS and not self._has_ann():
-                    table.create_index("vector", config=IvfHnswSq(distance_type="cosine"))
-                if force or self._due():
-                    started = time.monotonic()
-                    table.optimize(cleanup_older_than=KEEP_VERSIONS)
-                    self._rest_until = time.monotonic() + (time.monotonic() - started) * (1 / MAX_SHARE - 1)
-                    self._waiting_since = None
-            except RuntimeError as exc:
-                why = disk.trouble(self._path)
-                if why is not None:
-                    raise RetryableError(f"index maintenance at {self._path} cannot write: {why}") from exc
-                table.checkout_latest()
-                if table.version == before:
-                    raise
-                # Lance commits optimistically: a compaction that a concurrent write (of this process or
-                # another) committed before loses, and leaves the table as it was; the next run compacts.
-                log.info("index maintenance lost a commit race to a write; the next run retries",
-                         versions=f"{before}..{table.version}", error=str(exc)[:200])
-
-    def _indexed_columns(self) -> set[str]:
-        return {c for i in self._table.list_indices() for c in i.columns}
-
-    def _has_ann(self) -> bool:
-        # LanceDB names the type "IvfHnswSq" (not "IVF_..."): look for an index on the vector column
-        return "vector" in self._indexed_columns()
-
-    def _due(self) -> bool:
-        """Enough rows outside a full-text index (searched by a scan), or one waiting long enough, or enough
-        small fragments to merge, and the last run's rest is over; or too many rows outside, rest or not."""
-        now = time.monotonic()
-        stats = [self._table.index_stats(name) for name in ("text_idx", "heading_idx")]
-        unindexed = max((s.num_unindexed_rows for s in stats if s is not None), default=0)
-        if unindexed >= FOLD_ROWS_MAX:
-            return True
-        if now < self._rest_until:
-            return False
-        if unindexed == 0:
-            self._waiting_since = None
-        elif self._waiting_since is None:
-            self._waiting_since = now
-        if unindexed >= FOLD_ROWS or (self._waiting_since is not None and now - self._waiting_since >= FOLD_AFTER_S):
-            return True
-        return int(self._table.stats()["fragment_stats"]["num_small_fragments"]) >= COMPACT_FRAGMENTS
+        """When it is due (infra/stores/lance_maintenance.py): fold new rows into the full-text and vector
+        indexes, compact small fragments, drop old versions, build the ANN index once the table is large."""
+        self._maintenance.run(self._table, force)
 
     def close(self) -> None:
         """Stops the search loop (LanceDB itself holds no open handles that need closing)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infra.stores import lance
+from infra.stores import lance_maintenance as maintenance
 from infra.stores.lance import LanceVectorIndex
 from kernel.ports import ChunkRecord, SearchRequest
 
@@ -55,7 +55,7 @@ def test_maintenance_beside_writes_and_deletes_loses_nothing(tmp_path: Path) -> 
     for doc in range(40):
         expected = 3 if doc % 4 == 0 else 5
         assert len(index.chunk_versions("default", f"doc-{doc}")) == expected, doc
-    assert "tenant" in index._indexed_columns()  # the tenant prefilter of every search is indexed
+    assert "tenant" in maintenance.indexed_columns(index._table)  # the tenant prefilter of every search is indexed
     # every row is in both full-text indexes now: nothing is left to scan
     for name in ("text_idx", "heading_idx"):
         stats = index._table.index_stats(name)
@@ -63,16 +63,16 @@ def test_maintenance_beside_writes_and_deletes_loses_nothing(tmp_path: Path) -> 
 
 
 def test_the_ann_index_is_built_once_the_table_is_large(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(lance, "ANN_MIN_ROWS", 600)
+    monkeypatch.setattr(maintenance, "ANN_MIN_ROWS", 600)
     index = LanceVectorIndex(tmp_path, DIM)
     rng = np.random.default_rng(3)
     index.upsert([record(d, 1, i, rng) for d in range(50) for i in range(10)])
     index.maintain()
-    assert not index._has_ann()
+    assert "vector" not in maintenance.indexed_columns(index._table)
     more = [record(d, 1, i, rng) for d in range(50, 70) for i in range(10)]
     index.upsert(more)
     index.maintain()
-    assert index._has_ann()
+    assert "vector" in maintenance.indexed_columns(index._table)
     # a stored row's own vector finds that row first, through the ANN index
     found = index.search("default", SearchRequest("unrelated words", more[42].vector, candidates=20, keyword=False))
     assert found.dense[0].chunk_id == more[42].chunk_id
@@ -86,7 +86,7 @@ def unindexed(index: LanceVectorIndex) -> int:
 def test_maintenance_waits_until_folding_is_worth_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A few new rows stay outside the full-text index (searched by a scan, still found) until FOLD_ROWS of
     them pile up; then one run folds them all."""
-    monkeypatch.setattr(lance, "FOLD_ROWS", 40)
+    monkeypatch.setattr(maintenance, "FOLD_ROWS", 40)
     index = LanceVectorIndex(tmp_path, DIM)
     rng = np.random.default_rng(5)
     index.upsert([record(d, 1, i, rng) for d in range(6) for i in range(5)])  # 30 rows, 6 fragments
@@ -102,12 +102,12 @@ def test_maintenance_waits_until_folding_is_worth_it(tmp_path: Path, monkeypatch
 
 def test_a_row_waiting_long_enough_is_folded_however_few(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = [1000.0]
-    monkeypatch.setattr(lance.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(maintenance.time, "monotonic", lambda: clock[0])
     index = LanceVectorIndex(tmp_path, DIM)
     rng = np.random.default_rng(6)
     index.upsert([record(0, 1, i, rng) for i in range(3)])
     index.maintain()  # first seen waiting now
-    clock[0] += lance.FOLD_AFTER_S - 1
+    clock[0] += maintenance.FOLD_AFTER_S - 1
     index.maintain()
     assert unindexed(index) == 3
     clock[0] += 2
@@ -123,14 +123,14 @@ def test_maintenance_rests_in_proportion_to_its_own_cost(tmp_path: Path, monkeyp
         clock[0] += 0.5
         return clock[0]
 
-    monkeypatch.setattr(lance.time, "monotonic", monotonic)
-    monkeypatch.setattr(lance, "FOLD_ROWS", 1)
+    monkeypatch.setattr(maintenance.time, "monotonic", monotonic)
+    monkeypatch.setattr(maintenance, "FOLD_ROWS", 1)
     index = LanceVectorIndex(tmp_path, DIM)
     rng = np.random.default_rng(8)
     index.upsert([record(0, 1, i, rng) for i in range(3)])
     index.maintain()
     assert unindexed(index) == 0
-    rest = index._rest_until - clock[0]
+    rest = index._maintenance.rest_until - clock[0]
     assert rest > 0
     index.upsert([record(1, 1, i, rng) for i in range(3)])
     index.maintain()
@@ -143,13 +143,13 @@ def test_maintenance_rests_in_proportion_to_its_own_cost(tmp_path: Path, monkeyp
 def test_too_many_unindexed_rows_are_folded_even_while_resting(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     """A bulk ingest must not leave every keyword search scanning thousands of rows until the rest is over."""
-    monkeypatch.setattr(lance, "FOLD_ROWS", 1)
-    monkeypatch.setattr(lance, "FOLD_ROWS_MAX", 20)
+    monkeypatch.setattr(maintenance, "FOLD_ROWS", 1)
+    monkeypatch.setattr(maintenance, "FOLD_ROWS_MAX", 20)
     index = LanceVectorIndex(tmp_path, DIM)
     rng = np.random.default_rng(9)
     index.upsert([record(0, 1, i, rng) for i in range(3)])
     index.maintain()
-    index._rest_until = float("inf")
+    index._maintenance.rest_until = float("inf")
     index.upsert([record(1, 1, i, rng) for i in range(10)])
     index.maintain()
     assert unindexed(index) == 10  # resting
