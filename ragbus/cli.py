@@ -57,7 +57,7 @@ def up() -> None:
 @app.command()
 def worker(stages: list[str] = typer.Argument(..., help="chunker | embedder | indexer | status | answerer")) -> None:
     """Run one stage (or several consumer stages) alone, e.g. to scale out on partitions."""
-    from .stages import run_workers
+    from .worker import run_workers
 
     run_workers(_settings(quiet=False), stages)
 

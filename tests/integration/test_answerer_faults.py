@@ -1,4 +1,4 @@
-"""The answerer stage on the local broker, wired as `ragbus worker answerer` wires it (ragbus.stages.consumer),
+"""The answerer stage on the local broker, wired as `ragbus worker answerer` wires it (ragbus.worker.consumer),
 with Claude's SDK talking HTTP to a local Messages API (tests/messages_api.py): every query gets its one
 final answer within its deadline whatever the model does, and queries whose deadline passed while the stage
 was paused (its document store down) are answered late, as expired, never dropped."""
@@ -20,7 +20,7 @@ from infra.ops.metrics import Metrics
 from infra.settings import Settings
 from infra.stores.sqlite import SqliteDocumentStore
 from kernel.errors import RetryableError
-from ragbus.stages import consumer
+from ragbus.worker import consumer
 from schemas.events import AnswerGenerated, QueryRequested
 from schemas.topics import TOPICS
 from tests.messages_api import MessagesApi

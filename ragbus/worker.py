@@ -1,4 +1,4 @@
-"""Wires each stage to its adapters and runs it: faust stages own their process, consumer stages run as
+"""`ragbus worker`: wires each stage to its adapters and runs it: faust stages own their process, consumer stages run as
 threads (several may share a process)."""
 
 from __future__ import annotations
