@@ -60,7 +60,8 @@ from infra.settings import Settings
 from ragbus import wiring
 from ragbus.supervisor import PROCESSES, Stack
 from schemas.events import DocumentArrived, DocumentDeleted, QueryRequested, Status, chunk_uuid
-from schemas.topics import STAGES, TOPICS, document_key
+from schemas.stages import ANSWERER, EMBEDDER, PIPELINE, STATUS
+from schemas.topics import TOPICS, document_key
 from tests import hostile
 
 DEFAULT_CORPUS = Path(__file__).resolve().parent.parent.parent / "shared/data/pydocs-faq-dev/corpus.jsonl"
@@ -116,8 +117,8 @@ def answers_by_query(settings: Settings) -> dict[str, set[str]]:
 
 def dead_letter_keys(settings: Settings) -> dict[str, set[str]]:
     """Keys of every dead letter, by stage."""
-    out: dict[str, set[str]] = {stage: set() for stage in STAGES}
-    for dl in list_dead_letters(settings, list(STAGES), idle_s=2.0):
+    out: dict[str, set[str]] = {stage: set() for stage in PIPELINE.names()}
+    for dl in list_dead_letters(settings, list(PIPELINE.names()), idle_s=2.0):
         out[dl.stage].add(dl.key or "")
     return out
 
@@ -136,7 +137,7 @@ class Scaler(threading.Thread):
         for at, n in ((self.up_s, 3), (self.down_s, 1)):
             if self.stop.wait(max(0.0, started + at - time.monotonic())):
                 return
-            self.stack.scale(("embedder",), n)
+            self.stack.scale((EMBEDDER.name,), n)
             self.events.append((round(time.monotonic() - started, 1), n))
 
 
@@ -144,13 +145,13 @@ def layout(replicas: int, scale_embedder: bool) -> tuple[tuple[str, ...], ...]:
     """The stack's processes: `ragbus up`'s layout, or every stage alone in `replicas` processes."""
     if replicas <= 1 and not scale_embedder:
         return PROCESSES
-    return tuple((stage,) for stage in STAGES
-                 for _ in range(1 if stage == "embedder" and scale_embedder else max(1, replicas)))
+    return tuple((stage,) for stage in PIPELINE.names()
+                 for _ in range(1 if stage == EMBEDDER.name and scale_embedder else max(1, replicas)))
 
 
-#: Where each input topic's unreadable values end: the dead-letter topic of the stage that reads it.
-HOSTILE_TOPICS = {"chunker": TOPICS.documents, "embedder": TOPICS.chunks, "indexer": TOPICS.embedded,
-                  "answerer": TOPICS.queries}
+#: Where each input topic's unreadable values end: the dead-letter topic of the stage that reads it (every
+#: stage's input but the stages' own status reports).
+HOSTILE_TOPICS = {stage.name: stage.reads for stage in PIPELINE if stage is not STATUS}
 
 
 def main() -> int:
@@ -304,7 +305,7 @@ def main() -> int:
             if key not in dead[stage]:
                 problems.append(f"{key}: a hostile value for the {stage} is not in its dead-letter topic")
         for q in fault_queries:
-            if q not in dead["answerer"] or answered.get(q):
+            if q not in dead[ANSWERER.name] or answered.get(q):
                 problems.append(f"query {q}: a faulty question is not dead-lettered alone")
         expected_dead = {f"default/{i}" for i in faulty} | set(hostile_keys) | set(fault_queries)
         for stage, keys in dead.items():

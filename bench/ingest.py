@@ -41,12 +41,13 @@ from ragbus import wiring
 from ragbus.client import documents_from, new_correlation, publish, wait_final
 from ragbus.supervisor import PROCESSES, Stack
 from schemas.events import DocumentArrived
+from schemas.stages import EMBEDDER
 from schemas.topics import TOPICS
 
 
 def layout(embedders: int) -> tuple[tuple[str, ...], ...]:
     """`ragbus up`'s processes, with `embedders` embedder processes sharing chunks.v1's partitions."""
-    return tuple(p for stage in PROCESSES for p in ([stage] * embedders if stage == ("embedder",) else [stage]))
+    return tuple(p for stage in PROCESSES for p in ([stage] * embedders if stage == (EMBEDDER.name,) else [stage]))
 
 
 def run_pipeline(settings: Settings, events: list[DocumentArrived], timeout: float,

@@ -48,9 +48,9 @@ from kernel.stage import Emit, Out, PerEvent, Stage
 from retrieval.extractive import ExtractiveAnswerer, citations_from
 from retrieval.retriever import Retriever
 from schemas.events import AnswerDelta, AnswerGenerated, QueryRequested, Timings, Usage, utcnow
+from schemas.stages import ANSWERER
 from schemas.topics import TOPICS
 
-STAGE = "answerer"
 CACHE_PREFIX = "cache:"
 
 
@@ -75,8 +75,8 @@ class Answerer:
         self._cache_answers = cache_answers
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="ragbus-answer")
 
-    def stage(self, max_batch: int, window_s: float) -> Stage:
-        return Stage(name=STAGE, source=TOPICS.queries, handle=self.handle, max_batch=max_batch, window_s=window_s)
+    def stage(self, max_batch: int, window_s: float) -> Stage[QueryRequested]:
+        return Stage(ANSWERER, handle=self.handle, max_batch=max_batch, window_s=window_s)
 
     def handle(self, queries: Sequence[QueryRequested]) -> list[PerEvent]:
         started = utcnow()

@@ -25,9 +25,9 @@ from schemas.events import (
     section_uuid,
     utcnow,
 )
+from schemas.stages import INDEXER
 from schemas.topics import TOPICS, document_key
 
-STAGE = "indexer"
 #: Per-object write failures are retried this many times within one batch before dead-lettering.
 OBJECT_RETRIES = 2
 Event = ChunksEmbedded | DocumentDeleted
@@ -56,7 +56,7 @@ def chunk_records(ev: ChunksEmbedded, dim: int | None = None) -> list[ChunkRecor
 def status(ev: Event, value: Status, *, version: int, chunks: int = 0) -> Out:
     return Out(TOPICS.status, document_key(ev.tenant, ev.document_id), DocumentStatus(
         tenant=ev.tenant, correlation_id=ev.correlation_id, document_id=ev.document_id, version=version,
-        status=value, stage=STAGE, chunks=chunks))
+        status=value, stage=INDEXER.name, chunks=chunks))
 
 
 class Indexer:
@@ -67,9 +67,8 @@ class Indexer:
         self._dim = dim
 
     def stage(self, max_batch: int, window_s: float) -> Stage[Event]:
-        return Stage(name=STAGE, source=TOPICS.embedded, handle=self.handle,
-                     on_failure=lambda ev, exc: failed_status(ev, exc, STAGE), max_batch=max_batch,
-                     window_s=window_s)
+        return Stage(INDEXER, handle=self.handle, on_failure=lambda ev, exc: failed_status(ev, exc, INDEXER.name),
+                     max_batch=max_batch, window_s=window_s)
 
     def handle(self, events: Sequence[Event]) -> list[PerEvent]:
         results: list[PerEvent] = [[] for _ in events]
@@ -92,7 +91,7 @@ class Indexer:
                 results[i] = self._delete(ev)
             elif i in chunks:
                 results[i] = self._maybe_finish(ev)
-        self._metrics.chunks.labels(STAGE).inc(sum(len(c) for c in chunks.values()))
+        self._metrics.chunks.labels(INDEXER.name).inc(sum(len(c) for c in chunks.values()))
         # no index maintenance here: it runs in the indexer process's own thread, off the commit path
         return results
 

@@ -13,11 +13,10 @@ from collections.abc import Sequence
 from kernel.ports import DocumentRecord, DocumentStore
 from kernel.stage import PerEvent, Stage
 from schemas.events import DocumentStatus, Status
-from schemas.topics import TOPICS
+from schemas.stages import INDEXER, STATUS
 
-STAGE = "status"
 #: Statuses whose producer already applied them to the store.
-APPLIED_BY_PRODUCER = {("indexer", Status.INDEXED), ("indexer", Status.DELETED)}
+APPLIED_BY_PRODUCER = {(INDEXER.name, Status.INDEXED), (INDEXER.name, Status.DELETED)}
 
 
 def apply_statuses(store: DocumentStore, events: Sequence[DocumentStatus]) -> list[PerEvent]:
@@ -28,5 +27,4 @@ def apply_statuses(store: DocumentStore, events: Sequence[DocumentStatus]) -> li
 
 
 def stage(store: DocumentStore, max_batch: int, window_s: float) -> Stage[DocumentStatus]:
-    return Stage(name=STAGE, source=TOPICS.status, handle=lambda events: apply_statuses(store, events),
-                 max_batch=max_batch, window_s=window_s)
+    return Stage(STATUS, handle=lambda events: apply_statuses(store, events), max_batch=max_batch, window_s=window_s)

@@ -21,7 +21,8 @@ from engine.records import Headers, SourceRecord
 from engine.serde import encode, headers_for
 from infra.settings import Settings
 from kernel.errors import ConfigurationError, RetryableError
-from schemas.topics import TOPICS, TopicSpec
+from schemas.stages import PIPELINE
+from schemas.topics import TopicSpec
 
 
 def bootstrap(settings: Settings) -> str:
@@ -87,7 +88,7 @@ def _partitions_setting(settings: Settings, spec: TopicSpec) -> str:
 
 
 def _check_topic_settings(settings: Settings) -> None:
-    known = {spec.name for spec in TOPICS.all()}
+    known = {spec.name for spec in PIPELINE.topics()}
     for name, count in settings.kafka.topic_partitions.items():
         if name not in known:
             raise ConfigurationError(f"RAGBUS_KAFKA_TOPIC_PARTITIONS names {name!r}, which is no ragbus topic; "
@@ -120,7 +121,7 @@ def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None, time
     """Create every topic with its partitions, replication and config; existing topics are checked, never
     altered, and a partition count that differs from the settings is an error that says what to do."""
     _check_topic_settings(settings)
-    specs = specs if specs is not None else TOPICS.all()
+    specs = specs if specs is not None else PIPELINE.topics()
     admin = AdminClient(base_config(settings))
     existing = admin.list_topics(timeout=timeout_s).topics
     found = topic_mismatches(settings, existing, specs)

@@ -27,7 +27,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from infra.ops import logs
 from infra.ops.health import Health
 from infra.settings import Settings
-from kernel.errors import RetryableError
+from kernel.errors import ConfigurationError, RetryableError
+from schemas.stages import Runtime
 
 from .clients import EventProducer, commit_offsets, consume_batch, make_consumer, topic_name
 from .delivery import BatchPolicy
@@ -44,6 +45,9 @@ STATS_EVERY_MS = 5000
 class ConsumerRunner:
     def __init__(self, settings: Settings, policy: BatchPolicy, producer: EventProducer,
                  health: Health | None = None) -> None:
+        if policy.stage.spec.runtime is not Runtime.CONSUMER:
+            raise ConfigurationError(f"the {policy.stage.name} stage is declared to run on {policy.stage.spec.runtime} "
+                                     "(schemas/stages.py), not on a confluent-kafka consumer")
         self._settings = settings
         self._policy = policy
         self._stage = policy.stage

@@ -21,7 +21,7 @@ from infra.ops import logs
 from infra.settings import Settings
 from schemas.events import DeadLetter, utcnow
 from schemas.headers import DLQ_PREFIX, REPLAYED_FROM
-from schemas.topics import STAGES, TOPICS
+from schemas.stages import PIPELINE
 
 
 def _dead_letter(msg: Message) -> DeadLetter:
@@ -41,8 +41,8 @@ def _dead_letter(msg: Message) -> DeadLetter:
 
 
 def list_dead_letters(settings: Settings, stages: list[str] | None = None, idle_s: float = 1.0) -> Iterator[DeadLetter]:
-    for stage in stages or list(STAGES):
-        spec = TOPICS.dead_letter(stage)
+    for stage in stages or list(PIPELINE.names()):
+        spec = PIPELINE[stage].dead_letters
         consumer = make_consumer(settings, None)
         name = topic_name(settings, spec)
         consumer.assign([TopicPartition(name, p, 0) for p in partition_ids(consumer, name)])
@@ -60,7 +60,7 @@ def replay(settings: Settings, stage: str, limit: int | None = None, idle_s: flo
     to the dead-letter topic as a new record, and must wait for the next replay (no loop).
     """
     started = utcnow()
-    spec = TOPICS.dead_letter(stage)
+    spec = PIPELINE[stage].dead_letters
     consumer = make_consumer(settings, f"{settings.kafka.topic_prefix}dlq-replay-{stage}")
     consumer.subscribe([topic_name(settings, spec)])
     producer = EventProducer(settings)

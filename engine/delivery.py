@@ -12,7 +12,8 @@ For a batch of records, `BatchPolicy.process`:
    - ConfigurationError: nothing will work until an operator acts: the stage breaks at once;
    - anything else: the events are run one at a time, so the exception lands on the event that raises
      it; that event is dead-lettered with the exception as its reason, the rest go on;
-3. encodes the outputs; an output too large for any topic is its event's failure, not the runner's.
+3. encodes the outputs; an output too large for any topic, or on a topic the stage's declaration does not list
+   (schemas/stages.py), is its event's failure, not the runner's.
 
 The failure breaker (`Breaker`) is what stops a stage that fails on everything (a bad release, a
 mis-classified outage) from emptying its stream into the dead-letter topic one event at a time: when,
@@ -271,6 +272,7 @@ class BatchPolicy:
             return exc
 
     def _send(self, out: Out, trace_headers: Headers) -> Send:
+        self._stage.spec.check_writes(out.topic)  # publishing elsewhere is a bug in the stage, failing its event
         value = encode(out.event)
         if len(value) > self._settings.kafka.message_max_bytes:
             raise PoisonMessageError(f"the {out.topic.name} event this produces is {len(value)} bytes, over the "
@@ -319,7 +321,7 @@ class BatchPolicy:
                     error_type=type(exc).__name__, error=str(exc)[:300])
         self._metrics.events.labels(self._stage.name, Outcome.DEAD_LETTERED).inc()
         return dead_letter(self._settings.kafka.topic_prefix, self._settings.kafka.message_max_bytes,
-                           self._stage.name, record, exc)
+                           self._stage.spec, record, exc)
 
     # -- after the runtime committed ---------------------------------------------------------------
     def finished(self, records: Sequence[SourceRecord], done: Done, started: float) -> None:

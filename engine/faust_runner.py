@@ -42,6 +42,8 @@ from infra.ops import logs
 from infra.ops.health import Health
 from infra.ops.metrics import Metrics
 from infra.settings import Settings
+from kernel.errors import ConfigurationError
+from schemas.stages import Runtime
 
 from .clients import bootstrap, partitions, topic_name
 from .delivery import BatchPolicy, Done
@@ -75,6 +77,9 @@ def _faust_headers(headers: Headers) -> list[tuple[str, bytes]]:
 
 def build_app(settings: Settings, policy: BatchPolicy, metrics: Metrics, health: Health | None = None) -> FaustApp:
     stage = policy.stage
+    if stage.spec.runtime is not Runtime.FAUST:
+        raise ConfigurationError(f"the {stage.name} stage is declared to run on {stage.spec.runtime} "
+                                 "(schemas/stages.py), not on faust-streaming")
     session_s = settings.kafka.session_timeout_ms / 1000
     datadir = settings.data_dir / "faust" / stage.name
     datadir.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicP
 from confluent_kafka.admin import AdminClient
 
 from infra.settings import Settings
-from schemas.topics import STAGES, TOPICS
+from schemas.stages import PIPELINE
 
 from .clients import base_config, make_consumer, partition_ids, topic_name
 
@@ -77,12 +77,14 @@ def group_id(settings: Settings, stage: str) -> str:
     return f"{settings.kafka.topic_prefix}{stage}"
 
 
-def group_lags(settings: Settings, stages: tuple[str, ...] = STAGES, timeout_s: float = 10.0) -> list[GroupLag]:
+def group_lags(settings: Settings, stages: tuple[str, ...] | None = None, timeout_s: float = 10.0) -> list[GroupLag]:
+    """The lag of each stage's group (every declared stage's by default) on the topic it reads."""
+    stages = stages if stages is not None else PIPELINE.names()
     admin = AdminClient(base_config(settings))
     groups = {stage: group_id(settings, stage) for stage in stages}
-    parts = {stage: [TopicPartition(topic_name(settings, TOPICS.source_of(stage)), p)
-                     for p in partition_ids(admin, topic_name(settings, TOPICS.source_of(stage)), timeout_s)]
-             for stage in stages}
+    sources = {stage: topic_name(settings, PIPELINE[stage].reads) for stage in stages}
+    parts = {stage: [TopicPartition(source, p) for p in partition_ids(admin, source, timeout_s)]
+             for stage, source in sources.items()}
     committed: dict[tuple[str, str, int], int] = {}  # (group, topic, partition) -> offset
     for stage, group in groups.items():
         if not parts[stage]:

@@ -15,7 +15,7 @@ from confluent_kafka import Message
 from infra.ops import logs
 from schemas.events import utcnow
 from schemas.headers import CORRELATION_ID, DLQ_PREFIX, dlq
-from schemas.topics import TOPICS
+from schemas.stages import StageSpec
 
 Headers = list[tuple[str, str | bytes | None]]
 #: Room left in a dead letter for its key and headers.
@@ -94,17 +94,17 @@ def dead_letter_headers(record: SourceRecord, stage: str, exc: BaseException, at
     return kept + [(dlq(k), v.encode()) for k, v in fields.items()]
 
 
-def dead_letter(prefix: str, max_bytes: int, stage: str, record: SourceRecord, exc: BaseException,
+def dead_letter(prefix: str, max_bytes: int, stage: StageSpec, record: SourceRecord, exc: BaseException,
                 attempts: int = 1) -> Send:
     """(topic, key, value, headers) of a dead letter. The value is the original bytes, unless they are too
     large for any topic (the reason the event failed): then their head, with `ragbus-dlq-truncated`
     giving the original size, so the dead letter itself can always be written."""
-    headers = dead_letter_headers(record, stage, exc, attempts)
+    headers = dead_letter_headers(record, stage.name, exc, attempts)
     value = record.value
     limit = max_bytes - _DLQ_OVERHEAD
     if value is not None and len(value) > limit:
         headers.append((dlq("truncated"), str(len(value)).encode()))
         value = value[:limit]
-    return Send(TOPICS.dead_letter(stage).physical(prefix), record.key, value, headers)
+    return Send(stage.dead_letters.physical(prefix), record.key, value, headers)
 
 

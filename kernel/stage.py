@@ -1,4 +1,5 @@
-"""The stage contract: a stage is a function from a batch of typed events to typed outputs.
+"""The stage contract: a stage is a function from a batch of typed events to typed outputs, for a stage the
+registry declares (schemas/stages.py: its name, the topic it reads, the topics it writes).
 
 A runner (engine/) owns consumers, producers, offsets and commits; a stage never sees them and
 can be called in a unit test with plain events. `handle(events)` returns, per input event and in
@@ -23,6 +24,7 @@ from typing_extensions import TypeVar
 
 from kernel.errors import ConfigurationError, RetryableError
 from schemas.events import ChunksEmbedded, ChunksProduced, DocumentArrived, DocumentDeleted, DocumentStatus, Status
+from schemas.stages import PIPELINE, StageSpec
 from schemas.topics import TOPICS, TopicSpec, document_key
 
 #: The events a stage consumes. A runner that runs any stage (the delivery policy) writes plain `Stage`, which
@@ -52,8 +54,8 @@ Emit = Callable[[Out], None]
 
 @dataclass(frozen=True)
 class Stage(Generic[E]):
-    name: str
-    source: TopicSpec
+    #: Its declaration: a Stage is built only for a declared stage (anything else is refused at once).
+    spec: StageSpec
     handle: Handler[E]
     on_failure: FailureHook[E] | None = None
     #: Events handed to `handle` at most at once, and how long after a batch's first event the runner
@@ -63,6 +65,19 @@ class Stage(Generic[E]):
     #: The key each source event should have arrived with (None: any). A record keyed otherwise is still
     #: handled (the stage keys its outputs itself); the runner counts and logs it, so publishers can fix it.
     key: Callable[[E], bytes] | None = None
+
+    def __post_init__(self) -> None:
+        if not PIPELINE.declares(self.spec):
+            raise ValueError(f"the {self.spec.name!r} stage is not declared: declare it in schemas/stages.py and bind "
+                             "its factory in ragbus/registry.py")
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def source(self) -> TopicSpec:
+        return self.spec.reads
 
 
 def per_event(fn: Callable[[E], list[Out]]) -> Handler[E]:

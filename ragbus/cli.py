@@ -13,6 +13,7 @@ import typer
 from infra.ops import logs
 from infra.settings import Settings
 from kernel.errors import RagbusError
+from schemas.stages import PIPELINE
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ragbus: event-driven RAG on Kafka.")
@@ -55,7 +56,7 @@ def up() -> None:
 
 
 @app.command()
-def worker(stages: list[str] = typer.Argument(..., help="chunker | embedder | indexer | status | answerer")) -> None:
+def worker(stages: list[str] = typer.Argument(..., help=" | ".join(PIPELINE.names()))) -> None:
     """Run one stage (or several consumer stages) alone, e.g. to scale out on partitions."""
     from .worker import run_workers
 
@@ -69,12 +70,11 @@ def topics_create() -> None:
     Partitions: RAGBUS_KAFKA_PARTITIONS (every pipeline topic), RAGBUS_KAFKA_TOPIC_PARTITIONS (per topic, JSON);
     replicas: RAGBUS_KAFKA_REPLICATION_FACTOR."""
     from engine.clients import check_reachable, ensure_topics, partitions, topic_name
-    from schemas.topics import TOPICS
 
     settings = _settings()
     check_reachable(settings)
     created = set(ensure_topics(settings))
-    for spec in TOPICS.all():
+    for spec in PIPELINE.topics():
         name = topic_name(settings, spec)
         state = "created" if name in created else "exists"
         typer.echo(f"{name:<40} {partitions(settings, spec):>4} partitions  {state}")
@@ -408,11 +408,12 @@ def status(as_json: bool = typer.Option(False, "--json"),
 
 
 def _stages(stage: str | None) -> list[str]:
-    from schemas.topics import STAGES
-
-    if stage is not None and stage not in STAGES:
-        raise RagbusError(f"unknown stage {stage!r}: choose from {', '.join(STAGES)}")
-    return [stage] if stage else list(STAGES)
+    if stage is None:
+        return list(PIPELINE.names())
+    try:
+        return [PIPELINE[stage].name]
+    except KeyError as exc:
+        raise RagbusError(exc.args[0]) from None
 
 
 @dlq_app.command("list")

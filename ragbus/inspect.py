@@ -13,22 +13,22 @@ from infra.models.embedder import embedding_dim
 from infra.ops.health_file import read_health
 from infra.settings import Settings
 from kernel.errors import ConfigurationError
-from schemas.topics import STAGES, TOPICS
+from schemas.stages import PIPELINE
 
 from . import wiring
 
 
 def dead_letter_counts(settings: Settings) -> dict[str, int]:
     counts = {}
-    for stage in STAGES:
+    for stage in PIPELINE:
         n = 0
-        with Tail(settings, TOPICS.dead_letter(stage), from_start=True) as tail:
+        with Tail(settings, stage.dead_letters, from_start=True) as tail:
             while True:
                 batch = tail.poll_raw(0.3)
                 if not batch:
                     break
                 n += batch
-        counts[stage] = n
+        counts[stage.name] = n
     return counts
 
 

@@ -35,11 +35,13 @@ from engine.clients import check_reachable, ensure_topics
 from infra.ops import logs
 from infra.settings import LOCAL_FETCH_WAIT_MS, Settings
 from kernel.errors import ConfigurationError, RagbusError
+from schemas.stages import PIPELINE
 
 log = logs.get(__name__)
 
-#: Process layout of `ragbus up`: faust stages alone; the light sinks share one process.
-PROCESSES: tuple[tuple[str, ...], ...] = (("chunker",), ("embedder",), ("indexer", "status"), ("answerer",))
+#: Process layout of `ragbus up`, as the stage declarations group them: faust stages alone; the light sinks share
+#: one process.
+PROCESSES: tuple[tuple[str, ...], ...] = PIPELINE.processes()
 LOCAL_SESSION_TIMEOUT_MS = "2000"
 STOP_GRACE_S = 30.0
 #: A stage process that exits with an error sooner than this after starting failed at start-up.

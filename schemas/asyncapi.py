@@ -1,16 +1,17 @@
 """The AsyncAPI 3.0 document of ragbus, built from the same models and topic registry as the JSON Schemas.
 
-One channel per topic (its address carries the deployment's topic prefix as a parameter), one message
-per event type with its key, headers and examples, Kafka bindings with partitions and topic
-configuration, and one operation per stage and topic it reads or writes. Dead-letter channels
-describe their `ragbus-dlq-*` headers. `python -m schemas.generate` writes it to schemas/asyncapi.json;
-tests/unit/test_contract.py validates it against the official AsyncAPI JSON Schema and fails when the
-committed file is stale. No I/O in this module.
+One channel per topic (its address carries the deployment's topic prefix as a parameter), one message per event
+type with its key, headers and examples, Kafka bindings with partitions and topic configuration, and one operation
+per stage and topic it reads or writes, as the stage registry declares them (schemas/stages.py). Dead-letter
+channels describe their `ragbus-dlq-*` headers. `python -m schemas.generate` writes it to schemas/asyncapi.json;
+tests/unit/test_contract.py validates it against the official AsyncAPI JSON Schema and fails when the committed
+file is stale. No I/O in this module.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from typing import Any
 
 from pydantic import BaseModel
@@ -19,7 +20,8 @@ from pydantic.json_schema import models_json_schema
 from . import headers
 from .events import SCHEMA_VERSION
 from .examples import EXAMPLES
-from .topics import STAGES, TOPICS, TopicSpec
+from .stages import PIPELINE
+from .topics import TOPICS, Topics, TopicSpec
 
 ASYNCAPI_VERSION = "3.0.0"
 KAFKA_BINDING = "0.5.0"
@@ -48,11 +50,6 @@ Guides: docs/publishing.md (documents: keys, versions, updates, deletes, tenants
 URL) and docs/subscribing.md (answers, deltas, deduplication, correlation).
 """
 
-#: Which stage reads each topic (ragbus receives) and which stages write it (ragbus sends).
-_READERS = {"documents": "chunker", "chunks": "embedder", "embedded": "indexer", "status": "status",
-            "queries": "answerer"}
-_WRITERS = {"chunks": ["chunker"], "embedded": ["embedder"], "status": ["chunker", "embedder", "indexer"],
-            "answers": ["answerer"], "answer_deltas": ["answerer"]}
 _INTERNAL = {"chunks", "embedded"}
 _CORRELATION = {"query_id": "$message.payload#/query_id", "correlation_id": "$message.payload#/correlation_id"}
 
@@ -150,9 +147,13 @@ def _dead_letter_message() -> dict[str, Any]:
 
 
 def _topics() -> list[tuple[str, TopicSpec]]:
-    named = [(name, getattr(TOPICS, name)) for name in
-             ("documents", "chunks", "embedded", "status", "queries", "answers", "answer_deltas")]
-    return named + [(f"dlq_{stage}", TOPICS.dead_letter(stage)) for stage in STAGES]
+    """Every topic by its attribute in the registry: `Topics`' fields, then `dlq_<stage>` per declared stage."""
+    named = [(f.name, getattr(TOPICS, f.name)) for f in fields(Topics)]
+    return named + [(f"dlq_{stage.name}", stage.dead_letters) for stage in PIPELINE]
+
+
+def _attr(spec: TopicSpec) -> str:
+    return next(attr for attr, topic in _topics() if topic == spec)
 
 
 def _channel(attr: str, spec: TopicSpec) -> dict[str, Any]:
@@ -176,12 +177,13 @@ def _channel(attr: str, spec: TopicSpec) -> dict[str, Any]:
     }
 
 
-def _operation(action: str, attr: str, stage: str, messages: list[str]) -> dict[str, Any]:
-    cid = _channel_id(attr)
+def _operation(action: str, spec: TopicSpec, stage: str) -> dict[str, Any]:
+    cid = _channel_id(_attr(spec))
     verb = "reads" if action == "receive" else "writes"
+    messages = [_message_id(m) for m in spec.models()]
     return {
         "action": action, "channel": {"$ref": f"#/channels/{cid}"},
-        "summary": f"The {stage} stage {verb} {getattr(TOPICS, attr).name}.",
+        "summary": f"The {stage} stage {verb} {spec.name}.",
         "messages": [{"$ref": f"#/channels/{cid}/messages/{m}"} for m in messages],
         "bindings": {"kafka": {"groupId": {"type": "string", "description": "The stage's consumer group: the "
                                            "topic prefix followed by the stage name.", "examples": [f"ragbus.{stage}"]},
@@ -190,22 +192,24 @@ def _operation(action: str, attr: str, stage: str, messages: list[str]) -> dict[
 
 
 def _operations() -> dict[str, Any]:
+    """What each declared stage reads and writes: its receive, its sends topic by topic, its dead letters."""
     ops: dict[str, Any] = {}
-    for attr, stage in _READERS.items():
-        names = [_message_id(m) for m in getattr(TOPICS, attr).models()]
-        ops[f"{stage}-receives-{_channel_id(attr)}"] = _operation("receive", attr, stage, names)
-    for attr, stages in _WRITERS.items():
-        names = [_message_id(m) for m in getattr(TOPICS, attr).models()]
-        for stage in stages:
-            ops[f"{stage}-sends-{_channel_id(attr)}"] = _operation("send", attr, stage, names)
-    ops["answerer-receives-queries"]["reply"] = {
-        "channel": {"$ref": "#/channels/answers"},
-        "messages": [{"$ref": "#/channels/answers/messages/AnswerGenerated"}]}
-    for stage in STAGES:
-        ops[f"{stage}-sends-dlq-{stage}"] = {
-            "action": "send", "channel": {"$ref": f"#/channels/dlq-{stage}"},
-            "summary": f"The {stage} stage dead-letters what it cannot process.",
-            "messages": [{"$ref": f"#/channels/dlq-{stage}/messages/DeadLetter"}]}
+    for stage in PIPELINE:
+        ops[f"{stage.name}-receives-{_channel_id(_attr(stage.reads))}"] = _operation("receive", stage.reads, stage.name)
+    for topic in TOPICS.events():
+        for stage in PIPELINE.writers(topic):
+            ops[f"{stage.name}-sends-{_channel_id(_attr(topic))}"] = _operation("send", topic, stage.name)
+    for stage in PIPELINE:
+        if stage.reply is not None:
+            cid = _channel_id(_attr(stage.reply))
+            ops[f"{stage.name}-receives-{_channel_id(_attr(stage.reads))}"]["reply"] = {
+                "channel": {"$ref": f"#/channels/{cid}"},
+                "messages": [{"$ref": f"#/channels/{cid}/messages/{_message_id(m)}"} for m in stage.reply.models()]}
+    for stage in PIPELINE:
+        ops[f"{stage.name}-sends-dlq-{stage.name}"] = {
+            "action": "send", "channel": {"$ref": f"#/channels/dlq-{stage.name}"},
+            "summary": f"The {stage.name} stage dead-letters what it cannot process.",
+            "messages": [{"$ref": f"#/channels/dlq-{stage.name}/messages/DeadLetter"}]}
     for op in ops.values():
         if not op.get("bindings"):
             op.pop("bindings", None)

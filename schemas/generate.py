@@ -27,7 +27,7 @@ from .events import (
     DocumentStatus,
     QueryRequested,
 )
-from .topics import TOPICS
+from .stages import PIPELINE
 
 OUT = Path(__file__).parent / "jsonschema"
 ASYNCAPI = Path(__file__).parent / "asyncapi.json"
@@ -57,7 +57,7 @@ def render() -> dict[str, str]:
                     "description": spec.description,
                     "value": TypeAdapter(spec.value_type).json_schema() if spec.value_type is not None
                     else "original bytes of the dead-lettered message; reason in ragbus-dlq-* headers"}
-        for spec in TOPICS.all()
+        for spec in PIPELINE.topics()
     }
     return {name: _dump(schema) for name, schema in files.items()}
 

@@ -1,12 +1,13 @@
 """The topic registry: every topic declared once, with its event type, key and config.
 
 Nobody writes a topic name anywhere else; code refers to `TOPICS.documents` and resolves the physical
-name with a prefix from settings (so several deployments or test runs can share one cluster).
+name with a prefix from settings (so several deployments or test runs can share one cluster). Which stage
+reads and writes which topic, and the dead-letter topic of each, are the stage registry's (schemas/stages.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
 
@@ -77,8 +78,6 @@ def _adapter(tp: Any) -> TypeAdapter[Any]:
 
 _RETAIN = {"cleanup.policy": "delete", "retention.ms": _WEEK_MS, "max.message.bytes": _MESSAGE_MAX}
 
-STAGES = ("chunker", "embedder", "indexer", "status", "answerer")
-
 
 @dataclass(frozen=True)
 class Topics:
@@ -103,27 +102,19 @@ class Topics:
         "streamed answer pieces, ordered per query",
     )
 
-    def source_of(self, stage: str) -> TopicSpec:
-        """The topic a stage consumes (its consumer group's topic)."""
-        sources = {"chunker": self.documents, "embedder": self.chunks, "indexer": self.embedded,
-                   "status": self.status, "answerer": self.queries}
-        if stage not in sources:
-            raise KeyError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
-        return sources[stage]
+    def events(self) -> list[TopicSpec]:
+        """The topics events travel on, in declaration order (each stage's dead-letter topic aside: every topic
+        is `schemas.stages.PIPELINE.topics()`)."""
+        return [getattr(self, f.name) for f in fields(self)]
 
-    def dead_letter(self, stage: str) -> TopicSpec:
-        if stage not in STAGES:
-            raise KeyError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
-        return TopicSpec(
-            f"dlq.{stage}.v1", None, "original key", 1,
-            {"cleanup.policy": "delete", "retention.ms": str(30 * 24 * 3600 * 1000), "max.message.bytes": _MESSAGE_MAX},
-            f"dead letters of the {stage} stage: original bytes, reason in headers",
-        )
 
-    def all(self) -> list[TopicSpec]:
-        specs = [self.documents, self.chunks, self.embedded, self.status, self.queries, self.answers,
-                 self.answer_deltas]
-        return specs + [self.dead_letter(s) for s in STAGES]
+def dead_letter_topic(stage: str) -> TopicSpec:
+    """The dead-letter topic of a stage (each declared stage has one: `StageSpec.dead_letters`)."""
+    return TopicSpec(
+        f"dlq.{stage}.v1", None, "original key", 1,
+        {"cleanup.policy": "delete", "retention.ms": str(30 * 24 * 3600 * 1000), "max.message.bytes": _MESSAGE_MAX},
+        f"dead letters of the {stage} stage: original bytes, reason in headers",
+    )
 
 
 TOPICS = Topics()

@@ -34,10 +34,10 @@ from schemas.events import (
     Status,
     content_hash,
 )
+from schemas.stages import CHUNKER
 from schemas.topics import TOPICS, document_key
 
 ContentLoader = Callable[[ContentRef], bytes]
-STAGE = "chunker"
 
 
 class NoFetcher:
@@ -92,7 +92,7 @@ def chunk_event(event: DocumentArrived | DocumentDeleted, chunker: Chunker, load
         for n, part in enumerate(parts)
     ]
     outs.append(Out(TOPICS.status, key, DocumentStatus(
-        **envelope, document_id=event.document_id, version=version, status=Status.CHUNKED, stage=STAGE,
+        **envelope, document_id=event.document_id, version=version, status=Status.CHUNKED, stage=CHUNKER.name,
         chunks=len(chunks))))
     return outs
 
@@ -100,8 +100,7 @@ def chunk_event(event: DocumentArrived | DocumentDeleted, chunker: Chunker, load
 def stage(chunker: Chunker, load: ContentLoader,
           fetch: ContentFetcher | None = None) -> Stage[DocumentArrived | DocumentDeleted]:
     return Stage(
-        name=STAGE, source=TOPICS.documents,
-        handle=per_event(lambda ev: chunk_event(ev, chunker, load, fetch)),
-        on_failure=lambda ev, exc: failed_status(ev, exc, STAGE),
+        CHUNKER, handle=per_event(lambda ev: chunk_event(ev, chunker, load, fetch)),
+        on_failure=lambda ev, exc: failed_status(ev, exc, CHUNKER.name),
         max_batch=16, window_s=0.01, key=lambda ev: document_key(ev.tenant, ev.document_id),
     )

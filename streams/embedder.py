@@ -27,9 +27,8 @@ from schemas.events import (
     EmbeddedSection,
     Status,
 )
+from schemas.stages import EMBEDDER
 from schemas.topics import TOPICS, document_key
-
-STAGE = "embedder"
 
 
 class CachedEmbedder:
@@ -96,13 +95,13 @@ def embed_events(events: Sequence[ChunksProduced | DocumentDeleted], embedder: C
         if ev.part == ev.parts - 1:
             outs.append(Out(TOPICS.status, key, DocumentStatus(
                 tenant=ev.tenant, correlation_id=ev.correlation_id, document_id=ev.document_id,
-                version=ev.version, status=Status.EMBEDDED, stage=STAGE, chunks=ev.total_chunks)))
+                version=ev.version, status=Status.EMBEDDED, stage=EMBEDDER.name, chunks=ev.total_chunks)))
         results.append(outs)
     return results
 
 
 def stage(embedder: CachedEmbedder, max_batch: int, window_s: float) -> Stage[ChunksProduced | DocumentDeleted]:
     return Stage(
-        name=STAGE, source=TOPICS.chunks, handle=lambda evs: embed_events(evs, embedder),
-        on_failure=lambda ev, exc: failed_status(ev, exc, STAGE), max_batch=max_batch, window_s=window_s,
+        EMBEDDER, handle=lambda evs: embed_events(evs, embedder),
+        on_failure=lambda ev, exc: failed_status(ev, exc, EMBEDDER.name), max_batch=max_batch, window_s=window_s,
     )

@@ -30,6 +30,7 @@ from infra.ops.metrics import Metrics
 from infra.settings import Settings
 from kernel.stage import Out, PerEvent, Stage
 from schemas.events import DocumentStatus, Status
+from schemas.stages import PIPELINE
 from schemas.topics import TOPICS, document_key
 
 FAULT = os.environ.get("RAGBUS_TEST_FAULT", "")
@@ -51,7 +52,7 @@ def main() -> None:
     settings = Settings()
     logs.configure(settings.log_level, settings.log_format)
     metrics = Metrics()
-    stage = Stage(name="chunker", source=TOPICS.documents, handle=handle, max_batch=8, window_s=0.05)
+    stage = Stage(PIPELINE["chunker"], handle=handle, max_batch=8, window_s=0.05)
     if FAULT == "runner-bug":
         real = BatchPolicy.process
 

@@ -1,8 +1,8 @@
 """Prometheus metrics: one object on an injected registry (tests pass a fresh one).
 
-A process exports the families of the stages it runs and no others: every family is declared once
-here with the stages that export it (`FAMILIES`), and `Metrics(stages=...)` registers only those (the
-others still count, into nothing). docs/operations.md describes each family; a test checks that the
+A process exports the families of the stages it runs and no others: every family is declared once here with the
+declared stages (schemas/stages.py) that export it, or for every stage, and `Metrics(stages=...)` registers only
+those (the others still count, into nothing). docs/operations.md describes each family; a test checks that the
 table there, this declaration and a scrape of each stage's process agree.
 """
 
@@ -25,12 +25,15 @@ from prometheus_client import (
 )
 from prometheus_client.metrics import MetricWrapperBase
 
+from schemas.stages import ANSWERER, EMBEDDER, INDEXER, PIPELINE
+
 #: No `*_created` series: they double the series count and no dashboard or alert of ours reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 M = TypeVar("M", bound=MetricWrapperBase)
+#: The families only the answerer exports.
+ANSWERING = (ANSWERER.name,)
 
-ALL_STAGES = ("chunker", "embedder", "indexer", "status", "answerer")
 #: Batch and model-call durations: a busy 2-core machine takes up to ~60 s for a 64-event embedding batch.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 45, 60, 90, 120, 180, 300)
 #: Event publication to effect: seconds on an idle stack, minutes behind a backlog.
@@ -63,7 +66,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None, stages: Iterable[str] | None = None,
                  revision: str = "unknown") -> None:
         self.registry = registry or CollectorRegistry()
-        self.stages = tuple(stages) if stages is not None else ALL_STAGES
+        self.stages = tuple(PIPELINE[s].name for s in stages) if stages is not None else PIPELINE.names()
         self._declared: list[tuple[MetricWrapperBase, tuple[str, ...] | None]] = []
         d = self._declare
         self.build_info = d(None, Gauge, "ragbus_build_info", "Always 1: the ragbus version, commit and Python "
@@ -87,7 +90,7 @@ class Metrics:
                        "1 while the stage is connected to Kafka and has its partition assignment", ["stage"])
         self.broken = d(None, Gauge, "ragbus_stage_broken",
                         "1 while the stage's failure breaker is open: it holds its events and probes", ["stage"])
-        self.degraded = d(("answerer",), Gauge, "ragbus_stage_degraded",
+        self.degraded = d(ANSWERING, Gauge, "ragbus_stage_degraded",
                           "1 while the stage works in a reduced mode: the answerer while its answer model refuses "
                           "every request (queries are answered extractively, degraded)", ["stage"])
         self.crashes = d(None, Counter, "ragbus_stage_crashes_total",
@@ -100,27 +103,27 @@ class Metrics:
         self.rekeyed = d(None, Counter, "ragbus_events_rekeyed_total",
                          "Events that arrived without the key their topic asks for (ragbus re-keyed their "
                          "outputs)", ["stage"])
-        self.chunks = d(("indexer",), Counter, "ragbus_chunks_total", "Chunks written by the indexer", ["stage"])
-        self.embed_seconds = d(("embedder",), Histogram, "ragbus_embed_seconds",
+        self.chunks = d((INDEXER.name,), Counter, "ragbus_chunks_total", "Chunks written by the indexer", ["stage"])
+        self.embed_seconds = d((EMBEDDER.name,), Histogram, "ragbus_embed_seconds",
                                "Model time per embedding call (cache misses only)", buckets=DURATION_BUCKETS)
-        self.embed_cache = d(("embedder",), Counter, "ragbus_embedding_cache_total",
+        self.embed_cache = d((EMBEDDER.name,), Counter, "ragbus_embedding_cache_total",
                              "Embedding cache lookups by result (hit, miss)", ["status"])
-        self.freshness = d(("indexer", "answerer"), Histogram, "ragbus_freshness_seconds",
+        self.freshness = d((INDEXER.name, ANSWERER.name), Histogram, "ragbus_freshness_seconds",
                            "Seconds from an event's occurred_at to its effect: kind=document, a document event "
                            "to all its chunks searchable; kind=query, a query to its answer",
                            ["kind"], buckets=FRESHNESS_BUCKETS)
-        self.answers = d(("answerer",), Counter, "ragbus_answers_total",
+        self.answers = d(ANSWERING, Counter, "ragbus_answers_total",
                          "Final answers published, by kind (ok, degraded, expired, cached, replayed)", ["status"])
-        self.answer_seconds = d(("answerer",), Histogram, "ragbus_answer_seconds",
+        self.answer_seconds = d(ANSWERING, Histogram, "ragbus_answer_seconds",
                                 "Answerer time per query, retrieval to stored answer", buckets=ANSWER_BUCKETS)
-        self.llm_tokens = d(("answerer",), Counter, "ragbus_llm_tokens_total",
+        self.llm_tokens = d(ANSWERING, Counter, "ragbus_llm_tokens_total",
                             "Language-model tokens by model and kind (input, output, cache_creation, cache_read)",
                             ["model", "kind"])
-        self.llm_cost = d(("answerer",), Counter, "ragbus_llm_cost_usd_total",
+        self.llm_cost = d(ANSWERING, Counter, "ragbus_llm_cost_usd_total",
                           "Estimated language-model cost in USD", ["model"])
-        self.citations_dropped = d(("answerer",), Counter, "ragbus_citations_dropped_total",
+        self.citations_dropped = d(ANSWERING, Counter, "ragbus_citations_dropped_total",
                                    "Citations removed because they named no retrieved chunk")
-        self.retrieval_degraded = d(("answerer",), Counter, "ragbus_retrieval_degraded_total",
+        self.retrieval_degraded = d(ANSWERING, Counter, "ragbus_retrieval_degraded_total",
                                     "Queries a reranker or query rewriter failed on (retrieved without it)",
                                     ["model"])
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
@@ -149,7 +152,7 @@ def family_name(metric: MetricWrapperBase) -> str:
 
 def families(stages: Iterable[str] | None = None) -> dict[str, tuple[str, ...]]:
     """Every ragbus family and the stages that export it (for docs and dashboards)."""
-    m = Metrics(CollectorRegistry(), ALL_STAGES)
-    wanted = set(stages) if stages is not None else set(ALL_STAGES)
-    return {family_name(metric): (s if s is not None else ALL_STAGES) for metric, s in m._declared
+    m = Metrics(CollectorRegistry(), PIPELINE.names())
+    wanted = set(stages) if stages is not None else set(PIPELINE.names())
+    return {family_name(metric): (s if s is not None else PIPELINE.names()) for metric, s in m._declared
             if s is None or wanted & set(s)}

@@ -18,9 +18,10 @@ def exported() -> dict[str, frozenset[str]]:
     """Series name -> its label names, for every ragbus family the code declares (all stages' registries)."""
     from prometheus_client import CollectorRegistry
 
-    from infra.ops.metrics import ALL_STAGES, Metrics
+    from infra.ops.metrics import Metrics
+    from schemas.stages import PIPELINE
 
-    metrics = Metrics(CollectorRegistry(), ALL_STAGES)
+    metrics = Metrics(CollectorRegistry(), PIPELINE.names())
     out: dict[str, frozenset[str]] = {}
     for wrapper, _ in metrics._declared:  # every family with the stages that export it
         labels = frozenset(wrapper._labelnames)  # prometheus_client keeps them here; no public accessor

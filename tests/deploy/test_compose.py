@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from schemas.topics import STAGES
+from schemas.stages import PIPELINE
 from tests.conftest import ROOT
 from tests.deploy.conftest import read, tool, unknown_settings
 from tests.deploy.image_file import exec_form
@@ -75,7 +75,7 @@ def test_kafka_listens_inside_and_outside_the_compose_network() -> None:
 
 def test_workers_run_the_image_one_stage_each() -> None:
     workers = {n: s for n, s in SERVICES.items() if s.get("profiles") == ["workers"] and n != "topics"}
-    assert {n: s["command"] for n, s in workers.items()} == {stage: [stage] for stage in STAGES}
+    assert {n: s["command"] for n, s in workers.items()} == {stage: [stage] for stage in PIPELINE.names()}
     image_check = exec_form(FINAL.last("HEALTHCHECK"))
     for name, service in workers.items():
         assert (PATH.parent / service["build"]["context"] / "Dockerfile").exists(), name

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from schemas.topics import STAGES
+from schemas.stages import PIPELINE
 from tests.deploy.conftest import DEPLOY, read, tool, unknown_settings
 
 K8S = DEPLOY / "kubernetes"
@@ -64,7 +64,7 @@ def _container(deployment: dict[str, Any]) -> dict[str, Any]:
     return containers[0]
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", PIPELINE.names())
 def test_a_deployment_per_stage_runs_ragbus_worker_stage(stage: str) -> None:
     deployment = by_kind("Deployment")[f"ragbus-{stage}"]
     pod = deployment["spec"]["template"]
@@ -96,7 +96,7 @@ def test_the_metrics_service_selects_every_stage() -> None:
     assert service["spec"]["publishNotReadyAddresses"] is True
     assert {p["targetPort"] for p in service["spec"]["ports"]} == {"metrics"}
     selector = service["spec"]["selector"].items()
-    for stage in STAGES:
+    for stage in PIPELINE.names():
         assert selector <= by_kind("Deployment")[f"ragbus-{stage}"]["spec"]["template"]["metadata"]["labels"].items()
 
 

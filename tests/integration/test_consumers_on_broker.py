@@ -14,6 +14,7 @@ from engine.consumer_runner import ConsumerRunner
 from infra.stores.sqlite import SqliteDocumentStore
 from kernel.stage import PerEvent, Stage
 from schemas.events import DocumentStatus, Status
+from schemas.stages import PIPELINE
 from schemas.topics import TOPICS, document_key
 
 from .helpers import headers, read_all, runner_for, wait_until
@@ -44,7 +45,7 @@ def test_status_sink_commits_after_write_and_dead_letters_bad_input(broker: str,
     runner = runner_for(settings, status.stage(store, 256, 0.25))
     thread, stop = _run(runner)
     wait_until(lambda: store.get_document("default", "a") is not None, 30, "the status to be stored")
-    dead = read_all(settings, TOPICS.dead_letter("status"), expect=2)
+    dead = read_all(settings, PIPELINE["status"].dead_letters, expect=2)
     stop.set()
     thread.join(15)
     assert not thread.is_alive(), "the runner did not stop on request"
@@ -67,7 +68,7 @@ def test_status_sink_commits_after_write_and_dead_letters_bad_input(broker: str,
         seen.extend(ev.document_id for ev in events)
         return status.apply_statuses(store, events)
 
-    runner2 = runner_for(settings, Stage("status", TOPICS.status, recording, max_batch=256, window_s=0.25))
+    runner2 = runner_for(settings, Stage(PIPELINE["status"], recording, max_batch=256, window_s=0.25))
     thread, stop = _run(runner2)
     wait_until(lambda: store.get_document("default", "b") is not None, 30, "the second status")
     stop.set()

@@ -26,6 +26,7 @@ from infra.stores.sqlite import SqliteDocumentStore
 from kernel.errors import RetryableError
 from kernel.stage import PerEvent, Stage, per_event
 from schemas.events import ChunksEmbedded, DocumentArrived, DocumentStatus, EmbeddedChunk, Status
+from schemas.stages import PIPELINE
 from schemas.topics import TOPICS, document_key
 from tests.conftest import ROOT
 from tests.unit.test_stages import Pipeline
@@ -71,7 +72,7 @@ def slow_indexer(indexer: Indexer) -> Stage:
     def handle(events: Sequence[Any]) -> list[PerEvent]:
         time.sleep(0.4)  # keep the stream in flight long enough to hand it over mid-way
         return indexer.handle(events)
-    return Stage("indexer", TOPICS.embedded, handle, max_batch=3, window_s=0.25)
+    return Stage(PIPELINE["indexer"], handle, max_batch=3, window_s=0.25)
 
 
 def test_rebalance_handoff_loses_and_duplicates_nothing(broker: str, settings_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -120,7 +121,7 @@ class FlakyStage:
         return [[] for _ in events]
 
     def stage(self, batch: int = 10) -> Stage:
-        return Stage("status", TOPICS.status, self.handle, max_batch=batch, window_s=0.25)
+        return Stage(PIPELINE["status"], self.handle, max_batch=batch, window_s=0.25)
 
 
 def publish_statuses(settings: Settings, names: list[str]) -> None:
@@ -218,7 +219,7 @@ NAMES = [f"d{i}" for i in range(10)] + ["poison"] + [f"e{i}" for i in range(10)]
 @pytest.mark.parametrize("stage", [
     PickyStage().stage(50),  # the batch raises: the runner runs its events one by one
     # one event raises a type nobody expects, inside a per-event handler: only its result is an error
-    Stage("status", TOPICS.status, per_event(lambda ev: ({}[ev.document_id] if ev.document_id == "poison" else [])),
+    Stage(PIPELINE["status"], per_event(lambda ev: ({}[ev.document_id] if ev.document_id == "poison" else [])),
           max_batch=50, window_s=0.25),
 ], ids=["batch raises ValueError", "event raises KeyError"])
 def test_an_unexpected_error_is_pinned_on_its_event_and_the_rest_flows(broker: str, settings_factory,  # type: ignore[no-untyped-def]

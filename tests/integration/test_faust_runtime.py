@@ -17,6 +17,7 @@ from engine.clients import EventProducer, ensure_topics
 from infra.ops.health_file import read_health
 from infra.settings import Settings
 from schemas.events import DocumentArrived
+from schemas.stages import PIPELINE
 from schemas.topics import TOPICS, document_key
 from tests.conftest import ROOT
 
@@ -60,7 +61,7 @@ def test_an_unexpected_exception_in_a_batch_is_pinned_on_its_event(broker: str, 
     proc = harness(settings, "unexpected")
     try:
         wait_until(lambda: len(set(handled(settings, 28))) == 28, 60, "every good event of the batches")
-        dead = read_all(settings, TOPICS.dead_letter("chunker"), 2, 10)
+        dead = read_all(settings, PIPELINE["chunker"].dead_letters, 2, 10)
         assert proc.poll() is None, "the stage died"
     finally:
         out = stop(proc)
@@ -119,10 +120,10 @@ def test_a_faust_stage_that_fails_on_everything_holds_its_events_until_fixed(bro
         wait_until(lambda: any(h.get("broken") for h in read_health(settings.health_dir())), 60,
                    "the stage to report itself broken")
         assert "a bug in this release" in next(h["broken"] for h in read_health(settings.health_dir()))
-        assert handled(settings, 1) == [] and read_all(settings, TOPICS.dead_letter("chunker"), 1, 2) == []
+        assert handled(settings, 1) == [] and read_all(settings, PIPELINE["chunker"].dead_letters, 1, 2) == []
         fixed.touch()  # the fix is deployed (the probe sees it)
         wait_until(lambda: set(handled(settings, len(ids))) == set(ids), 60, "every event after the fix")
-        assert read_all(settings, TOPICS.dead_letter("chunker"), 1, 2) == []
+        assert read_all(settings, PIPELINE["chunker"].dead_letters, 1, 2) == []
         assert not any(h.get("broken") for h in read_health(settings.health_dir()))
     finally:
         out = stop(proc)
@@ -140,7 +141,7 @@ def test_a_faust_stage_logs_one_json_object_per_line(broker: str, settings_facto
     proc = harness(settings, "unexpected", RAGBUS_LOG_FORMAT="json", RAGBUS_LOG_LEVEL="DEBUG")
     try:
         wait_until(lambda: len(set(handled(settings, 2))) == 2, 60, "the good events")
-        read_all(settings, TOPICS.dead_letter("chunker"), 1, 10)
+        read_all(settings, PIPELINE["chunker"].dead_letters, 1, 10)
     finally:
         out = stop(proc)
     lines = [line for line in out.splitlines() if line.strip()]

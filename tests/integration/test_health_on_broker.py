@@ -15,6 +15,7 @@ from engine.clients import ensure_topics
 from infra.ops.health import Health, StallPolicy
 from infra.ops.metrics import Metrics
 from kernel.stage import PerEvent, Stage
+from schemas.stages import PIPELINE
 
 from .helpers import runner_for, wait_until
 from .test_delivery import publish_statuses, run
@@ -54,7 +55,7 @@ def test_only_the_hung_sink_is_reported_stalled(broker: str, settings_factory) -
     ensure_topics(settings)
     sink, metrics = Sink(), Metrics(stages=["status"])
     health = Health("status", metrics, None, StallPolicy(min_s=MIN_S, factor=FACTOR))
-    stop, thread = run(runner_for(settings, Stage("status", settings_stage_source(), sink.handle, max_batch=2,
+    stop, thread = run(runner_for(settings, Stage(PIPELINE["status"], sink.handle, max_batch=2,
                                                   window_s=0.05), metrics, health))
     try:
         wait_until(health.ready, 30, "the runner to join its group")
@@ -92,12 +93,6 @@ def test_only_the_hung_sink_is_reported_stalled(broker: str, settings_factory) -
         sink.flowing.set()
         stop.set()
         thread.join(20)
-
-
-def settings_stage_source() -> Any:
-    from schemas.topics import TOPICS
-
-    return TOPICS.status
 
 
 def max_batch(health: Health) -> float:

@@ -36,6 +36,7 @@ from schemas.events import (
     Status,
     content_hash,
 )
+from schemas.stages import PIPELINE, STATUS
 from schemas.topics import TOPICS, TopicSpec, document_key
 from tests import hostile
 
@@ -43,9 +44,10 @@ from .helpers import wait_until
 
 pytestmark = pytest.mark.broker
 TENANT = "hostile"
-#: Which stage reads each input topic (and so dead-letters what it cannot read).
-READER = {"documents.v1": "chunker", "chunks.v1": "embedder", "embedded.v1": "indexer", "queries.v1": "answerer"}
-INPUTS = [TOPICS.documents, TOPICS.chunks, TOPICS.embedded, TOPICS.queries]
+#: Which stage reads each input topic (and so dead-letters what it cannot read): every stage's input but the
+#: stages' own status reports.
+READER = {stage.reads.name: stage.name for stage in PIPELINE if stage is not STATUS}
+INPUTS = [stage.reads for stage in PIPELINE if stage is not STATUS]
 
 
 class DeadLetters:
@@ -54,7 +56,7 @@ class DeadLetters:
     def __init__(self, settings: Settings, stage: str) -> None:
         from confluent_kafka import TopicPartition
 
-        spec = TOPICS.dead_letter(stage)
+        spec = PIPELINE[stage].dead_letters
         self._consumer = make_consumer(settings, None)
         name = topic_name(settings, spec)
         parts = []

@@ -19,6 +19,7 @@ from engine.clients import base_config, ensure_topics, make_consumer, partition_
 from engine.groups import group_id, group_lags
 from infra.settings import Settings
 from kernel.errors import ConfigurationError
+from schemas.stages import PIPELINE
 from schemas.topics import TOPICS
 from tests.conftest import ROOT
 
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.broker
 
 def _counts(settings: Settings) -> dict[str, int]:
     admin = AdminClient(base_config(settings))
-    return {spec.name: len(partition_ids(admin, topic_name(settings, spec))) for spec in TOPICS.all()}
+    return {spec.name: len(partition_ids(admin, topic_name(settings, spec))) for spec in PIPELINE.topics()}
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

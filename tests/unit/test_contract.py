@@ -17,7 +17,8 @@ from kernel.errors import PoisonMessageError
 from schemas import generate
 from schemas.examples import EXAMPLES
 from schemas.headers import DLQ_PREFIX
-from schemas.topics import STAGES, TOPICS, TopicSpec
+from schemas.stages import CHUNKER, PIPELINE
+from schemas.topics import TopicSpec
 from tests.conftest import ROOT, make_variable
 
 #: Installed by `make test` (Makefile: specs) from npm's @asyncapi/specs; never vendored.
@@ -56,13 +57,13 @@ def test_asyncapi_is_valid_against_the_official_schema(document: dict[str, Any],
 
 def _spec_of(event_type: str) -> TopicSpec:
     """The first topic (in registry order) that carries `event_type`."""
-    return next(s for s in TOPICS.all() if event_type in s.event_types())
+    return next(s for s in PIPELINE.topics() if event_type in s.event_types())
 
 
 def test_every_topic_is_a_channel_and_every_event_type_a_message(document: dict[str, Any]) -> None:
     channels = {c["address"].removeprefix("{prefix}"): c for c in document["channels"].values()}
-    assert set(channels) == {s.name for s in TOPICS.all()}
-    for spec in TOPICS.all():
+    assert set(channels) == {s.name for s in PIPELINE.topics()}
+    for spec in PIPELINE.topics():
         channel = channels[spec.name]
         kafka = channel["bindings"]["kafka"]
         # a deployment setting unless the registry fixes the number (dead-letter topics)
@@ -90,13 +91,13 @@ def test_messages_describe_their_key_and_headers(document: dict[str, Any]) -> No
 
 def test_dead_letter_headers_are_the_ones_ragbus_writes(document: dict[str, Any]) -> None:
     record = SourceRecord("ragbus.documents.v1", 2, 1041, b"k", b"{}", [("traceparent", b"x")])
-    written = dead_letter("ragbus.", 2 * 1024 * 1024, "chunker", record, PoisonMessageError("why"))
+    written = dead_letter("ragbus.", 2 * 1024 * 1024, CHUNKER, record, PoisonMessageError("why"))
     names = {k for k, _ in written.headers if k.startswith(DLQ_PREFIX)}
     documented = document["components"]["messages"]["DeadLetter"]["headers"]
     assert names == set(documented["required"])
     assert names | {DLQ_PREFIX + "truncated"} <= set(documented["properties"])
     assert ("traceparent", b"x") in written.headers  # the original headers are kept, as documented
-    assert {f"dlq-{s}" for s in STAGES} <= set(document["channels"])
+    assert {f"dlq-{s}" for s in PIPELINE.names()} <= set(document["channels"])
 
 
 def _payload_validator(document: dict[str, Any], model: str) -> jsonschema.Draft7Validator:

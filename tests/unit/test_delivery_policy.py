@@ -15,7 +15,7 @@ from infra.ops.metrics import Metrics
 from infra.settings import DeliverySettings, Settings
 from kernel.stage import Handler, PerEvent, Stage
 from schemas.events import DocumentStatus, Status
-from schemas.topics import TOPICS
+from schemas.stages import PIPELINE
 
 
 def test_the_breaker_opens_on_many_failures_that_dominate_the_window() -> None:
@@ -41,7 +41,7 @@ def statuses(*names: str) -> list[BaseModel]:
 
 def policy(handle: Handler, **delivery: float) -> BatchPolicy:
     settings = Settings(delivery=DeliverySettings(**delivery))  # type: ignore[arg-type]
-    return BatchPolicy(settings, Stage("status", TOPICS.status, handle, max_batch=50), Metrics())
+    return BatchPolicy(settings, Stage(PIPELINE["status"], handle, max_batch=50), Metrics())
 
 
 def test_a_batch_of_mostly_poison_is_dead_lettered_once_a_probe_shows_the_stage_works() -> None:

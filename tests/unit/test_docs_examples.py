@@ -11,7 +11,7 @@ import pytest
 
 from engine.serde import decode
 from schemas import generate
-from schemas.topics import TOPICS
+from schemas.stages import PIPELINE
 from tests.conftest import ROOT
 from tests.docs_blocks import Block, blocks
 
@@ -31,7 +31,7 @@ def test_the_guides_show_payloads_and_code() -> None:
 def test_every_example_payload_is_valid(block: Block) -> None:
     payload = json.loads(block.code)
     assert isinstance(payload, dict) and "type" in payload, f"{block.where()}: a JSON example must be one event"
-    spec = next(s for s in TOPICS.all() if payload["type"] in s.event_types())
+    spec = next(s for s in PIPELINE.topics() if payload["type"] in s.event_types())
     model = next(m for m in spec.models() if m.model_fields["type"].default == payload["type"])
     schema = json.loads((generate.OUT / f"{model.__name__}.json").read_text())
     errors = [e.message for e in jsonschema.Draft202012Validator(schema).iter_errors(payload)]

@@ -19,6 +19,7 @@ from schemas.events import (
     chunk_uuid,
     section_uuid,
 )
+from schemas.stages import PIPELINE
 from schemas.topics import TOPICS, TopicSpec
 from tests import hostile
 from tests.hostile import GOOD
@@ -134,7 +135,7 @@ def test_committed_json_schemas_are_current() -> None:
 
 
 def test_every_topic_name_is_declared_once() -> None:
-    names = [spec.name for spec in TOPICS.all()]
+    names = [spec.name for spec in PIPELINE.topics()]
     assert len(names) == len(set(names))
 
 

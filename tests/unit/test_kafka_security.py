@@ -14,6 +14,7 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
 from engine.security import faust_options
 from kernel.errors import ConfigurationError
+from schemas.stages import PIPELINE
 
 SCRAM = {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "ragbus",
          "sasl.password": "s3cret"}
@@ -101,13 +102,12 @@ def test_the_faust_app_of_a_stage_gets_the_credentials(tmp_path: Path, monkeypat
     from infra.ops.metrics import Metrics
     from infra.settings import Settings
     from kernel.stage import Stage
-    from schemas.topics import TOPICS
 
     monkeypatch.setenv("RAGBUS_KAFKA_CLIENT_CONFIG", json.dumps(
         {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "SCRAM-SHA-256", "sasl.username": "u",
          "sasl.password": "p"}))
     settings = Settings(data_dir=tmp_path, kafka={"bootstrap_servers": "127.0.0.1:1"})  # type: ignore[arg-type]
-    stage = Stage("chunker", TOPICS.documents, lambda events: [[] for _ in events])
+    stage = Stage(PIPELINE["chunker"], lambda events: [[] for _ in events])
     app = faust_runner.build_app(settings, BatchPolicy(settings, stage, Metrics()), Metrics())
     creds = app.conf.broker_credentials
     assert isinstance(creds, SASLCredentials) and creds.mechanism.value == "SCRAM-SHA-256"

@@ -21,7 +21,7 @@ from infra.ops.metrics import Metrics
 from infra.settings import Settings
 from kernel.stage import PerEvent, Stage
 from schemas.events import DocumentArrived
-from schemas.topics import TOPICS
+from schemas.stages import PIPELINE
 
 
 @pytest.fixture
@@ -103,7 +103,7 @@ def test_lines_about_a_message_carry_where_and_correlation_id(json_lines: io.Str
             raise ZeroDivisionError("this one")
         return [[] for _ in events]
 
-    stage = Stage("indexer", TOPICS.documents, handle, max_batch=2)
+    stage = Stage(PIPELINE["chunker"], handle, max_batch=2)
     policy = BatchPolicy(Settings(), stage, Metrics())
     records = [SourceRecord("ragbus.documents.v1", 1, 40 + i, b"k", encode(ev), headers_for(ev))
                for i, ev in enumerate([DocumentArrived(document_id="good", text="x", correlation_id="c-good"),
@@ -111,7 +111,7 @@ def test_lines_about_a_message_carry_where_and_correlation_id(json_lines: io.Str
     done = policy.process(records, lambda _: True)
     assert done is not None and done.dead_lettered == 1
     lines = parsed(json_lines)
-    assert all(line.get("stage") == "indexer" and line.get("batch") == "ragbus.documents.v1[1]@40..41"
+    assert all(line.get("stage") == "chunker" and line.get("batch") == "ragbus.documents.v1[1]@40..41"
                for line in lines)
     library_lines = [line for line in lines if line["logger"] == "lancedb"]
     assert [(line["where"], line["correlation_id"]) for line in library_lines] == [

@@ -12,7 +12,8 @@ import pytest
 from engine.serde import SUPPORTED_SCHEMA_VERSIONS, decode
 from schemas import generate
 from schemas.events import SCHEMA_VERSION
-from schemas.topics import TOPICS, TopicSpec
+from schemas.stages import PIPELINE
+from schemas.topics import TopicSpec
 from tests.conftest import ROOT
 
 DATA = ROOT / "tests" / "data"
@@ -21,7 +22,7 @@ BASELINE = sorted((DATA / "jsonschema-v1-baseline").glob("*.json"))
 
 
 def _spec(event_type: str) -> TopicSpec:
-    return next(s for s in TOPICS.all() if event_type in s.event_types())
+    return next(s for s in PIPELINE.topics() if event_type in s.event_types())
 
 
 def test_the_fixtures_are_there() -> None:

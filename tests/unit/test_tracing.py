@@ -37,6 +37,7 @@ from kernel.stage import Out, Stage
 from retrieval.extractive import ExtractiveAnswerer
 from retrieval.retriever import RetrievalConfig, Retriever
 from schemas.events import DocumentArrived, QueryRequested
+from schemas.stages import PIPELINE
 from schemas.topics import TOPICS
 from streams import chunker, embedder
 from tests.conftest import ROOT
@@ -207,7 +208,7 @@ def test_outputs_of_a_dead_lettered_event_keep_its_trace(spans: InMemorySpanExpo
     def explode(events: Sequence[Any]) -> list[Any]:
         return [ZeroDivisionError("boom") for _ in events]
 
-    stage = Stage("chunker", TOPICS.documents, explode,
+    stage = Stage(PIPELINE["chunker"], explode,
                   on_failure=lambda ev, exc: [Out(TOPICS.status, b"k", ev)])
     doc = DocumentArrived(document_id="d", text="x")
     from engine.serde import encode, headers_for
