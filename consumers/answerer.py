@@ -6,9 +6,12 @@ again. Retrieval (retrieval/) embeds the question, runs hybrid search within the
 keeps, per document, only the newest version present.
 
 Answers are also cached by prompt version, model, normalised question and retrieved chunk ids (per
-tenant), so the same question over the same chunks costs one model call. Degraded answers are never
-cached: when the model recovers, the next query gets a real answer. Queries of one batch are answered
-concurrently (model calls wait on the network) and published in their order.
+tenant), so the same question over the same chunks costs one model call. The cache is a port of its own
+(AnswerCache), apart from the answer log: the log's keys are the clients' query ids, any printable text, so no
+query id can read or plant a cache entry. (Versions before it kept the cache in the answer log under
+`cache:<sha>` query ids; those rows are never served as cache hits any more: docs/operations.md, "Upgrading".)
+Degraded answers are never cached: when the model recovers, the next query gets a real answer. Queries of one
+batch are answered concurrently (model calls wait on the network) and published in their order.
 
 Every query gets exactly one final answer within its deadline, whatever fails; what fails decides only
 whether the answer is generated or extractive (`degraded: true`, with the reason) and whether the stage
@@ -43,15 +46,13 @@ from concurrent.futures import ThreadPoolExecutor
 from infra.ops import tracing
 from infra.ops.metrics import Freshness, Metrics
 from kernel.errors import AnswerModelError, ConfigurationError, RetryableError
-from kernel.ports import AnswerModel, DocumentStore, GeneratedAnswer, OnDelta, SearchHit
+from kernel.ports import AnswerCache, AnswerModel, DocumentStore, GeneratedAnswer, OnDelta, SearchHit
 from kernel.stage import Emit, Out, PerEvent, Stage
 from retrieval.extractive import ExtractiveAnswerer, citations_from
 from retrieval.retriever import Retriever
 from schemas.events import AnswerDelta, AnswerGenerated, QueryRequested, Timings, Usage, utcnow
 from schemas.stages import ANSWERER
 from schemas.topics import TOPICS
-
-CACHE_PREFIX = "cache:"
 
 
 def normalise(question: str) -> str:
@@ -61,18 +62,19 @@ def normalise(question: str) -> str:
 def cache_key(model: AnswerModel, question: str, hits: Sequence[SearchHit], agentic: bool) -> str:
     material = "\x1f".join([model.prompt_version, model.name, str(agentic), normalise(question),
                             *[h.chunk_id for h in hits]])
-    return CACHE_PREFIX + hashlib.sha256(material.encode()).hexdigest()
+    return hashlib.sha256(material.encode()).hexdigest()
 
 
 class Answerer:
     def __init__(self, retriever: Retriever, model: AnswerModel, store: DocumentStore, metrics: Metrics,
-                 emit: Emit, *, concurrency: int = 8, cache_answers: bool = True) -> None:
+                 emit: Emit, *, cache: AnswerCache | None, concurrency: int = 8) -> None:
+        """`cache`: where generated answers are reused (None: every query calls the model)."""
         self._retriever = retriever
         self._model = model
         self._store = store
         self._metrics = metrics
         self._emit = emit
-        self._cache_answers = cache_answers
+        self._cache = cache
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="ragbus-answer")
 
     def stage(self, max_batch: int, window_s: float) -> Stage[QueryRequested]:
@@ -102,10 +104,10 @@ class Answerer:
         return results
 
     def answer(self, q: QueryRequested) -> AnswerGenerated:
-        stored = self._store.get_answer(q.tenant, q.query_id)
+        stored = _own(q, self._store.get_answer(q.tenant, q.query_id))
         if stored is not None:
             self._metrics.answers.labels("replayed").inc()
-            return AnswerGenerated.model_validate_json(stored)
+            return stored
         started = time.perf_counter()
         remaining_s = q.deadline_ms / 1000 - (utcnow() - q.occurred_at).total_seconds()
         with tracing.span("retrieve", {"ragbus.top_k": q.top_k}) as span:
@@ -127,8 +129,7 @@ class Answerer:
         else:
             answer = self._generate(q, hits, remaining_s - (retrieved - started), common, started, retrieved)
         # the first answer stored wins: another answerer may have answered this query id meanwhile
-        answer = AnswerGenerated.model_validate_json(
-            self._store.put_answer(q.tenant, q.query_id, answer.model_dump_json()))
+        answer = _own(q, self._store.put_answer(q.tenant, q.query_id, answer.model_dump_json())) or answer
         self._account(answer, expired)
         self._metrics.answer_seconds.observe(time.perf_counter() - started)
         return answer
@@ -136,7 +137,7 @@ class Answerer:
     def _generate(self, q: QueryRequested, hits: list[SearchHit], remaining_s: float, common: dict[str, str],
                   started: float, retrieved: float) -> AnswerGenerated:
         key = cache_key(self._model, q.text, hits, q.agentic)
-        cached = self._store.get_answer(q.tenant, key) if self._cache_answers else None
+        cached = self._cache.get(q.tenant, key) if self._cache is not None else None
         if cached is not None:
             return AnswerGenerated.model_validate_json(cached).model_copy(update=common | {
                 "event_id": uuid.uuid4(), "occurred_at": utcnow(), "cached": True, "usage": Usage(),
@@ -151,8 +152,8 @@ class Answerer:
             gen = ExtractiveAnswerer(reason=f"{exc}: offline extractive answer").answer(q.text, hits,
                                                                                         on_delta=on_delta)
         answer = _answer_event(common, gen, _timings(started, retrieved, time.perf_counter()))
-        if self._cache_answers and not answer.degraded:
-            self._store.put_answer(q.tenant, key, answer.model_dump_json())
+        if self._cache is not None and not answer.degraded:
+            self._cache.put(q.tenant, key, answer.model_dump_json())
         return answer
 
     def _search(self, q: QueryRequested) -> Callable[[str, int], list[SearchHit]]:
@@ -183,6 +184,14 @@ class Answerer:
                 self._metrics.llm_cost.labels(a.model).inc(a.usage.cost_usd)
         if a.dropped_citations:
             self._metrics.citations_dropped.inc(a.dropped_citations)
+
+
+def _own(q: QueryRequested, stored: str | None) -> AnswerGenerated | None:
+    """The answer stored for this query id; None when there is none, or when the row holds another query's
+    answer: an answer cache entry of the versions that kept the cache in the answer log under `cache:<sha>` ids,
+    never served (docs/operations.md, "Upgrading")."""
+    answer = AnswerGenerated.model_validate_json(stored) if stored is not None else None
+    return answer if answer is not None and answer.query_id == q.query_id else None
 
 
 def _answer_event(common: dict[str, str], gen: GeneratedAnswer, timings: Timings) -> AnswerGenerated:

@@ -164,7 +164,7 @@ class VectorIndex(Protocol):
 
 class DocumentStore(Protocol):
     """Documents and their status, the ids and versions of their stored chunks (the text lives in the
-    vector index), claim-checked content and the query/answer log."""
+    vector index), claim-checked content and the answer log (each query id's one final answer)."""
 
     def get_document(self, tenant: str, document_id: str) -> DocumentRecord | None: ...
 
@@ -194,6 +194,19 @@ class DocumentStore(Protocol):
     def list_documents(self, tenant: str | None = None, limit: int = 10_000) -> list[DocumentRecord]: ...
 
     def close(self) -> None: ...
+
+
+class AnswerCache(Protocol):
+    """Generated answers by what produced them (prompt version, model, mode, normalised question, retrieved
+    chunks: `consumers.answerer.cache_key`), per tenant: the same question over the same chunks costs one model
+    call. Storage of its own, apart from the answer log, whose keys are the clients' query ids (any printable
+    text): no query id can name, read or plant an entry."""
+
+    def get(self, tenant: str, key: str) -> str | None:
+        """The cached answer (AnswerGenerated as JSON), or None."""
+
+    def put(self, tenant: str, key: str, answer_json: str) -> None:
+        """Cache an answer; an entry already there for the key stays (it answered the same question)."""
 
 
 class EmbeddingCache(Protocol):

@@ -159,7 +159,8 @@ def build_answerer(ctx: Context) -> Stage[QueryRequested]:
     # still form one batch (answered concurrently) because they are in the queue already.
     return answerer.Answerer(retriever, guarded_model(s, metrics, ctx.health), wiring.build_store(s), metrics,
                              ctx.emit, concurrency=s.answerer.concurrency,
-                             cache_answers=s.answerer.cache_answers).stage(s.kafka.poll_batch, 0.0)
+                             cache=wiring.build_answer_cache(s) if s.answerer.cache_answers else None,
+                             ).stage(s.kafka.poll_batch, 0.0)
 
 
 def guarded_model(settings: Settings, metrics: Metrics, health: Health | None) -> ModelGuard:

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from infra.settings import Settings
 from kernel.errors import ConfigurationError
 from kernel.ports import (
+    AnswerCache,
     AnswerModel,
     ContentFetcher,
     DocumentStore,
@@ -69,6 +70,19 @@ def build_cache(settings: Settings) -> EmbeddingCache:
     from infra.stores.sqlite import SqliteEmbeddingCache
 
     return SqliteEmbeddingCache(Path(sqlite_path(settings)))
+
+
+def build_answer_cache(settings: Settings) -> AnswerCache:
+    """Beside the document store, in a table (SQLite) or collection (MongoDB) of its own."""
+    if settings.mongodb.uri is not None:
+        with _backend("mongodb", "RAGBUS_MONGODB_URI"):
+            from infra.stores.mongo import MongoAnswerCache, connect
+        return MongoAnswerCache(connect(settings.mongodb), settings.mongodb.database)
+    from pathlib import Path
+
+    from infra.stores.sqlite import SqliteAnswerCache
+
+    return SqliteAnswerCache(Path(sqlite_path(settings)))
 
 
 def build_index(settings: Settings, dim: int) -> VectorIndex:

@@ -113,6 +113,6 @@ INDEXER = StageSpec("indexer", TOPICS.embedded, (TOPICS.status,), Runtime.CONSUM
 #: A light sink: it shares the indexer's process under `ragbus up`.
 STATUS = StageSpec("status", TOPICS.status, (), Runtime.CONSUMER, "indexer", effects="document store")
 ANSWERER = StageSpec("answerer", TOPICS.queries, (TOPICS.answers, TOPICS.answer_deltas), Runtime.CONSUMER,
-                     "answerer", effects="answer log", reply=TOPICS.answers)
+                     "answerer", effects="answer log, answer cache", reply=TOPICS.answers)
 
 PIPELINE = Pipeline(CHUNKER, EMBEDDER, INDEXER, STATUS, ANSWERER)

@@ -1,4 +1,4 @@
-"""Production document store and embedding cache on MongoDB (pymongo).
+"""Production document store, embedding cache and answer cache on MongoDB (pymongo).
 
 Selected by RAGBUS_MONGODB_URI. Indexes are created at start-up. Every write uses an explicit
 `w="majority", j=True` write concern, so an acknowledged write survives a primary failover, and
@@ -11,6 +11,7 @@ a concurrent writer makes the compare fail and the decision is taken again on th
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
@@ -224,3 +225,22 @@ class MongoEmbeddingCache:
             # w=1: a lost cache entry only costs a re-embedding
             self._col.bulk_write([ReplaceOne({"_id": k}, {"_id": k, "v": Binary(v)}, upsert=True)
                                   for k, v in items.items()], ordered=False)
+
+
+class MongoAnswerCache:
+    """The answer cache in a collection of its own (not the answer log, whose keys are the clients' query ids)."""
+
+    def __init__(self, client: MongoClient[Any], database: str) -> None:
+        # w=1: a lost entry only costs a model call
+        self._col = client.get_database(database, write_concern=WriteConcern(w=1)).get_collection("answer_cache")
+        self._col.create_index([("tenant", ASCENDING), ("key", ASCENDING)], unique=True)
+
+    @_classified
+    def get(self, tenant: str, key: str) -> str | None:
+        row = self._col.find_one({"tenant": tenant, "key": key})
+        return None if row is None else str(row["answer"])
+
+    @_classified
+    def put(self, tenant: str, key: str, answer_json: str) -> None:
+        with contextlib.suppress(DuplicateKeyError):  # cached already: the first entry stays
+            self._col.insert_one({"tenant": tenant, "key": key, "answer": answer_json})

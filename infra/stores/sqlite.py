@@ -1,4 +1,4 @@
-"""Embedded document store and embedding cache on SQLite (WAL), in the data directory.
+"""Embedded document store, embedding cache and answer cache on SQLite (WAL), in the data directory.
 
 Several worker processes share the file: WAL lets readers run beside the one writer, and
 `busy_timeout` makes writers wait for each other instead of failing. Each call is one short
@@ -37,6 +37,9 @@ CREATE TABLE IF NOT EXISTS answers (
   tenant TEXT NOT NULL, query_id TEXT NOT NULL, answer TEXT NOT NULL,
   created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')), PRIMARY KEY (tenant, query_id));
 CREATE TABLE IF NOT EXISTS embeddings (key TEXT PRIMARY KEY, vector BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS answer_cache (
+  tenant TEXT NOT NULL, key TEXT NOT NULL, answer TEXT NOT NULL,
+  created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')), PRIMARY KEY (tenant, key));
 """
 
 
@@ -222,6 +225,26 @@ class SqliteEmbeddingCache:
         if items:
             with self._db.transaction() as conn:
                 conn.executemany("INSERT OR IGNORE INTO embeddings VALUES (?,?)", list(items.items()))
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class SqliteAnswerCache:
+    """The answer cache in a table of its own (not the answer log, whose keys are the clients' query ids)."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = _Db(path)
+
+    def get(self, tenant: str, key: str) -> str | None:
+        with self._db.reading() as conn:
+            row = conn.execute("SELECT answer FROM answer_cache WHERE tenant=? AND key=?", (tenant, key)).fetchone()
+        return None if row is None else str(row[0])
+
+    def put(self, tenant: str, key: str, answer_json: str) -> None:
+        with self._db.transaction() as conn:
+            conn.execute("INSERT OR IGNORE INTO answer_cache (tenant, key, answer) VALUES (?,?,?)",
+                         (tenant, key, answer_json))
 
     def close(self) -> None:
         self._db.close()

@@ -157,7 +157,7 @@ def test_mongodb_killed_mid_ingest_and_mid_query_burst_then_restarted(
     metrics = Metrics(stages=["indexer", "answerer"])
     health = {s: Health(s, metrics) for s in ("indexer", "answerer")}
     retriever = Retriever(HashEmbedder(64), index, RetrievalConfig(candidates=50))
-    answerer = Answerer(retriever, ExtractiveAnswerer(), store, metrics, lambda out: None)
+    answerer = Answerer(retriever, ExtractiveAnswerer(), store, metrics, lambda out: None, cache=None)
     runners = [start(runner_for(settings, Indexer(index, store, metrics, 64).stage(4, 0.0), metrics,
                                 health["indexer"])),
                start(runner_for(settings, answerer.stage(8, 0.0), metrics, health["answerer"]))]

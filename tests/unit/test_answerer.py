@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from consumers.answerer import Answerer
+from consumers.answerer import Answerer, cache_key
 from consumers.model_guard import ModelGuard
 from infra.models.claude import ClaudeAnswerer
 from infra.ops.metrics import Metrics
@@ -30,7 +30,8 @@ def pipe(tmp_path: Path) -> Pipeline:
 
 def sink(pipe: Pipeline, fake: fc.FakeClaude, registry: CollectorRegistry | None = None) -> Answerer:
     model = ClaudeAnswerer(AnthropicSettings(api_key="k", max_retries=1), client=fake.client(1), agentic_steps=2)
-    return Answerer(pipe.retriever(), model, pipe.store, Metrics(registry), pipe.outputs.append, concurrency=2)
+    return Answerer(pipe.retriever(), model, pipe.store, Metrics(registry), pipe.outputs.append,
+                    cache=pipe.answer_cache, concurrency=2)
 
 
 def cited_reply(fake_source: str = "") -> fc.Reply:
@@ -115,7 +116,8 @@ def test_a_rejected_key_is_answered_degraded_not_held(pipe: Pipeline) -> None:
     fake = fc.FakeClaude(fc.error(401, "authentication_error"))
     reasons: list[str | None] = []
     model = ClaudeAnswerer(AnthropicSettings(api_key="k", max_retries=1), client=fake.client(1))
-    s = Answerer(pipe.retriever(), ModelGuard(model, reasons.append), pipe.store, Metrics(), pipe.outputs.append)
+    s = Answerer(pipe.retriever(), ModelGuard(model, reasons.append), pipe.store, Metrics(), pipe.outputs.append,
+                 cache=pipe.answer_cache)
     [result] = s.handle([QueryRequested(query_id="q-key", text="How is order kept?")])
     assert not isinstance(result, Exception)
     answer = result[0].event
@@ -151,3 +153,59 @@ def test_retrieved_text_reaches_the_model_only_as_delimited_data(pipe: Pipeline)
     question = [{"type": "text", "text": "Question: How do penguins stay warm?"}]
     assert [b for b in blocks if b["type"] == "text"] == question
     assert len(request["messages"]) == 1  # no turn of the conversation is made of retrieved text
+
+
+
+def numbered_replies() -> fc.FakeClaude:
+    """A model whose n-th answer is "Answer n." (cited), so a test can tell answers apart."""
+    def reply(body):  # type: ignore[no-untyped-def]
+        first = body["messages"][0]["content"][0]
+        return fc.message([fc.text(f"Answer {len(fake.requests)}.", [fc.cite(first["source"], 0)])])(body)
+    fake = fc.FakeClaude(reply)
+    return fake
+
+
+QUESTION = "How is order kept in Kafka?"
+#: Other questions, one per crafted id (asked twice, one would be a fair cache hit).
+OTHERS = ("What does MongoDB keep?", "Which store keeps BSON?")
+
+
+def crafted_ids(pipe: Pipeline, s: Answerer) -> list[str]:
+    """The query ids a client would send to reach QUESTION's cache entry: its key, and the `cache:<key>` under
+    which versions before the AnswerCache port kept it in the answer log."""
+    key = cache_key(s._model, QUESTION, pipe.retriever().retrieve("default", QUESTION, 5, {}), agentic=False)
+    return [key, f"cache:{key}"]
+
+
+def test_a_crafted_query_id_cannot_plant_an_answer_in_the_cache(pipe: Pipeline) -> None:
+    s = sink(pipe, numbered_replies())
+    for crafted, other in zip(crafted_ids(pipe, s), OTHERS, strict=True):  # under the id of QUESTION's entry
+        planted = s.answer(QueryRequested(query_id=crafted, text=other))
+        assert (planted.query_id, planted.question, planted.cached) == (crafted, other, False)
+    real = s.answer(QueryRequested(query_id="q-real", text=QUESTION))
+    assert (real.answer, real.cached) == ("Answer 3.[1]", False)
+    assert s.answer(QueryRequested(query_id="q-again", text=QUESTION)).cached  # the cache itself works
+
+
+def test_a_crafted_query_id_cannot_read_the_cache(pipe: Pipeline) -> None:
+    s = sink(pipe, numbered_replies())
+    assert s.answer(QueryRequested(query_id="q-real", text=QUESTION)).answer == "Answer 1.[1]"  # now cached
+    for n, (crafted, other) in enumerate(zip(crafted_ids(pipe, s), OTHERS, strict=True), 2):
+        got = s.answer(QueryRequested(query_id=crafted, text=other))
+        assert (got.query_id, got.question, got.answer, got.cached) == (crafted, other, f"Answer {n}.[1]", False)
+
+
+def test_answers_cached_in_the_answer_log_by_older_versions_are_never_served(pipe: Pipeline) -> None:
+    """Versions before the AnswerCache port cached answers in the answer log under `cache:<key>` query ids;
+    those rows stay there (docs/operations.md, "Upgrading"), and are never served, as cache hits or otherwise."""
+    s = sink(pipe, numbered_replies())
+    old = AnswerGenerated(query_id="q-old", question=QUESTION, answer="An answer from before.", degraded=False,
+                          citations=[], model="claude-sonnet-4-6")
+    for crafted in crafted_ids(pipe, s):
+        pipe.store.put_answer("default", crafted, old.model_dump_json())
+    got = s.answer(QueryRequested(query_id="q-new", text=QUESTION))
+    assert (got.answer, got.cached) == ("Answer 1.[1]", False)
+    # nor as the answer of a query that asks under such an id: the row holds another query's answer
+    for n, (crafted, other) in enumerate(zip(crafted_ids(pipe, s), OTHERS, strict=True), 2):
+        got = s.answer(QueryRequested(query_id=crafted, text=other))
+        assert (got.query_id, got.question, got.answer) == (crafted, other, f"Answer {n}.[1]")

@@ -23,6 +23,8 @@ CASES: list[tuple[str, str, str, dict[str, str], Callable[[Settings], Any]]] = [
      wiring.build_store),
     ("mongodb", "pymongo", "infra.stores.mongo", {"RAGBUS_MONGODB_URI": "mongodb://127.0.0.1:9/"},
      wiring.build_cache),
+    ("mongodb", "pymongo", "infra.stores.mongo", {"RAGBUS_MONGODB_URI": "mongodb://127.0.0.1:9/"},
+     wiring.build_answer_cache),
     ("weaviate", "weaviate", "infra.stores.weaviate", {"RAGBUS_WEAVIATE_URL": "http://127.0.0.1:9"},
      lambda s: wiring.build_index(s, 8)),
     ("claude", "anthropic", "infra.models.claude", {"RAGBUS_ANTHROPIC_API_KEY": "sk-test"},
@@ -73,6 +75,7 @@ def test_the_embedded_defaults_import_no_backend_sdk(tmp_path: Path) -> None:
     embedder runs on an exported model without torch; `make install` exported it)."""
     code = ("import sys; from ragbus import wiring; from infra.settings import Settings; "
             "s = Settings(); wiring.build_store(s).close(); wiring.build_index(s, 8).close(); "
+            "wiring.build_answer_cache(s); "
             "wiring.build_answer_model(s); wiring.build_embedder(s).embed(['x']); "
             "print(','.join(m for m in ('pymongo', 'weaviate', 'anthropic', 'torch', 'sentence_transformers') "
             "if m in sys.modules))")

@@ -64,7 +64,7 @@ class Stack:
         claude = ClaudeAnswerer(settings)
         self.guard = ModelGuard(claude, self.health.degraded, GuardPolicy(probe_s=PROBE_S, refusals=refusals))
         self.answerer = Answerer(self.pipe.retriever(), self.guard, self.pipe.store, self.metrics,
-                                 self.pipe.outputs.append, concurrency=4)
+                                 self.pipe.outputs.append, cache=self.pipe.answer_cache, concurrency=4)
 
     def ask(self, *texts: str, deadline_ms: int = 10_000) -> list[AnswerGenerated]:
         queries = [QueryRequested(text=t, deadline_ms=deadline_ms) for t in texts]

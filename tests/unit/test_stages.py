@@ -13,7 +13,7 @@ from consumers.indexer import Indexer
 from infra.models.embedder import load_tokenizer
 from infra.ops.metrics import Metrics
 from infra.stores.lance import LanceVectorIndex
-from infra.stores.sqlite import SqliteDocumentStore
+from infra.stores.sqlite import SqliteAnswerCache, SqliteDocumentStore
 from kernel.errors import PoisonMessageError
 from retrieval.extractive import ExtractiveAnswerer
 from retrieval.retriever import RetrievalConfig, Retriever
@@ -40,6 +40,7 @@ class Pipeline:
         self.cached = CachedEmbedder(self.embedder, DictCache())
         self.chunker = Chunker(load_tokenizer("all-MiniLM-L6-v2"), chunk_tokens, 8)
         self.store = SqliteDocumentStore(tmp / "db.sqlite")
+        self.answer_cache = SqliteAnswerCache(tmp / "db.sqlite")
         self.index = LanceVectorIndex(tmp / "lance", self.embedder.dim)
         self.outputs = Outputs()
         self.indexer = Indexer(self.index, self.store, Metrics(), self.embedder.dim)
@@ -179,7 +180,7 @@ class CountingModel(ExtractiveAnswerer):
 
 def answerer(pipe: Pipeline) -> tuple[Answerer, CountingModel]:
     model = CountingModel()
-    return Answerer(pipe.retriever(), model, pipe.store, Metrics(), pipe.outputs.append), model
+    return Answerer(pipe.retriever(), model, pipe.store, Metrics(), pipe.outputs.append, cache=pipe.answer_cache), model
 
 
 def test_answer_cites_the_right_document_and_redelivery_does_not_call_the_model(pipe: Pipeline) -> None:

@@ -1,0 +1,94 @@
+"""The AnswerCache contract: every backend (SQLite, MongoDB through mongomock and through nx-27017, a MongoDB
+wire-protocol server that pymongo talks to over a socket) passes it, and keeps the cache apart from the answer
+log, whose keys are the clients' own query ids."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from engine.broker import free_port, wait_for_port
+from kernel.ports import AnswerCache, DocumentStore
+
+from .conftest import _mongomock_database
+
+BACKENDS = ["sqlite", "mongomock", "nx-27017"]
+
+
+@pytest.fixture(scope="module")
+def nx_27017(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One nx-27017 server for the module (each test gets a database of its own): its URI."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("nx") / "nx.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen([str(Path(sys.executable).parent / "nx-27017"), "--db", "memory", "-p", str(port)],
+                                  stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, 30)
+        yield f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[AnswerCache, DocumentStore]]:
+    """An answer cache and the document store (with its answer log) on the same backend and database."""
+    if request.param == "sqlite":
+        from infra.stores.sqlite import SqliteAnswerCache, SqliteDocumentStore
+
+        cache, store = SqliteAnswerCache(tmp_path / "ragbus.sqlite"), SqliteDocumentStore(tmp_path / "ragbus.sqlite")
+        yield cache, store
+        cache.close()
+        store.close()
+        return
+    from infra.stores.mongo import MongoAnswerCache, MongoDocumentStore
+
+    if request.param == "mongomock":
+        client, database = _mongomock_database()
+    else:
+        from pydantic import SecretStr
+
+        from infra.settings import MongoSettings
+        from infra.stores.mongo import connect
+
+        client = connect(MongoSettings(uri=SecretStr(request.getfixturevalue("nx_27017")), timeout_ms=5000))
+        database = f"t{uuid.uuid4().hex}"
+    yield MongoAnswerCache(client, database), MongoDocumentStore(client, database)  # type: ignore[arg-type]
+
+
+def test_a_missing_entry_is_absent_not_an_error(backend: tuple[AnswerCache, DocumentStore]) -> None:
+    cache, _ = backend
+    assert cache.get("t", "k") is None
+
+
+def test_put_then_get_returns_the_same_answer_per_tenant(backend: tuple[AnswerCache, DocumentStore]) -> None:
+    cache, _ = backend
+    cache.put("t", "k", '{"answer": "per partition"}')
+    assert cache.get("t", "k") == '{"answer": "per partition"}'
+    assert cache.get("other", "k") is None
+
+
+def test_the_first_entry_for_a_key_stays(backend: tuple[AnswerCache, DocumentStore]) -> None:
+    cache, _ = backend
+    cache.put("t", "k", '{"a": 1}')
+    cache.put("t", "k", '{"a": 2}')  # a concurrent answerer answered the same question over the same chunks
+    assert cache.get("t", "k") == '{"a": 1}'
+
+
+def test_the_answer_log_and_the_cache_never_share_an_entry(backend: tuple[AnswerCache, DocumentStore]) -> None:
+    """The answer log's keys are the clients' query ids, any printable text: a query id equal to a cache key (or
+    to the `cache:<key>` of the versions that kept the cache in the log) reaches only the log."""
+    cache, store = backend
+    key = "9f" * 32
+    cache.put("t", key, '{"from": "cache"}')
+    for query_id in (key, f"cache:{key}"):
+        assert store.get_answer("t", query_id) is None
+        assert store.put_answer("t", query_id, '{"from": "log"}') == '{"from": "log"}'
+    assert cache.get("t", key) == '{"from": "cache"}'
+    assert cache.get("t", f"cache:{key}") is None
