@@ -33,14 +33,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.retrieval import OUT, TENANT, build_index, print_matrix, question_embedder, whole_section_dense
+from bench.retrieval import TENANT, kept_index, print_matrix, question_embedder, whole_section_dense
 from infra import wiring
 from infra.settings import Settings
 from infra.stores.lance import LanceVectorIndex
 from kernel.ports import Level, SearchHit, SearchRequest
 from ragbus.evaluate import EvalSet, load_set
 from retrieval.evaluation import bootstrap_interval, documents, paired_difference, score
-from retrieval.fusion import Weights, fuse
+from retrieval.fusion import Weights, best_per_section, fuse
 
 DEPTH = 300
 Rank = Callable[["Question"], list[str]]
@@ -67,13 +67,8 @@ class Lab:
         self.settings = settings
         self.directory = directory
         self.eval_set: EvalSet = load_set(directory)
-        recipe = f"{settings.embedder.model}|{settings.chunker.size_tokens}|{settings.chunker.overlap_tokens}"
-        home = OUT / "lab" / f"{directory.name}-{hashlib.sha256(recipe.encode()).hexdigest()[:8]}"
-        if not (home / "built").exists():
-            home.mkdir(parents=True, exist_ok=True)
-            build_index(settings, directory, home)
-            (home / "built").write_text(recipe)
-        index = LanceVectorIndex(home / "lance", wiring.passage_embedder(settings).dim)
+        built = kept_index(settings, directory)
+        index, home = built.index, built.home
         table = index._table.to_arrow()  # the lab reads LanceDB directly
         self.rows = table.select(["chunk_id", "document_id", "version", "idx", "level", "section", "title",
                                   "section_path", "metadata", "text"]).to_pylist()
@@ -139,11 +134,66 @@ def fused(weights: Weights | None = None, depth: int = 200, **changes: Any) -> R
     return rank
 
 
+def evidence(q: Question, depth: int = 200) -> tuple[dict[Any, float], dict[Any, float]]:
+    """Each retriever's evidence per section before alpha: (1 - sw) * best chunk + sw * section entry."""
+    w = q.lab.weights
+    dc, ds = q.dense(depth)
+    kc, ks = q.keyword(depth)
+    out = []
+    for (chunks, sections), sw in (((dc, ds), w.section_weight), ((kc, ks), w.keyword_section_weight)):
+        e: dict[Any, float] = {}
+        for share, level in ((1 - sw, best_per_section(chunks)), (sw, best_per_section(sections))):
+            for key, value in level.items():
+                e[key] = e.get(key, 0.0) + share * value
+        out.append(e)
+    return out[0], out[1]
+
+
+def decisiveness(e: dict[Any, float], k: int) -> float:
+    """How far a retriever's best section stands above its next k (0: a flat list, 1: one clear winner)."""
+    ordered = sorted(e.values(), reverse=True)
+    if len(ordered) < 2 or ordered[0] <= 0:
+        return 0.0
+    rest = ordered[1:k + 1]
+    return max(0.0, (ordered[0] - sum(rest) / len(rest)) / ordered[0])
+
+
+def adaptive(k: int = 10, power: float = 1.0, **changes: Any) -> Rank:
+    """alpha moved per query towards the retriever whose evidence is more decisive:
+    a_q = a * dD^p / (a * dD^p + (1 - a) * dK^p)."""
+    def rank(q: Question) -> list[str]:
+        w = replace(q.lab.weights, **changes)
+        dense_e, keyword_e = evidence(q)
+        dd, dk = decisiveness(dense_e, k) ** power, decisiveness(keyword_e, k) ** power
+        a = w.alpha * dd / (w.alpha * dd + (1 - w.alpha) * dk) if dd + dk > 0 else w.alpha
+        dc, ds = q.dense(200)
+        kc, ks = q.keyword(200)
+        return [s.key[0] for s in fuse(dc, kc, ds, ks, replace(w, alpha=a))]
+    return rank
+
+
+def grouped_by_document(**changes: Any) -> Rank:
+    """Parent evidence from the document alone (its sections are one work), never from a shared title."""
+    def rank(q: Question) -> list[str]:
+        w = replace(q.lab.weights, **changes)
+        lists = [*q.dense(200), *q.keyword(200)]
+        dc, ds, kc, ks = ([replace(h, title=h.document_id) for h in hits] for hits in lists)
+        return [s.key[0] for s in fuse(dc, kc, ds, ks, w)]
+    return rank
+
+
 def alternatives() -> dict[str, Rank]:
     out: dict[str, Rank] = {"reference": fused()}
     out["dense"] = fused(alpha=1.0)
     out["keyword"] = fused(alpha=0.0)
     out["no parent evidence"] = fused(parent_weight=0.0)
+    for pw in (0.3, 0.5):
+        out[f"parent {pw} by document"] = grouped_by_document(parent_weight=pw)
+    for a in (0.5, 0.6, 0.8):
+        out[f"alpha {a}, no parent"] = fused(alpha=a, parent_weight=0.0)
+    for k in (5, 10, 20):
+        for p in (1.0, 2.0):
+            out[f"adaptive k{k} p{p}, no parent"] = adaptive(k, p, parent_weight=0.0)
     return out
 
 
