@@ -33,14 +33,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.retrieval import OUT, TENANT, build_index, print_matrix, question_embedder, whole_section_dense
+from bench.retrieval import TENANT, kept_index, print_matrix, question_embedder, whole_section_dense
 from infra.settings import Settings
 from infra.stores.lance import LanceVectorIndex
 from kernel.ports import Level, SearchHit, SearchRequest
 from ragbus import wiring
 from ragbus.evaluate import EvalSet, load_set
 from retrieval.evaluation import bootstrap_interval, documents, paired_difference, score
-from retrieval.fusion import Weights, fuse
+from retrieval.fusion import fuse, query_alpha
+from retrieval.keywords import tokens
 
 DEPTH = 300
 Rank = Callable[["Question"], list[str]]
@@ -67,13 +68,8 @@ class Lab:
         self.settings = settings
         self.directory = directory
         self.eval_set: EvalSet = load_set(directory)
-        recipe = f"{settings.embedder.model}|{settings.chunker.size_tokens}|{settings.chunker.overlap_tokens}"
-        home = OUT / "lab" / f"{directory.name}-{hashlib.sha256(recipe.encode()).hexdigest()[:8]}"
-        if not (home / "built").exists():
-            home.mkdir(parents=True, exist_ok=True)
-            build_index(settings, directory, home)
-            (home / "built").write_text(recipe)
-        index = LanceVectorIndex(home / "lance", wiring.passage_embedder(settings).dim)
+        built = kept_index(settings, directory)
+        index, home = built.index, built.home
         table = index._table.to_arrow()  # the lab reads LanceDB directly
         self.rows = table.select(["chunk_id", "document_id", "version", "idx", "level", "section", "title",
                                   "section_path", "metadata", "text"]).to_pylist()
@@ -82,7 +78,8 @@ class Lab:
         self.by_id = {r["chunk_id"]: i for i, r in enumerate(self.rows)}
         self.qv = question_embedder(settings).embed([t for _, t in self.eval_set.queries])
         self._keywords = self._keyword_candidates(index, home)
-        self.weights = wiring.retrieval_config(settings).weights
+        config = wiring.retrieval_config(settings)
+        self.weights, self.heading_weight = config.weights, config.heading_weight
 
     def _hit(self, i: int) -> SearchHit:
         r = self.rows[i]
@@ -129,21 +126,62 @@ def _levels(hits: list[SearchHit]) -> tuple[list[SearchHit], list[SearchHit]]:
     return [h for h in hits if h.level is Level.CHUNK], [h for h in hits if h.level is Level.SECTION]
 
 
-def fused(weights: Weights | None = None, depth: int = 200, **changes: Any) -> Rank:
-    """retrieval.fusion.fuse over the lab's candidates, with the lab's weights changed by `changes`."""
+def keyword_lists(q: Question, depth: int, heading_weight: float) -> tuple[list[SearchHit], list[SearchHit]]:
+    """BM25 over the text plus `heading_weight` x BM25 over the title and heading path, as the adapters ask
+    for it (a sum), over the union of the two candidate lists (an entry missing from one list scores 0 there)."""
+    kc, ks = q.keyword(depth)
+    if not heading_weight:
+        return kc, ks
+    hc, hs = q.keyword(depth, "heading")
+
+    def combined(text: list[SearchHit], heading: list[SearchHit]) -> list[SearchHit]:
+        hits = {h.chunk_id: h for h in text}
+        scores = {h.chunk_id: h.score for h in text}
+        for h in heading:
+            scores[h.chunk_id] = scores.get(h.chunk_id, 0.0) + heading_weight * h.score
+            hits.setdefault(h.chunk_id, h)
+        ranked = sorted(scores.items(), key=lambda kv: -kv[1])[:depth]
+        return [replace(hits[c], score=sc) for c, sc in ranked]
+
+    return combined(kc, hc), combined(ks, hs)
+
+
+def fused(depth: int = 200, heading_weight: float | None = None, fixed_alpha: bool = False,
+          by_title: bool = False, **changes: Any) -> Rank:
+    """The pipeline's ranking (retrieval.fusion: `query_alpha`, then `fuse`) over the lab's candidates, with
+    the configured weights changed by `changes`; `fixed_alpha` skips the per-query weight, `by_title` groups
+    documents by their titles for parent evidence (what issue 12 shipped, now gone from the pipeline)."""
     def rank(q: Question) -> list[str]:
-        w = replace(weights or q.lab.weights, **changes)
+        w = replace(q.lab.weights, **changes)
+        hw = q.lab.heading_weight if heading_weight is None else heading_weight
         dc, ds = q.dense(depth)
-        kc, ks = q.keyword(depth)
+        kc, ks = keyword_lists(q, depth, hw)
+        if not fixed_alpha and 0 < w.alpha < 1:
+            w = replace(w, alpha=query_alpha(w, kc + ks, len(set(tokens(q.text)))))
+        if by_title:
+            dc, ds, kc, ks = ([replace(h, metadata={"parent": h.title}) for h in hits] for hits in (dc, ds, kc, ks))
         return [s.key[0] for s in fuse(dc, kc, ds, ks, w)]
     return rank
 
 
 def alternatives() -> dict[str, Rank]:
+    """What RESULTS.md's issue 22 section reports: the default and one change at a time."""
     out: dict[str, Rank] = {"reference": fused()}
     out["dense"] = fused(alpha=1.0)
     out["keyword"] = fused(alpha=0.0)
-    out["no parent evidence"] = fused(parent_weight=0.0)
+    for a in (0.5, 0.6, 0.7):
+        out[f"fixed alpha {a}"] = fused(alpha=a, fixed_alpha=True)
+    for t in (2.0, 3.0, 3.5):
+        out[f"strong keyword score {t}"] = fused(strong_keyword_score=t)
+    out["strong keyword alpha 0.4"] = fused(strong_keyword_alpha=0.4)
+    out["weak keyword alpha 0.8"] = fused(alpha=0.8)
+    for hw in (0.0, 0.1, 0.25):
+        out[f"heading weight {hw}"] = fused(heading_weight=hw)
+    for pw in (0.3, 0.5):
+        out[f"parent evidence {pw} (the document)"] = fused(parent_weight=pw)
+        out[f"parent evidence {pw} by title (issue 12)"] = fused(parent_weight=pw, by_title=True)
+    out["issue 12's default: fixed alpha 0.7, no heading field, parent 0.5 by title"] = fused(
+        alpha=0.7, fixed_alpha=True, heading_weight=0.0, parent_weight=0.5, by_title=True)
     return out
 
 

@@ -26,11 +26,13 @@ A default is chosen by that worst row. `ragbus eval DIR [DIR ...]` measures the 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shutil
 import sys
-import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +59,8 @@ from schemas.topics import TOPICS
 from streams.chunker import chunk_event
 from streams.embedder import CachedEmbedder, embed_events
 
-OUT = Path(__file__).resolve().parent / "out"
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
 TENANT = "bench"
 WHOLE = "whole-section dense"
 #: Named configurations: overrides of RetrievalSettings (the environment's values, else the defaults).
@@ -66,13 +69,16 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "dense": {"mode": "dense"},
     "keyword": {"mode": "keyword"},
     WHOLE: {},
-    "no parent evidence": {"parent_weight": 0.0},
-    "dense, no parent evidence": {"mode": "dense", "parent_weight": 0.0},
-    "keyword, no parent evidence": {"mode": "keyword", "parent_weight": 0.0},
-    "chunks only; exact-match rule": {"sections": False},
-    "dense chunks only": {"mode": "dense", "sections": False},
-    "keyword chunks only": {"mode": "keyword", "sections": False},
+    # one change each from the default
+    "fixed alpha 0.7": {"strong_keyword_alpha": 0.7},
+    "fixed alpha 0.6": {"alpha": 0.6, "strong_keyword_alpha": 0.6},
+    "no heading field": {"heading_weight": 0.0},
+    "parent evidence 0.5 (metadata parent, else the document)": {"parent_weight": 0.5},
     "no exact-match rule": {"exact_match_ratio": 0.0},
+    "chunks only": {"sections": False},
+    # issue 12's default without its title grouping (which no longer exists): fixed alpha, no heading field
+    "before issue 22, without title grouping": {"strong_keyword_alpha": 0.7, "heading_weight": 0.0,
+                                                "parent_weight": 0.5},
 }
 DEFAULT_CONFIGS = ("default", "dense", "keyword", WHOLE)
 
@@ -109,6 +115,38 @@ def build_index(settings: Settings, directory: Path, tmp: Path) -> tuple[LanceVe
               f"({cached.computed} embedded)", file=sys.stderr, flush=True)
     index.maintain(force=True)  # what the indexer does in the background: fold new rows into the indexes
     return index, len(rows), chunks, time.perf_counter() - started
+
+
+@dataclass
+class Built:
+    index: LanceVectorIndex
+    documents: int
+    chunks: int
+    build_s: float
+    home: Path
+
+
+def kept_index(settings: Settings, directory: Path) -> Built:
+    """The set's index built once into bench/out/lab/ and reused while what makes it (model, chunk sizes, the
+    chunking, embedding and indexing code) is unchanged: building a 20,000-document set takes minutes even
+    with every vector cached, and quality comparisons need only the same index."""
+    code = b"".join(p.read_bytes() for p in sorted([*ROOT.glob("chunking/*.py"), ROOT / "streams/chunker.py",
+                                                    ROOT / "streams/embedder.py", ROOT / "consumers/indexer.py",
+                                                    ROOT / "infra/stores/lance.py"]))
+    recipe = (f"{settings.embedder.model}|{settings.chunker.size_tokens}|{settings.chunker.overlap_tokens}|"
+              f"{hashlib.sha256(code).hexdigest()}")
+    home = OUT / "lab" / f"{directory.name}-{hashlib.sha256(recipe.encode()).hexdigest()[:8]}"
+    built = home / "built.json"
+    if built.exists():
+        facts = json.loads(built.read_text())
+        return Built(LanceVectorIndex(home / "lance", wiring.passage_embedder(settings).dim), facts["documents"],
+                     facts["chunks"], facts["build_s"], home)
+    if home.exists():
+        shutil.rmtree(home)  # a build that did not finish
+    home.mkdir(parents=True)
+    index, docs, chunks, build_s = build_index(settings, directory, home)
+    built.write_text(json.dumps({"recipe": recipe, "documents": docs, "chunks": chunks, "build_s": build_s}))
+    return Built(index, docs, chunks, build_s, home)
 
 
 def question_embedder(settings: Settings) -> CachedEmbedder:
@@ -180,12 +218,12 @@ def run_config(settings: Settings, index: LanceVectorIndex, eval_set: EvalSet, o
 def run_set(settings: Settings, directory: Path, configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     eval_set = load_set(directory)
     questions = question_embedder(settings)
-    with tempfile.TemporaryDirectory(prefix="ragbus-retrieval-") as tmp:
-        index, docs, chunks, build_s = build_index(settings, directory, Path(tmp))
-        warm_up(settings, index, eval_set, questions)
-        results = {name: whole_section_dense(settings, eval_set, questions) if name == WHOLE
-                   else run_config(settings, index, eval_set, overrides, questions)
-                   for name, overrides in configs.items()}
+    built = kept_index(settings, directory)
+    index, docs, chunks, build_s = built.index, built.documents, built.chunks, built.build_s
+    warm_up(settings, index, eval_set, questions)
+    results = {name: whole_section_dense(settings, eval_set, questions) if name == WHOLE
+               else run_config(settings, index, eval_set, overrides, questions)
+               for name, overrides in configs.items()}
     first = next(iter(results.values()))
     best = max(results.values(), key=lambda r: r["ndcg@10"])
     report: dict[str, Any] = {

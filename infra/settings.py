@@ -181,8 +181,13 @@ class RetrievalSettings(BaseSettings):
 
     #: hybrid (both retrievers, fused), dense (vectors only) or keyword (BM25 only).
     mode: Literal["hybrid", "dense", "keyword"] = "hybrid"
-    #: Hybrid weight: 1.0 = vector only, 0.0 = BM25 only (Weaviate's convention).
+    #: Hybrid weight: 1.0 = vector only, 0.0 = BM25 only (Weaviate's convention), for a query whose keyword
+    #: evidence is not strong (below).
     alpha: float = Field(0.7, ge=0.0, le=1.0)
+    #: Hybrid weight for a query whose best BM25 match scores at least `strong_keyword_score` points per
+    #: distinct analysed query term (its terms are rare and found together). Equal to `alpha`: fixed weights.
+    strong_keyword_alpha: float = Field(0.5, ge=0.0, le=1.0)
+    strong_keyword_score: float = Field(2.5, ge=0.0, le=1000.0)
     #: Candidates each retriever takes at each level before fusion: the one candidate depth.
     candidates: int = Field(100, ge=1, le=1000)
     #: Search section entries (title, heading path and lead of each section) as well as chunks.
@@ -190,13 +195,14 @@ class RetrievalSettings(BaseSettings):
     #: Share of the section entries' evidence within each retriever (the rest is the best chunk's).
     section_weight: float = Field(0.85, ge=0.0, le=1.0)
     keyword_section_weight: float = Field(1.0, ge=0.0, le=1.0)
-    #: BM25 over the title and heading path, weighed against BM25 over the text (0: text only).
-    heading_weight: float = Field(0.0, ge=0.0, le=10.0)
+    #: BM25 over the title and heading path, weighed against BM25 over the text (0: text only). The default is
+    #: small: a title match decides only where the text matches little (a name that occurs only in a title).
+    heading_weight: float = Field(0.02, ge=0.0, le=10.0)
     #: Bounded bonus for a section with several well-matching chunks.
     multi_chunk_bonus: float = Field(0.0, ge=0.0, le=1.0)
     #: Parent-document evidence: a section gains this share of the best score of another section of the
-    #: same parent (its document's metadata `parent`, else its title, else the document; 0: off).
-    parent_weight: float = Field(0.5, ge=0.0, lt=1.0)
+    #: same parent (its document's metadata `parent`, else the document; 0: off, the default).
+    parent_weight: float = Field(0.0, ge=0.0, lt=1.0)
     #: A keyword hit ranked first with this many times the runner-up's score is kept first (0: off).
     exact_match_ratio: float = Field(2.0, ge=0.0, le=100.0)
     #: Chunks cited per ranked section.

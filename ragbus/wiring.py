@@ -134,7 +134,8 @@ def retrieval_config(settings: Settings) -> RetrievalConfig:
         per_section=r.per_section, rerank_depth=r.rerank_depth,
         weights=Weights(alpha=r.alpha, section_weight=r.section_weight,
                         keyword_section_weight=r.keyword_section_weight, bonus=r.multi_chunk_bonus,
-                        exact_ratio=r.exact_match_ratio, parent_weight=r.parent_weight))
+                        exact_ratio=r.exact_match_ratio, parent_weight=r.parent_weight,
+                        strong_keyword_alpha=r.strong_keyword_alpha, strong_keyword_score=r.strong_keyword_score))
 
 
 def build_reranker(settings: Settings) -> Reranker | None:

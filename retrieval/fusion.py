@@ -5,24 +5,35 @@ entries (a section's title, heading path and lead). Per level and retriever, a s
 best entry's score (for chunks: its best chunk), min-max normalised to [0, 1] within the candidate list
 (relative score fusion, as Weaviate's `relativeScoreFusion`; a section not in a list gets 0). Then
 
-    score = alpha * ((1 - sw) * dense_chunks + sw * dense_sections)
-          + (1 - alpha) * ((1 - kw) * keyword_chunks + kw * keyword_sections)
+    score = a * ((1 - sw) * dense_chunks + sw * dense_sections)
+          + (1 - a) * ((1 - kw) * keyword_chunks + kw * keyword_sections)
           + bonus * min(1, (matching chunks - 1) / 3)
 
 where `matching chunks` counts the section's chunks in the dense list scoring at least half of the best
 (several good chunks are evidence a section is about the question, bounded so it never dominates).
 
-Evidence above the section (parent-document retrieval): a section's parent is its document's
-`metadata["parent"]` when the sender set one, else its document's title, else the document itself, so
-the sections of one page share a parent whether the page arrived as one document or as one document per
-section (the BEIR convention: the passages of one article carry its title). A section then gains
+The weight `a` of the vectors depends on the query (`query_alpha`): it is `strong_keyword_alpha` (0.5)
+when the keyword side's best match scores at least `strong_keyword_score` (2.5) BM25 points per distinct
+analysed query term, else `alpha` (0.7). A high score per term means the query's terms are rare in the
+collection and occur together in one place: a terse, specific query (a man page's one-line description, a
+package summary), where BM25 is as good a judge as the vectors. A natural-language question spreads its
+BM25 over common words and scores low per term, and the vectors lead. Fixed weights tuned on questions lost
+to BM25 alone on terse queries over unstructured text; fixed weights tuned on those lost on questions
+(bench/RESULTS.md, "Issue 22": the rule was chosen by its worst row over the evaluation matrix).
+
+Evidence above the section (parent-document retrieval, off by default: `parent_weight` 0): a section's
+parent is its document's `metadata["parent"]` when the sender set one, else its document. A section then
+gains
 
     parent_weight * (the best fused score, as above, of another candidate section with the same parent)
 
-so a section whose page also matches the question elsewhere ranks above an equally good section on a
-page that matches nowhere else. With `parent_weight` < 1 the sections of one parent keep their order among
-themselves (a - b > 0 implies a + w*b > b + w*a); a section alone under its parent (every package
-description, a title nobody else has) gains nothing. Exact matches are applied after it.
+so a section whose work also matches the question elsewhere ranks above an equally good section of a work
+that matches nowhere else. With `parent_weight` < 1 the sections of one parent keep their order among
+themselves (a - b > 0 implies a + w*b > b + w*a). Titles are never taken as parents: grouping by a shared
+title gained +0.046 nDCG@10 on pydocs-faq-dev, where only the FAQ pages' sections share one, and cost 0.053
+when every page's sections share their page's title (bench/RESULTS.md, "Issue 22"), and the same holds for
+an explicit parent naming every section's page: whether grouping helps depends on which works a corpus
+groups, so it is the operator's choice, not a default. Exact matches are applied after it.
 
 Exact matches survive fusion: when the keyword retriever ranks one section first by a wide margin (its
 score at least `exact_ratio` times the runner-up's, or no runner-up at all), that section is put first.
@@ -51,6 +62,10 @@ class Weights:
     bonus: float = 0.0
     exact_ratio: float = 2.0
     parent_weight: float = 0.0
+    #: The vectors' weight for a query whose keyword evidence is strong (see `query_alpha`).
+    strong_keyword_alpha: float = 0.5
+    #: BM25 points per distinct analysed query term from which the keyword evidence counts as strong.
+    strong_keyword_score: float = 2.5
 
 
 @dataclass
@@ -92,12 +107,19 @@ def confident_first(hits: Sequence[SearchHit], ratio: float) -> SectionKey | Non
     return None
 
 
+def query_alpha(weights: Weights, keyword_hits: Sequence[SearchHit], query_terms: int) -> float:
+    """The vectors' weight for one query: `strong_keyword_alpha` when the keyword side's best raw score per
+    query term reaches `strong_keyword_score` (the query's terms are rare and found together), else `alpha`."""
+    if query_terms <= 0 or not keyword_hits:
+        return weights.alpha
+    best = max(h.score for h in keyword_hits)
+    return weights.strong_keyword_alpha if best / query_terms >= weights.strong_keyword_score else weights.alpha
+
+
 def parent_of(hit: SearchHit) -> str:
-    """The work a hit's section is part of: the sender's `parent`, else the title, else the document."""
+    """The work a hit's section is part of: the sender's `parent`, else its document (never its title)."""
     parent = hit.metadata.get("parent") if hit.metadata else None
-    if parent not in (None, ""):
-        return f"p:{parent}"
-    return f"t:{hit.title}" if hit.title else f"d:{hit.document_id}"
+    return f"p:{parent}" if parent not in (None, "") else f"d:{hit.document_id}"
 
 
 def parent_evidence(scores: dict[SectionKey, float], parents: dict[SectionKey, str]) -> dict[SectionKey, float]:

@@ -32,7 +32,8 @@ from kernel.ports import (
     VectorIndex,
 )
 
-from .fusion import RankedSection, SectionKey, Weights, fuse, newest_versions
+from .fusion import RankedSection, SectionKey, Weights, fuse, newest_versions, query_alpha
+from .keywords import tokens
 
 
 class Mode(StrEnum):
@@ -48,7 +49,7 @@ class RetrievalConfig:
     mode: Mode = Mode.HYBRID
     #: Search section entries too (the level above the chunk); False ranks sections by their chunks only.
     sections: bool = True
-    heading_weight: float = 0.0
+    heading_weight: float = 0.02
     per_section: int = 1
     rerank_depth: int = 20
 
@@ -101,7 +102,9 @@ class Retriever:
 
         dc, kc, ds, ks = newest_versions(level(found.dense, Level.CHUNK), level(found.keyword, Level.CHUNK),
                                          level(found.dense, Level.SECTION), level(found.keyword, Level.SECTION))
-        alpha = {Mode.DENSE: 1.0, Mode.KEYWORD: 0.0}.get(self.config.mode, self.config.weights.alpha)
+        alpha = {Mode.DENSE: 1.0, Mode.KEYWORD: 0.0}.get(self.config.mode)
+        if alpha is None:  # hybrid: the vectors' weight depends on how strong the keyword evidence is
+            alpha = query_alpha(self.config.weights, kc + ks, len(set(tokens(text))))
         weights = replace(self.config.weights, alpha=alpha)
         if not self.config.sections:
             weights = replace(weights, section_weight=0.0, keyword_section_weight=0.0)

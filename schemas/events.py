@@ -203,9 +203,9 @@ class DocumentArrived(Envelope):
     """Optional sha256 (hex) of the bytes behind content_url: ragbus refuses other bytes."""
     metadata: Metadata = Field(default_factory=dict)
     """Up to 32 key/value pairs, kept with every chunk and usable as query filters. The key `parent` names
-    the larger work this document is part of (a page's URL for its sections, a book for its chapters):
-    retrieval counts a good match in one part as evidence for the others; without it, documents with the
-    same title are taken as one work."""
+    the larger work this document is part of (a page's URL for its sections, a book for its chapters): where
+    the operator turns parent evidence on (RAGBUS_RETRIEVAL_PARENT_WEIGHT, off by default), retrieval counts
+    a good match in one part as evidence for the others. Documents are never grouped by their titles."""
 
     @model_validator(mode="after")
     def _one_content(self) -> Self:
