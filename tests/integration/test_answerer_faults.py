@@ -127,7 +127,8 @@ def test_queries_that_expired_while_the_answerer_was_paused_are_answered_late_as
     health = Health("answerer", metrics)
     from retrieval.extractive import ExtractiveAnswerer
 
-    answerer = Answerer(pipe.retriever(), ExtractiveAnswerer(), store, metrics, lambda out: None)  # type: ignore[arg-type]
+    answerer = Answerer(pipe.retriever(), ExtractiveAnswerer(), store, metrics, lambda out: None,  # type: ignore[arg-type]
+                        cache=None)
     stop, thread = start(runner_for(settings, answerer.stage(16, 0.0), metrics, health))
     try:
         queries = ask(settings, [f"How is order kept, {i}?" for i in range(5)], deadline_ms=2000)

@@ -82,7 +82,7 @@ def test_query_freshness_counts_answers_made_now_not_replays(tmp_path: Path) -> 
     store, embedder = SqliteDocumentStore(tmp_path / "db.sqlite"), HashEmbedder()
     metrics = Metrics(stages=["answerer"])
     retriever = Retriever(embedder, LanceVectorIndex(tmp_path / "lance", embedder.dim), RetrievalConfig(candidates=10))
-    answerer = Answerer(retriever, ExtractiveAnswerer(), store, metrics, lambda out: None)
+    answerer = Answerer(retriever, ExtractiveAnswerer(), store, metrics, lambda out: None, cache=None)
     q = QueryRequested(text="where?", query_id="q1", occurred_at=utcnow() - timedelta(seconds=3))
     answerer.handle([q])
     answerer.handle([q])  # redelivered: the stored answer is republished

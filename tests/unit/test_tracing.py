@@ -163,7 +163,7 @@ def test_a_query_is_one_trace_to_its_answer(spans: InMemorySpanExporter, tmp_pat
     store, model = SqliteDocumentStore(tmp_path / "db.sqlite"), CountingEmbedder()
     index = LanceVectorIndex(tmp_path / "lance", model.dim)
     retriever = Retriever(tracing.traced_embedder(model), index, RetrievalConfig(candidates=10))
-    answerer = Answerer(retriever, ExtractiveAnswerer(), store, Metrics(), lambda out: None)
+    answerer = Answerer(retriever, ExtractiveAnswerer(), store, Metrics(), lambda out: None, cache=None)
     from engine.serde import encode, headers_for
 
     queries = [QueryRequested(text=f"question {i}?", query_id=f"q{i}") for i in range(3)]
