@@ -69,11 +69,12 @@ def cache_key(model: AnswerModel, question: str, hits: Sequence[SearchHit], agen
     return hashlib.sha256(material.encode()).hexdigest()
 
 
-def log_key(q: QueryRequested, visible: tuple[str, ...]) -> str:
-    """The query's key in the answer log: its id, and for an asker with principals the fingerprint of what they
-    may read, so a query id reused by another asker is answered for them, never with the first asker's answer.
-    (Client query ids are printable, so the separator cannot occur in one.)"""
-    return q.query_id if not q.principals else f"{q.query_id}\x1f{fingerprint(visible)}"
+def log_key(visible: tuple[str, ...], query_id: str) -> str:
+    """The query's key in the answer log: its id, with the fingerprint of what the asker may read unless that is
+    the documents without an ACL (as before permissions existed). A query id reused by another asker, or asked
+    again after the operator denied unlisted documents, is answered afresh, never with an answer computed for
+    other readers. (Client query ids are printable, so the separator cannot occur in one.)"""
+    return query_id if visible == PUBLIC_ONLY else f"{query_id}\x1f{fingerprint(visible)}"
 
 
 class Answerer:
@@ -118,7 +119,7 @@ class Answerer:
 
     def answer(self, q: QueryRequested) -> AnswerGenerated:
         visible = query_tokens(q.tenant, q.principals, deny_unlisted=self._deny_unlisted)
-        logged = log_key(q, visible)
+        logged = log_key(visible, q.query_id)
         stored = _own(q, self._store.get_answer(q.tenant, logged))
         if stored is not None:
             self._metrics.answers.labels("replayed").inc()

@@ -25,6 +25,9 @@ from dataclasses import dataclass
 PUBLIC = "*"
 #: What a query sees when nobody is asking: documents without an ACL.
 PUBLIC_ONLY: tuple[str, ...] = (PUBLIC,)
+#: The token of a document whose ACL is empty: no query ever holds it (stored instead of an empty list, which
+#: not every backend can filter or update).
+NOBODY = "-"
 
 #: An ACL change's kind in the order key: at equal acl_version an explicit change beats a document's own acl.
 ARRIVED, CHANGED = 0, 1
@@ -55,10 +58,10 @@ def token(tenant: str, principal: str) -> str:
 
 def document_tokens(tenant: str, principals: Sequence[str] | None) -> tuple[str, ...]:
     """What a document's index entries hold: its principals' tokens, or PUBLIC when it has no ACL. An empty
-    ACL holds no token at all: nobody may read the document."""
+    ACL holds only NOBODY: nobody may read the document."""
     if principals is None:
         return PUBLIC_ONLY
-    return tuple(sorted({token(tenant, p) for p in principals}))
+    return tuple(sorted({token(tenant, p) for p in principals})) or (NOBODY,)
 
 
 def query_tokens(tenant: str, principals: Iterable[str], *, deny_unlisted: bool) -> tuple[str, ...]:
