@@ -49,10 +49,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from confluent_kafka import TopicPartition
-
 from chunking.splitter import Chunker
-from engine.clients import EventProducer, make_consumer, partition_ids, topic_name
+from engine.clients import EventProducer, read_from_start, topic_name
 from engine.deadletters import list_dead_letters
 from infra.models.embedder import embedding_dim, load_tokenizer
 from infra.ops import logs
@@ -102,16 +100,10 @@ class Killer(threading.Thread):
 
 
 def answers_by_query(settings: Settings) -> dict[str, set[str]]:
-    consumer = make_consumer(settings, None)
-    name = topic_name(settings, TOPICS.answers)
-    consumer.assign([TopicPartition(name, p, 0) for p in partition_ids(consumer, name)])
     seen: dict[str, set[str]] = defaultdict(set)
-    while batch := consumer.consume(1000, 2.0):
-        for m in batch:
-            if m.error() is None:
-                data = json.loads(m.value())
-                seen[data["query_id"]].add(data["event_id"])
-    consumer.close()
+    for m in read_from_start(settings, TOPICS.answers, 2.0, 1000):
+        data = json.loads(m.value())
+        seen[data["query_id"]].add(data["event_id"])
     return seen
 
 

@@ -213,12 +213,9 @@ def _own(q: QueryRequested, stored: str | None) -> AnswerGenerated | None:
 
 
 def _answer_event(common: dict[str, str], gen: GeneratedAnswer, timings: Timings) -> AnswerGenerated:
-    usage = Usage(input_tokens=gen.input_tokens, output_tokens=gen.output_tokens,
-                  cache_creation_input_tokens=gen.cache_creation_input_tokens,
-                  cache_read_input_tokens=gen.cache_read_input_tokens, cost_usd=gen.cost_usd)
     return AnswerGenerated(**common, answer=gen.text, degraded=gen.degraded, degraded_reason=gen.degraded_reason,
                            citations=gen.citations, model=gen.model, prompt_version=gen.prompt_version,
-                           dropped_citations=gen.dropped_citations, timings=timings, usage=usage)
+                           dropped_citations=gen.dropped_citations, timings=timings, usage=gen.usage)
 
 
 def _timings(started: float, retrieved: float, done: float) -> Timings:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
@@ -227,6 +227,19 @@ class EventProducer:
             raise RetryableError(f"{remaining} messages not delivered within {timeout_s}s")
         if errors:
             raise RetryableError(f"{len(errors)} messages failed delivery, first: {errors[0]}")
+
+
+def read_from_start(settings: Settings, spec: TopicSpec, idle_s: float, max_messages: int = 500) -> Iterator[Message]:
+    """Every message of a topic from its first offset, until none arrives for `idle_s` (client errors skipped).
+    For listings and audits: no consumer group, nothing committed."""
+    consumer = make_consumer(settings, None)
+    name = topic_name(settings, spec)
+    consumer.assign([TopicPartition(name, p, 0) for p in partition_ids(consumer, name)])
+    try:
+        while batch := consumer.consume(max_messages, idle_s):
+            yield from (m for m in batch if m.error() is None)
+    finally:
+        consumer.close()
 
 
 def consume_batch(consumer: Consumer, max_messages: int, wait_s: float, linger_s: float = 0.0) -> list[Message]:

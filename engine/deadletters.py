@@ -13,9 +13,9 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import Message
 
-from engine.clients import EventProducer, commit_offsets, make_consumer, partition_ids, topic_name
+from engine.clients import EventProducer, commit_offsets, make_consumer, read_from_start, topic_name
 from engine.records import SourceRecord, headers_of
 from infra.ops import logs
 from infra.settings import Settings
@@ -42,15 +42,7 @@ def _dead_letter(msg: Message) -> DeadLetter:
 
 def list_dead_letters(settings: Settings, stages: list[str] | None = None, idle_s: float = 1.0) -> Iterator[DeadLetter]:
     for stage in stages or list(PIPELINE.names()):
-        spec = PIPELINE[stage].dead_letters
-        consumer = make_consumer(settings, None)
-        name = topic_name(settings, spec)
-        consumer.assign([TopicPartition(name, p, 0) for p in partition_ids(consumer, name)])
-        try:
-            while batch := consumer.consume(500, idle_s):
-                yield from (_dead_letter(m) for m in batch if m.error() is None)
-        finally:
-            consumer.close()
+        yield from (_dead_letter(m) for m in read_from_start(settings, PIPELINE[stage].dead_letters, idle_s))
 
 
 def replay(settings: Settings, stage: str, limit: int | None = None, idle_s: float = 3.0) -> int:

@@ -321,7 +321,7 @@ class BatchPolicy:
                         expected=expected[:200].decode("utf-8", "replace"))
         return None
 
-    def _crashed(self, record: SourceRecord, event: Any, exc: Exception) -> None:
+    def _crashed(self, record: SourceRecord, event: object, exc: Exception) -> None:
         fields = _fields(record, event)
         log.error("stage raised an unexpected error on an event; dead-lettering it", stage=self._stage.name,
                   **fields, error=f"{type(exc).__name__}: {exc}"[:300])
@@ -329,7 +329,7 @@ class BatchPolicy:
         if self._health is not None:
             self._health.crashed(record.where(), fields["correlation_id"], exc)
 
-    def _dead(self, record: SourceRecord, exc: Exception, event: Any = None) -> Send:
+    def _dead(self, record: SourceRecord, exc: Exception, event: object = None) -> Send:
         log.warning("dead-lettered", stage=self._stage.name, **_fields(record, event),
                     error_type=type(exc).__name__, error=str(exc)[:300])
         self._metrics.events.labels(self._stage.name, Outcome.DEAD_LETTERED).inc()
@@ -346,7 +346,7 @@ class BatchPolicy:
             self._health.progressed(len(records), time.perf_counter() - started)
 
 
-def _fields(record: SourceRecord, event: Any = None) -> dict[str, str]:
+def _fields(record: SourceRecord, event: object = None) -> dict[str, str]:
     """The log fields of a line about one message: where it is and its correlation id (the header's,
     else the event's own)."""
     return {"where": record.where(),

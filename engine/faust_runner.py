@@ -49,7 +49,7 @@ from .clients import bootstrap, partitions, topic_name
 from .delivery import BatchPolicy, Done
 from .faust_seam import FaustApp as FaustApp
 from .faust_seam import broker_connected, committed_offset, leave_unacknowledged, verify
-from .records import Headers, SourceRecord
+from .records import Headers, SourceRecord, describe
 from .security import faust_options
 
 log = logs.get(__name__)
@@ -203,7 +203,7 @@ def _error(exc: BaseException) -> str:
 
 def _exit_unacknowledged(stage: str, records: list[SourceRecord], error: str, code: int) -> NoReturn:
     """Leave the process without acknowledging `records` (faust would commit them on any other way out)."""
-    where = f"{records[0].where()}..{records[-1].offset}" if records else "(empty batch)"
+    where = describe(records) or "(empty batch)"  # a faust batch can span partitions: ranges per partition
     log.critical("batch could not be finished; exiting without acknowledging it, so it is redelivered",
                  stage=stage, batch=where, events=len(records), error=error)
     leave_unacknowledged(code)

@@ -69,7 +69,7 @@ def describe(records: Sequence[SourceRecord]) -> str:
     parts, last_topic = [], None
     for (topic, partition), (low, high) in sorted(ranges.items()):
         span = f"{low}" if low == high else f"{low}..{high}"
-        parts.append(f"{topic if topic != last_topic else ''}[{partition}]@{span}")
+        parts.append(logs.where(topic if topic != last_topic else "", partition, span))
         last_topic = topic
     return " ".join(parts)
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import ssl
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -68,7 +68,7 @@ def faust_options(config: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]
     return options, ignored
 
 
-def _credentials(config: Mapping[str, str]) -> Any:
+def _credentials(config: Mapping[str, str]) -> SSLCredentials | GSSAPICredentials | SASLCredentials | None:
     protocol = config.get("security.protocol", "PLAINTEXT").upper()
     if protocol not in PROTOCOLS:
         raise ConfigurationError(f"{_SETTING}: security.protocol={config['security.protocol']!r} is not one of "
@@ -125,6 +125,7 @@ def _client_certificate(context: ssl.SSLContext, config: Mapping[str, str]) -> N
                                      "or ssl.certificate.pem)")
         return
     with _as_file(config, "ssl.certificate") as cert, _as_file(config, "ssl.key") as key:
+        assert cert is not None  # ssl.certificate.location or .pem is set (checked above)
         try:
             context.load_cert_chain(cert, keyfile=key, password=config.get("ssl.key.password"))
         except (OSError, ssl.SSLError) as exc:
@@ -133,7 +134,7 @@ def _client_certificate(context: ssl.SSLContext, config: Mapping[str, str]) -> N
 
 
 @contextmanager
-def _as_file(config: Mapping[str, str], prefix: str) -> Any:
+def _as_file(config: Mapping[str, str], prefix: str) -> Iterator[str | None]:
     """`<prefix>.location` as is, or `<prefix>.pem` in a private temporary file (ssl loads files only)."""
     if f"{prefix}.location" in config:
         yield config[f"{prefix}.location"]

@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from kernel.permissions import PUBLIC_ONLY, Acl
-from schemas.events import Citation, ContentRef, Status
+from schemas.events import Citation, ContentRef, Status, Usage
 
 Vector = np.ndarray[Any, np.dtype[np.float32]]
 #: A metadata value, as the wire contract allows it (schemas.events.MetaValue).
@@ -274,11 +274,8 @@ class GeneratedAnswer:
     degraded: bool
     degraded_reason: str = ""
     dropped_citations: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_creation_input_tokens: int = 0
-    cache_read_input_tokens: int = 0
-    cost_usd: float = 0.0
+    #: The model's token counts and cost: the wire contract's own type, published as the answer's `usage`.
+    usage: Usage = field(default_factory=Usage)
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import json
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -14,6 +14,9 @@ from infra.ops import logs
 from infra.settings import Settings
 from kernel.errors import RagbusError
 from schemas.stages import PIPELINE
+
+if TYPE_CHECKING:  # imported where used: the CLI starts without loading the evaluation's modules
+    from ragbus.evaluate import EvalSet
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ragbus: event-driven RAG on Kafka.")
@@ -307,7 +310,7 @@ def eval_(directories: list[Path] = typer.Argument(..., help="BEIR directories: 
         raise typer.Exit(1)
 
 
-def _eval_one(settings: Settings, eval_set: Any, tenant: str, *, ingest: bool, top_k: int, concurrency: int,
+def _eval_one(settings: Settings, eval_set: EvalSet, tenant: str, *, ingest: bool, top_k: int, concurrency: int,
               timeout: float, quiet: bool) -> tuple[dict[str, Any], int]:
     """One set through the bus: ingested into `tenant` (unless it is already there), asked, scored."""
     import time

@@ -117,7 +117,7 @@ def _jsonl(file: Path, settings: Settings, store: DocumentStore | None, tenant: 
                             source=f"{file.as_posix()}:{n}", id_prefix=id_prefix)
 
 
-def row_event(settings: Settings, store: DocumentStore | None, row: Any, *, tenant: str, correlation: str,
+def row_event(settings: Settings, store: DocumentStore | None, row: object, *, tenant: str, correlation: str,
               source: str, id_prefix: str = "") -> DocumentArrived:
     """The event for one JSONL row (`id`, `text`, optional `title`, `content_type`, `metadata`): what
     `ragbus ingest` publishes for it, and so what `ragbus eval` and the benchmarks publish too."""

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -359,7 +360,7 @@ class EmbeddedChunk(Chunk):
         return np.frombuffer(base64.b64decode(self.vector_b64), dtype="<f4")
 
     @staticmethod
-    def encode_vector(vector: Any) -> str:
+    def encode_vector(vector: npt.ArrayLike) -> str:
         return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
 
 

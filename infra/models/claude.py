@@ -32,7 +32,7 @@ from infra.ops import tracing
 from infra.settings import AnthropicSettings
 from kernel.errors import AnswerModelError, ConfigurationError, ModelRequestError
 from kernel.ports import GeneratedAnswer, OnDelta, Search, SearchHit
-from schemas.events import Citation
+from schemas.events import Citation, Usage
 
 PROMPT_VERSION = "rag-answer-2026-11-24.1"
 SYSTEM_PROMPT = (
@@ -227,9 +227,10 @@ class ClaudeAnswerer:
                      for i, h in enumerate(cited, 1)]
         return GeneratedAnswer(
             text=text, citations=citations, model=message.model, prompt_version=PROMPT_VERSION, degraded=False,
-            dropped_citations=convo.dropped, input_tokens=convo.usage[0], output_tokens=convo.usage[1],
-            cache_creation_input_tokens=convo.usage[2], cache_read_input_tokens=convo.usage[3],
-            cost_usd=estimate_cost(model, usage))
+            dropped_citations=convo.dropped,
+            usage=Usage(input_tokens=convo.usage[0], output_tokens=convo.usage[1],
+                        cache_creation_input_tokens=convo.usage[2], cache_read_input_tokens=convo.usage[3],
+                        cost_usd=estimate_cost(model, usage)))
 
     @staticmethod
     def _call(client: anthropic.Anthropic, params: dict[str, Any], on_delta: OnDelta | None) -> Any:

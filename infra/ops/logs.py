@@ -147,8 +147,9 @@ def bound_context(**fields: object) -> Iterator[None]:
         structlog.contextvars.reset_contextvars(**tokens)
 
 
-def where(topic: str, partition: int, offset: int | None = None) -> str:
-    """`topic[partition]`, or `topic[partition]@offset`: how logs, health and the CLI name a message's place."""
+def where(topic: str, partition: int, offset: int | str | None = None) -> str:
+    """`topic[partition]`, or `topic[partition]@offset`: how logs, health and the CLI name a message's place.
+    `offset` may be a range (`5..9`), for a batch."""
     return f"{topic}[{partition}]" if offset is None else f"{topic}[{partition}]@{offset}"
 
 

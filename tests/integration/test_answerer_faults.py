@@ -128,7 +128,7 @@ def test_queries_that_expired_while_the_answerer_was_paused_are_answered_late_as
     from retrieval.extractive import ExtractiveAnswerer
 
     answerer = Answerer(pipe.retriever(), ExtractiveAnswerer(), store, metrics, lambda out: None,  # type: ignore[arg-type]
-                        cache=None)
+                        cache=pipe.answer_cache)
     stop, thread = start(runner_for(settings, answerer.stage(16, 0.0), metrics, health))
     try:
         queries = ask(settings, [f"How is order kept, {i}?" for i in range(5)], deadline_ms=2000)

@@ -23,7 +23,7 @@ def test_real_answer_is_cited_and_accounted() -> None:
     got = ClaudeAnswerer(AnthropicSettings()).answer("Where does Kafka guarantee ordering?", hits, deadline_s=60)
     assert not got.degraded, got.degraded_reason
     assert [c.chunk_id for c in got.citations] == ["c1"]
-    assert got.input_tokens > 0 and got.output_tokens > 0
+    assert got.usage.input_tokens > 0 and got.usage.output_tokens > 0
 
 
 def test_real_model_treats_an_injected_instruction_as_data() -> None:

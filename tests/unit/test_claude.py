@@ -36,7 +36,7 @@ def test_answer_is_cited_and_chunks_go_in_as_data() -> None:
     assert got.text == "Order is kept per partition.[1] That is all."
     assert [c.chunk_id for c in got.citations] == ["c-kafka"] and got.citations[0].rank == 1
     assert not got.degraded and got.model == "claude-sonnet-4-6" and got.prompt_version == PROMPT_VERSION
-    assert got.input_tokens == 100 and got.output_tokens == 20 and got.cost_usd == estimate_cost(
+    assert got.usage.input_tokens == 100 and got.usage.output_tokens == 20 and got.usage.cost_usd == estimate_cost(
         "claude-sonnet-4-6", type("U", (), {"input_tokens": 100, "output_tokens": 20,
                                             "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0})())
     sent = fake.requests[0]

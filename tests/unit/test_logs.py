@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from engine.delivery import BatchPolicy
-from engine.records import SourceRecord
+from engine.records import SourceRecord, describe
 from engine.serde import encode, headers_for
 from infra.ops import logs
 from infra.ops.metrics import Metrics
@@ -168,3 +168,11 @@ def test_a_line_inside_a_span_carries_its_trace_id(json_lines: io.StringIO) -> N
         logging.getLogger("faust").warning("inside too")
     lines = parsed(json_lines)
     assert {(line["trace_id"], line["span_id"]) for line in lines} == {(f"{0x1234:032x}", f"{0x56:016x}")}
+
+
+def test_a_batch_is_named_by_offset_ranges_per_partition() -> None:
+    """describe() names a batch through logs.where, one range per partition, the topic said once."""
+    records = [SourceRecord(topic, p, o, None, None, []) for topic, p, o in
+               (("t", 0, 7), ("t", 0, 5), ("t", 2, 3), ("t", 0, 9), ("u", 1, 4))]
+    assert describe(records) == "t[0]@5..9 [2]@3 u[1]@4"
+    assert describe([]) == "" and logs.where("t", 0, "5..9") == "t[0]@5..9"

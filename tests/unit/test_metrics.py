@@ -13,7 +13,7 @@ from prometheus_client import generate_latest
 from consumers.answerer import Answerer
 from infra.ops.metrics import DURATION_BUCKETS, Metrics, families
 from infra.stores.lance import LanceVectorIndex
-from infra.stores.sqlite import SqliteDocumentStore
+from infra.stores.sqlite import SqliteAnswerCache, SqliteDocumentStore
 from retrieval.extractive import ExtractiveAnswerer
 from retrieval.retriever import RetrievalConfig, Retriever
 from schemas.events import DocumentArrived, QueryRequested, utcnow
@@ -82,7 +82,8 @@ def test_query_freshness_counts_answers_made_now_not_replays(tmp_path: Path) -> 
     store, embedder = SqliteDocumentStore(tmp_path / "db.sqlite"), HashEmbedder()
     metrics = Metrics(stages=["answerer"])
     retriever = Retriever(embedder, LanceVectorIndex(tmp_path / "lance", embedder.dim), RetrievalConfig(candidates=10))
-    answerer = Answerer(retriever, ExtractiveAnswerer(), store, metrics, lambda out: None, cache=None)
+    answerer = Answerer(retriever, ExtractiveAnswerer(), store, metrics, lambda out: None,
+                        cache=SqliteAnswerCache(tmp_path / "db.sqlite"))
     q = QueryRequested(text="where?", query_id="q1", occurred_at=utcnow() - timedelta(seconds=3))
     answerer.handle([q])
     answerer.handle([q])  # redelivered: the stored answer is republished

@@ -32,7 +32,7 @@ from infra.ops import tracing
 from infra.ops.metrics import Metrics
 from infra.settings import Settings
 from infra.stores.lance import LanceVectorIndex
-from infra.stores.sqlite import SqliteDocumentStore
+from infra.stores.sqlite import SqliteAnswerCache, SqliteDocumentStore
 from kernel.stage import Out, Stage
 from retrieval.extractive import ExtractiveAnswerer
 from retrieval.retriever import RetrievalConfig, Retriever
@@ -163,7 +163,8 @@ def test_a_query_is_one_trace_to_its_answer(spans: InMemorySpanExporter, tmp_pat
     store, model = SqliteDocumentStore(tmp_path / "db.sqlite"), CountingEmbedder()
     index = LanceVectorIndex(tmp_path / "lance", model.dim)
     retriever = Retriever(tracing.traced_embedder(model), index, RetrievalConfig(candidates=10))
-    answerer = Answerer(retriever, ExtractiveAnswerer(), store, Metrics(), lambda out: None, cache=None)
+    answerer = Answerer(retriever, ExtractiveAnswerer(), store, Metrics(), lambda out: None,
+                        cache=SqliteAnswerCache(tmp_path / "db.sqlite"))
     from engine.serde import encode, headers_for
 
     queries = [QueryRequested(text=f"question {i}?", query_id=f"q{i}") for i in range(3)]
