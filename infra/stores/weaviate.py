@@ -21,6 +21,9 @@ whitespace tokenisation and the heading weighted (`heading_kw^w`). Chunks and se
 collection (`level`). The collection's description records the embedding model (and passage prefix) its
 vectors came from; a collection built with another model is refused at start-up. Objects written before
 these properties existed have no `level` nor analysed text: re-ingest such a tenant after upgrading.
+Permissions: each object's `acl` holds its document's visibility tokens (kernel/permissions.py), and every
+read filters on them (`ContainsAny`) inside the query. Objects written before the property existed have no
+tokens and match no filter: re-ingest such a tenant (docs/security.md, "Upgrading").
 
 Failures are classified by the client's exception types and the gRPC status code underneath them, never
 by message text (`classify`): unreachable, timing out, overloaded -> RetryableError; refused credentials
