@@ -46,6 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from infra.ops import tracing
 from infra.ops.metrics import Freshness, Metrics
 from kernel.errors import AnswerModelError, ConfigurationError, RetryableError
+from kernel.permissions import PUBLIC_ONLY, fingerprint, query_tokens
 from kernel.ports import AnswerCache, AnswerModel, DocumentStore, GeneratedAnswer, OnDelta, SearchHit
 from kernel.stage import Emit, Out, PerEvent, Stage
 from retrieval.extractive import ExtractiveAnswerer, citations_from
@@ -59,16 +60,29 @@ def normalise(question: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", question).casefold().split()).rstrip("?!. ")
 
 
-def cache_key(model: AnswerModel, question: str, hits: Sequence[SearchHit], agentic: bool) -> str:
+def cache_key(model: AnswerModel, question: str, hits: Sequence[SearchHit], agentic: bool,
+              visible: tuple[str, ...] = PUBLIC_ONLY) -> str:
+    """What an answer was computed from, and for whom: an answer is reused only for askers who may read exactly
+    the same documents (an agentic answer searched more than its citations show)."""
     material = "\x1f".join([model.prompt_version, model.name, str(agentic), normalise(question),
-                            *[h.chunk_id for h in hits]])
+                            fingerprint(visible), *[h.chunk_id for h in hits]])
     return hashlib.sha256(material.encode()).hexdigest()
+
+
+def log_key(visible: tuple[str, ...], query_id: str) -> str:
+    """The query's key in the answer log: its id, with the fingerprint of what the asker may read unless that is
+    the documents without an ACL (as before permissions existed). A query id reused by another asker, or asked
+    again after the operator denied unlisted documents, is answered afresh, never with an answer computed for
+    other readers. (Client query ids are printable, so the separator cannot occur in one.)"""
+    return query_id if visible == PUBLIC_ONLY else f"{query_id}\x1f{fingerprint(visible)}"
 
 
 class Answerer:
     def __init__(self, retriever: Retriever, model: AnswerModel, store: DocumentStore, metrics: Metrics,
-                 emit: Emit, *, cache: AnswerCache | None, concurrency: int = 8) -> None:
-        """`cache`: where generated answers are reused (None: every query calls the model)."""
+                 emit: Emit, *, cache: AnswerCache | None, concurrency: int = 8, deny_unlisted: bool = False) -> None:
+        """`cache`: where generated answers are reused (None: every query calls the model). `deny_unlisted`:
+        documents without an ACL are readable by no query (RAGBUS_ACL_DENY_UNLISTED)."""
+        self._deny_unlisted = deny_unlisted
         self._retriever = retriever
         self._model = model
         self._store = store
@@ -104,15 +118,18 @@ class Answerer:
         return results
 
     def answer(self, q: QueryRequested) -> AnswerGenerated:
-        stored = _own(q, self._store.get_answer(q.tenant, q.query_id))
+        visible = query_tokens(q.tenant, q.principals, deny_unlisted=self._deny_unlisted)
+        logged = log_key(visible, q.query_id)
+        stored = _own(q, self._store.get_answer(q.tenant, logged))
         if stored is not None:
             self._metrics.answers.labels("replayed").inc()
             return stored
         started = time.perf_counter()
         remaining_s = q.deadline_ms / 1000 - (utcnow() - q.occurred_at).total_seconds()
         with tracing.span("retrieve", {"ragbus.top_k": q.top_k}) as span:
-            hits = self._retriever.retrieve(q.tenant, q.text, q.top_k, q.filters)
+            hits = self._retriever.retrieve(q.tenant, q.text, q.top_k, q.filters, visible)
             span.set_attribute("ragbus.hits", len(hits))
+        self._metrics.acl_queries.labels("principals" if q.principals else "anonymous").inc()
         retrieved = time.perf_counter()
         common = {"tenant": q.tenant, "correlation_id": q.correlation_id or q.query_id, "query_id": q.query_id,
                   "question": q.text}
@@ -127,16 +144,17 @@ class Answerer:
                                                            on_delta=self._deltas(q) if q.stream else None)
             answer = _answer_event(common, gen, _timings(started, retrieved, time.perf_counter()))
         else:
-            answer = self._generate(q, hits, remaining_s - (retrieved - started), common, started, retrieved)
+            answer = self._generate(q, hits, remaining_s - (retrieved - started), common, started, retrieved,
+                                    visible)
         # the first answer stored wins: another answerer may have answered this query id meanwhile
-        answer = _own(q, self._store.put_answer(q.tenant, q.query_id, answer.model_dump_json())) or answer
+        answer = _own(q, self._store.put_answer(q.tenant, logged, answer.model_dump_json())) or answer
         self._account(answer, expired)
         self._metrics.answer_seconds.observe(time.perf_counter() - started)
         return answer
 
     def _generate(self, q: QueryRequested, hits: list[SearchHit], remaining_s: float, common: dict[str, str],
-                  started: float, retrieved: float) -> AnswerGenerated:
-        key = cache_key(self._model, q.text, hits, q.agentic)
+                  started: float, retrieved: float, visible: tuple[str, ...]) -> AnswerGenerated:
+        key = cache_key(self._model, q.text, hits, q.agentic, visible)
         cached = self._cache.get(q.tenant, key) if self._cache is not None else None
         if cached is not None:
             return AnswerGenerated.model_validate_json(cached).model_copy(update=common | {
@@ -147,7 +165,7 @@ class Answerer:
             if remaining_s <= 0:
                 raise AnswerModelError(f"the query's deadline ({q.deadline_ms} ms) passed during retrieval")
             gen = self._model.answer(q.text, hits, on_delta=on_delta, deadline_s=remaining_s,
-                                     search=self._search(q) if q.agentic else None)
+                                     search=self._search(q, visible) if q.agentic else None)
         except AnswerModelError as exc:  # ModelRequestError too; the guard turns a ConfigurationError into one
             gen = ExtractiveAnswerer(reason=f"{exc}: offline extractive answer").answer(q.text, hits,
                                                                                         on_delta=on_delta)
@@ -156,9 +174,9 @@ class Answerer:
             self._cache.put(q.tenant, key, answer.model_dump_json())
         return answer
 
-    def _search(self, q: QueryRequested) -> Callable[[str, int], list[SearchHit]]:
-        def search(text: str, k: int) -> list[SearchHit]:  # follow-ups stay in the query's tenant and filters
-            return self._retriever.retrieve(q.tenant, text, k, q.filters)
+    def _search(self, q: QueryRequested, visible: tuple[str, ...]) -> Callable[[str, int], list[SearchHit]]:
+        def search(text: str, k: int) -> list[SearchHit]:  # follow-ups stay in the query's tenant, filters and
+            return self._retriever.retrieve(q.tenant, text, k, q.filters, visible)  # permissions
         return search
 
     def _deltas(self, q: QueryRequested) -> OnDelta:

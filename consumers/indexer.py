@@ -5,6 +5,15 @@ rows. When every chunk of a version is stored, the version is finished: older ve
 deleted and the document becomes `indexed`. A delete at version v removes chunks <= v and leaves a
 tombstone, so late parts of a deleted or superseded version are skipped and cannot resurrect.
 Old chunks stay searchable until the new version is complete: an update never leaves a gap.
+
+Permissions: every index entry holds its document's visibility tokens (kernel/permissions.py). The ACL in
+force is kept in the document store, ordered by (acl_version, kind, content version) independently of the
+content: a document's own `acl` (carried on its parts) and `document.acl_changed` events are applied there
+first, then entries are written with the ACL in force, and when it changed, every entry of the document
+(all versions) is re-stamped in place. An ACL change for a document not indexed yet is kept and stamps its
+entries when they arrive; a stale one (lower order than the ACL in force) is reported `failed`, not applied.
+A deleted document's ACL is kept: a document published again under its id is readable as it says until the
+next change.
 """
 
 from __future__ import annotations
@@ -13,11 +22,13 @@ from collections.abc import Sequence
 
 from infra.ops.metrics import Freshness, Metrics
 from kernel.errors import PoisonMessageError
+from kernel.permissions import ARRIVED, CHANGED, Acl, AclOrder, document_tokens
 from kernel.ports import ChunkRecord, DocumentRecord, DocumentStore, Level, VectorIndex
 from kernel.stage import Out, PerEvent, Stage, failed_status
 from kernel.versions import cleanup_bound, superseded
 from schemas.events import (
     ChunksEmbedded,
+    DocumentAclChanged,
     DocumentDeleted,
     DocumentStatus,
     Status,
@@ -30,10 +41,21 @@ from schemas.topics import TOPICS, document_key
 
 #: Per-object write failures are retried this many times within one batch before dead-lettering.
 OBJECT_RETRIES = 2
-Event = ChunksEmbedded | DocumentDeleted
+Event = ChunksEmbedded | DocumentDeleted | DocumentAclChanged
+DocKey = tuple[str, str]
 
 
-def chunk_records(ev: ChunksEmbedded, dim: int | None = None) -> list[ChunkRecord]:
+def statement(ev: Event) -> Acl | None:
+    """What an event says about who may read its document (None: nothing)."""
+    if isinstance(ev, DocumentAclChanged):
+        return Acl(None if ev.acl is None else tuple(ev.acl), AclOrder(ev.acl_version, CHANGED))
+    if isinstance(ev, ChunksEmbedded) and ev.acl is not None:
+        return Acl(tuple(ev.acl), AclOrder(ev.acl_version, ARRIVED, ev.version))
+    return None
+
+
+def chunk_records(ev: ChunksEmbedded, dim: int | None = None, acl: tuple[str, ...] | None = None
+                  ) -> list[ChunkRecord]:
     """The part's chunks, then its section entries (the index holds both; the document store, chunks)."""
     records = []
     for kind, items in (("chunk", ev.chunks), ("section", ev.sections)):
@@ -42,14 +64,16 @@ def chunk_records(ev: ChunksEmbedded, dim: int | None = None) -> list[ChunkRecor
             if vector.shape != (ev.dim,) or (dim is not None and ev.dim != dim):
                 raise PoisonMessageError(f"{kind} {getattr(c, 'index', c.section)} has a {vector.shape[0]}-dim vector; "
                                          f"the index expects {dim or ev.dim}")
+    tokens = acl if acl is not None else document_tokens(ev.tenant, None)
     for c in ev.chunks:
         records.append(ChunkRecord(chunk_uuid(ev.tenant, ev.document_id, ev.version, c.index), ev.tenant,
                                    ev.document_id, ev.version, c.index, c.text, c.vector(), ev.title,
-                                   tuple(c.section_path), ev.source, dict(ev.metadata), c.section))
+                                   tuple(c.section_path), ev.source, dict(ev.metadata), c.section, acl=tokens))
     for s in ev.sections:
         records.append(ChunkRecord(section_uuid(ev.tenant, ev.document_id, ev.version, s.section), ev.tenant,
                                    ev.document_id, ev.version, s.section, s.text, s.vector(), ev.title,
-                                   tuple(s.section_path), ev.source, dict(ev.metadata), s.section, Level.SECTION))
+                                   tuple(s.section_path), ev.source, dict(ev.metadata), s.section, Level.SECTION,
+                                   acl=tokens))
     return records
 
 
@@ -72,12 +96,13 @@ class Indexer:
 
     def handle(self, events: Sequence[Event]) -> list[PerEvent]:
         results: list[PerEvent] = [[] for _ in events]
+        acls = self._apply_acls(events)
         chunks: dict[int, list[ChunkRecord]] = {}
         for i, ev in enumerate(events):
-            if isinstance(ev, DocumentDeleted):
+            if not isinstance(ev, ChunksEmbedded):
                 continue
             try:
-                records = chunk_records(ev, self._dim)
+                records = chunk_records(ev, self._dim, acls.tokens(ev.tenant, ev.document_id))
             except PoisonMessageError as exc:
                 results[i] = exc
                 continue
@@ -89,11 +114,52 @@ class Indexer:
                 results[i] = failed[i]
             elif isinstance(ev, DocumentDeleted):
                 results[i] = self._delete(ev)
+            elif isinstance(ev, DocumentAclChanged):
+                in_force = acls.in_force[(ev.tenant, ev.document_id)]
+                assert in_force is not None  # applied above
+                results[i] = self._acl_status(ev, in_force)
             elif i in chunks:
                 results[i] = self._maybe_finish(ev)
         self._metrics.chunks.labels(INDEXER.name).inc(sum(len(c) for c in chunks.values()))
         # no index maintenance here: it runs in the indexer process's own thread, off the commit path
         return results
+
+    def _apply_acls(self, events: Sequence[Event]) -> _Acls:
+        """Every ACL statement of the batch applied to the store, in order, before anything is written; then the
+        entries of each document whose ACL changed re-stamped in place (entries written below carry it already)."""
+        acls = _Acls(self._store)
+        changed: set[DocKey] = set()
+        for ev in events:
+            said = statement(ev)
+            if said is None:
+                continue
+            key = (ev.tenant, ev.document_id)
+            before = acls.current(key)
+            after = self._store.apply_acl(ev.tenant, ev.document_id, said)
+            acls.in_force[key] = after
+            if before is None or before.principals != after.principals:
+                changed.add(key)
+        for tenant, document_id in sorted(changed):
+            self._index.set_acl(tenant, document_id, acls.tokens(tenant, document_id))
+        for ev in events:
+            if isinstance(ev, DocumentAclChanged) and (ev.tenant, ev.document_id) in changed:
+                age = (utcnow() - ev.occurred_at).total_seconds()
+                self._metrics.freshness.labels(Freshness.ACL).observe(max(0.0, age))
+        return acls
+
+    def _acl_status(self, ev: DocumentAclChanged, in_force: Acl) -> list[Out]:
+        said = statement(ev)
+        key = document_key(ev.tenant, ev.document_id)
+        if said == in_force:
+            return [Out(TOPICS.status, key, DocumentStatus(
+                tenant=ev.tenant, correlation_id=ev.correlation_id, document_id=ev.document_id,
+                version=ev.acl_version, status=Status.INDEXED, stage=INDEXER.name, about="acl"))]
+        why = (f"not applied: the ACL in force has acl_version {in_force.order.acl_version}"
+               + (" (a different ACL at the same acl_version)" if in_force.order.acl_version == ev.acl_version
+                  else "") + "; publish the change with a higher acl_version")
+        return [Out(TOPICS.status, key, DocumentStatus(
+            tenant=ev.tenant, correlation_id=ev.correlation_id, document_id=ev.document_id, version=ev.acl_version,
+            status=Status.FAILED, stage=INDEXER.name, about="acl", error=why))]
 
     def _write(self, chunks: dict[int, list[ChunkRecord]]) -> dict[int, Exception]:
         """Upsert into both stores; retry refused objects; map what still fails to its event."""
@@ -141,3 +207,18 @@ class Indexer:
         return []
 
 
+class _Acls:
+    """The ACL in force per document, read from the store once per batch and kept as the batch applies more."""
+
+    def __init__(self, store: DocumentStore) -> None:
+        self._store = store
+        self.in_force: dict[DocKey, Acl | None] = {}
+
+    def current(self, key: DocKey) -> Acl | None:
+        if key not in self.in_force:
+            self.in_force[key] = self._store.get_acl(*key)
+        return self.in_force[key]
+
+    def tokens(self, tenant: str, document_id: str) -> tuple[str, ...]:
+        acl = self.current((tenant, document_id))
+        return document_tokens(tenant, None if acl is None else acl.principals)

@@ -20,8 +20,8 @@ APPLIED_BY_PRODUCER = {(INDEXER.name, Status.INDEXED), (INDEXER.name, Status.DEL
 
 
 def apply_statuses(store: DocumentStore, events: Sequence[DocumentStatus]) -> list[PerEvent]:
-    for ev in events:
-        if (ev.stage, ev.status) not in APPLIED_BY_PRODUCER:
+    for ev in events:  # an ACL change's status is a report: the indexer keeps ACLs (DocumentStore.apply_acl)
+        if ev.about == "content" and (ev.stage, ev.status) not in APPLIED_BY_PRODUCER:
             store.apply_status(DocumentRecord(ev.tenant, ev.document_id, ev.version, ev.status, ev.chunks, ev.error))
     return [[] for _ in events]
 

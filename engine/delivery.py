@@ -151,17 +151,24 @@ class BatchPolicy:
     def _attempt(self, records: Sequence[SourceRecord], wait: Wait, spans: BatchSpans, breaker: bool = True) -> Done:
         sends: list[Send] = []
         decoded: list[_Item] = []
+        dead = 0
         for i, record in enumerate(records):
             try:
                 event = decode(self._stage.source, record.value, self._settings.decode)
             except PoisonMessageError as exc:
                 spans.failed(i, exc)
                 sends.append(self._dead(record, exc))
+                dead += 1
                 continue
             spans.decoded(i, event)
+            refused = self._check_key(record, event)
+            if refused is not None:
+                spans.failed(i, refused)
+                sends.append(self._dead(record, refused, event))
+                sends += self._failure_outputs(record, event, refused, spans.headers(i))
+                dead += 1
+                continue
             decoded.append((i, record, event))
-            self._check_key(record, event)
-        dead = len(sends)
         if not decoded:
             return Done(sends, dead)
         results = self._run(decoded, wait, spans)
@@ -291,14 +298,19 @@ class BatchPolicy:
                       **_fields(record, event), error=repr(hook_exc)[:300])
             return []
 
-    def _check_key(self, record: SourceRecord, event: Any) -> None:
+    def _check_key(self, record: SourceRecord, event: Any) -> PoisonMessageError | None:
         """Count (and now and then log) an event that arrived without its topic's key: it is handled all the
-        same, and the stage keys its outputs correctly, but its publisher should fix its producer."""
+        same, and the stage keys its outputs correctly, but its publisher should fix its producer. An event the
+        stage keys strictly, under another key than its own, is refused instead (returned, to dead-letter)."""
         if self._stage.key is None:
-            return
+            return None
         expected = self._stage.key(event)
         if record.key == expected:
-            return
+            return None
+        if record.key and self._stage.strict_key is not None and self._stage.strict_key(event):
+            return PoisonMessageError(
+                f"record key {record.key[:200].decode('utf-8', 'replace')!r} is not this event's own key "
+                f"{expected[:200].decode('utf-8', 'replace')!r} (tenant/document_id): publish it under its own key")
         self._metrics.rekeyed.labels(self._stage.name).inc()
         now = time.monotonic()
         if now - self._rekey_logged >= _REKEY_LOG_EVERY_S:
@@ -307,6 +319,7 @@ class BatchPolicy:
                         stage=self._stage.name, **_fields(record, event),
                         key=(record.key or b"")[:200].decode("utf-8", "replace") or None,
                         expected=expected[:200].decode("utf-8", "replace"))
+        return None
 
     def _crashed(self, record: SourceRecord, event: object, exc: Exception) -> None:
         fields = _fields(record, event)

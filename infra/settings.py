@@ -239,6 +239,16 @@ class AnswererSettings(BaseSettings):
     model_refusals: int = Field(3, ge=1, le=1000)
 
 
+class AclSettings(BaseSettings):
+    """Document permissions (kernel/permissions.py, docs/security.md)."""
+
+    model_config = _cfg("RAGBUS_ACL_")
+
+    #: Documents without an ACL are readable by no query (deny by default). Off: by every query of their
+    #: tenant, as before permissions existed. Takes effect at once: it changes what queries ask, not the index.
+    deny_unlisted: bool = False
+
+
 class AnthropicSettings(BaseSettings):
     model_config = _cfg("RAGBUS_ANTHROPIC_")
 
@@ -321,6 +331,7 @@ class Settings(BaseSettings):
     fetch: FetchSettings = Field(default_factory=FetchSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     answerer: AnswererSettings = Field(default_factory=AnswererSettings)
+    acl: AclSettings = Field(default_factory=AclSettings)
     anthropic: AnthropicSettings = Field(default_factory=AnthropicSettings)
     weaviate: WeaviateSettings = Field(default_factory=WeaviateSettings)
     mongodb: MongoSettings = Field(default_factory=MongoSettings)

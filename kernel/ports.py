@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from kernel.permissions import PUBLIC_ONLY, Acl
 from schemas.events import Citation, ContentRef, Status, Usage
 
 Vector = np.ndarray[Any, np.dtype[np.float32]]
@@ -52,6 +53,8 @@ class ChunkRecord:
     metadata: Metadata = field(default_factory=dict)
     section: int = 0
     level: Level = Level.CHUNK
+    #: Visibility tokens (kernel/permissions.py): a search reads the entry only with one of them.
+    acl: tuple[str, ...] = PUBLIC_ONLY
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,9 @@ class SearchRequest:
     retriever asked for. Levels are searched together (one query per retriever, `candidates` times the
     number of levels deep), so a level may get more or fewer than `candidates` entries.
 
-    `heading_weight` weighs a keyword match in the title and heading path against one in the text."""
+    `heading_weight` weighs a keyword match in the title and heading path against one in the text.
+    `visible`: the visibility tokens the asker holds (kernel/permissions.py); only entries holding one of them
+    are searched, inside the index query. The default reads documents without an ACL only; none reads nothing."""
 
     text: str
     vector: Vector
@@ -90,6 +95,7 @@ class SearchRequest:
     heading_weight: float = 1.0
     dense: bool = True
     keyword: bool = True
+    visible: tuple[str, ...] = PUBLIC_ONLY
 
     def __post_init__(self) -> None:
         if not self.levels or len(set(self.levels)) != len(self.levels):
@@ -143,10 +149,14 @@ class VectorIndex(Protocol):
     def search(self, tenant: str, request: SearchRequest) -> Candidates:
         """The best `request.candidates * len(request.levels)` entries of those levels, per retriever asked for."""
 
-    def section_chunks(self, tenant: str, sections: Sequence[tuple[str, int, int]], per_section: int
-                       ) -> list[SearchHit]:
-        """The first `per_section` chunks of each (document, version, section), in document order (score 0):
-        what a section found only by its section entry is cited by."""
+    def section_chunks(self, tenant: str, sections: Sequence[tuple[str, int, int]], per_section: int,
+                       visible: tuple[str, ...] = PUBLIC_ONLY) -> list[SearchHit]:
+        """The first `per_section` chunks of each (document, version, section) readable with `visible`, in
+        document order (score 0): what a section found only by its section entry is cited by."""
+
+    def set_acl(self, tenant: str, document_id: str, acl: tuple[str, ...]) -> None:
+        """Replace the visibility tokens of every entry of the document (all versions), in place: no entry is
+        re-embedded or re-written otherwise."""
 
     def chunk_versions(self, tenant: str, document_id: str) -> list[tuple[str, int]]:
         """(chunk_id, version) of every stored chunk (not section entry) of a document: for audits and tests."""
@@ -181,6 +191,13 @@ class DocumentStore(Protocol):
 
     def get_content(self, ref: ContentRef) -> bytes:
         """Raises KeyError when no content has that hash."""
+
+    def get_acl(self, tenant: str, document_id: str) -> Acl | None:
+        """The ACL in force for the document (None: no ACL statement was ever applied)."""
+
+    def apply_acl(self, tenant: str, document_id: str, acl: Acl) -> Acl:
+        """Keep `acl` when its order is above the stored one's (kernel/permissions.py); return the ACL in force
+        afterwards. Atomic: concurrent writers converge on the highest order."""
 
     def get_answer(self, tenant: str, query_id: str) -> str | None: ...
 

@@ -23,7 +23,15 @@ from pydantic import BaseModel
 from typing_extensions import TypeVar
 
 from kernel.errors import ConfigurationError, RetryableError
-from schemas.events import ChunksEmbedded, ChunksProduced, DocumentArrived, DocumentDeleted, DocumentStatus, Status
+from schemas.events import (
+    ChunksEmbedded,
+    ChunksProduced,
+    DocumentAclChanged,
+    DocumentArrived,
+    DocumentDeleted,
+    DocumentStatus,
+    Status,
+)
 from schemas.stages import PIPELINE, StageSpec
 from schemas.topics import TOPICS, TopicSpec, document_key
 
@@ -31,7 +39,7 @@ from schemas.topics import TOPICS, TopicSpec, document_key
 #: is `Stage[Any]`: it only passes decoded events from the stage's topic to the stage's own functions.
 E = TypeVar("E", bound=BaseModel, default=Any)
 #: The events of the document pipeline, whose failures are reported as a `failed` document status.
-DocumentEvent = DocumentArrived | DocumentDeleted | ChunksProduced | ChunksEmbedded
+DocumentEvent = DocumentArrived | DocumentDeleted | DocumentAclChanged | ChunksProduced | ChunksEmbedded
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,9 @@ class Stage(Generic[E]):
     #: The key each source event should have arrived with (None: any). A record keyed otherwise is still
     #: handled (the stage keys its outputs itself); the runner counts and logs it, so publishers can fix it.
     key: Callable[[E], bytes] | None = None
+    #: Events whose record must carry exactly `key` when it carries one (a keyless record is still re-keyed):
+    #: one keyed otherwise is dead-lettered instead of handled (a permission change keyed as another document).
+    strict_key: Callable[[E], bool] | None = None
 
     def __post_init__(self) -> None:
         if not PIPELINE.declares(self.spec):
@@ -102,6 +113,11 @@ def failed_status(event: DocumentEvent, exc: Exception, stage: str) -> list[Out]
     fails has no version to mark failed)."""
     if isinstance(event, DocumentDeleted):
         return []
+    if isinstance(event, DocumentAclChanged):  # about the ACL change, not the content: the document stays as it is
+        return [Out(TOPICS.status, document_key(event.tenant, event.document_id), DocumentStatus(
+            tenant=event.tenant, correlation_id=event.correlation_id, document_id=event.document_id,
+            version=event.acl_version, status=Status.FAILED, stage=stage, about="acl",
+            error=f"{type(exc).__name__}: {exc}"[:2000]))]
     version = event.effective_version if isinstance(event, DocumentArrived) else event.version
     return [Out(TOPICS.status, document_key(event.tenant, event.document_id), DocumentStatus(
         tenant=event.tenant, correlation_id=event.correlation_id, document_id=event.document_id, version=version,

@@ -105,7 +105,11 @@ def ingest(paths: list[Path] = typer.Argument(..., help="files, directories or .
                                                            "(default: no limit while the pipeline progresses)"),
            id_prefix: str = typer.Option(None, "--id-prefix",
                                          help="put this in front of every id instead of the directory's name "
-                                              "(verbatim: 'handbook/' gives handbook/intro.md)")) -> None:
+                                              "(verbatim: 'handbook/' gives handbook/intro.md)"),
+           acl: list[str] = typer.Option(None, "--acl", help="a principal who may read these documents (repeat for "
+                                                             "several: --acl group:eng --acl user:alice); without "
+                                                             "it, a JSONL line's own `acl`, else readable by all")
+           ) -> None:
     """Publish one document-arrived event per file (or per JSONL line).
 
     A file's id is its path from the directory you name, starting with that directory's name
@@ -125,6 +129,8 @@ def ingest(paths: list[Path] = typer.Argument(..., help="files, directories or .
     events = list(documents_from(paths, settings, wiring.build_store(settings), tenant, correlation, id_prefix))
     if not events:
         raise RagbusError("no documents found in the given paths")
+    if acl:
+        events = [_with_acl(e, acl) for e in events]
     check_reachable(settings)
     with Tail(settings, TOPICS.status) as tail:
         publish(settings, EventProducer(settings), events)
@@ -192,6 +198,10 @@ def ask(question: str = typer.Argument(None, help="the question (or use --querie
         as_json: bool = typer.Option(False, "--json", help="print the answer event as it travelled"),
         queries: Path = typer.Option(None, "--queries", help="JSONL with query_id (or id) and text: ask all, one "
                                                              "JSON line each; ids come back unchanged"),
+        principal: list[str] = typer.Option(None, "--principal", help="who is asking (repeat for several: "
+                                                                        "--principal user:alice --principal "
+                                                                        "group:eng); without it, only documents "
+                                                                        "without an ACL are searched"),
         timeout: float = typer.Option(120.0, help="seconds to wait for the answers")) -> None:
     """Publish a query event and wait for its answer on the answers topic."""
     from pydantic import ValidationError
@@ -206,11 +216,12 @@ def ask(question: str = typer.Argument(None, help="the question (or use --querie
     settings = _settings(traced=True)
     try:
         if queries is not None:
-            batch = [_query(queries, n, row, tenant=tenant, top_k=top_k, retrieve_only=retrieve_only)
+            batch = [_query(queries, n, row, tenant=tenant, top_k=top_k, retrieve_only=retrieve_only,
+                            principals=principal or [])
                      for n, row in _read_jsonl(queries)]
         elif question:
             batch = [QueryRequested(tenant=tenant, text=question, top_k=top_k, retrieve_only=retrieve_only,
-                                    stream=not as_json)]
+                                    stream=not as_json, principals=principal or [])]
         else:
             raise RagbusError("give a question, or --queries FILE.jsonl")
     except ValidationError as exc:
@@ -358,6 +369,19 @@ def _print_eval(directory: Path, result: dict[str, Any], baselines: dict[str, An
         diff = evaluate.versus(result, other) if other is not None else None
         typer.echo(f"vs baseline: nDCG@10 {diff[0]:+.4f} (paired 95% interval {diff[1]:+.3f}..{diff[2]:+.3f})"
                    if diff else f"vs baseline: {directory.name} is not in it")
+
+
+def _with_acl(event: Any, acl: list[str]) -> Any:
+    """The document event with `--acl`'s principals (validated like any event's: one line names what to fix)."""
+    from pydantic import ValidationError
+
+    from engine.serde import summarize
+    from schemas.events import DocumentArrived
+
+    try:
+        return DocumentArrived.model_validate(event.model_dump() | {"acl": acl})
+    except ValidationError as exc:
+        raise RagbusError(f"--acl: {summarize(exc, [DocumentArrived])}") from exc
 
 
 def _query(path: Path, n: int, row: dict[str, Any], **options: Any) -> Any:

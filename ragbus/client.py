@@ -11,7 +11,10 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
 from engine.clients import EventProducer, topic_name
+from engine.serde import summarize
 from engine.tail import Tail
 from infra.ops import tracing
 from infra.settings import Settings
@@ -42,11 +45,11 @@ class InputError(RagbusError):
 
 def _event(settings: Settings, store: DocumentStore | None, *, tenant: str, correlation: str, doc_id: str,
            title: str, source: str, content_type: ContentType, data: bytes | str,
-           metadata: dict[str, Any] | None = None) -> DocumentArrived:
+           metadata: dict[str, Any] | None = None, acl: list[str] | None = None) -> DocumentArrived:
     raw = data.encode("utf-8") if isinstance(data, str) else data
     common: dict[str, Any] = {"tenant": tenant, "correlation_id": correlation, "document_id": doc_id,
                               "title": title, "source": source, "content_type": content_type,
-                              "metadata": metadata or {}}
+                              "metadata": metadata or {}, "acl": acl}
     if content_type is ContentType.PDF or len(raw) > INLINE_TEXT_MAX_BYTES:
         if store is None:
             raise InputError(f"{source}: content over {INLINE_TEXT_MAX_BYTES} bytes needs the document store")
@@ -119,7 +122,7 @@ def _jsonl(file: Path, settings: Settings, store: DocumentStore | None, tenant: 
 
 def row_event(settings: Settings, store: DocumentStore | None, row: object, *, tenant: str, correlation: str,
               source: str, id_prefix: str = "") -> DocumentArrived:
-    """The event for one JSONL row (`id`, `text`, optional `title`, `content_type`, `metadata`): what
+    """The event for one JSONL row (`id`, `text`, optional `title`, `content_type`, `metadata`, `acl`): what
     `ragbus ingest` publishes for it, and so what `ragbus eval` and the benchmarks publish too."""
     if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("text"), str):
         raise InputError(f"{source}: expected a JSON object with 'id' and 'text' (a string)")
@@ -128,9 +131,15 @@ def row_event(settings: Settings, store: DocumentStore | None, row: object, *, t
     except ValueError:
         raise InputError(f"{source}: content_type {row.get('content_type')!r} is not one of "
                          f"{', '.join(c.value for c in ContentType)}") from None
-    return _event(settings, store, tenant=tenant, correlation=correlation, doc_id=id_prefix + str(row["id"]),
-                  title=str(row.get("title") or ""), source=source, content_type=content_type, data=row["text"],
-                  metadata=row.get("metadata") or {})
+    acl = row.get("acl")
+    if acl is not None and not (isinstance(acl, list) and all(isinstance(p, str) for p in acl)):
+        raise InputError(f"{source}: acl must be a list of principal strings, such as [\"group:eng\"]")
+    try:
+        return _event(settings, store, tenant=tenant, correlation=correlation, doc_id=id_prefix + str(row["id"]),
+                      title=str(row.get("title") or ""), source=source, content_type=content_type,
+                      data=row["text"], metadata=row.get("metadata") or {}, acl=acl)
+    except ValidationError as exc:
+        raise InputError(f"{source}: {summarize(exc, [DocumentArrived])}") from exc
 
 
 def check_known(store: DocumentStore, deletes: list[DocumentDeleted]) -> list[DocumentDeleted]:
@@ -186,7 +195,8 @@ def wait_final(tail: Tail, events: list[DocumentArrived], timeout_s: float | Non
         for st in tail.poll(0.5):
             moved = time.monotonic()  # any status means the pipeline is moving
             key = (st.tenant, st.document_id)
-            if key in wanted and st.version >= wanted[key] and st.status.final and st.document_id not in final:
+            if (key in wanted and st.about == "content" and st.version >= wanted[key] and st.status.final
+                    and st.document_id not in final):
                 final[st.document_id] = st
                 if progress is not None:
                     progress(st)

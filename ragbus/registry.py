@@ -28,7 +28,14 @@ from kernel.errors import ConfigurationError
 from kernel.ports import VectorIndex
 from kernel.stage import Emit, Stage
 from retrieval.retriever import Retriever
-from schemas.events import ChunksProduced, DocumentArrived, DocumentDeleted, DocumentStatus, QueryRequested
+from schemas.events import (
+    ChunksProduced,
+    DocumentAclChanged,
+    DocumentArrived,
+    DocumentDeleted,
+    DocumentStatus,
+    QueryRequested,
+)
 from schemas.stages import ANSWERER, CHUNKER, EMBEDDER, INDEXER, PIPELINE, STATUS, StageSpec
 from streams import chunker, embedder
 
@@ -96,7 +103,7 @@ def build(name: str, ctx: Context) -> Stage[Any]:
 
 
 @registers(CHUNKER)
-def build_chunker(ctx: Context) -> Stage[DocumentArrived | DocumentDeleted]:
+def build_chunker(ctx: Context) -> Stage[DocumentArrived | DocumentDeleted | DocumentAclChanged]:
     from infra.models.embedder import load_tokenizer  # the tokenizer, in the chunker's process only
 
     s = ctx.settings
@@ -109,7 +116,7 @@ HEADER_TOKENS = 32
 
 
 @registers(EMBEDDER)
-def build_embedder(ctx: Context) -> Stage[ChunksProduced | DocumentDeleted]:
+def build_embedder(ctx: Context) -> Stage[ChunksProduced | DocumentDeleted | DocumentAclChanged]:
     s = ctx.settings
     if s.embedder.nice and hasattr(os, "nice"):
         os.nice(s.embedder.nice)  # this process only: the embedder runs alone in its worker process
@@ -158,7 +165,7 @@ def build_answerer(ctx: Context) -> Stage[QueryRequested]:
     # No linger for queries: a lone query is answered at once, and queries that arrive together
     # still form one batch (answered concurrently) because they are in the queue already.
     return answerer.Answerer(retriever, guarded_model(s, metrics, ctx.health), wiring.build_store(s), metrics,
-                             ctx.emit, concurrency=s.answerer.concurrency,
+                             ctx.emit, concurrency=s.answerer.concurrency, deny_unlisted=s.acl.deny_unlisted,
                              cache=wiring.build_answer_cache(s) if s.answerer.cache_answers else None,
                              ).stage(s.kafka.poll_batch, 0.0)
 

@@ -8,6 +8,9 @@
    document's newest version counts (an update leaves old entries searchable until it is complete).
 3. Each ranked section contributes its best chunks (`per_section`; a section found only by its section
    entry contributes its first chunks): the answer cites chunks, from as many sections as it can.
+Every step reads only what the asker may read: `visible` (the asker's visibility tokens, kernel/permissions.py)
+goes into every index query, where the index filters before it ranks; the reranker and the citations see only
+what came back.
 4. An optional reranker reorders the first `rerank_depth` hits; when it fails, the first-stage order
    stands (counted, never hidden: `ragbus_retrieval_degraded_total`).
 """
@@ -19,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from kernel.errors import RetrievalModelError
+from kernel.permissions import PUBLIC_ONLY
 from kernel.ports import (
     Candidates,
     Embedder,
@@ -69,13 +73,14 @@ class Retriever:
         self._rewriter = rewriter
         self._on_degraded = on_degraded or (lambda _model, _reason: None)
 
-    def retrieve(self, tenant: str, question: str, top_k: int, filters: Metadata | None = None) -> list[SearchHit]:
+    def retrieve(self, tenant: str, question: str, top_k: int, filters: Metadata | None = None,
+                 visible: tuple[str, ...] = PUBLIC_ONLY) -> list[SearchHit]:
         queries = [question, *self._rewrites(question)]
         vectors = self._embedder.embed(queries)
-        rankings = [self.rank(tenant, q, v, filters) for q, v in zip(queries, vectors, strict=True)]
+        rankings = [self.rank(tenant, q, v, filters, visible) for q, v in zip(queries, vectors, strict=True)]
         sections = rankings[0] if len(rankings) == 1 else merge(rankings)
         depth = max(top_k, self.config.rerank_depth if self._reranker else 0)
-        hits = self._select(tenant, sections, depth)
+        hits = self._select(tenant, sections, depth, visible)
         if self._reranker is not None and len(hits) > 1:
             try:
                 hits = self._reranker.rerank(question, hits[:depth])
@@ -83,7 +88,8 @@ class Retriever:
                 self._on_degraded(self._reranker.name, str(exc))
         return hits[:top_k]
 
-    def candidates(self, tenant: str, text: str, vector: Vector, filters: Metadata | None = None) -> Candidates:
+    def candidates(self, tenant: str, text: str, vector: Vector, filters: Metadata | None = None,
+                   visible: tuple[str, ...] = PUBLIC_ONLY) -> Candidates:
         """Both levels and both retrievers in one request: the index runs the dense and the keyword query at
         once (LanceDB inside one call, Weaviate on two threads), so neither the section level nor the second
         retriever costs an extra round trip."""
@@ -91,11 +97,13 @@ class Retriever:
         levels = (Level.CHUNK, Level.SECTION) if cfg.sections else (Level.CHUNK,)
         return self._index.search(tenant, SearchRequest(
             text=text, vector=vector, candidates=cfg.candidates, levels=levels, filters=filters,
-            heading_weight=cfg.heading_weight, dense=cfg.mode is not Mode.KEYWORD, keyword=cfg.mode is not Mode.DENSE))
+            heading_weight=cfg.heading_weight, dense=cfg.mode is not Mode.KEYWORD, keyword=cfg.mode is not Mode.DENSE,
+            visible=visible))
 
-    def rank(self, tenant: str, text: str, vector: Vector, filters: Metadata | None = None) -> list[RankedSection]:
+    def rank(self, tenant: str, text: str, vector: Vector, filters: Metadata | None = None,
+             visible: tuple[str, ...] = PUBLIC_ONLY) -> list[RankedSection]:
         """Sections best first for one query text, each with its candidate chunks."""
-        found = self.candidates(tenant, text, vector, filters)
+        found = self.candidates(tenant, text, vector, filters, visible)
 
         def level(hits: list[SearchHit], lv: Level) -> list[SearchHit]:
             return [h for h in hits if h.level is lv]
@@ -110,12 +118,13 @@ class Retriever:
             weights = replace(weights, section_weight=0.0, keyword_section_weight=0.0)
         return fuse(dc, kc, ds, ks, weights)
 
-    def _select(self, tenant: str, sections: list[RankedSection], n: int) -> list[SearchHit]:
+    def _select(self, tenant: str, sections: list[RankedSection], n: int,
+                visible: tuple[str, ...] = PUBLIC_ONLY) -> list[SearchHit]:
         per = self.config.per_section
         wanted = sections[:n]
         bare = [s.key for s in wanted if not s.chunks]
         leads: dict[SectionKey, list[SearchHit]] = {}
-        for h in self._index.section_chunks(tenant, bare, per) if bare else []:
+        for h in self._index.section_chunks(tenant, bare, per, visible) if bare else []:
             leads.setdefault(h.section_key, []).append(h)
         hits: list[SearchHit] = []
         for s in wanted:

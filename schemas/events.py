@@ -50,6 +50,9 @@ SECTION_TEXT_MAX_CHARS = 4_000
 #: 100 so that `ragbus eval` can measure recall@100 through the bus.
 TOP_K_MAX = 100
 METADATA_MAX_KEYS = 32
+#: Bounds of an access-control list (a document's `acl`, a query's `principals`): entries, and characters each.
+ACL_MAX_ENTRIES = 1024
+PRINCIPAL_MAX_CHARS = 256
 
 NAMESPACE = uuid.UUID("6f1b2a3c-58d4-4f0e-9a57-2c1b7e0d9a11")
 
@@ -57,6 +60,12 @@ NAMESPACE = uuid.UUID("6f1b2a3c-58d4-4f0e-9a57-2c1b7e0d9a11")
 def _no_control_chars(value: str) -> str:
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ValueError("must not contain control characters")
+    return value
+
+
+def _printable(value: str) -> str:
+    if not value.isprintable():
+        raise ValueError("must be printable text (no control characters, tabs or line breaks)")
     return value
 
 
@@ -104,6 +113,9 @@ ShortText = Annotated[str, StringConstraints(max_length=1024)]
 MetaKey = Annotated[str, StringConstraints(pattern=META_KEY_PATTERN)]
 MetaValue = Annotated[str, StringConstraints(max_length=512)] | int | float | bool
 Metadata = Annotated[dict[MetaKey, MetaValue], Field(max_length=METADATA_MAX_KEYS)]
+#: Who someone is, as the asking system names them: `user:alice`, `group:eng`, any printable string.
+Principal = Annotated[str, StringConstraints(min_length=1, max_length=PRINCIPAL_MAX_CHARS), AfterValidator(_printable)]
+Principals = Annotated[list[Principal], Field(max_length=ACL_MAX_ENTRIES)]
 
 
 def utcnow() -> datetime:
@@ -207,6 +219,16 @@ class DocumentArrived(Envelope):
     the larger work this document is part of (a page's URL for its sections, a book for its chapters): where
     the operator turns parent evidence on (RAGBUS_RETRIEVAL_PARENT_WEIGHT, off by default), retrieval counts
     a good match in one part as evidence for the others. Documents are never grouped by their titles."""
+    acl: Principals | None = None
+    """Who may read the document: principal strings (`user:alice`, `group:eng`; up to 1,024 of up to 256
+    printable characters). A query sees it only when one of its `principals` is listed. Absent: the event says
+    nothing about access, and the document keeps the ACL it has (a new document is readable by every query of
+    its tenant, unless the operator denies unlisted documents: RAGBUS_ACL_DENY_UNLISTED)."""
+    acl_version: Annotated[int, Field(ge=0)] = 0
+    """Orders this event's `acl` against `document.acl_changed` events: the highest acl_version wins, whatever
+    the content version; at equal acl_version an acl_changed wins over a document's own acl, and a newer content
+    version's acl over an older one's. So a content update published later with an older ACL cannot re-open a
+    document whose access was revoked."""
 
     @model_validator(mode="after")
     def _one_content(self) -> Self:
@@ -248,6 +270,24 @@ class DocumentDeleted(Envelope):
         return self.version if self.version is not None else self.micros()
 
 
+class DocumentAclChanged(Envelope):
+    """Who may read a document, changed without re-chunking or re-embedding it. Key: `tenant/document_id` (a
+    record keyed with another document's key is dead-lettered). The highest `acl_version` wins, independently of
+    the content version (see DocumentArrived.acl_version); a change for a document not indexed yet is kept and
+    applies when it arrives. Reported on the status topic (`about: acl`)."""
+
+    type: Literal["document.acl_changed"] = "document.acl_changed"
+    """Required on documents.v1: which event this is."""
+    document_id: DocumentId
+    """The id the document was (or will be) published with."""
+    acl: Principals | None
+    """Who may read the document from now on (principal strings, as DocumentArrived.acl); null: no ACL, the
+    document is readable by every query of its tenant (unless the operator denies unlisted documents)."""
+    acl_version: Annotated[int, Field(ge=1)]
+    """Orders ACL changes of one document: a change with a lower or equal acl_version than the one in force is
+    ignored (reported, not applied)."""
+
+
 class Chunk(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -285,6 +325,9 @@ class _DocumentPart(Envelope):
     #: `occurred_at` of the DocumentArrived these chunks were cut from, carried to the indexer for the
     #: freshness metric (publication -> searchable). Optional: producers before it did not send it.
     document_occurred_at: datetime | None = None
+    #: The DocumentArrived's access fields, carried to the indexer, which orders them against ACL changes.
+    acl: Principals | None = None
+    acl_version: Annotated[int, Field(ge=0)] = 0
 
     @field_validator("document_occurred_at")
     @classmethod
@@ -383,6 +426,9 @@ class DocumentStatus(Envelope):
     chunks: Annotated[int, Field(ge=0)] = 0
     error: Annotated[str, StringConstraints(max_length=2048)] = ""
     """Why the version failed (the same reason its dead letter carries)."""
+    about: Literal["content", "acl"] = "content"
+    """What the status is about: a content version (`version`), or an ACL change (`version` is its acl_version;
+    `indexed`: in force in the index, `failed`: refused, with `error`)."""
 
 
 class QueryRequested(Envelope):
@@ -406,6 +452,10 @@ class QueryRequested(Envelope):
     """Only chunks whose document metadata has these exact values."""
     deadline_ms: Annotated[int, Field(ge=100, le=600_000)] = 60_000
     """The answer is published within this time, degraded if the model is too slow."""
+    principals: Principals = Field(default_factory=list)
+    """Who is asking, as the asking system authenticated them (`user:alice`, `group:eng`; up to 1,024 of up to
+    256 printable characters): only documents whose `acl` lists one of them, and documents without an ACL, are
+    searched and cited. None: only documents without an ACL. ragbus trusts what the query says (docs/security.md)."""
 
     @field_validator("text")
     @classmethod

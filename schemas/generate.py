@@ -22,6 +22,7 @@ from .events import (
     ChunksEmbedded,
     ChunksProduced,
     DeadLetter,
+    DocumentAclChanged,
     DocumentArrived,
     DocumentDeleted,
     DocumentStatus,
@@ -31,8 +32,8 @@ from .stages import PIPELINE
 
 OUT = Path(__file__).parent / "jsonschema"
 ASYNCAPI = Path(__file__).parent / "asyncapi.json"
-EVENTS = (DocumentArrived, DocumentDeleted, ChunksProduced, ChunksEmbedded, DocumentStatus, QueryRequested,
-          AnswerDelta, AnswerGenerated, DeadLetter)
+EVENTS = (DocumentArrived, DocumentDeleted, DocumentAclChanged, ChunksProduced, ChunksEmbedded, DocumentStatus,
+          QueryRequested, AnswerDelta, AnswerGenerated, DeadLetter)
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 

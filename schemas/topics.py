@@ -18,15 +18,16 @@ from .events import (
     AnswerGenerated,
     ChunksEmbedded,
     ChunksProduced,
+    DocumentAclChanged,
     DocumentArrived,
     DocumentDeleted,
     DocumentStatus,
     QueryRequested,
 )
 
-DocumentEvent = Annotated[DocumentArrived | DocumentDeleted, Field(discriminator="type")]
-ChunkEvent = Annotated[ChunksProduced | DocumentDeleted, Field(discriminator="type")]
-EmbeddedEvent = Annotated[ChunksEmbedded | DocumentDeleted, Field(discriminator="type")]
+DocumentEvent = Annotated[DocumentArrived | DocumentDeleted | DocumentAclChanged, Field(discriminator="type")]
+ChunkEvent = Annotated[ChunksProduced | DocumentDeleted | DocumentAclChanged, Field(discriminator="type")]
+EmbeddedEvent = Annotated[ChunksEmbedded | DocumentDeleted | DocumentAclChanged, Field(discriminator="type")]
 
 _WEEK_MS = str(7 * 24 * 3600 * 1000)
 _MESSAGE_MAX = str(2 * 1024 * 1024)

@@ -1,7 +1,8 @@
 """documents.v1 -> chunks.v1 + status.v1 (at-least-once; outputs are deterministic per input).
 
-Chunks a document version into ordered parts of at most CHUNKS_PER_PART chunks. Deletes pass through
-unchanged so they stay ordered with the document's other events on its key.
+Chunks a document version into ordered parts of at most CHUNKS_PER_PART chunks, each carrying the
+document's `acl` statement for the indexer. Deletes and ACL changes pass through unchanged so they stay
+ordered with the document's other events on its key.
 
 Content comes inline, from ragbus's claim-check store (`content_ref`), or by reference (`content_url`),
 read through the ContentFetcher port from places the operator allowed and checked against the event's
@@ -28,6 +29,7 @@ from schemas.events import (
     ChunksProduced,
     ContentRef,
     ContentType,
+    DocumentAclChanged,
     DocumentArrived,
     DocumentDeleted,
     DocumentStatus,
@@ -66,10 +68,10 @@ def _content(event: DocumentArrived, load: ContentLoader, fetch: ContentFetcher)
     return data if event.content_type is ContentType.PDF else data.decode("utf-8", errors="strict")
 
 
-def chunk_event(event: DocumentArrived | DocumentDeleted, chunker: Chunker, load: ContentLoader,
-                fetch: ContentFetcher | None = None) -> list[Out]:
+def chunk_event(event: DocumentArrived | DocumentDeleted | DocumentAclChanged, chunker: Chunker,
+                load: ContentLoader, fetch: ContentFetcher | None = None) -> list[Out]:
     key = document_key(event.tenant, event.document_id)
-    if isinstance(event, DocumentDeleted):
+    if isinstance(event, DocumentDeleted | DocumentAclChanged):
         return [Out(TOPICS.chunks, key, event)]
     try:
         content = _content(event, load, fetch or NoFetcher())
@@ -87,7 +89,7 @@ def chunk_event(event: DocumentArrived | DocumentDeleted, chunker: Chunker, load
         Out(TOPICS.chunks, key, ChunksProduced(
             **envelope, document_id=event.document_id, version=version, content_hash=digest, title=event.title,
             source=event.source, metadata=event.metadata, part=n, parts=len(parts), total_chunks=len(chunks),
-            document_occurred_at=event.occurred_at, chunks=part,
+            document_occurred_at=event.occurred_at, acl=event.acl, acl_version=event.acl_version, chunks=part,
             sections=[s for s in sections if first_part[s.section] == n]))
         for n, part in enumerate(parts)
     ]
@@ -98,9 +100,11 @@ def chunk_event(event: DocumentArrived | DocumentDeleted, chunker: Chunker, load
 
 
 def stage(chunker: Chunker, load: ContentLoader,
-          fetch: ContentFetcher | None = None) -> Stage[DocumentArrived | DocumentDeleted]:
+          fetch: ContentFetcher | None = None) -> Stage[DocumentArrived | DocumentDeleted | DocumentAclChanged]:
     return Stage(
         CHUNKER, handle=per_event(lambda ev: chunk_event(ev, chunker, load, fetch)),
         on_failure=lambda ev, exc: failed_status(ev, exc, CHUNKER.name),
         max_batch=16, window_s=0.01, key=lambda ev: document_key(ev.tenant, ev.document_id),
+        # who may read a document is not re-keyed: an ACL change keyed as another document is refused
+        strict_key=lambda ev: isinstance(ev, DocumentAclChanged),
     )

@@ -21,6 +21,7 @@ from kernel.stage import Out, PerEvent, Stage, failed_status
 from schemas.events import (
     ChunksEmbedded,
     ChunksProduced,
+    DocumentAclChanged,
     DocumentDeleted,
     DocumentStatus,
     EmbeddedChunk,
@@ -67,7 +68,8 @@ class CachedEmbedder:
         return np.stack([np.frombuffer(found[k], dtype="<f4") for k in keys])
 
 
-def embed_events(events: Sequence[ChunksProduced | DocumentDeleted], embedder: CachedEmbedder) -> list[PerEvent]:
+def embed_events(events: Sequence[ChunksProduced | DocumentDeleted | DocumentAclChanged], embedder: CachedEmbedder
+                 ) -> list[PerEvent]:
     """Every chunk of the batch in one model call. A section entry's vector is its first chunk's: title,
     heading path and the start of the section, which is what the model can read of a section anyway; it
     ranked sections better than embedding the whole section (bench/RESULTS.md) and costs nothing more."""
@@ -78,7 +80,7 @@ def embed_events(events: Sequence[ChunksProduced | DocumentDeleted], embedder: C
     cursor = 0
     for ev in events:
         key = document_key(ev.tenant, ev.document_id)
-        if isinstance(ev, DocumentDeleted):
+        if isinstance(ev, DocumentDeleted | DocumentAclChanged):  # pass through, in order with the document
             results.append([Out(TOPICS.embedded, key, ev)])
             continue
         chunks = [EmbeddedChunk(**c.model_dump(), vector_b64=EmbeddedChunk.encode_vector(vectors[cursor + i]))
@@ -100,7 +102,8 @@ def embed_events(events: Sequence[ChunksProduced | DocumentDeleted], embedder: C
     return results
 
 
-def stage(embedder: CachedEmbedder, max_batch: int, window_s: float) -> Stage[ChunksProduced | DocumentDeleted]:
+def stage(embedder: CachedEmbedder, max_batch: int, window_s: float
+          ) -> Stage[ChunksProduced | DocumentDeleted | DocumentAclChanged]:
     return Stage(
         EMBEDDER, handle=lambda evs: embed_events(evs, embedder),
         on_failure=lambda ev, exc: failed_status(ev, exc, EMBEDDER.name), max_batch=max_batch, window_s=window_s,

@@ -7,7 +7,7 @@ creation, batch upserts by uuid with per-object errors (a vector of the wrong le
 filters (equal, less than, contains any, and/or) on text, int and text[] properties, near_vector search
 (cosine distance), BM25 search over the query properties with per-property boosts (`name^2`, BM25F-style
 weighted term frequencies and lengths), fetch with filters, delete-many by filter, object counts (with
-filters), schema updates (PUT) and tenant listing.
+filters), schema updates (PUT), property updates of one object (PATCH) and tenant listing.
 
 Where it answers like the real server, that is on purpose and sourced: a read of a tenant that does
 not exist fails with gRPC UNKNOWN (the server returns a plain error there), `tenants.exists` is the REST
@@ -187,6 +187,20 @@ def _rest(store: Store) -> type[BaseHTTPRequestHandler]:
                 store.save()
                 return self._send(200, body)
             return self._send(404, {"error": [{"message": f"no route {self.path}"}]})
+
+        def do_PATCH(self) -> None:
+            """Merge properties into one object (data.update), as the server does: its vectors stay."""
+            body = self._body()
+            path, _, query = self.path.partition("?")
+            m = re.fullmatch(r"/v1/objects/([^/]+)/([^/]+)", path)
+            tenant = dict(p.split("=", 1) for p in query.split("&") if "=" in p).get("tenant") or body.get("tenant")
+            with store.lock:
+                obj = store.data.get(m.group(1), {}).get(tenant or "", {}).get(m.group(2)) if m else None
+                if obj is None:
+                    return self._send(404, {"error": [{"message": f"no object at {path}"}]})
+                obj["props"].update(body.get("properties") or {})
+            store.save()
+            return self._send(204)
 
         def do_DELETE(self) -> None:
             m = re.fullmatch(r"/v1/schema/([^/]+)", self.path)

@@ -53,6 +53,7 @@ class Freshness(StrEnum):
 
     DOCUMENT = "document"  # DocumentArrived.occurred_at -> all its chunks written to the index and store
     QUERY = "query"  # QueryRequested.occurred_at -> its answer ready to publish
+    ACL = "acl"  # DocumentAclChanged.occurred_at -> in force on every index entry of the document
 
 
 def ragbus_version() -> str:
@@ -110,7 +111,8 @@ class Metrics:
                              "Embedding cache lookups by result (hit, miss)", ["status"])
         self.freshness = d((INDEXER.name, ANSWERER.name), Histogram, "ragbus_freshness_seconds",
                            "Seconds from an event's occurred_at to its effect: kind=document, a document event "
-                           "to all its chunks searchable; kind=query, a query to its answer",
+                           "to all its chunks searchable; kind=query, a query to its answer; kind=acl, an ACL "
+                           "change to in force on every index entry of its document",
                            ["kind"], buckets=FRESHNESS_BUCKETS)
         self.answers = d(ANSWERING, Counter, "ragbus_answers_total",
                          "Final answers published, by kind (ok, degraded, expired, cached, replayed)", ["status"])
@@ -123,6 +125,10 @@ class Metrics:
                           "Estimated language-model cost in USD", ["model"])
         self.citations_dropped = d(ANSWERING, Counter, "ragbus_citations_dropped_total",
                                    "Citations removed because they named no retrieved chunk")
+        self.acl_queries = d(ANSWERING, Counter, "ragbus_acl_filtered_queries_total",
+                             "Queries answered under a permission filter, by who asked: principals (the query named "
+                             "principals) or anonymous (none: documents without an ACL only, or nothing when "
+                             "unlisted documents are denied)", ["asker"])
         self.retrieval_degraded = d(ANSWERING, Counter, "ragbus_retrieval_degraded_total",
                                     "Queries a reranker or query rewriter failed on (retrieved without it)",
                                     ["model"])

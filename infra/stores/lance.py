@@ -4,9 +4,10 @@ One table holds chunks and section entries (`level`). Vector search is cosine (e
 large enough for an IVF-HNSW index); keyword search is BM25 through Lance's native full-text indexes,
 one over the text and one over the heading (title and section path), both with English stemming and
 stop words; the query is their weighted sum (`heading_weight` times the heading's BM25). Metadata
-filters are SQL prefilters. Fusion is retrieval's (retrieval/), not this adapter's. Tenant isolation:
-every query is prefiltered on `tenant`, which the port makes a required argument; there is no search
-path without it.
+filters and permissions (`acl`, the entry's visibility tokens: kernel/permissions.py) are SQL prefilters,
+applied before ranking, so an asker who may read few documents still gets the best of those. Fusion is
+retrieval's (retrieval/), not this adapter's. Tenant isolation: every query is prefiltered on `tenant`, which
+the port makes a required argument; there is no search path without it.
 
 The vector column records the model (and passage prefix) its vectors came from: an index built with
 another model is refused at start-up, even when the dimensions agree.
@@ -29,11 +30,12 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 import tenacity
-from lancedb.index import FTS, BTree
+from lancedb.index import FTS, BTree, LabelList
 from lancedb.query import BooleanQuery, FullTextQuery, MatchQuery, Occur
 
 from infra.ops import logs
 from kernel.errors import ConfigurationError, RetryableError
+from kernel.permissions import PUBLIC_ONLY
 from kernel.ports import Candidates, ChunkRecord, Level, Metadata, SearchHit, SearchRequest, WriteFailure
 
 from . import disk
@@ -48,7 +50,7 @@ MODEL_KEY = "ragbus.model"
 #: upstream cannot change ragbus's keyword side silently).
 KEYWORD_INDEX = {"base_tokenizer": "simple", "language": "English", "stem": True, "remove_stop_words": True,
                  "lower_case": True, "ascii_folding": True, "max_token_length": 40}
-INDEXES = {"text_idx", "heading_idx", "document_id_idx"}
+INDEXES = {"text_idx", "heading_idx", "document_id_idx", "acl_idx"}
 #: What a search reads back (not the vector: converting it costs more than the search).
 RETURNED = ["chunk_id", "document_id", "version", "idx", "level", "section", "text", "title", "section_path",
             "metadata"]
@@ -60,7 +62,7 @@ REFINE_FACTOR = 2
 #: Attempts at opening (creating, upgrading, indexing) the table while other processes may race at it.
 OPEN_ATTEMPTS = 20
 #: Columns added since the first schema, with the value old rows get.
-ADDED = {"level": "'chunk'", "section": "CAST(0 AS INT)", "heading": "title"}
+ADDED = {"level": "'chunk'", "section": "CAST(0 AS INT)", "heading": "title", "acl": "make_array('*')"}
 
 
 class _IndexesPending(Exception):
@@ -122,6 +124,7 @@ class LanceVectorIndex:
             pa.field("text", pa.string()), pa.field("title", pa.string()), pa.field("section_path", pa.string()),
             pa.field("heading", pa.string()), pa.field("source", pa.string()),
             pa.field("meta", pa.list_(pa.string())), pa.field("metadata", pa.string()),
+            pa.field("acl", pa.list_(pa.string()), nullable=False),
             pa.field("vector", pa.list_(pa.float32(), dim), metadata={MODEL_KEY: model} if model else None),
         ])
         self._table = self._open_or_create(path)
@@ -174,6 +177,7 @@ class LanceVectorIndex:
             table.create_index("text", config=FTS(**KEYWORD_INDEX), replace=True)  # type: ignore[arg-type]
             table.create_index("heading", config=FTS(**KEYWORD_INDEX), replace=True)  # type: ignore[arg-type]
             table.create_index("document_id", config=BTree(), replace=True)
+            table.create_index("acl", config=LabelList(), replace=True)  # the permission prefilter
             return table
 
         retrying = tenacity.Retrying(
@@ -207,7 +211,7 @@ class LanceVectorIndex:
             "idx": c.index, "level": c.level.value, "section": c.section, "text": c.text, "title": c.title,
             "section_path": json.dumps(list(c.section_path)), "heading": heading(c.title, c.section_path),
             "source": c.source, "meta": meta_terms(c.metadata), "metadata": json.dumps(dict(c.metadata)),
-            "vector": np.asarray(c.vector, dtype=np.float32),
+            "acl": list(c.acl), "vector": np.asarray(c.vector, dtype=np.float32),
         } for c in valid]
         if rows:
             with self._lock, self._writing():
@@ -223,8 +227,15 @@ class LanceVectorIndex:
                                f"AND version < {int(below)}")
             self._searches.stale = True
 
-    def _where(self, tenant: str, filters: Metadata | None, levels: Sequence[Level]) -> str:
-        clauses = [f"tenant = {_quote(tenant)}"]
+    def set_acl(self, tenant: str, document_id: str, acl: tuple[str, ...]) -> None:
+        with self._lock, self._writing():
+            self._table.update(where=f"tenant = {_quote(tenant)} AND document_id = {_quote(document_id)}",
+                               values={"acl": list(acl)})
+            self._searches.stale = True
+
+    def _where(self, tenant: str, filters: Metadata | None, levels: Sequence[Level],
+               visible: tuple[str, ...]) -> str:
+        clauses = [f"tenant = {_quote(tenant)}", _readable(visible)]
         if set(levels) != set(Level):
             clauses.append(f"level IN ({', '.join(_quote(lv.value) for lv in levels)})")
         for cond in conditions(filters):
@@ -234,9 +245,9 @@ class LanceVectorIndex:
 
     def search(self, tenant: str, request: SearchRequest) -> Candidates:
         """Both retrievers' candidates, their queries run concurrently in one LanceDB call."""
-        where = self._where(tenant, request.filters, request.levels)
+        where = self._where(tenant, request.filters, request.levels, request.visible)
         keyword = request.keyword and bool(request.text.strip())
-        if not (request.dense or keyword):
+        if not (request.dense or keyword) or not request.visible:
             return Candidates()
         dense, found = self._searches.run(self._both(request, where, request.candidates * len(request.levels),
                                                      keyword))
@@ -262,14 +273,15 @@ class LanceVectorIndex:
         results = list(await asyncio.gather(*jobs))
         return (results.pop(0) if request.dense else None), (results.pop(0) if keyword else None)
 
-    def section_chunks(self, tenant: str, sections: Sequence[tuple[str, int, int]], per_section: int
-                       ) -> list[SearchHit]:
-        if not sections:
+    def section_chunks(self, tenant: str, sections: Sequence[tuple[str, int, int]], per_section: int,
+                       visible: tuple[str, ...] = PUBLIC_ONLY) -> list[SearchHit]:
+        if not sections or not visible:
             return []
         wanted = set(sections)
         docs = ", ".join(sorted({_quote(d) for d, _, _ in sections}))  # IN on the indexed column, then exact keys
         rows = (self._table.search().where(f"tenant = {_quote(tenant)} AND level = {_quote(Level.CHUNK.value)} "
-                                           f"AND document_id IN ({docs})").limit(1_000_000).to_list())
+                                           f"AND document_id IN ({docs}) AND {_readable(visible)}")
+                .limit(1_000_000).to_list())
         return _first_chunks([h for h in (_hit(r, 0.0) for r in rows) if h.section_key in wanted], per_section)
 
     def chunk_versions(self, tenant: str, document_id: str) -> list[tuple[str, int]]:
@@ -290,6 +302,11 @@ class LanceVectorIndex:
     def close(self) -> None:
         """Stops the search loop (LanceDB itself holds no open handles that need closing)."""
         self._searches.close()
+
+
+def _readable(visible: tuple[str, ...]) -> str:
+    """The permission prefilter: entries holding one of the asker's visibility tokens (LABEL_LIST-indexed)."""
+    return f"array_has_any(acl, [{', '.join(_quote(t) for t in visible)}])"
 
 
 def _first_chunks(hits: list[SearchHit], per_section: int) -> list[SearchHit]:

@@ -34,6 +34,7 @@ from pymongo.errors import (
 
 from infra.settings import MongoSettings
 from kernel.errors import ConfigurationError, PoisonMessageError, RetryableError
+from kernel.permissions import Acl, AclOrder
 from kernel.ports import ChunkRecord, DocumentRecord
 from kernel.versions import accept_status, merge_record
 from schemas.events import ContentRef, Status, content_hash
@@ -55,6 +56,12 @@ def connect(settings: MongoSettings) -> MongoClient[Any]:
         raise ConfigurationError(f"cannot reach MongoDB (RAGBUS_MONGODB_URI) within {settings.timeout_ms} ms: "
                                  f"{type(exc).__name__}") from exc
     return client
+
+
+def _acl(row: Mapping[str, Any]) -> Acl:
+    principals = row.get("principals")
+    return Acl(None if principals is None else tuple(principals),
+               AclOrder(int(row["acl_version"]), int(row["kind"]), int(row["content_version"])))
 
 
 def _doc(row: Mapping[str, Any]) -> DocumentRecord:
@@ -106,6 +113,8 @@ class MongoDocumentStore:
         self._chunks = db.get_collection("chunk_ids")
         self._contents = db.get_collection("contents")
         self._answers = db.get_collection("answers")
+        self._acls = db.get_collection("acls")
+        self._acls.create_index([("tenant", ASCENDING), ("document_id", ASCENDING)], unique=True)
         self._docs.create_index([("tenant", ASCENDING), ("document_id", ASCENDING)], unique=True)
         self._docs.create_index([("tenant", ASCENDING), ("status", ASCENDING)])
         self._chunks.create_index([("tenant", ASCENDING), ("document_id", ASCENDING), ("version", ASCENDING)])
@@ -188,6 +197,34 @@ class MongoDocumentStore:
         if row is None:
             raise KeyError(f"no stored content with sha256 {ref.sha256}")
         return bytes(row["data"])
+
+    @_classified
+    def get_acl(self, tenant: str, document_id: str) -> Acl | None:
+        row = self._acls.find_one({"tenant": tenant, "document_id": document_id})
+        return None if row is None else _acl(row)
+
+    @_classified
+    def apply_acl(self, tenant: str, document_id: str, acl: Acl) -> Acl:
+        """A compare-and-set on the order key read, as apply_status does: concurrent writers converge."""
+        key = {"tenant": tenant, "document_id": document_id}
+        o = acl.order
+        fields = {"principals": None if acl.principals is None else list(acl.principals),
+                  "acl_version": o.acl_version, "kind": o.kind, "content_version": o.content_version}
+        for _ in range(CAS_ATTEMPTS):
+            row = self._acls.find_one(key)
+            if row is not None and _acl(row).order >= o:
+                return _acl(row)
+            if row is None:
+                try:
+                    self._acls.insert_one(key | fields)
+                    return acl
+                except DuplicateKeyError:
+                    continue
+            cas = key | {"acl_version": row["acl_version"], "kind": row["kind"],
+                         "content_version": row["content_version"]}
+            if self._acls.update_one(cas, {"$set": fields}).matched_count == 1:
+                return acl
+        raise RetryableError(f"the ACL of {document_id} changed {CAS_ATTEMPTS} times while being updated")
 
     @_classified
     def get_answer(self, tenant: str, query_id: str) -> str | None:

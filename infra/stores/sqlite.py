@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from kernel.errors import RetryableError
+from kernel.permissions import Acl, AclOrder
 from kernel.ports import ChunkRecord, DocumentRecord
 from kernel.versions import accept_status, merge_record
 from schemas.events import ContentRef, Status, content_hash
@@ -37,6 +38,9 @@ CREATE TABLE IF NOT EXISTS answers (
   tenant TEXT NOT NULL, query_id TEXT NOT NULL, answer TEXT NOT NULL,
   created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')), PRIMARY KEY (tenant, query_id));
 CREATE TABLE IF NOT EXISTS embeddings (key TEXT PRIMARY KEY, vector BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS acls (
+  tenant TEXT NOT NULL, document_id TEXT NOT NULL, principals TEXT, acl_version INTEGER NOT NULL,
+  kind INTEGER NOT NULL, content_version INTEGER NOT NULL, PRIMARY KEY (tenant, document_id));
 CREATE TABLE IF NOT EXISTS answer_cache (
   tenant TEXT NOT NULL, key TEXT NOT NULL, answer TEXT NOT NULL,
   created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')), PRIMARY KEY (tenant, key));
@@ -182,6 +186,27 @@ class SqliteDocumentStore:
             raise KeyError(f"no stored content with sha256 {ref.sha256}")
         return bytes(row[0])
 
+    # -- access-control lists -----------------------------------------------------------------------
+    def get_acl(self, tenant: str, document_id: str) -> Acl | None:
+        with self._db.reading() as conn:
+            return _acl(conn.execute(_ACL_SELECT, (tenant, document_id)).fetchone())
+
+    def apply_acl(self, tenant: str, document_id: str, acl: Acl) -> Acl:
+        o = acl.order
+        with self._db.transaction() as conn:  # one statement decides: the higher order key stays
+            conn.execute(
+                "INSERT INTO acls VALUES (?,?,?,?,?,?) ON CONFLICT (tenant, document_id) DO UPDATE SET"
+                " principals=excluded.principals, acl_version=excluded.acl_version, kind=excluded.kind,"
+                " content_version=excluded.content_version"
+                " WHERE (excluded.acl_version, excluded.kind, excluded.content_version)"
+                " > (acls.acl_version, acls.kind, acls.content_version)",
+                (tenant, document_id, None if acl.principals is None else json.dumps(list(acl.principals)),
+                 o.acl_version, o.kind, o.content_version))
+            row = conn.execute(_ACL_SELECT, (tenant, document_id)).fetchone()
+        stored = _acl(row)
+        assert stored is not None  # written or kept just now
+        return stored
+
     # -- answers log ------------------------------------------------------------------------------
     def get_answer(self, tenant: str, query_id: str) -> str | None:
         with self._db.reading() as conn:
@@ -248,3 +273,13 @@ class SqliteAnswerCache:
 
     def close(self) -> None:
         self._db.close()
+
+
+_ACL_SELECT = "SELECT principals, acl_version, kind, content_version FROM acls WHERE tenant=? AND document_id=?"
+
+
+def _acl(row: Sequence[Any] | None) -> Acl | None:
+    if row is None:
+        return None
+    principals = None if row[0] is None else tuple(json.loads(row[0]))
+    return Acl(principals, AclOrder(int(row[1]), int(row[2]), int(row[3])))

@@ -21,6 +21,9 @@ whitespace tokenisation and the heading weighted (`heading_kw^w`). Chunks and se
 collection (`level`). The collection's description records the embedding model (and passage prefix) its
 vectors came from; a collection built with another model is refused at start-up. Objects written before
 these properties existed have no `level` nor analysed text: re-ingest such a tenant after upgrading.
+Permissions: each object's `acl` holds its document's visibility tokens (kernel/permissions.py), and every
+read filters on them (`ContainsAny`) inside the query. Objects written before the property existed have no
+tokens and match no filter: re-ingest such a tenant (docs/security.md, "Upgrading").
 
 Failures are classified by the client's exception types and the gRPC status code underneath them, never
 by message text (`classify`): unreachable, timing out, overloaded -> RetryableError; refused credentials
@@ -59,6 +62,7 @@ from weaviate.exceptions import (
 
 from infra.settings import WeaviateSettings
 from kernel.errors import ConfigurationError, RetryableError
+from kernel.permissions import PUBLIC_ONLY
 from kernel.ports import Candidates, ChunkRecord, Level, Metadata, SearchHit, SearchRequest, Vector, WriteFailure
 from retrieval.keywords import analyse
 
@@ -77,6 +81,8 @@ PROPERTIES = [
     Property(name="level", data_type=DataType.TEXT, tokenization=Tokenization.FIELD, index_searchable=False),
     Property(name="section_no", data_type=DataType.INT),
     Property(name="text_kw", data_type=DataType.TEXT, tokenization=Tokenization.WHITESPACE),
+    # visibility tokens (kernel/permissions.py), matched exactly by the permission filter (ContainsAny)
+    Property(name="acl", data_type=DataType.TEXT_ARRAY, tokenization=Tokenization.FIELD, index_searchable=False),
     Property(name="heading_kw", data_type=DataType.TEXT, tokenization=Tokenization.WHITESPACE),
     Property(name="section_path", data_type=DataType.TEXT_ARRAY, tokenization=Tokenization.FIELD,
              index_searchable=False),
@@ -214,7 +220,7 @@ class WeaviateVectorIndex:
                 "title": c.title, "section": " > ".join(c.section_path), "section_path": list(c.section_path),
                 "source": c.source, "meta": meta_terms(c.metadata), "metadata": json.dumps(dict(c.metadata)),
                 "level": c.level.value, "section_no": c.section, "text_kw": analyse(c.text),
-                "heading_kw": analyse("\n".join([c.title, *c.section_path]))})
+                "heading_kw": analyse("\n".join([c.title, *c.section_path])), "acl": list(c.acl)})
                 for c in batch]
             try:
                 result = self._collection.with_tenant(tenant).data.insert_many(objects)
@@ -247,19 +253,33 @@ class WeaviateVectorIndex:
         except WeaviateBaseError as exc:
             raise classify(exc) from exc
 
-    def _filters(self, filters: Metadata | None, levels: Sequence[Level]) -> Any:
+    def set_acl(self, tenant: str, document_id: str, acl: tuple[str, ...]) -> None:
+        """Each entry's `acl` property updated in place (a PATCH per object: its vector is not sent again)."""
+        if not self._exists(tenant):
+            return
+        data = self._collection.with_tenant(tenant)
+        try:
+            found = data.query.fetch_objects(filters=Filter.by_property("document_id").equal(document_id),
+                                             limit=100_000, return_properties=["version"])
+            for o in found.objects:
+                data.data.update(uuid=o.uuid, properties={"acl": list(acl)})
+        except WeaviateBaseError as exc:
+            raise classify(exc) from exc
+
+    def _filters(self, filters: Metadata | None, levels: Sequence[Level], visible: tuple[str, ...]) -> Any:
         parts = [Filter.any_of([Filter.by_property("level").equal(lv.value) for lv in levels])
-                 if len(levels) > 1 else Filter.by_property("level").equal(levels[0].value)]
+                 if len(levels) > 1 else Filter.by_property("level").equal(levels[0].value),
+                 Filter.by_property("acl").contains_any(list(visible))]
         for cond in conditions(filters):
             parts.append(Filter.by_property("meta").contains_any([cond.value]) if cond.field == "meta"
                          else Filter.by_property(cond.field).equal(cond.value))
         return Filter.all_of(parts) if len(parts) > 1 else parts[0]
 
     def search(self, tenant: str, request: SearchRequest) -> Candidates:
-        if not self._exists(tenant):
-            return Candidates()  # a tenant that never wrote anything has nothing to find
-        query = self._collection.with_tenant(tenant).query
-        where = self._filters(request.filters, request.levels)
+        if not self._exists(tenant) or not request.visible:
+            return Candidates()  # a tenant that never wrote anything has nothing to find; an asker who may read
+        query = self._collection.with_tenant(tenant).query  # nothing finds nothing
+        where = self._filters(request.filters, request.levels, request.visible)
         limit = request.candidates * len(request.levels)
         analysed = analyse(request.text)
 
@@ -282,16 +302,17 @@ class WeaviateVectorIndex:
             raise classify(exc) from exc
         return Candidates(dense, keyword)
 
-    def section_chunks(self, tenant: str, sections: Sequence[tuple[str, int, int]], per_section: int
-                       ) -> list[SearchHit]:
-        if not sections or not self._exists(tenant):
+    def section_chunks(self, tenant: str, sections: Sequence[tuple[str, int, int]], per_section: int,
+                       visible: tuple[str, ...] = PUBLIC_ONLY) -> list[SearchHit]:
+        if not sections or not visible or not self._exists(tenant):
             return []
         hits: list[SearchHit] = []
         try:
             for d, v, n in sections:  # the first chunks of a section are its lowest indexes
                 where = (Filter.by_property("level").equal(Level.CHUNK.value)
                          & Filter.by_property("document_id").equal(d) & Filter.by_property("version").equal(v)
-                         & Filter.by_property("section_no").equal(n))
+                         & Filter.by_property("section_no").equal(n)
+                         & Filter.by_property("acl").contains_any(list(visible)))
                 found = self._collection.with_tenant(tenant).query.fetch_objects(
                     filters=where, limit=10_000, return_properties=RETURNED)
                 hits += sorted((_hit(o, 0.0) for o in found.objects), key=lambda h: h.index)[:per_section]

@@ -119,6 +119,22 @@ def test_the_publishing_guide_publishes_updates_deletes_and_reads_by_url(publish
         assert (top.document_id, top.section_path) == (document, path), q.text
 
 
+def test_the_publishing_guides_permissions_hold_after_the_revocation(published: Settings) -> None:
+    """The guide gives the salary bands to group:hr and Alice, then revokes Alice (acl_version 1)."""
+    store = wiring.build_store(published)
+    wait_until(lambda: (d := store.get_document("acme", "hr/salary-bands.md")) is not None
+               and d.status is Status.INDEXED and (acl := store.get_acl("acme", "hr/salary-bands.md")) is not None
+               and acl.order.acl_version == 1, 120, "the salary bands indexed with the revocation applied")
+    askers = {"hr": ["group:hr"], "alice": ["user:alice"], "anonymous": []}
+    batch = [QueryRequested(tenant="acme", query_id=f"guide-acl-{who}", text="When are salary bands reviewed?",
+                            retrieve_only=True, principals=principals) for who, principals in askers.items()]
+    answers = ask_many(published, batch, 60)
+    cited = {q.query_id: {c.document_id for c in answers[q.query_id].citations} for q in batch}
+    assert "hr/salary-bands.md" in cited["guide-acl-hr"]
+    assert "hr/salary-bands.md" not in cited["guide-acl-alice"] | cited["guide-acl-anonymous"]
+    assert "handbook/onboarding.md" in cited["guide-acl-alice"]  # documents without an ACL: everyone's
+
+
 def test_the_subscribing_guide_asks_and_reads_the_answer(published: Settings,
                                                          content_sources: tuple[HttpsServer, Path],
                                                          tmp_path: Path) -> None:
@@ -166,4 +182,4 @@ def test_dlq_list_json_is_an_array_empty_or_not(published: Settings, settings_fa
     assert dlq_json(fresh) == []
     reasons = {d["key"]: d["reason"] for d in dlq_json(published)}
     assert reasons["acme/handbook/no-type.md"] == ("invalid documents.v1 event: missing field 'type': expected one "
-                                                   "of document.arrived, document.deleted")
+                                                   "of document.arrived, document.deleted, document.acl_changed")

@@ -105,3 +105,16 @@ def test_status_shows_each_local_stage_and_exits_3_when_one_is_broken(tmp_path: 
     done = ragbus("status", env={"RAGBUS_DATA_DIR": str(tmp_path)})
     assert done.returncode == 3, done.stderr
     assert f"stage indexer (pid {os.getpid()}): BROKEN (the vector index refuses writes), lag 0" in done.stdout
+
+
+def test_a_bad_acl_or_principal_is_one_line_naming_what_to_fix(tmp_path: Path) -> None:
+    env = {"RAGBUS_DATA_DIR": str(tmp_path)}
+    (tmp_path / "a.md").write_text("# A\n\ntext")
+    line = one_line_error(ragbus("ingest", str(tmp_path / "a.md"), "--acl", "x" * 300, env=env))
+    assert line.startswith("ragbus: error: --acl:") and "acl[0]" in line and "256" in line
+    (tmp_path / "d.jsonl").write_text('{"id": "a", "text": "ok", "acl": ["group:hr"]}\n'
+                                      '{"id": "b", "text": "no", "acl": "group:hr"}\n')
+    line = one_line_error(ragbus("ingest", str(tmp_path / "d.jsonl"), env=env))
+    assert "d.jsonl:2" in line and "acl must be a list of principal strings" in line
+    line = one_line_error(ragbus("ask", "q", "--principal", "user:\tann", env=env))
+    assert "invalid query" in line and "principals[0]" in line and "printable" in line
