@@ -136,6 +136,7 @@ class ConsumerRunner:
             log.warning("batch abandoned uncommitted (stopping or partitions revoked)", stage=self._stage.name,
                         batch=describe(records))
             return
+        cpu = self._policy.cpu_step("deliver")
         try:
             for send in done.sends:
                 self._producer.send_raw(send.topic, send.key, send.value, send.headers)
@@ -154,6 +155,7 @@ class ConsumerRunner:
         for r in records:
             key = (r.topic, r.partition)
             self._committed[key] = max(self._committed.get(key, 0), r.offset + 1)
+        cpu(None)
         self._report_lag(consumer, now=True)  # the committed offsets moved: say so at once
         self._policy.finished(records, done, started)
         self.batches += 1

@@ -92,3 +92,14 @@ def test_a_stop_while_held_gives_the_batch_up() -> None:
         raise RuntimeError("a bug in this release")
 
     assert policy(handle).process(records_of(statuses(*[f"d{i}" for i in range(10)])), lambda s: False) is None
+
+
+def test_each_step_of_a_batch_is_counted_in_the_cpu_account() -> None:
+    metrics = Metrics()
+    settings = Settings()
+    BatchPolicy(settings, Stage(PIPELINE["status"], lambda events: [[] for _ in events], max_batch=50),
+                metrics).process(records_of(statuses("a", "b")), lambda _: True)
+    counted = {s.labels["step"] for m in metrics.cpu_seconds.collect() for s in m.samples
+               if s.name == "ragbus_cpu_seconds_total"}
+    assert counted == {"decode", "handle", "encode"}
+
