@@ -63,7 +63,8 @@ class ConsumerRunner:
     def run(self, stop: threading.Event) -> None:
         consumer = make_consumer(self._settings, f"{self._settings.kafka.topic_prefix}{self._stage.name}",
                                  error_cb=self._on_error, stats_cb=self._on_stats,
-                                 **{"statistics.interval.ms": STATS_EVERY_MS})
+                                 **{"statistics.interval.ms": STATS_EVERY_MS,
+                                    "fetch.wait.max.ms": self._settings.fetch_wait_ms(self._stage.spec.waited_on)})
 
         def on_assign(_: Consumer, partitions: list[TopicPartition]) -> None:
             log.info("partitions assigned", stage=self._stage.name, partitions=[p.partition for p in partitions])

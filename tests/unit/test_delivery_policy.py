@@ -103,3 +103,10 @@ def test_each_step_of_a_batch_is_counted_in_the_cpu_account() -> None:
                if s.name == "ragbus_cpu_seconds_total"}
     assert counted == {"decode", "handle", "encode"}
 
+
+def test_a_stage_nobody_waits_on_fetches_with_the_long_wait() -> None:
+    local = Settings(kafka={"fetch_wait_max_ms": 10})  # type: ignore[arg-type]
+    assert local.fetch_wait_ms(PIPELINE["answerer"].waited_on) == 10
+    assert local.fetch_wait_ms(PIPELINE["status"].waited_on) == 500
+    remote = Settings(kafka={"fetch_wait_max_ms": 2000})  # type: ignore[arg-type]
+    assert remote.fetch_wait_ms(PIPELINE["status"].waited_on) == 2000  # never shorter than configured
