@@ -2,6 +2,7 @@
 
     python bench/freshness.py [--preload 2000] [--chunk-rate R | --capacity-docs 80] [--fraction 0.5]
                               [--seconds 60] [--probe-every 4] [--json]
+    python bench/freshness.py --idle-probes 10 [--preload 0] [--json]
 
 1. Starts the stack (`ragbus up`'s processes, local broker) on a fresh data directory holding `--preload`
    real chunks (bench/corpus.py).
@@ -15,6 +16,11 @@
    searchable in other processes within LanceDB's 0.1 s read-consistency interval: this measures that it
    is, and how long the query takes); its freshness is publish -> that answer received, an upper bound on
    when it became searchable.
+
+With `--idle-probes N` it measures only the idle case, from outside: N short documents one at a time, each
+with a unique token, and retrieve-only queries for that token back to back until one cites the document;
+once with the stack's own client settings and once as a plain librdkafka client (fetch wait 500 ms, its
+default), since the local broker holds every fetch for its whole wait.
 
 Reports p50/p95 of both, the rate offered and the rate achieved, where the time goes (publish -> each
 stage's status: chunked, embedded, indexed), the same for documents of at most 16 chunks, and the slowest
@@ -31,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +120,45 @@ class Prober:
 
     def close(self) -> None:
         self._client.close()
+
+
+def idle_probes(settings: Settings, n: int, client_fetch_wait_ms: int | None = None) -> dict[str, Any]:
+    """`n` short documents one at a time on the otherwise idle stack, each with a unique token: publish ->
+    each status, and publish -> an answer to a retrieve-only query for the token that cites the document
+    (queries back to back, each waiting for its answer). `client_fetch_wait_ms`: this client's own fetch wait
+    (None: the stack's; librdkafka's default is 500 ms, what a plain outside client has)."""
+    if client_fetch_wait_ms is not None:
+        settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
+            update={"fetch_wait_max_ms": client_fetch_wait_ms})})
+    producer = EventProducer(settings)
+    found: list[float] = []
+    stages: dict[str, list[float]] = {}
+    with QueryClient(settings) as client, Tail(settings, TOPICS.status) as tail:
+        for i in range(n):
+            token = f"zq{uuid.uuid4().hex[:10]}"
+            doc = DocumentArrived(document_id=f"idle-{token}", title=f"Idle probe {i}",
+                                  text=f"A short note that mentions {token} once.", correlation_id="freshness")
+            time.sleep(1.0)  # let the stack settle back to idle
+            published, published_wall = time.perf_counter(), time.time()
+            producer.send(TOPICS.documents, document_key(doc.tenant, doc.document_id), doc)
+            producer.flush()
+            seen: set[str] = set()
+            while True:
+                q = QueryRequested(text=token, top_k=3, retrieve_only=True)
+                a = client.ask([q], 10).get(q.query_id)
+                for st in tail.poll(0):
+                    if st.document_id == doc.document_id and st.status.value not in seen:
+                        seen.add(st.status.value)
+                        stages.setdefault(st.status.value, []).append(st.occurred_at.timestamp() - published_wall)
+                if a is not None and any(c.document_id == doc.document_id for c in a.citations):
+                    found.append(time.perf_counter() - published)
+                    break
+                if time.perf_counter() - published > 30:
+                    break
+    return {"probes": n, "found": len(found), "publish_to_searchable_s": _dist(found),
+            "client_fetch_wait_ms": client_fetch_wait_ms or settings.fetch_wait_ms(),
+            "publish_to_status_s": {status: _dist(times) for status, times in stages.items()},
+            "searchable_each_s": [round(f, 3) for f in found]}
 
 
 def steady(settings: Settings, docs: Any, chunk_rate: float, seconds: float, probe_every: int) -> dict[str, Any]:
@@ -199,6 +245,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60)
     ap.add_argument("--probe-every", type=int, default=4)
     ap.add_argument("--data-dir", type=Path)
+    ap.add_argument("--idle-probes", type=int, default=0,
+                    help="only this: N short documents one at a time on the idle stack, publish -> searchable, "
+                         "with this client's fetch wait as the stack's and as a plain client's (500 ms)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     os.environ.pop("RAGBUS_KAFKA_BOOTSTRAP_SERVERS", None)
@@ -215,6 +264,10 @@ def main() -> None:
             warm = [next(docs)]
             if capacity(child, warm)[0] <= 0:
                 raise SystemExit("warm-up failed")
+            if args.idle_probes:
+                emit({"preloaded_chunks": chunks, "stack_client": idle_probes(child, args.idle_probes),
+                      "plain_client": idle_probes(child, args.idle_probes, 500), **run_facts()}, args.json)
+                return
             cap = None
             if args.chunk_rate is None:
                 cap = capacity(child, [next(docs) for _ in range(args.capacity_docs)])

@@ -63,7 +63,8 @@ class ConsumerRunner:
     def run(self, stop: threading.Event) -> None:
         consumer = make_consumer(self._settings, f"{self._settings.kafka.topic_prefix}{self._stage.name}",
                                  error_cb=self._on_error, stats_cb=self._on_stats,
-                                 **{"statistics.interval.ms": STATS_EVERY_MS})
+                                 **{"statistics.interval.ms": STATS_EVERY_MS,
+                                    "fetch.wait.max.ms": self._settings.fetch_wait_ms(self._stage.spec.waited_on)})
 
         def on_assign(_: Consumer, partitions: list[TopicPartition]) -> None:
             log.info("partitions assigned", stage=self._stage.name, partitions=[p.partition for p in partitions])
@@ -136,6 +137,7 @@ class ConsumerRunner:
             log.warning("batch abandoned uncommitted (stopping or partitions revoked)", stage=self._stage.name,
                         batch=describe(records))
             return
+        cpu = self._policy.cpu_step("deliver")
         try:
             for send in done.sends:
                 self._producer.send_raw(send.topic, send.key, send.value, send.headers)
@@ -154,6 +156,7 @@ class ConsumerRunner:
         for r in records:
             key = (r.topic, r.partition)
             self._committed[key] = max(self._committed.get(key, 0), r.offset + 1)
+        cpu(None)
         self._report_lag(consumer, now=True)  # the committed offsets moved: say so at once
         self._policy.finished(records, done, started)
         self.batches += 1

@@ -57,6 +57,14 @@ log = logs.get(__name__)
 #: `wait(seconds) -> bool`: the runtime waits without leaving its consumer group; False means give up.
 Wait = Callable[[float], bool]
 _PROBE_EVENTS = 3
+#: Closes the CPU count of one step of a batch and opens the next one's (BatchPolicy.cpu_step).
+CpuStep = Callable[[str | None], "CpuStep"]
+
+
+def _no_step(following: str | None) -> CpuStep:
+    return _no_step
+
+
 #: A decoded event with its index in the batch and its record.
 _Item = tuple[int, SourceRecord, Any]
 #: A wrongly keyed event is counted every time, logged at most this often per stage.
@@ -152,6 +160,7 @@ class BatchPolicy:
         sends: list[Send] = []
         decoded: list[_Item] = []
         dead = 0
+        cpu = self.cpu_step("decode")
         for i, record in enumerate(records):
             try:
                 event = decode(self._stage.source, record.value, self._settings.decode)
@@ -169,11 +178,15 @@ class BatchPolicy:
                 dead += 1
                 continue
             decoded.append((i, record, event))
+        cpu = cpu("handle")
         if not decoded:
+            cpu(None)
             return Done(sends, dead)
         results = self._run(decoded, wait, spans)
+        cpu = cpu("encode")
         outputs: list[list[Send] | Exception] = [self._encode(r, spans.headers(i))
                                                  for (i, _, _), r in zip(decoded, results, strict=True)]
+        cpu(None)
         failed = [(item, out) for item, out in zip(decoded, outputs, strict=True)
                   if isinstance(out, Exception) and not isinstance(out, PoisonMessageError)]
         if self._breaker.record(len(outputs) - len(failed), len(failed)) and breaker:
@@ -190,6 +203,19 @@ class BatchPolicy:
             else:
                 sends += out
         return Done(sends, dead)
+
+    def cpu_step(self, step: str) -> CpuStep:
+        """Start counting CPU seconds as `step`; the returned function closes it and starts the next step (None:
+        none). The CPU account of bench/cpu_account.py. `handle` counts the whole process's CPU meanwhile, since
+        a model or a store computes in thread pools of its own (in a process of several stages that includes
+        what the others did meanwhile); the other steps count this thread's."""
+        clock = time.process_time if step == "handle" else time.thread_time
+        started = clock()
+
+        def close(following: str | None) -> CpuStep:
+            self._metrics.cpu_seconds.labels(self._stage.name, step).inc(clock() - started)
+            return self.cpu_step(following) if following is not None else _no_step
+        return close
 
     def _run(self, items: list[_Item], wait: Wait, spans: BatchSpans) -> list[PerEvent]:
         """The stage on the batch, with retries; an unexpected failure is run down to its event."""

@@ -45,6 +45,10 @@ class KafkaSettings(BaseSettings):
     #: bounds idle requests; the local Tansu broker answers only when the wait runs out, so every hop
     #: through it costs up to this long. Unset: 10 ms against the local broker, 500 ms otherwise.
     fetch_wait_max_ms: int | None = Field(None, ge=1, le=30_000)
+    #: The least fetch wait of the stages nobody waits on (StageSpec.waited_on: the status sink). Against the
+    #: local broker every fetch costs it CPU whether it finds data or not, ~3% of a core per consumer idling at
+    #: 10 ms (bench/RESULTS.md, issue 26).
+    background_fetch_wait_ms: int = Field(500, ge=1, le=30_000)
     #: Partitions of every pipeline topic that `ragbus topics create` (and `ragbus up`) creates: the most
     #: processes of one stage that share its work. Fixed once the topics exist (more partitions would move
     #: a document's events to another partition and break their order): docs/operations.md, "Scaling out".
@@ -345,11 +349,14 @@ class Settings(BaseSettings):
     def broker_file(self) -> Path:
         return self.data_dir / "broker.json"
 
-    def fetch_wait_ms(self) -> int:
-        """The consumers' fetch wait: as configured, else short for the local broker (see KafkaSettings)."""
+    def fetch_wait_ms(self, waited_on: bool = True) -> int:
+        """The consumers' fetch wait: as configured, else short for the local broker (see KafkaSettings); at
+        least `background_fetch_wait_ms` for a stage nobody waits on."""
         if self.kafka.fetch_wait_max_ms is not None:
-            return self.kafka.fetch_wait_max_ms
-        return LOCAL_FETCH_WAIT_MS if self.kafka.bootstrap_servers is None else 500
+            wait = self.kafka.fetch_wait_max_ms
+        else:
+            wait = LOCAL_FETCH_WAIT_MS if self.kafka.bootstrap_servers is None else 500
+        return wait if waited_on else max(wait, self.kafka.background_fetch_wait_ms)
 
     def resolve_bootstrap(self) -> str | None:
         """The configured bootstrap servers, else the local broker recorded by `ragbus up` (unless it is

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -141,7 +142,8 @@ def _index(settings: Settings) -> tuple[VectorIndex, int]:
 def build_indexer(ctx: Context) -> Stage[indexer.Event]:
     s = ctx.settings
     index, dim = _index(s)
-    ctx.upkeep.append(maintain_forever(index, s.index.maintain_every_s))
+    ctx.upkeep.append(maintain_forever(index, s.index.maintain_every_s,
+                                       ctx.metrics.cpu_seconds.labels(INDEXER.name, "upkeep").inc))
     return indexer.Indexer(index, wiring.build_store(s), ctx.metrics, dim).stage(s.kafka.poll_batch,
                                                                                   s.kafka.batch_linger_s)
 
@@ -186,12 +188,14 @@ def guarded_model(settings: Settings, metrics: Metrics, health: Health | None) -
     return guard
 
 
-def maintain_forever(index: VectorIndex, every_s: float) -> Upkeep:
+def maintain_forever(index: VectorIndex, every_s: float, cpu: Callable[[float], None] = lambda _: None) -> Upkeep:
     """The indexer process keeps its vector index in shape in a thread of its own (LanceDB's optimize and
-    the ANN build): a write, its commit and the searches never wait for it."""
+    the ANN build): a write, its commit and the searches never wait for it. `cpu` is told the thread's CPU
+    seconds of each run."""
     def run(stop: threading.Event) -> None:
         failures = 0
         while not stop.wait(every_s):
+            started = time.thread_time()
             try:
                 index.maintain()
                 failures = 0
@@ -199,4 +203,6 @@ def maintain_forever(index: VectorIndex, every_s: float) -> Upkeep:
                 failures += 1
                 (log.error if failures >= 3 else log.warning)(
                     "index maintenance failed; retrying at the next run", failures=failures, error=repr(exc)[:300])
+            finally:
+                cpu(time.thread_time() - started)
     return run

@@ -47,6 +47,10 @@ class StageSpec:
     effects: str = ""
     #: The topic that carries its one reply to each event it reads (AsyncAPI's `reply`), if it replies.
     reply: TopicSpec | None = None
+    #: Whether someone waits on its effect (a document becoming searchable, a query's answer). Stages that are
+    #: not (the status sink: clients read statuses from the topic, not from its store) fetch with a long wait,
+    #: which against the local broker is most of the idle CPU (Settings.fetch_wait_ms).
+    waited_on: bool = True
 
     @property
     def dead_letters(self) -> TopicSpec:
@@ -111,7 +115,8 @@ EMBEDDER = StageSpec("embedder", TOPICS.chunks, (TOPICS.embedded, TOPICS.status)
 INDEXER = StageSpec("indexer", TOPICS.embedded, (TOPICS.status,), Runtime.CONSUMER, "indexer",
                     effects="vector index, document store")
 #: A light sink: it shares the indexer's process under `ragbus up`.
-STATUS = StageSpec("status", TOPICS.status, (), Runtime.CONSUMER, "indexer", effects="document store")
+STATUS = StageSpec("status", TOPICS.status, (), Runtime.CONSUMER, "indexer", effects="document store",
+                   waited_on=False)
 ANSWERER = StageSpec("answerer", TOPICS.queries, (TOPICS.answers, TOPICS.answer_deltas), Runtime.CONSUMER,
                      "answerer", effects="answer log, answer cache", reply=TOPICS.answers)
 

@@ -99,6 +99,11 @@ class Metrics:
                          ["stage"])
         self.restarts = d(None, Counter, "ragbus_stage_restarts_total",
                           "Times a stage's agent or consumer loop was restarted in its process", ["stage"])
+        self.cpu_seconds = d(None, Counter, "ragbus_cpu_seconds_total",
+                             "CPU seconds of a stage's steps: decode, encode, deliver (produce, flush, commit) and "
+                             "upkeep (index maintenance), of the thread doing them; handle, of the whole process "
+                             "meanwhile (models and stores compute in thread pools of their own)",
+                             ["stage", "step"])
         self.last_progress = d(None, Gauge, "ragbus_last_progress_timestamp_seconds",
                                "Unix time a stage last finished a batch", ["stage"])
         self.rekeyed = d(None, Counter, "ragbus_events_rekeyed_total",

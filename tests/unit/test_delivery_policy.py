@@ -92,3 +92,21 @@ def test_a_stop_while_held_gives_the_batch_up() -> None:
         raise RuntimeError("a bug in this release")
 
     assert policy(handle).process(records_of(statuses(*[f"d{i}" for i in range(10)])), lambda s: False) is None
+
+
+def test_each_step_of_a_batch_is_counted_in_the_cpu_account() -> None:
+    metrics = Metrics()
+    settings = Settings()
+    BatchPolicy(settings, Stage(PIPELINE["status"], lambda events: [[] for _ in events], max_batch=50),
+                metrics).process(records_of(statuses("a", "b")), lambda _: True)
+    counted = {s.labels["step"] for m in metrics.cpu_seconds.collect() for s in m.samples
+               if s.name == "ragbus_cpu_seconds_total"}
+    assert counted == {"decode", "handle", "encode"}
+
+
+def test_a_stage_nobody_waits_on_fetches_with_the_long_wait() -> None:
+    local = Settings(kafka={"fetch_wait_max_ms": 10})  # type: ignore[arg-type]
+    assert local.fetch_wait_ms(PIPELINE["answerer"].waited_on) == 10
+    assert local.fetch_wait_ms(PIPELINE["status"].waited_on) == 500
+    remote = Settings(kafka={"fetch_wait_max_ms": 2000})  # type: ignore[arg-type]
+    assert remote.fetch_wait_ms(PIPELINE["status"].waited_on) == 2000  # never shorter than configured
