@@ -75,6 +75,8 @@ TENANT = "bench"
 K = 10
 #: Share of the documents each asker's group may read; every document also carries group:other.
 GROUPS = {"100%": ("group:everyone", 1.0), "10%": ("group:ten", 0.10), "1%": ("group:one", 0.01)}
+#: What is stamped on the entries (principals_of, Stamping): change it when they change, and the kept index goes.
+STAMPING = "acl-1: everyone/ten/one/other + PUBLIC"
 NO_CLAUSE, PUBLIC_VARIANT = "no acl clause", "no ACL (PUBLIC)"
 
 
@@ -139,15 +141,15 @@ def build(settings: Settings, directory: Path, cache: Path, home: Path) -> dict[
                       settings.chunker.overlap_tokens)
     store = SqliteDocumentStore(home / "store.sqlite")
     index = LanceVectorIndex(home / "lance", model.dim)
-    indexer = Indexer(Stamping(index), store, Metrics(), model.dim)  # type: ignore[arg-type]
+    indexer = Indexer(Stamping(index), store, Metrics(), model.dim)
     started = time.perf_counter()
     rows = corpus_rows(eval_set)
     for start in range(0, len(rows), 256):
         events = [row_event(settings, store, r, tenant=TENANT, correlation="bench", source=f"{directory}:{n}")
                   for n, r in enumerate(rows[start:start + 256], start + 1)]
-        produced = [o.event for ev in events for o in chunk_event(ev, chunker, store.get_content)
+        produced: list[Any] = [o.event for ev in events for o in chunk_event(ev, chunker, store.get_content)
                     if o.topic is TOPICS.chunks]
-        embedded = [o.event for outs in embed_events(produced, cached) if not isinstance(outs, Exception)
+        embedded: list[Any] = [o.event for outs in embed_events(produced, cached) if not isinstance(outs, Exception)
                     for o in outs if o.topic is TOPICS.embedded]
         for result in indexer.handle(embedded):
             if isinstance(result, Exception):
@@ -174,8 +176,9 @@ def exact_maintenance(index: LanceVectorIndex) -> None:
 def kept(settings: Settings, directory: Path, cache: Path) -> tuple[Path, dict[str, Any]]:
     code = b"".join(p.read_bytes() for p in sorted([*ROOT.glob("chunking/*.py"), ROOT / "streams/chunker.py",
                                                     ROOT / "consumers/indexer.py", ROOT / "infra/stores/lance.py",
-                                                    ROOT / "kernel/permissions.py", Path(__file__)]))
-    recipe = f"{settings.embedder.model}|{settings.chunker.size_tokens}|{settings.chunker.overlap_tokens}|{code!r}"
+                                                    ROOT / "kernel/permissions.py"]))
+    recipe = (f"{settings.embedder.model}|{settings.chunker.size_tokens}|{settings.chunker.overlap_tokens}|"
+              f"{STAMPING}|{hashlib.sha256(code).hexdigest()}")
     home = OUT / "lab" / f"acl-{directory.name}-{hashlib.sha256(recipe.encode()).hexdigest()[:8]}"
     if (home / "built.json").exists():
         return home, json.loads((home / "built.json").read_text())
@@ -207,7 +210,8 @@ class ExactDense:
         if visible not in self._masks:
             allowed = set(visible)
             self._masks[visible] = np.asarray([not a.isdisjoint(allowed) for a in self._acl])
-        return self._masks[visible] & (self._tenant == tenant) & np.isin(self._level, [lv.value for lv in levels])
+        levels_ok = np.isin(self._level, [lv.value for lv in levels])
+        return np.asarray(self._masks[visible] & (self._tenant == tenant) & levels_ok, dtype=bool)
 
     def dense(self, tenant: str, request: SearchRequest, limit: int) -> list[SearchHit]:
         q = np.asarray(request.vector, dtype=np.float32)
@@ -355,7 +359,7 @@ def run(settings: Settings, directory: Path, cache: Path) -> dict[str, Any]:
                 index = LanceVectorIndex(Path(tmp) / "lance", wiring.passage_embedder(settings).dim)
             exact = ExactDense(index)
             retriever = Retriever(questions, index, config)
-            reference = Retriever(questions, exact, config)  # type: ignore[arg-type]
+            reference = Retriever(questions, exact, config)
             print(f"  measuring: {phase}", file=sys.stderr, flush=True)
             report["phases"][phase] = measure(retriever, reference, exact, index, eval_set.queries, vectors,
                                               eval_set.judgements, readable, settings)
