@@ -257,7 +257,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--documents", type=int, default=200)
     ap.add_argument("--revocations", type=int, default=30)
-    ap.add_argument("--data-dir", type=Path, help="keep the stack's data and logs here (default: a temporary directory)")
+    ap.add_argument("--data-dir", type=Path, help="keep the data and logs here (default: a temporary directory)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     os.environ.pop("RAGBUS_KAFKA_BOOTSTRAP_SERVERS", None)
