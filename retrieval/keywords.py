@@ -10,8 +10,8 @@ analysed query, so "queued exits" finds "queue exit" in both backends alike.
 from __future__ import annotations
 
 import re
+import threading
 import unicodedata
-from functools import lru_cache
 
 import snowballstemmer
 
@@ -23,9 +23,17 @@ STOP_WORDS = frozenset(
     "they this to was will with".split())
 
 
-@lru_cache(maxsize=1)
-def _stemmer() -> snowballstemmer.stemmer:  # one per process: building it compiles the algorithm's tables
-    return snowballstemmer.stemmer("english")
+_local = threading.local()
+
+
+def _stemmer() -> snowballstemmer.stemmer:
+    """One per thread: a Snowball stemmer keeps the word it works on in its own fields, so two threads
+    stemming with one stemmer corrupt each other's words (the answerer answers a batch's queries on a thread
+    pool; shared, it once failed a query with "IndexError: string index out of range")."""
+    stemmer = getattr(_local, "stemmer", None)
+    if stemmer is None:
+        stemmer = _local.stemmer = snowballstemmer.stemmer("english")
+    return stemmer
 
 
 def _fold(text: str) -> str:
