@@ -92,7 +92,7 @@ class Answerer:
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="ragbus-answer")
 
     def stage(self, max_batch: int, window_s: float) -> Stage[QueryRequested]:
-        return Stage(ANSWERER, handle=self.handle, max_batch=max_batch, window_s=window_s)
+        return Stage(ANSWERER, handle=self.handle, on_failure=failed_answer, max_batch=max_batch, window_s=window_s)
 
     def handle(self, queries: Sequence[QueryRequested]) -> list[PerEvent]:
         started = utcnow()
@@ -202,6 +202,17 @@ class Answerer:
                 self._metrics.llm_cost.labels(a.model).inc(a.usage.cost_usd)
         if a.dropped_citations:
             self._metrics.citations_dropped.inc(a.dropped_citations)
+
+
+def failed_answer(q: QueryRequested, exc: Exception) -> list[Out]:
+    """A query the answerer could not answer at all (an unexpected error of its own: the query is dead-lettered)
+    still gets its one final answer, empty, degraded and with the error, so its asker stops waiting and
+    `ragbus dlq replay` can answer it once the cause is fixed."""
+    return [Out(TOPICS.answers, q.query_id.encode(), AnswerGenerated(
+        tenant=q.tenant, correlation_id=q.correlation_id or q.query_id, query_id=q.query_id, question=q.text,
+        answer="", degraded=True, retrieve_only=q.retrieve_only, citations=[],
+        degraded_reason="not answered: the answerer failed on this query and dead-lettered it",
+        error=f"{type(exc).__name__}: {exc}"[:500]))]
 
 
 def _own(q: QueryRequested, stored: str | None) -> AnswerGenerated | None:

@@ -535,6 +535,7 @@ class AnswerGenerated(Envelope):
     #: True when this answer was served from the answer cache (same prompt, model, question and chunks).
     cached: bool = False
     error: str = ""
+    """Set when the query could not be answered at all (it was dead-lettered): why, with an empty answer."""
 
 
 class DeadLetter(BaseModel):

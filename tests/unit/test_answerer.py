@@ -14,6 +14,7 @@ from consumers.model_guard import ModelGuard
 from infra.models.claude import ClaudeAnswerer
 from infra.ops.metrics import Metrics
 from infra.settings import AnthropicSettings
+from retrieval.extractive import ExtractiveAnswerer
 from schemas.events import AnswerDelta, AnswerGenerated, QueryRequested, utcnow
 from schemas.topics import TOPICS
 from tests import fake_claude as fc
@@ -209,3 +210,28 @@ def test_answers_cached_in_the_answer_log_by_older_versions_are_never_served(pip
     for n, (crafted, other) in enumerate(zip(crafted_ids(pipe, s), OTHERS, strict=True), 2):
         got = s.answer(QueryRequested(query_id=crafted, text=other))
         assert (got.query_id, got.question, got.answer) == (crafted, other, f"Answer {n}.[1]")
+
+
+def test_a_query_the_answerer_fails_on_is_dead_lettered_and_still_answered_with_the_error(
+        pipe: Pipeline, settings_factory) -> None:  # type: ignore[no-untyped-def]
+    """Every query gets one final answer: one the answerer cannot answer at all (an unexpected error of its own)
+    is dead-lettered for replay, and its asker gets an empty, degraded answer that says why."""
+    import json
+
+    from engine.delivery import BatchPolicy
+    from engine.records import SourceRecord
+
+    class Broken:
+        def retrieve(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            raise IndexError("string index out of range")
+
+    answerer = Answerer(Broken(), ExtractiveAnswerer(), pipe.store, Metrics(), pipe.outputs.append,  # type: ignore[arg-type]
+                        cache=None)
+    value = json.dumps({"type": "query.requested", "query_id": "support/7", "text": "why?", "retrieve_only": True})
+    policy = BatchPolicy(settings_factory(), answerer.stage(8, 0.0), Metrics())
+    done = policy.process([SourceRecord("ragbus.queries.v1", 0, 0, b"support/7", value.encode(), [])],
+                          lambda s: True)
+    assert done is not None and done.dead_lettered == 1
+    answers = [AnswerGenerated.model_validate_json(s.value) for s in done.sends if s.topic.endswith("answers.v1")]
+    assert len(answers) == 1 and answers[0].query_id == "support/7" and answers[0].degraded
+    assert answers[0].answer == "" and answers[0].error == "IndexError: string index out of range"
