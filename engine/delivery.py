@@ -350,7 +350,7 @@ class BatchPolicy:
     def _crashed(self, record: SourceRecord, event: object, exc: Exception) -> None:
         fields = _fields(record, event)
         log.error("stage raised an unexpected error on an event; dead-lettering it", stage=self._stage.name,
-                  **fields, error=f"{type(exc).__name__}: {exc}"[:300])
+                  **fields, error=f"{type(exc).__name__}: {exc}"[:300], exc_info=exc)  # a bug: where it is
         self._metrics.crashes.labels(self._stage.name).inc()
         if self._health is not None:
             self._health.crashed(record.where(), fields["correlation_id"], exc)

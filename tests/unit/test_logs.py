@@ -120,6 +120,8 @@ def test_lines_about_a_message_carry_where_and_correlation_id(json_lines: io.Str
                                                                                "an event; dead-lettering it")]
     assert len(about_bad) == 2 and all(line["where"] == "ragbus.documents.v1[1]@41"
                                        and line["correlation_id"] == "c-bad" for line in about_bad)
+    crash = next(line for line in about_bad if line["event"].startswith("stage raised"))
+    assert 'raise ZeroDivisionError("this one")' in crash["exception"]  # the traceback: where the bug is
 
 
 class _Raw(logging.Handler):
