@@ -353,7 +353,9 @@ class AnswerModel(Protocol):
     """Turns a question and retrieved chunks into a cited answer.
 
     `on_delta` receives streamed text (None: no streaming); `deadline_s` is the time left to answer;
-    `search(query, top_k)` runs a follow-up retrieval in the query's tenant (agentic mode only).
+    `search(query, top_k)` runs a follow-up retrieval in the query's tenant (agentic mode only); `history`: the
+    earlier turns of the question's conversation that fit the context budget, oldest first (prior messages; the
+    answer cites only `hits` and what `search` returns).
     Raises AnswerModelError when the model gives no usable answer in time, ModelRequestError when it
     refuses this request, and ConfigurationError when it will refuse every request (a rejected key, an
     unknown model). The caller answers extractively, degraded, with the reason in every case: a model
@@ -364,7 +366,8 @@ class AnswerModel(Protocol):
     prompt_version: str
 
     def answer(self, question: str, hits: Sequence[SearchHit], *, on_delta: OnDelta | None = None,
-               deadline_s: float | None = None, search: Search | None = None) -> GeneratedAnswer: ...
+               deadline_s: float | None = None, search: Search | None = None,
+               history: Sequence[Turn] = ()) -> GeneratedAnswer: ...
 
 
 @runtime_checkable
