@@ -175,3 +175,33 @@ def test_a_deleted_conversation_leaves_nothing_behind(pipe: Pipeline, tmp_path: 
     again = ask(a, "and offsets?", principals=["user:alice"])
     assert (again.turn, again.search_query) == (1, "and offsets?")
     assert a.handle([ConversationDeleted(conversation_id="never-was")]) == [[]]  # no error
+
+
+def test_an_expired_conversation_starts_afresh(pipe: Pipeline, tmp_path: Path) -> None:
+    now = [1_000.0]
+    store = SqliteConversationStore(tmp_path / "db.sqlite", max_turns=20, ttl_s=60, clock=lambda: now[0])
+    a = Answerer(pipe.retriever(), ExtractiveAnswerer(), pipe.store, Metrics(), pipe.outputs.append, cache=None,
+                 conversations=Conversations(store))
+    ask(a, "How does Kafka keep message order?")
+    now[0] += 61
+    again = ask(a, "and offsets?")
+    assert (again.turn, again.search_query) == (1, "and offsets?")
+
+
+def test_the_cli_keys_a_conversations_turns_by_its_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ragbus import client
+
+    sent: list[tuple[object, str]] = []
+
+    class Producer:
+        def send(self, topic: object, key: str, event: object, headers: object) -> None:
+            sent.append((topic, key))
+
+        def flush(self) -> None: ...
+
+    qc = client.QueryClient.__new__(client.QueryClient)
+    qc._producer, qc._topic, qc._replies = Producer(), "ragbus.queries.v1", None  # type: ignore[assignment]
+    monkeypatch.setattr(client, "collect_answers", lambda *args: {})
+    qc.ask([QueryRequested(query_id="q1", text="a", conversation_id="chat-9"), QueryRequested(query_id="q2", text="b")],
+           1.0)
+    assert [key for _, key in sent] == ["chat-9", "q2"]
