@@ -179,7 +179,8 @@ class Answerer:
             self._metrics.answers.labels("replayed").inc()
             if self._conversations is not None and q.conversation_id is not None:  # kept once, even after a crash
                 self._conversations.remember(q, Context(stored.search_query or q.text, q.conversation_id,
-                                                        fingerprint(visible)), stored, logged)
+                                                        fingerprint(visible)), stored, (logged, ""), self._store,
+                                             self._cache)
             return stored
         started = time.perf_counter()
         remaining_s = q.deadline_ms / 1000 - (utcnow() - q.occurred_at).total_seconds()
@@ -209,7 +210,7 @@ class Answerer:
         # the first answer stored wins: another answerer may have answered this query id meanwhile
         answer = _own(q, self._store.put_answer(q.tenant, logged, answer.model_dump_json())) or answer
         if self._conversations is not None:
-            self._conversations.remember(q, ctx, answer, logged, key)
+            self._conversations.remember(q, ctx, answer, (logged, key), self._store, self._cache)
         self._account(answer, expired)
         self._metrics.answer_seconds.observe(time.perf_counter() - started)
         return answer

@@ -89,20 +89,26 @@ class Conversations:
         offline = standalone(question, history)
         return offline, (question,) if offline != question else ()
 
-    def remember(self, q: QueryRequested, ctx: Context, answer: AnswerGenerated, log_key: str,
-                 cache_key: str = "") -> None:
-        """Keep the answered turn (a redelivered query's turn is stored once)."""
+    def remember(self, q: QueryRequested, ctx: Context, answer: AnswerGenerated, keys: tuple[str, str],
+                 log: DocumentStore, cache: AnswerCache | None) -> None:
+        """Keep the answered turn (a redelivered query's turn is stored once), with its answer-log and answer-cache
+        keys; the tenant's turns that expired meanwhile are deleted, and their answers with them."""
         if ctx.conversation_id is None:
             return
-        self._store.add_turn(q.tenant, ctx.conversation_id, ctx.owner, Turn(
+        expired = self._store.add_turn(q.tenant, ctx.conversation_id, ctx.owner, Turn(
             q.query_id, q.text, ctx.search_query, answer.answer, tuple(c.chunk_id for c in answer.citations),
-            log_key, cache_key))
+            *keys))
+        _erase_answers(q.tenant, expired, log, cache)
 
     def erase(self, event: ConversationDeleted, log: DocumentStore, cache: AnswerCache | None) -> None:
         """Every owner's turns of the id in the tenant, their logged answers and cached answers. In that order of
         discovery, deleting the turns last: a failure part way leaves the turns to find on the retry."""
-        turns = self._store.stored_turns(event.tenant, event.conversation_id)
-        log.delete_answers(event.tenant, [t.log_key for t in turns if t.log_key])
-        if cache is not None:
-            cache.delete(event.tenant, [t.cache_key for t in turns if t.cache_key])
+        _erase_answers(event.tenant, self._store.stored_turns(event.tenant, event.conversation_id), log, cache)
         self._store.delete(event.tenant, event.conversation_id)
+
+
+def _erase_answers(tenant: str, turns: Sequence[Turn], log: DocumentStore, cache: AnswerCache | None) -> None:
+    if turns:
+        log.delete_answers(tenant, [t.log_key for t in turns if t.log_key])
+        if cache is not None:
+            cache.delete(tenant, [t.cache_key for t in turns if t.cache_key])

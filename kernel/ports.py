@@ -258,9 +258,9 @@ class ConversationStore(Protocol):
     def turns(self, tenant: str, conversation_id: str, owner: str) -> list[Turn]:
         """The newest `max_turns` unexpired turns, oldest first; none for an unknown, expired or deleted one."""
 
-    def add_turn(self, tenant: str, conversation_id: str, owner: str, turn: Turn) -> None:
+    def add_turn(self, tenant: str, conversation_id: str, owner: str, turn: Turn) -> list[Turn]:
         """Append a turn; one with a query id already stored in the conversation stays as it is (a redelivery).
-        Deletes the tenant's expired turns."""
+        Deletes the tenant's expired turns and returns them: their answers are to be erased elsewhere too."""
 
     def stored_turns(self, tenant: str, conversation_id: str) -> list[Turn]:
         """Every stored turn of that id in the tenant, whoever owns it, expired or not: what erasing it must

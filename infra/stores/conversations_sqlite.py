@@ -1,8 +1,9 @@
 """Conversations' turns on SQLite, in the data directory's database beside the answer log.
 
 A turn is a row keyed by (tenant, conversation id, owner, query id): appending a turn again (a redelivered query)
-keeps the row there. Each append also deletes the tenant's expired turns, so nothing outlives its TTL by more than
-the next turn stored in that tenant (and `turns` never returns an expired one). Turns beyond `max_turns` are not
+keeps the row there. Each append also deletes the tenant's expired turns and returns them (their answers are
+erased from the answer log and cache by the caller), so nothing outlives its TTL by more than the next turn
+stored in that tenant (and `turns` never returns an expired one). Turns beyond `max_turns` are not
 read, but stay until they expire: a deletion must still find them to erase their answers.
 """
 
@@ -49,10 +50,12 @@ class SqliteConversationStore:
                 (tenant, conversation_id, owner, self._clock(), self._max_turns)).fetchall()
         return [_turn(r) for r in reversed(rows)]
 
-    def add_turn(self, tenant: str, conversation_id: str, owner: str, turn: Turn) -> None:
+    def add_turn(self, tenant: str, conversation_id: str, owner: str, turn: Turn) -> list[Turn]:
         now = self._clock()
         key = (tenant, conversation_id, owner)
         with self._db.transaction() as conn:
+            expired = [_turn(r) for r in conn.execute(
+                f"SELECT {_COLUMNS} FROM conversation_turns WHERE tenant=? AND expires_at<=?", (tenant, now))]
             conn.execute("DELETE FROM conversation_turns WHERE tenant=? AND expires_at<=?", (tenant, now))
             seq = conn.execute("SELECT coalesce(max(seq), 0) + 1 FROM conversation_turns WHERE tenant=? AND"
                                " conversation_id=? AND owner=?", key).fetchone()[0]
@@ -61,6 +64,7 @@ class SqliteConversationStore:
                 " expires_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 (*key, seq, turn.query_id, turn.question, turn.search_query, turn.answer,
                  json.dumps(list(turn.chunk_ids)), turn.log_key, turn.cache_key, now + self._ttl_s))
+        return expired
 
     def stored_turns(self, tenant: str, conversation_id: str) -> list[Turn]:
         with self._db.reading() as conn:

@@ -92,8 +92,10 @@ def test_turns_expire_after_the_ttl(store: ConversationStore, clock: Clock) -> N
     assert store.turns("t", "c", "o") == [turn(2)]
     clock.now += TTL_S
     assert store.turns("t", "c", "o") == []
-    store.add_turn("t", "other", "o", turn(3))  # a write in the tenant deletes its expired turns
+    # a write in the tenant deletes its expired turns and returns them (their answers are erased too)
+    assert sorted(store.add_turn("t", "other", "o", turn(3)), key=lambda t: t.query_id) == [turn(1), turn(2)]
     assert store.stored_turns("t", "c") == []
+    assert store.add_turn("t", "other", "o", turn(4)) == []
 
 
 def test_delete_erases_every_owner_of_the_id_in_its_tenant_only(store: ConversationStore) -> None:

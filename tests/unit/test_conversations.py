@@ -182,10 +182,12 @@ def test_an_expired_conversation_starts_afresh(pipe: Pipeline, tmp_path: Path) -
     store = SqliteConversationStore(tmp_path / "db.sqlite", max_turns=20, ttl_s=60, clock=lambda: now[0])
     a = Answerer(pipe.retriever(), ExtractiveAnswerer(), pipe.store, Metrics(), pipe.outputs.append, cache=None,
                  conversations=Conversations(store))
-    ask(a, "How does Kafka keep message order?")
+    first = ask(a, "How does Kafka keep message order?")
+    assert pipe.store.get_answer("default", first.query_id) is not None
     now[0] += 61
     again = ask(a, "and offsets?")
     assert (again.turn, again.search_query) == (1, "and offsets?")
+    assert pipe.store.get_answer("default", first.query_id) is None  # the expired turn's answer went with it
 
 
 def test_the_cli_keys_a_conversations_turns_by_its_id(monkeypatch: pytest.MonkeyPatch) -> None:
