@@ -13,6 +13,12 @@ query id can read or plant a cache entry. (Versions before it kept the cache in 
 Degraded answers are never cached: when the model recovers, the next query gets a real answer. Queries of one
 batch are answered concurrently (model calls wait on the network) and published in their order.
 
+A query may continue a conversation (`conversation_id`; consumers/conversations.py): it is searched as a standalone
+query rewritten from its earlier turns, the model is given those turns as prior messages within a token budget, the
+cache key covers that context, and the answered turn is kept for the next. Queries of one conversation in a batch
+are answered one after the other, in their order (the others concurrently); a `conversation.deleted` event on the
+same topic erases the conversation, its logged and its cached answers.
+
 Every query gets exactly one final answer within its deadline, whatever fails; what fails decides only
 whether the answer is generated or extractive (`degraded: true`, with the reason) and whether the stage
 pauses (the full table, with what an operator sees and does: docs/operations.md, "Faults"):
@@ -41,7 +47,8 @@ import time
 import unicodedata
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 from infra.ops import tracing
 from infra.ops.metrics import Freshness, Metrics
@@ -51,9 +58,14 @@ from kernel.ports import AnswerCache, AnswerModel, DocumentStore, GeneratedAnswe
 from kernel.stage import Emit, Out, PerEvent, Stage
 from retrieval.extractive import ExtractiveAnswerer, citations_from
 from retrieval.retriever import Retriever
-from schemas.events import AnswerDelta, AnswerGenerated, QueryRequested, Timings, Usage, utcnow
+from schemas.events import AnswerDelta, AnswerGenerated, ConversationDeleted, QueryRequested, Timings, Usage, utcnow
 from schemas.stages import ANSWERER
 from schemas.topics import TOPICS
+
+from .conversations import Context, Conversations
+
+#: What the answerer reads from queries.v1.
+Event = QueryRequested | ConversationDeleted
 
 
 def normalise(question: str) -> str:
@@ -61,11 +73,12 @@ def normalise(question: str) -> str:
 
 
 def cache_key(model: AnswerModel, question: str, hits: Sequence[SearchHit], agentic: bool,
-              visible: tuple[str, ...] = PUBLIC_ONLY) -> str:
+              visible: tuple[str, ...] = PUBLIC_ONLY, context: str = "") -> str:
     """What an answer was computed from, and for whom: an answer is reused only for askers who may read exactly
-    the same documents (an agentic answer searched more than its citations show)."""
+    the same documents (an agentic answer searched more than its citations show), and, in a conversation, only in
+    the same context (`context`: the digest of the search query and the earlier turns the model was given)."""
     material = "\x1f".join([model.prompt_version, model.name, str(agentic), normalise(question),
-                            fingerprint(visible), *[h.chunk_id for h in hits]])
+                            fingerprint(visible), *[h.chunk_id for h in hits], *([context] if context else [])])
     return hashlib.sha256(material.encode()).hexdigest()
 
 
@@ -79,10 +92,13 @@ def log_key(visible: tuple[str, ...], query_id: str) -> str:
 
 class Answerer:
     def __init__(self, retriever: Retriever, model: AnswerModel, store: DocumentStore, metrics: Metrics,
-                 emit: Emit, *, cache: AnswerCache | None, concurrency: int = 8, deny_unlisted: bool = False) -> None:
+                 emit: Emit, *, cache: AnswerCache | None, concurrency: int = 8, deny_unlisted: bool = False,
+                 conversations: Conversations | None = None) -> None:
         """`cache`: where generated answers are reused (None: every query calls the model). `deny_unlisted`:
-        documents without an ACL are readable by no query (RAGBUS_ACL_DENY_UNLISTED)."""
+        documents without an ACL are readable by no query (RAGBUS_ACL_DENY_UNLISTED). `conversations`: where
+        conversations are kept (None: a conversation id is ignored, every query is standalone)."""
         self._deny_unlisted = deny_unlisted
+        self._conversations = conversations
         self._retriever = retriever
         self._model = model
         self._store = store
@@ -91,25 +107,36 @@ class Answerer:
         self._cache = cache
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="ragbus-answer")
 
-    def stage(self, max_batch: int, window_s: float) -> Stage[QueryRequested]:
+    def stage(self, max_batch: int, window_s: float) -> Stage[Event]:
         return Stage(ANSWERER, handle=self.handle, on_failure=failed_answer, max_batch=max_batch, window_s=window_s)
 
-    def handle(self, queries: Sequence[QueryRequested]) -> list[PerEvent]:
+    def handle(self, events: Sequence[Event]) -> list[PerEvent]:
         started = utcnow()
-        # each query is answered under its own trace span and log fields, in the pool's threads
-        futures = [self._pool.submit(tracing.for_event(q, self.answer), q) for q in queries]
+        # Events of one conversation run one after the other in a pool thread, in their order (a turn sees the
+        # turns before it); the others concurrently. Each under its own trace span and log fields.
+        chains: dict[tuple[str, str], list[int]] = {}
+        for i, e in enumerate(events):
+            chains.setdefault((e.tenant, e.conversation_id) if e.conversation_id else ("", str(i)), []).append(i)
+        slots: dict[int, tuple[Future[list[Any]], int]] = {}
+        # bound here, in the runner's thread, where each event's span is known
+        runs = [self._bound(e) for e in events]
+        for members in chains.values():
+            future = self._pool.submit(self._chain, [runs[i] for i in members])
+            slots |= {i: (future, n) for n, i in enumerate(members)}
         results: list[PerEvent] = []
         answered: list[tuple[QueryRequested, AnswerGenerated]] = []
-        for q, future in zip(queries, futures, strict=True):
-            try:
-                answer = future.result()
-            except (RetryableError, ConfigurationError):
-                raise  # about the stage (its store or index down or refusing it), not this query
-            except Exception as exc:  # this query's own failure: dead-lettered, the others are answered
-                results.append(exc)
-                continue
-            results.append([Out(TOPICS.answers, q.query_id.encode(), answer)])
-            answered.append((q, answer))
+        for i, e in enumerate(events):
+            future, n = slots[i]
+            outcome = future.result()[n]
+            if isinstance(outcome, RetryableError | ConfigurationError):
+                raise outcome  # about the stage (its store or index down or refusing it), not this event
+            if isinstance(outcome, Exception):  # this event's own failure: dead-lettered, the others go on
+                results.append(outcome)
+            elif isinstance(e, QueryRequested) and isinstance(outcome, AnswerGenerated):
+                results.append([Out(TOPICS.answers, e.query_id.encode(), outcome)])
+                answered.append((e, outcome))
+            else:
+                results.append([])  # a conversation erased: nothing to publish
         done = utcnow()  # the batch's answers are published now
         for q, answer in answered:
             if answer.occurred_at >= started:  # made now, not a stored answer replayed for a redelivery
@@ -117,22 +144,55 @@ class Answerer:
                     max(0.0, (done - q.occurred_at).total_seconds()))
         return results
 
+    def _bound(self, e: Event) -> Callable[[], Any]:
+        """The event's handling, to run in a pool thread under the event's trace span and log fields."""
+        if isinstance(e, QueryRequested):
+            answer = tracing.for_event(e, self.answer)
+            return lambda: answer(e)
+        erase = tracing.for_event(e, self.erase)
+        return lambda: erase(e)
+
+    @staticmethod
+    def _chain(runs: Sequence[Callable[[], Any]]) -> list[Any]:
+        """The events' outcomes in order: an answer, None (a conversation erased) or the exception raised. After
+        a failure of the stage itself the rest are not run (the batch will be)."""
+        out: list[Any] = []
+        for run in runs:
+            if out and isinstance(out[-1], RetryableError | ConfigurationError):
+                out.append(out[-1])
+                continue
+            try:
+                out.append(run())
+            except Exception as exc:
+                out.append(exc)
+        return out
+
+    def erase(self, e: ConversationDeleted) -> None:
+        if self._conversations is not None:
+            self._conversations.erase(e, self._store, self._cache)
+
     def answer(self, q: QueryRequested) -> AnswerGenerated:
         visible = query_tokens(q.tenant, q.principals, deny_unlisted=self._deny_unlisted)
         logged = log_key(visible, q.query_id)
         stored = _own(q, self._store.get_answer(q.tenant, logged))
         if stored is not None:
             self._metrics.answers.labels("replayed").inc()
+            if self._conversations is not None and q.conversation_id is not None:  # kept once, even after a crash
+                self._conversations.remember(q, Context(stored.search_query or q.text, q.conversation_id,
+                                                        fingerprint(visible)), stored, (logged, ""), self._store,
+                                             self._cache)
             return stored
         started = time.perf_counter()
         remaining_s = q.deadline_ms / 1000 - (utcnow() - q.occurred_at).total_seconds()
+        ctx = self._conversations.context(q, visible) if self._conversations is not None else Context(q.text)
         with tracing.span("retrieve", {"ragbus.top_k": q.top_k}) as span:
-            hits = self._retriever.retrieve(q.tenant, q.text, q.top_k, q.filters, visible)
+            hits = self._retriever.retrieve(q.tenant, ctx.search_query, q.top_k, q.filters, visible, also=ctx.also)
             span.set_attribute("ragbus.hits", len(hits))
         self._metrics.acl_queries.labels("principals" if q.principals else "anonymous").inc()
         retrieved = time.perf_counter()
-        common = {"tenant": q.tenant, "correlation_id": q.correlation_id or q.query_id, "query_id": q.query_id,
-                  "question": q.text}
+        common: dict[str, Any] = {"tenant": q.tenant, "correlation_id": q.correlation_id or q.query_id,
+                                  "query_id": q.query_id, "question": q.text, **ctx.fields()}
+        key = ""
         expired = remaining_s <= 0 and not q.retrieve_only
         if q.retrieve_only:
             answer = AnswerGenerated(**common, answer="", degraded=False, retrieve_only=True,
@@ -140,21 +200,24 @@ class Answerer:
         elif expired:
             reason = (f"expired: the query's deadline ({q.deadline_ms} ms) passed {-remaining_s:.1f} s before it "
                       "could be answered (the answerer was paused or behind): offline extractive answer")
-            gen = ExtractiveAnswerer(reason=reason).answer(q.text, hits,
+            gen = ExtractiveAnswerer(reason=reason).answer(ctx.search_query, hits,
                                                            on_delta=self._deltas(q) if q.stream else None)
             answer = _answer_event(common, gen, _timings(started, retrieved, time.perf_counter()))
         else:
-            answer = self._generate(q, hits, remaining_s - (retrieved - started), common, started, retrieved,
-                                    visible)
+            key = cache_key(self._model, q.text, hits, q.agentic, visible, ctx.digest())
+            answer = self._generate(q, hits, remaining_s - (retrieved - started), common, (started, retrieved),
+                                    visible, ctx, key)
         # the first answer stored wins: another answerer may have answered this query id meanwhile
         answer = _own(q, self._store.put_answer(q.tenant, logged, answer.model_dump_json())) or answer
+        if self._conversations is not None:
+            self._conversations.remember(q, ctx, answer, (logged, key), self._store, self._cache)
         self._account(answer, expired)
         self._metrics.answer_seconds.observe(time.perf_counter() - started)
         return answer
 
-    def _generate(self, q: QueryRequested, hits: list[SearchHit], remaining_s: float, common: dict[str, str],
-                  started: float, retrieved: float, visible: tuple[str, ...]) -> AnswerGenerated:
-        key = cache_key(self._model, q.text, hits, q.agentic, visible)
+    def _generate(self, q: QueryRequested, hits: list[SearchHit], remaining_s: float, common: dict[str, Any],
+                  clock: tuple[float, float], visible: tuple[str, ...], ctx: Context, key: str) -> AnswerGenerated:
+        started, retrieved = clock
         cached = self._cache.get(q.tenant, key) if self._cache is not None else None
         if cached is not None:
             return AnswerGenerated.model_validate_json(cached).model_copy(update=common | {
@@ -165,9 +228,9 @@ class Answerer:
             if remaining_s <= 0:
                 raise AnswerModelError(f"the query's deadline ({q.deadline_ms} ms) passed during retrieval")
             gen = self._model.answer(q.text, hits, on_delta=on_delta, deadline_s=remaining_s,
-                                     search=self._search(q, visible) if q.agentic else None)
+                                     search=self._search(q, visible) if q.agentic else None, history=ctx.kept)
         except AnswerModelError as exc:  # ModelRequestError too; the guard turns a ConfigurationError into one
-            gen = ExtractiveAnswerer(reason=f"{exc}: offline extractive answer").answer(q.text, hits,
+            gen = ExtractiveAnswerer(reason=f"{exc}: offline extractive answer").answer(ctx.search_query, hits,
                                                                                         on_delta=on_delta)
         answer = _answer_event(common, gen, _timings(started, retrieved, time.perf_counter()))
         if self._cache is not None and not answer.degraded:
@@ -204,10 +267,13 @@ class Answerer:
             self._metrics.citations_dropped.inc(a.dropped_citations)
 
 
-def failed_answer(q: QueryRequested, exc: Exception) -> list[Out]:
+def failed_answer(q: Event, exc: Exception) -> list[Out]:
     """A query the answerer could not answer at all (an unexpected error of its own: the query is dead-lettered)
     still gets its one final answer, empty, degraded and with the error, so its asker stops waiting and
-    `ragbus dlq replay` can answer it once the cause is fixed."""
+    `ragbus dlq replay` can answer it once the cause is fixed. (A conversation deletion that fails is
+    dead-lettered only: it has no answer.)"""
+    if not isinstance(q, QueryRequested):
+        return []
     return [Out(TOPICS.answers, q.query_id.encode(), AnswerGenerated(
         tenant=q.tenant, correlation_id=q.correlation_id or q.query_id, query_id=q.query_id, question=q.text,
         answer="", degraded=True, retrieve_only=q.retrieve_only, citations=[],
@@ -223,7 +289,7 @@ def _own(q: QueryRequested, stored: str | None) -> AnswerGenerated | None:
     return answer if answer is not None and answer.query_id == q.query_id else None
 
 
-def _answer_event(common: dict[str, str], gen: GeneratedAnswer, timings: Timings) -> AnswerGenerated:
+def _answer_event(common: dict[str, Any], gen: GeneratedAnswer, timings: Timings) -> AnswerGenerated:
     return AnswerGenerated(**common, answer=gen.text, degraded=gen.degraded, degraded_reason=gen.degraded_reason,
                            citations=gen.citations, model=gen.model, prompt_version=gen.prompt_version,
                            dropped_citations=gen.dropped_citations, timings=timings, usage=gen.usage)

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from infra.ops import logs
 from kernel.errors import AnswerModelError, ConfigurationError, ModelRequestError
-from kernel.ports import AnswerModel, Checked, GeneratedAnswer, OnDelta, Search, SearchHit
+from kernel.ports import AnswerModel, Checked, GeneratedAnswer, OnDelta, Search, SearchHit, Turn
 
 log = logs.get(__name__)
 #: `report(reason)` when the model becomes unusable, `report(None)` when it recovers (health, metrics).
@@ -78,10 +78,12 @@ class ModelGuard:
                 self._break(f"at start-up: {exc}")
 
     def answer(self, question: str, hits: Sequence[SearchHit], *, on_delta: OnDelta | None = None,
-               deadline_s: float | None = None, search: Search | None = None) -> GeneratedAnswer:
+               deadline_s: float | None = None, search: Search | None = None,
+               history: Sequence[Turn] = ()) -> GeneratedAnswer:
         self._admit()
         try:
-            answer = self._model.answer(question, hits, on_delta=on_delta, deadline_s=deadline_s, search=search)
+            answer = self._model.answer(question, hits, on_delta=on_delta, deadline_s=deadline_s, search=search,
+                                        history=history)
         except ConfigurationError as exc:
             self._break(str(exc))
             raise AnswerModelError(f"the answer model is unusable: {exc}") from exc

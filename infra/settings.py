@@ -243,6 +243,24 @@ class AnswererSettings(BaseSettings):
     model_refusals: int = Field(3, ge=1, le=1000)
 
 
+class ConversationSettings(BaseSettings):
+    """Conversations: follow-up questions answered in the context of their earlier turns (docs/subscribing.md)."""
+
+    model_config = _cfg("RAGBUS_CONVERSATION_")
+
+    #: Turns kept per conversation (the newest); older ones are deleted as new ones are stored.
+    max_turns: int = Field(20, ge=1, le=1000)
+    #: A turn is deleted this long after it was answered; a conversation whose turns all expired starts afresh.
+    ttl_s: float = Field(24 * 3600.0, gt=0, le=365 * 86_400)
+    #: Estimated tokens (characters / 4) of earlier turns given to the model as prior messages: the newest turns
+    #: that fit are sent, and the answer says how many were left out (`dropped_turns`).
+    context_tokens: int = Field(4_000, ge=0, le=200_000)
+    #: How a follow-up is rewritten into a standalone search query: `auto` asks Claude when an Anthropic key is
+    #: set (RAGBUS_RETRIEVAL_CLAUDE_MODEL) and falls back to the offline rule when it fails; `offline` always uses
+    #: the offline rule (retrieval/conversation.py).
+    rewrite: Literal["auto", "offline"] = "auto"
+
+
 class AclSettings(BaseSettings):
     """Document permissions (kernel/permissions.py, docs/security.md)."""
 
@@ -336,6 +354,7 @@ class Settings(BaseSettings):
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     answerer: AnswererSettings = Field(default_factory=AnswererSettings)
     acl: AclSettings = Field(default_factory=AclSettings)
+    conversation: ConversationSettings = Field(default_factory=ConversationSettings)
     anthropic: AnthropicSettings = Field(default_factory=AnthropicSettings)
     weaviate: WeaviateSettings = Field(default_factory=WeaviateSettings)
     mongodb: MongoSettings = Field(default_factory=MongoSettings)

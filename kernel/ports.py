@@ -204,6 +204,9 @@ class DocumentStore(Protocol):
     def put_answer(self, tenant: str, query_id: str, answer_json: str) -> str:
         """Store the answer unless one is stored for the query id already; return the stored one."""
 
+    def delete_answers(self, tenant: str, query_ids: Sequence[str]) -> None:
+        """Erase these answers from the log (a conversation's, when it is deleted); absent ones are no error."""
+
     def status_counts(self, tenant: str | None = None) -> dict[str, int]: ...
 
     def count_chunks(self, tenant: str | None = None) -> int: ...
@@ -224,6 +227,47 @@ class AnswerCache(Protocol):
 
     def put(self, tenant: str, key: str, answer_json: str) -> None:
         """Cache an answer; an entry already there for the key stays (it answered the same question)."""
+
+    def delete(self, tenant: str, keys: Sequence[str]) -> None:
+        """Erase these entries (those computed for a deleted conversation); absent ones are no error."""
+
+
+@dataclass(frozen=True)
+class Turn:
+    """One answered turn of a conversation, as kept for the turns after it."""
+
+    query_id: str
+    question: str
+    #: What was searched for it (the question, or its standalone rewrite).
+    search_query: str
+    answer: str
+    chunk_ids: tuple[str, ...] = ()
+    #: Where this turn's answer is also kept, erased with the conversation: its answer-log key and, when it
+    #: was cached, its answer-cache key.
+    log_key: str = ""
+    cache_key: str = ""
+
+
+class ConversationStore(Protocol):
+    """Conversations' turns, per tenant, conversation id and owner: the fingerprint of the visibility tokens of
+    the asker (kernel.permissions.fingerprint), so the same id named by another tenant or by an asker who may
+    read other documents is another conversation, which reads nothing of this one. Bounded: a conversation keeps
+    its newest `max_turns` turns, and a turn is dropped `ttl_s` after it was stored (both the adapter's settings,
+    RAGBUS_CONVERSATION_*)."""
+
+    def turns(self, tenant: str, conversation_id: str, owner: str) -> list[Turn]:
+        """The newest `max_turns` unexpired turns, oldest first; none for an unknown, expired or deleted one."""
+
+    def add_turn(self, tenant: str, conversation_id: str, owner: str, turn: Turn) -> list[Turn]:
+        """Append a turn; one with a query id already stored in the conversation stays as it is (a redelivery).
+        Deletes the tenant's expired turns and returns them: their answers are to be erased elsewhere too."""
+
+    def stored_turns(self, tenant: str, conversation_id: str) -> list[Turn]:
+        """Every stored turn of that id in the tenant, whoever owns it, expired or not: what erasing it must
+        also erase elsewhere (the answer log, the answer cache)."""
+
+    def delete(self, tenant: str, conversation_id: str) -> None:
+        """Erase every turn of that id in the tenant, whoever owns it."""
 
 
 class EmbeddingCache(Protocol):
@@ -309,7 +353,9 @@ class AnswerModel(Protocol):
     """Turns a question and retrieved chunks into a cited answer.
 
     `on_delta` receives streamed text (None: no streaming); `deadline_s` is the time left to answer;
-    `search(query, top_k)` runs a follow-up retrieval in the query's tenant (agentic mode only).
+    `search(query, top_k)` runs a follow-up retrieval in the query's tenant (agentic mode only); `history`: the
+    earlier turns of the question's conversation that fit the context budget, oldest first (prior messages; the
+    answer cites only `hits` and what `search` returns).
     Raises AnswerModelError when the model gives no usable answer in time, ModelRequestError when it
     refuses this request, and ConfigurationError when it will refuse every request (a rejected key, an
     unknown model). The caller answers extractively, degraded, with the reason in every case: a model
@@ -320,7 +366,8 @@ class AnswerModel(Protocol):
     prompt_version: str
 
     def answer(self, question: str, hits: Sequence[SearchHit], *, on_delta: OnDelta | None = None,
-               deadline_s: float | None = None, search: Search | None = None) -> GeneratedAnswer: ...
+               deadline_s: float | None = None, search: Search | None = None,
+               history: Sequence[Turn] = ()) -> GeneratedAnswer: ...
 
 
 @runtime_checkable

@@ -202,6 +202,9 @@ def ask(question: str = typer.Argument(None, help="the question (or use --querie
                                                                         "--principal user:alice --principal "
                                                                         "group:eng); without it, only documents "
                                                                         "without an ACL are searched"),
+        conversation: str = typer.Option(None, "--conversation", help="the conversation the question continues "
+                                                                       "(asked again with the same id, a follow-up "
+                                                                       "is answered in its context)"),
         timeout: float = typer.Option(120.0, help="seconds to wait for the answers")) -> None:
     """Publish a query event and wait for its answer on the answers topic."""
     from pydantic import ValidationError
@@ -217,11 +220,11 @@ def ask(question: str = typer.Argument(None, help="the question (or use --querie
     try:
         if queries is not None:
             batch = [_query(queries, n, row, tenant=tenant, top_k=top_k, retrieve_only=retrieve_only,
-                            principals=principal or [])
+                            principals=principal or [], conversation_id=conversation)
                      for n, row in _read_jsonl(queries)]
         elif question:
             batch = [QueryRequested(tenant=tenant, text=question, top_k=top_k, retrieve_only=retrieve_only,
-                                    stream=not as_json, principals=principal or [])]
+                                    stream=not as_json, principals=principal or [], conversation_id=conversation)]
         else:
             raise RagbusError("give a question, or --queries FILE.jsonl")
     except ValidationError as exc:

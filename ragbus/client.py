@@ -221,8 +221,8 @@ class QueryClient:
             on_delta: Callable[[AnswerDelta], None] | None = None) -> dict[str, AnswerGenerated]:
         """Publish queries and collect exactly one answer per query id (or none when the deadline passes)."""
         for q in queries:
-            with tracing.publishing(self._topic, q) as trace_headers:
-                self._producer.send(TOPICS.queries, q.query_id, q, trace_headers)
+            with tracing.publishing(self._topic, q) as trace_headers:  # a conversation's turns: one partition
+                self._producer.send(TOPICS.queries, q.conversation_id or q.query_id, q, trace_headers)
         self._producer.flush()
         return collect_answers(self._replies, {q.query_id for q in queries}, timeout_s, on_delta)
 

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from chunking.splitter import Chunker
 from consumers import answerer, indexer, status
+from consumers.conversations import Conversations
 from consumers.model_guard import GuardPolicy, ModelGuard
 from engine.clients import ConfigValue
 from infra.ops import logs, tracing
@@ -35,7 +36,6 @@ from schemas.events import (
     DocumentArrived,
     DocumentDeleted,
     DocumentStatus,
-    QueryRequested,
 )
 from schemas.stages import ANSWERER, CHUNKER, EMBEDDER, INDEXER, PIPELINE, STATUS, StageSpec
 from streams import chunker, embedder
@@ -157,19 +157,23 @@ def build_status(ctx: Context) -> Stage[DocumentStatus]:
 # The answerer's deltas are sent one by one as the model's tokens arrive and nothing flushes them: no linger,
 # so each leaves at once (batch outputs are flushed before the commit either way).
 @registers(ANSWERER, **{"linger.ms": 0})
-def build_answerer(ctx: Context) -> Stage[QueryRequested]:
+def build_answerer(ctx: Context) -> Stage[answerer.Event]:
     s, metrics = ctx.settings, ctx.metrics
     index, _ = _index(s)
     questions = wiring.query_embedder(s, tracing.traced_embedder(wiring.build_embedder(s)))
+    def degraded(model: str, _reason: str) -> None:
+        metrics.retrieval_degraded.labels(model).inc()
+
     retriever = Retriever(questions, index, wiring.retrieval_config(s),
-                          reranker=wiring.build_reranker(s), rewriter=wiring.build_rewriter(s),
-                          on_degraded=lambda model, reason: metrics.retrieval_degraded.labels(model).inc())
+                          reranker=wiring.build_reranker(s), rewriter=wiring.build_rewriter(s), on_degraded=degraded)
+    conversations = Conversations(wiring.build_conversations(s), condenser=wiring.build_condenser(s),
+                                  context_tokens=s.conversation.context_tokens, on_degraded=degraded)
     # No linger for queries: a lone query is answered at once, and queries that arrive together
     # still form one batch (answered concurrently) because they are in the queue already.
     return answerer.Answerer(retriever, guarded_model(s, metrics, ctx.health), wiring.build_store(s), metrics,
                              ctx.emit, concurrency=s.answerer.concurrency, deny_unlisted=s.acl.deny_unlisted,
                              cache=wiring.build_answer_cache(s) if s.answerer.cache_answers else None,
-                             ).stage(s.kafka.poll_batch, 0.0)
+                             conversations=conversations).stage(s.kafka.poll_batch, 0.0)
 
 
 def guarded_model(settings: Settings, metrics: Metrics, health: Health | None) -> ModelGuard:

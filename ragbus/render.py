@@ -57,6 +57,9 @@ def print_answer(answer: AnswerGenerated, out: TextIO | None = None) -> None:
     echo(answer.answer or "(retrieval only)")
     if answer.degraded:
         echo(f"\n[degraded: {answer.degraded_reason}]")
+    if answer.turn > 1:  # a follow-up: say what it was searched as, and what context the model lacked
+        dropped = f"; {answer.dropped_turns} earlier turns left out of the context" if answer.dropped_turns else ""
+        echo(f"\n[turn {answer.turn} of {answer.conversation_id}, searched as: {answer.search_query}{dropped}]")
     if answer.citations:
         echo("\nCitations:")
     for c in answer.citations:

@@ -15,6 +15,7 @@ from kernel.ports import (
     AnswerCache,
     AnswerModel,
     ContentFetcher,
+    ConversationStore,
     DocumentStore,
     Embedder,
     EmbeddingCache,
@@ -83,6 +84,32 @@ def build_answer_cache(settings: Settings) -> AnswerCache:
     from infra.stores.sqlite import SqliteAnswerCache
 
     return SqliteAnswerCache(Path(sqlite_path(settings)))
+
+
+def build_conversations(settings: Settings) -> ConversationStore:
+    """Beside the document store, in a table (SQLite) or collection (MongoDB) of its own."""
+    c = settings.conversation
+    if settings.mongodb.uri is not None:
+        with _backend("mongodb", "RAGBUS_MONGODB_URI"):
+            from infra.stores.conversations_mongo import MongoConversationStore
+            from infra.stores.mongo import connect
+        return MongoConversationStore(connect(settings.mongodb), settings.mongodb.database, max_turns=c.max_turns,
+                                      ttl_s=c.ttl_s)
+    from pathlib import Path
+
+    from infra.stores.conversations_sqlite import SqliteConversationStore
+
+    return SqliteConversationStore(Path(sqlite_path(settings)), max_turns=c.max_turns, ttl_s=c.ttl_s)
+
+
+def build_condenser(settings: Settings) -> QueryRewriter | None:
+    """Claude rewriting follow-ups into standalone search queries when a key is set (and not turned off)."""
+    if settings.conversation.rewrite == "offline" or settings.anthropic.api_key is None:
+        return None
+    with _backend("claude", "RAGBUS_ANTHROPIC_API_KEY (or ANTHROPIC_API_KEY)"):
+        from infra.models.claude_retrieval import ClaudeRewriter, client_for
+    return ClaudeRewriter(client_for(settings.anthropic), settings.retrieval.claude_model, style="standalone",
+                          timeout_s=settings.retrieval.model_timeout_s)
 
 
 def build_index(settings: Settings, dim: int) -> VectorIndex:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from kernel.ports import GeneratedAnswer, OnDelta, Search, SearchHit
+from kernel.ports import GeneratedAnswer, OnDelta, Search, SearchHit, Turn
 from schemas.events import Citation
 
 PROMPT_VERSION = "extractive-1"
@@ -39,7 +39,8 @@ class ExtractiveAnswerer:
         self._reason = reason
 
     def answer(self, question: str, hits: Sequence[SearchHit], *, on_delta: OnDelta | None = None,
-               deadline_s: float | None = None, search: Search | None = None) -> GeneratedAnswer:
+               deadline_s: float | None = None, search: Search | None = None,
+               history: Sequence[Turn] = ()) -> GeneratedAnswer:
         citations = citations_from(hits)
         if not hits:
             text = "No indexed document matches this question."

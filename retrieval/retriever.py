@@ -74,8 +74,9 @@ class Retriever:
         self._on_degraded = on_degraded or (lambda _model, _reason: None)
 
     def retrieve(self, tenant: str, question: str, top_k: int, filters: Metadata | None = None,
-                 visible: tuple[str, ...] = PUBLIC_ONLY) -> list[SearchHit]:
-        queries = [question, *self._rewrites(question)]
+                 visible: tuple[str, ...] = PUBLIC_ONLY, also: Sequence[str] = ()) -> list[SearchHit]:
+        """`also`: further queries searched with the question and fused with it (as a rewriter's are)."""
+        queries = [question, *[a for a in also if a.strip() and a != question], *self._rewrites(question)]
         vectors = self._embedder.embed(queries)
         rankings = [self.rank(tenant, q, v, filters, visible) for q, v in zip(queries, vectors, strict=True)]
         sections = rankings[0] if len(rankings) == 1 else merge(rankings)

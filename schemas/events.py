@@ -53,6 +53,7 @@ METADATA_MAX_KEYS = 32
 #: Bounds of an access-control list (a document's `acl`, a query's `principals`): entries, and characters each.
 ACL_MAX_ENTRIES = 1024
 PRINCIPAL_MAX_CHARS = 256
+CONVERSATION_ID_MAX_CHARS = 256
 
 NAMESPACE = uuid.UUID("6f1b2a3c-58d4-4f0e-9a57-2c1b7e0d9a11")
 
@@ -116,6 +117,9 @@ Metadata = Annotated[dict[MetaKey, MetaValue], Field(max_length=METADATA_MAX_KEY
 #: Who someone is, as the asking system names them: `user:alice`, `group:eng`, any printable string.
 Principal = Annotated[str, StringConstraints(min_length=1, max_length=PRINCIPAL_MAX_CHARS), AfterValidator(_printable)]
 Principals = Annotated[list[Principal], Field(max_length=ACL_MAX_ENTRIES)]
+#: A conversation's id, as the asking system names it (a chat session's id): any printable text up to 256 characters.
+ConversationId = Annotated[str, StringConstraints(min_length=1, max_length=CONVERSATION_ID_MAX_CHARS),
+                           AfterValidator(_printable)]
 
 
 def utcnow() -> datetime:
@@ -456,6 +460,12 @@ class QueryRequested(Envelope):
     """Who is asking, as the asking system authenticated them (`user:alice`, `group:eng`; up to 1,024 of up to
     256 printable characters): only documents whose `acl` lists one of them, and documents without an ACL, are
     searched and cited. None: only documents without an ACL. ragbus trusts what the query says (docs/security.md)."""
+    conversation_id: ConversationId | None = None
+    """The conversation this question continues (any printable text up to 256 characters; absent: a standalone
+    question). Its earlier turns, kept per tenant and asker, are used to rewrite it into a standalone search query
+    and given to the model as context. A conversation id that is unknown, expired, deleted, another tenant's or
+    started by an asker with other principals starts a new conversation (the answer's `turn` is 1). Key the turns
+    of one conversation by its id, so that they share a partition and are answered in order (docs/subscribing.md)."""
 
     @field_validator("text")
     @classmethod
@@ -463,6 +473,17 @@ class QueryRequested(Envelope):
         if not value.strip():
             raise ValueError("question must not be blank")
         return value
+
+
+class ConversationDeleted(Envelope):
+    """Erase a conversation: its turns, the answers logged for them and the answers cached for their context, in
+    its tenant, whoever asked them. Published on queries.v1; key it by the conversation id, like its turns, so it
+    is handled after the turns published before it. Deleting an unknown conversation is not an error."""
+
+    type: Literal["conversation.deleted"] = "conversation.deleted"
+    """Required: which event this is (an event on queries.v1 without `type` is a query.requested)."""
+    conversation_id: ConversationId
+    """The id the conversation's queries carried."""
 
 
 class Citation(BaseModel):
@@ -534,6 +555,16 @@ class AnswerGenerated(Envelope):
     dropped_citations: int = 0
     #: True when this answer was served from the answer cache (same prompt, model, question and chunks).
     cached: bool = False
+    search_query: str = ""
+    """What was searched: the question itself, or, for a follow-up in a conversation, the standalone query it was
+    rewritten into (empty on answers of versions before conversations)."""
+    conversation_id: ConversationId | None = None
+    """The query's conversation id, as it was asked."""
+    turn: Annotated[int, Field(ge=0)] = 0
+    """This question's turn in its conversation (1: the first, or a conversation started afresh); 0 without one."""
+    dropped_turns: Annotated[int, Field(ge=0)] = 0
+    """Earlier turns of the conversation left out of the model's context because they did not fit its token budget
+    (the oldest first; RAGBUS_CONVERSATION_CONTEXT_TOKENS)."""
     error: str = ""
     """Set when the query could not be answered at all (it was dead-lettered): why, with an empty answer."""
 

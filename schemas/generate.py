@@ -21,6 +21,7 @@ from .events import (
     AnswerGenerated,
     ChunksEmbedded,
     ChunksProduced,
+    ConversationDeleted,
     DeadLetter,
     DocumentAclChanged,
     DocumentArrived,
@@ -33,7 +34,7 @@ from .stages import PIPELINE
 OUT = Path(__file__).parent / "jsonschema"
 ASYNCAPI = Path(__file__).parent / "asyncapi.json"
 EVENTS = (DocumentArrived, DocumentDeleted, DocumentAclChanged, ChunksProduced, ChunksEmbedded, DocumentStatus,
-          QueryRequested, AnswerDelta, AnswerGenerated, DeadLetter)
+          QueryRequested, ConversationDeleted, AnswerDelta, AnswerGenerated, DeadLetter)
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 

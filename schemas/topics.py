@@ -11,13 +11,14 @@ from dataclasses import dataclass, field, fields
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import BaseModel, Discriminator, Field, Tag, TypeAdapter
 
 from .events import (
     AnswerDelta,
     AnswerGenerated,
     ChunksEmbedded,
     ChunksProduced,
+    ConversationDeleted,
     DocumentAclChanged,
     DocumentArrived,
     DocumentDeleted,
@@ -28,6 +29,17 @@ from .events import (
 DocumentEvent = Annotated[DocumentArrived | DocumentDeleted | DocumentAclChanged, Field(discriminator="type")]
 ChunkEvent = Annotated[ChunksProduced | DocumentDeleted | DocumentAclChanged, Field(discriminator="type")]
 EmbeddedEvent = Annotated[ChunksEmbedded | DocumentDeleted | DocumentAclChanged, Field(discriminator="type")]
+
+
+def _query_type(value: Any) -> str:
+    """queries.v1 carried only query.requested before conversations, and its publishers need not send `type`:
+    an event without one is still a query."""
+    found = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return str(found) if found is not None else "query.requested"
+
+
+QueryEvent = Annotated[Annotated[QueryRequested, Tag("query.requested")]
+                       | Annotated[ConversationDeleted, Tag("conversation.deleted")], Discriminator(_query_type)]
 
 _WEEK_MS = str(7 * 24 * 3600 * 1000)
 _MESSAGE_MAX = str(2 * 1024 * 1024)
@@ -57,7 +69,7 @@ class TopicSpec:
         if get_origin(tp) is Annotated:
             tp = get_args(tp)[0]
         if get_origin(tp) in (Union, UnionType):
-            return list(get_args(tp))
+            return [get_args(m)[0] if get_origin(m) is Annotated else m for m in get_args(tp)]
         return [tp]
 
     def event_types(self) -> list[str]:
@@ -95,7 +107,10 @@ class Topics:
     status: TopicSpec = TopicSpec(
         "status.v1", DocumentStatus, "tenant/document_id", None, _RETAIN, "document status changes"
     )
-    queries: TopicSpec = TopicSpec("queries.v1", QueryRequested, "query_id", None, _RETAIN, "questions")
+    queries: TopicSpec = TopicSpec(
+        "queries.v1", QueryEvent, "query_id, or the conversation_id for a conversation's turns and its deletion",
+        None, _RETAIN, "questions, and conversation deletions",
+    )
     answers: TopicSpec = TopicSpec("answers.v1", AnswerGenerated, "query_id", None, _RETAIN, "final answers")
     answer_deltas: TopicSpec = TopicSpec(
         "answer-deltas.v1", AnswerDelta, "query_id", None,

@@ -1,7 +1,8 @@
 """A Messages API on a real loopback socket, for tests of what the answerer does when the model misbehaves:
 the official SDK talks HTTP to it exactly as to the real API (no mock of the SDK, no mock transport).
 
-It serves POST /v1/messages (a JSON message, or SSE when `stream` is set) citing the first search result,
+It serves POST /v1/messages (a JSON message, or SSE when `stream` is set) citing the first search result, or,
+for a forced `search_queries` tool call (the query rewriter), one rewritten query,
 and GET /v1/models/{id} (the start-up check). `fail` makes every request answer an API error (status and
 error type, as the real API's error body); `refuse` refuses only requests for which it returns True (a
 request whose content is the problem). Every request body is recorded.
@@ -21,12 +22,23 @@ USAGE = {"input_tokens": 100, "output_tokens": 20, "cache_creation_input_tokens"
 
 
 def _message(body: dict[str, Any]) -> dict[str, Any]:
-    first = next((b for b in body["messages"][0]["content"] if b.get("type") == "search_result"), None)
+    # the first search result sent (a conversation's earlier turns come first, as plain text messages)
+    first = next((b for m in body["messages"] if m["role"] == "user" for b in m["content"]
+                  if isinstance(b, dict) and b.get("type") == "search_result"), None)
     cites = [{"type": "search_result_location", "source": first["source"], "title": first["title"], "cited_text": "",
               "search_result_index": 0, "start_block_index": 0, "end_block_index": 1}] if first else []
     return {"id": "msg_local", "type": "message", "role": "assistant", "model": body["model"],
             "content": [{"type": "text", "text": "From the documents.", "citations": cites}],
             "stop_reason": "end_turn", "stop_sequence": None, "usage": USAGE}
+
+
+def _tool_call(body: dict[str, Any], rewrite: Callable[[str], str]) -> dict[str, Any]:
+    """The reply to a forced `search_queries` call (the query rewriter): one query, `rewrite` of the request's text."""
+    text = "".join(b.get("text", "") for b in body["messages"][-1]["content"] if isinstance(b, dict))
+    return {"id": "msg_local_tool", "type": "message", "role": "assistant", "model": body["model"],
+            "content": [{"type": "tool_use", "id": "toolu_local", "name": "search_queries",
+                         "input": {"queries": [rewrite(text)]}}],
+            "stop_reason": "tool_use", "stop_sequence": None, "usage": USAGE}
 
 
 def _sse(message: dict[str, Any]) -> bytes:
@@ -48,6 +60,12 @@ def _sse(message: dict[str, Any]) -> bytes:
     return "".join(f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in events).encode()
 
 
+def _standalone(text: str) -> str:
+    first = next((line.removeprefix("User: ") for line in text.splitlines() if line.startswith("User: ")), "")
+    follow_up = text.rsplit("Follow-up question: ", 1)[-1].strip()
+    return f"{follow_up} ({first})" if first else follow_up
+
+
 class MessagesApi:
     """`with MessagesApi() as api:` then point the SDK at `api.url`."""
 
@@ -58,6 +76,9 @@ class MessagesApi:
         self.fail: tuple[int, str] | None = None
         #: Refuse (400 invalid_request_error) the message requests for which this returns True.
         self.refuse: Callable[[dict[str, Any]], bool] | None = None
+        #: The standalone query a forced `search_queries` call (the conversation rewriter) answers, from the text
+        #: the rewriter sent; by default the follow-up question with its conversation's first question.
+        self.rewrite: Callable[[str], str] = _standalone
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
@@ -94,6 +115,8 @@ class MessagesApi:
                     return self._error(*api.fail)
                 if api.refuse is not None and api.refuse(body):
                     return self._error(400, "invalid_request_error")
+                if (body.get("tool_choice") or {}).get("name") == "search_queries":
+                    return self._send(200, json.dumps(_tool_call(body, api.rewrite)).encode())
                 message = _message(body)
                 if body.get("stream"):
                     return self._send(200, _sse(message), "text/event-stream")

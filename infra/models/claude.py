@@ -31,7 +31,8 @@ from pydantic import BaseModel, Field, ValidationError
 from infra.ops import tracing
 from infra.settings import AnthropicSettings
 from kernel.errors import AnswerModelError, ConfigurationError, ModelRequestError
-from kernel.ports import GeneratedAnswer, OnDelta, Search, SearchHit
+from kernel.ports import GeneratedAnswer, OnDelta, Search, SearchHit, Turn
+from retrieval.conversation import plain_answer
 from schemas.events import Citation, Usage
 
 PROMPT_VERSION = "rag-answer-2026-11-24.1"
@@ -98,11 +99,17 @@ def search_result_block(hit: SearchHit) -> dict[str, Any]:
 class _Conversation:
     """One answer in the making: the sources sent so far, in the order the API counts them."""
 
-    def __init__(self, question: str, hits: Sequence[SearchHit]) -> None:
+    def __init__(self, question: str, hits: Sequence[SearchHit], history: Sequence[Turn] = ()) -> None:
         self.sources: list[SearchHit] = list(hits)
         content: list[dict[str, Any]] = [search_result_block(h) for h in hits]
         content.append({"type": "text", "text": f"Question: {question}"})
-        self.messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
+        # Earlier turns of the conversation as prior messages, in plain text: only this turn's search results are
+        # search_result blocks, so only they can be cited.
+        self.messages: list[dict[str, Any]] = [
+            message for t in history for message in (
+                {"role": "user", "content": [{"type": "text", "text": f"Question: {t.question}"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": plain_answer(t.answer) or "(no answer)"}]})]
+        self.messages.append({"role": "user", "content": content})
         self.usage = [0, 0, 0, 0]
         self.dropped = 0
 
@@ -166,7 +173,8 @@ class ClaudeAnswerer:
                 return
 
     def answer(self, question: str, hits: Sequence[SearchHit], *, on_delta: OnDelta | None = None,
-               deadline_s: float | None = None, search: Search | None = None) -> GeneratedAnswer:
+               deadline_s: float | None = None, search: Search | None = None,
+               history: Sequence[Turn] = ()) -> GeneratedAnswer:
         deadline = time.monotonic() + (deadline_s or self._settings.timeout_s * 2)
         models = self._models()
         failures: list[str] = []
@@ -177,7 +185,7 @@ class ClaudeAnswerer:
                 break
             budget = remaining / (len(models) - n)  # leave the fallback its share of the time
             try:
-                answer = self._answer_with(model, question, hits, on_delta, budget, search)
+                answer = self._answer_with(model, question, hits, on_delta, budget, search, history)
             except _REQUEST as exc:
                 if type(exc) in _REQUEST:  # the generic class: this request; a subclass names an account state
                     raise ModelRequestError(f"Claude refused this request ({_describe(exc)})") from exc
@@ -193,9 +201,8 @@ class ClaudeAnswerer:
         raise AnswerModelError(("Claude gave no answer: " + "; ".join(failures))[:1000])
 
     def _answer_with(self, model: str, question: str, hits: Sequence[SearchHit], on_delta: OnDelta | None,
-                     budget_s: float,
-                     search: Search | None) -> GeneratedAnswer:
-        convo = _Conversation(question, hits)
+                     budget_s: float, search: Search | None, history: Sequence[Turn]) -> GeneratedAnswer:
+        convo = _Conversation(question, hits, history)
         tools = [tool_definition()] if search is not None and self._agentic_steps else []
         client = self._client.with_options(timeout=min(self._settings.timeout_s, budget_s))
         for step in range(self._agentic_steps + 1):

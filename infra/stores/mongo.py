@@ -244,6 +244,11 @@ class MongoDocumentStore:
             row = self._answers.find_one({"tenant": tenant, "query_id": query_id})
         return str(row["answer"]) if row else answer_json
 
+    @_classified
+    def delete_answers(self, tenant: str, query_ids: Sequence[str]) -> None:
+        if query_ids:
+            self._answers.delete_many({"tenant": tenant, "query_id": {"$in": list(query_ids)}})
+
     def close(self) -> None:
         """The client is shared (see wiring); closing it is the owner's job."""
 
@@ -281,3 +286,8 @@ class MongoAnswerCache:
     def put(self, tenant: str, key: str, answer_json: str) -> None:
         with contextlib.suppress(DuplicateKeyError):  # cached already: the first entry stays
             self._col.insert_one({"tenant": tenant, "key": key, "answer": answer_json})
+
+    @_classified
+    def delete(self, tenant: str, keys: Sequence[str]) -> None:
+        if keys:
+            self._col.delete_many({"tenant": tenant, "key": {"$in": list(keys)}})

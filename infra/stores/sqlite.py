@@ -222,6 +222,9 @@ class SqliteDocumentStore:
                                (tenant, query_id)).fetchone()
         return str(row[0])
 
+    def delete_answers(self, tenant: str, query_ids: Sequence[str]) -> None:
+        self._write("DELETE FROM answers WHERE tenant=? AND query_id=?", [(tenant, q) for q in query_ids])
+
     def _write(self, sql: str, rows: Sequence[tuple[object, ...]]) -> None:
         if rows:
             with self._db.transaction() as conn:
@@ -270,6 +273,11 @@ class SqliteAnswerCache:
         with self._db.transaction() as conn:
             conn.execute("INSERT OR IGNORE INTO answer_cache (tenant, key, answer) VALUES (?,?,?)",
                          (tenant, key, answer_json))
+
+    def delete(self, tenant: str, keys: Sequence[str]) -> None:
+        if keys:
+            with self._db.transaction() as conn:
+                conn.executemany("DELETE FROM answer_cache WHERE tenant=? AND key=?", [(tenant, k) for k in keys])
 
     def close(self) -> None:
         self._db.close()

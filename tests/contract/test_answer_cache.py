@@ -92,3 +92,17 @@ def test_the_answer_log_and_the_cache_never_share_an_entry(backend: tuple[Answer
         assert store.put_answer("t", query_id, '{"from": "log"}') == '{"from": "log"}'
     assert cache.get("t", key) == '{"from": "cache"}'
     assert cache.get("t", f"cache:{key}") is None
+
+
+def test_deleted_entries_and_logged_answers_are_gone(backend: tuple[AnswerCache, DocumentStore]) -> None:
+    """What erasing a conversation relies on: its cached and its logged answers can be deleted, others stay."""
+    cache, store = backend
+    for key in ("a", "b"):
+        cache.put("t", key, f'{{"k": "{key}"}}')
+        store.put_answer("t", key, f'{{"q": "{key}"}}')
+    cache.delete("t", ["a", "missing"])
+    store.delete_answers("t", ["a", "missing"])
+    cache.delete("t", [])
+    store.delete_answers("t", [])
+    assert cache.get("t", "a") is None and store.get_answer("t", "a") is None
+    assert cache.get("t", "b") == '{"k": "b"}' and store.get_answer("t", "b") == '{"q": "b"}'

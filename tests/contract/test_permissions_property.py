@@ -43,7 +43,7 @@ class CitingEverything:
     prompt_version = "test"
 
     def answer(self, question: str, hits: Sequence[SearchHit], *, on_delta: Any = None, deadline_s: Any = None,
-               search: Any = None) -> GeneratedAnswer:
+               search: Any = None, history: Any = ()) -> GeneratedAnswer:
         found = [*hits, *(search(question, 20) if search is not None else [])]
         return GeneratedAnswer(text="see sources", model=self.name, prompt_version=self.prompt_version,
                                degraded=False, citations=[

@@ -140,13 +140,33 @@ def test_the_subscribing_guide_asks_and_reads_the_answer(published: Settings,
                                                          tmp_path: Path) -> None:
     server, root = content_sources
     run = runner(published, server, root, tmp_path)
-    python, shell = executable(ROOT / "docs" / "subscribing.md")
+    python, shell, _ = executable(ROOT / "docs" / "subscribing.md")
     out = run(python)
     answer = next(line for line in out.splitlines() if not line.startswith(("...", "[")))
     assert "27 days" in answer and "[1] handbook/onboarding.md > Onboarding > Holidays: New starters get 27" in out
     line = run(shell).strip().splitlines()[0]
     key, value = line.split("\t", 1)
     assert key == "support/ticket-881#1" and json.loads(value)["query_id"] == key
+
+
+def test_the_subscribing_guides_conversation_is_answered_in_context_then_erased(
+        published: Settings, content_sources: tuple[HttpsServer, Path], tmp_path: Path) -> None:
+    server, root = content_sources
+    *_, conversation = executable(ROOT / "docs" / "subscribing.md")
+    out = runner(published, server, root, tmp_path)(conversation).splitlines()
+    assert out[0] == ("support/chat-42#1 turn 1 searched 'How many days of holiday do new starters get?': "
+                      "handbook/onboarding.md")
+    assert out[1] == ("support/chat-42#2 turn 2 searched 'And on their first day? holiday new starters': "
+                      "handbook/onboarding.md")
+    assert out[2].startswith("support/chat-42#3 turn 1 searched 'And on their first day?': ")
+    # erased: no turn of it is stored, and the answers of the turns before the deletion left the answer log
+    conversations = wiring.build_conversations(published)
+    assert conversations.stored_turns("acme", "support/chat-42") == [
+        t for t in conversations.stored_turns("acme", "support/chat-42") if t.query_id == "support/chat-42#3"]
+    store = wiring.build_store(published)
+    assert store.get_answer("acme", "support/chat-42#1") is None
+    assert store.get_answer("acme", "support/chat-42#2") is None
+    assert store.get_answer("acme", "support/chat-42#3") is not None
 
 
 def test_a_keyless_document_event_is_indexed_and_rekeyed(published: Settings) -> None:

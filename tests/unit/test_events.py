@@ -14,6 +14,7 @@ from schemas import generate
 from schemas.events import (
     INLINE_TEXT_MAX_BYTES,
     ContentRef,
+    ConversationDeleted,
     DocumentArrived,
     QueryRequested,
     chunk_uuid,
@@ -150,3 +151,15 @@ def test_chunk_and_section_ids_never_change(make, args, golden) -> None:  # type
     only because they are the same as when the entry was first written: a change of formula would orphan every
     stored entry (old ids never overwritten or deleted). Golden values, written down once; never update them."""
     assert make(*args) == golden
+
+
+def test_an_over_long_or_unprintable_conversation_id_is_refused_clearly() -> None:
+    for bad in ("x" * 257, "line\nbreak", ""):
+        with pytest.raises(ValidationError, match="conversation_id"):
+            QueryRequested(text="q", conversation_id=bad)
+    with pytest.raises(PoisonMessageError, match="conversation_id"):
+        decode(TOPICS.queries, b'{"text": "q", "conversation_id": "' + b"x" * 300 + b'"}')
+    # queries.v1 publishers before conversations send no `type`: still queries
+    assert isinstance(decode(TOPICS.queries, b'{"text": "q"}'), QueryRequested)
+    assert isinstance(decode(TOPICS.queries, b'{"type": "conversation.deleted", "conversation_id": "c"}'),
+                      ConversationDeleted)

@@ -121,7 +121,7 @@ CASES: list[tuple[str, TopicSpec, bytes | None, str]] = [
     ("flag", TOPICS.queries, query(stream="yes please"),
      QUERY + "field 'stream': expected true or false, got \"yes please\""),
     ("query type", TOPICS.queries, query(type="document.arrived"),
-     QUERY + "field 'type': expected one of 'query.requested', got \"document.arrived\""),
+     QUERY + "field 'type' is \"document.arrived\": expected one of query.requested, conversation.deleted"),
 ]
 
 
