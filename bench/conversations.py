@@ -1,7 +1,7 @@
 """Follow-up questions in context: nDCG@10 of elliptical follow-ups, searched as asked, as the answerer rewrites
 them (offline rule, or Claude with a key), and as the hand-written standalone question (the ceiling).
 
-    python bench/conversations.py [SET] [--out DIR] [--json OUT] [--claude]
+    python bench/conversations.py [SET] [--out DIR] [--json OUT] [--claude] [--bus]
 
 SET is a BEIR-layout set of hand-written questions (default ../shared/data/pydocs-faq-dev: the Python FAQ's own
 questions, each judged relevant to its FAQ entry). The multi-turn set is derived from it by a fixed procedure,
@@ -20,7 +20,11 @@ is):
 Each conversation is asked through the answerer's stage function (consumers/answerer.py: the rewriting, the
 conversation store and the retrieval the stage runs on the bus, without Kafka) over the set's index
 (bench/retrieval.py builds and keeps it): turn 1 with a conversation id, then turn 2 in the same conversation
-(rewritten), then turn 2's text and Q2's text as standalone queries. Retrieve-only at top_k 100. Note the rule's
+(rewritten), then turn 2's text and Q2's text as standalone queries. Retrieve-only at top_k 100. With `--bus`
+the same questions go through a running stack (`ragbus up`, or RAGBUS_KAFKA_BOOTSTRAP_SERVERS): the corpus is
+ingested into a fresh tenant through the documents topic as `ragbus eval` does, and the turns are published on
+the queries topic with plain query events (every turn 1, its answers awaited, then every turn 2 in its
+conversation, then the raw and standalone questions without one), as an asking system would. Note the rule's
 bias: step 3 removes exactly words the first turn names, which the offline rule carries back; follow-ups that
 refer by other words, or change the subject, are harder than this set.
 """
@@ -160,19 +164,73 @@ def measure(settings: Settings, directory: Path, conversations: list[dict[str, A
                                "vs_raw": paired_difference(base, s.ndcg10)} for name, s in scores.items()}}
 
 
+def measure_on_bus(settings: Settings, directory: Path, conversations: list[dict[str, Any]]) -> dict[str, Any]:
+    """The same measurement through the bus: the stack's answerer, rewriter and conversation store."""
+    import uuid
+
+    from ragbus.client import ask_many, new_correlation
+    from ragbus.evaluate import corpus_events, ingest
+
+    eval_set = load_set(directory)
+    tenant = f"conv-{uuid.uuid4().hex[:8]}"
+    started = time.perf_counter()
+    problems = ingest(settings, corpus_events(settings, eval_set, tenant, new_correlation()), 3600, lambda: None)
+    if problems:
+        raise SystemExit(f"ingest failed: {problems[:3]}")
+    ingest_s = round(time.perf_counter() - started, 1)
+
+    def ask(texts: dict[str, tuple[str, str | None]]) -> dict[str, AnswerGenerated]:
+        queries = [QueryRequested(tenant=tenant, query_id=key, text=text, top_k=100, retrieve_only=True,
+                                  conversation_id=conversation) for key, (text, conversation) in texts.items()]
+        answers = ask_many(settings, queries, 600)
+        missing = [q.query_id for q in queries if q.query_id not in answers]
+        if missing:
+            raise SystemExit(f"{len(missing)} queries unanswered, e.g. {missing[:3]}")
+        return answers
+
+    run = uuid.uuid4().hex[:6]
+    started = time.perf_counter()
+    ask({f"{run}/{c['id']}/1": (c["turns"][0]["text"], f"{run}/{c['id']}") for c in conversations})
+    second = ask({f"{run}/{c['id']}/2": (c["turns"][1]["text"], f"{run}/{c['id']}") for c in conversations})
+    alone = ask({f"{run}/{c['id']}/{name}": (c["turns"][1][field], None) for c in conversations
+                 for name, field in (("raw", "text"), ("standalone", "standalone"))})
+    rankings: dict[str, dict[str, list[str]]] = {"raw follow-up": {}, "rewritten": {}, "standalone": {}}
+    for c in conversations:
+        qid = c["turns"][1]["id"]
+        for name, answer in (("rewritten", second[f"{run}/{c['id']}/2"]),
+                             ("raw follow-up", alone[f"{run}/{c['id']}/raw"]),
+                             ("standalone", alone[f"{run}/{c['id']}/standalone"])):
+            rankings[name][qid] = documents([x.document_id for x in answer.citations])
+    examples = [{"follow_up": c["turns"][1]["text"], "search_query": second[f"{run}/{c['id']}/2"].search_query,
+                 "standalone": c["turns"][1]["standalone"]} for c in conversations[:5]]
+    judged = {c["turns"][1]["id"]: eval_set.judgements[c["turns"][1]["id"]] for c in conversations}
+    scores = {name: score(r, judged) for name, r in rankings.items()}
+    base = scores["raw follow-up"].ndcg10
+    return {"set": str(directory), "conversations": len(conversations), "tenant": tenant, "ingest_s": ingest_s,
+            "seconds": round(time.perf_counter() - started, 1), "rewriter": "the stack's (through the bus)",
+            "examples": examples,
+            "results": {name: {"ndcg@10": round(sum(s.ndcg10) / len(s.ndcg10), 3),
+                               "ci95": bootstrap_interval(s.ndcg10),
+                               "recall@10": round(sum(s.recall10) / len(s.recall10), 3),
+                               "vs_raw": paired_difference(base, s.ndcg10)} for name, s in scores.items()}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("set", type=Path, nargs="?", default=DEFAULT_SET)
     ap.add_argument("--out", type=Path, help="where the conversation set is written")
     ap.add_argument("--json", type=Path, metavar="OUT", help="also write every figure here")
     ap.add_argument("--claude", action="store_true", help="rewrite with Claude (needs RAGBUS_ANTHROPIC_API_KEY)")
+    ap.add_argument("--bus", action="store_true", help="through a running stack (its settings: RAGBUS_DATA_DIR, "
+                                                       "or RAGBUS_KAFKA_BOOTSTRAP_SERVERS)")
     args = ap.parse_args()
     settings = Settings()
     if args.claude and settings.anthropic.api_key is None:
         ap.error("--claude needs RAGBUS_ANTHROPIC_API_KEY (or ANTHROPIC_API_KEY)")
     conversations = build(args.set)
     write(conversations, args.set, args.out or OUT / "sets" / f"{args.set.name}-conversations")
-    report = measure(settings, args.set, conversations, args.claude)
+    report = (measure_on_bus(settings, args.set, conversations) if args.bus
+              else measure(settings, args.set, conversations, args.claude))
     print(f"{report['conversations']} two-turn conversations from {args.set} ({report['rewriter']} rewriting, "
           f"{report['seconds']} s)")
     for name, r in report["results"].items():
