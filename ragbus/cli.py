@@ -347,9 +347,11 @@ def _eval_one(settings: Settings, eval_set: EvalSet, tenant: str, *, ingest: boo
                     typer.echo(f"not indexed: {p}", err=True)
                 raise RagbusError(f"{len(problems)} of {len(events)} documents were not indexed; "
                                   "see `ragbus status` and `ragbus dlq list`")
-        bar = progress.add_task("asking", total=len(eval_set.queries))
-        asked = evaluate.ask_all(settings, tenant, eval_set.queries, top_k=top_k, concurrency=concurrency,
-                                 timeout_s=timeout, progress=lambda: progress.advance(bar))
+        to_ask = eval_set.to_ask()  # with a multi-turn set, the turns that give the judged ones their context
+        bar = progress.add_task("asking", total=len(to_ask))
+        asked = evaluate.ask_all(settings, tenant, to_ask, top_k=top_k, concurrency=concurrency,
+                                 timeout_s=timeout, progress=lambda: progress.advance(bar),
+                                 conversation_of=eval_set.conversation_of)
     result = evaluate.report(eval_set, asked, tenant=tenant, documents_ingested=ingested, ingest_s=ingest_s,
                              top_k=top_k)
     return result, len(asked.unanswered)

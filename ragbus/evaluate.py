@@ -1,5 +1,9 @@
 """`ragbus eval DIR`: retrieval quality and query latency of the running stack on a BEIR-layout set.
 
+A multi-turn set gives its queries a `conversation_id` in queries.jsonl: each is asked in its conversation, in
+file order, after the answer to the conversation's previous query (so a follow-up is rewritten and searched in
+context); only queries with judgements are scored, and an unjudged turn is asked for the context it gives.
+
 The documents of `DIR/corpus.jsonl` are ingested through the bus into a fresh tenant (or an existing one
 with `--no-ingest`), every query of `DIR/queries.jsonl` is asked through the bus as a retrieve-only query,
 and the ranked documents are scored against `DIR/qrels.tsv` (or `DIR/qrels/test.tsv`). So what it
@@ -36,8 +40,20 @@ from .client import InputError, publish, row_event, wait_final
 @dataclass(frozen=True)
 class EvalSet:
     corpus: Path
+    #: The judged queries (what is scored), in file order.
     queries: list[tuple[str, str]]
     judgements: dict[str, dict[str, float]]
+    #: Multi-turn sets: every query of a conversation (judged or not: an unjudged first turn is asked for the
+    #: context it gives), in file order, and each one's conversation id. Empty for a set of single questions.
+    turns: list[tuple[str, str]] = field(default_factory=list)
+    conversation_of: dict[str, str] = field(default_factory=dict)
+
+    def to_ask(self) -> list[tuple[str, str]]:
+        """What is asked, in order: the judged queries, and the unjudged turns that give them their context."""
+        if not self.conversation_of:
+            return self.queries
+        judged = {qid for qid, _ in self.queries}
+        return [(qid, text) for qid, text in self.turns if qid in judged or qid in self.conversation_of]
 
 
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -73,11 +89,13 @@ def load_set(directory: Path) -> EvalSet:
             judgements.setdefault(parts[0], {})[parts[1]] = float(parts[2])
         except ValueError as exc:
             raise InputError(f"{qrels}:{n}: score {parts[2]!r} is not a number") from exc
-    queries = [(str(row["id"]), row["text"]) for _, row in _rows(queries_file)]
-    queries = [(qid, text) for qid, text in queries if qid in judgements]
+    rows = [row for _, row in _rows(queries_file)]
+    turns = [(str(row["id"]), row["text"]) for row in rows]
+    conversation_of = {str(row["id"]): str(row["conversation_id"]) for row in rows if row.get("conversation_id")}
+    queries = [(qid, text) for qid, text in turns if qid in judgements]
     if not queries:
         raise InputError(f"{queries_file}: no query has a judgement in {qrels}")
-    return EvalSet(corpus, queries, judgements)
+    return EvalSet(corpus, queries, judgements, turns, conversation_of)
 
 
 def corpus_events(settings: Settings, eval_set: EvalSet, tenant: str, correlation: str) -> list[DocumentArrived]:
@@ -110,21 +128,31 @@ class Asked:
 
 
 def ask_all(settings: Settings, tenant: str, queries: list[tuple[str, str]], *, top_k: int, concurrency: int,
-            timeout_s: float, progress: Callable[[], None]) -> Asked:
-    """Ask every query retrieve-only through the bus, at most `concurrency` in flight."""
+            timeout_s: float, progress: Callable[[], None], conversation_of: dict[str, str] | None = None) -> Asked:
+    """Ask every query retrieve-only through the bus, at most `concurrency` in flight. A query of a conversation
+    (`conversation_of`: query id -> conversation id) is asked in it, after the answer to the conversation's
+    previous query, as an assistant asks a follow-up; the conversation ids are made unique to this run."""
     run = uuid.uuid4().hex[:10]
     internal = {f"eval-{run}-{i}": (qid, text) for i, (qid, text) in enumerate(queries)}
+    conversation = {key: f"eval-{run}/{(conversation_of or {})[qid]}" for key, (qid, _) in internal.items()
+                    if qid in (conversation_of or {})}
     pending = list(internal)
     in_flight: dict[str, float] = {}
     out = Asked()
     producer = EventProducer(settings)
+
+    def ready(key: str) -> bool:  # nothing earlier of its conversation still waits for its answer
+        c = conversation.get(key)
+        return c is None or not any(conversation.get(k) == c for k in [*in_flight, *pending[:pending.index(key)]])
+
     with Tail(settings, TOPICS.answers) as answers:
         deadline = time.monotonic() + timeout_s
         while (pending or in_flight) and time.monotonic() < deadline:
-            while pending and len(in_flight) < concurrency:
-                key = pending.pop(0)
-                producer.send(TOPICS.queries, key, QueryRequested(
+            while len(in_flight) < concurrency and (key := next((k for k in pending if ready(k)), None)) is not None:
+                pending.remove(key)
+                producer.send(TOPICS.queries, conversation.get(key, key), QueryRequested(
                     tenant=tenant, query_id=key, text=internal[key][1], top_k=top_k, retrieve_only=True,
+                    conversation_id=conversation.get(key),
                     deadline_ms=int(min(600.0, max(1.0, timeout_s)) * 1000)))
                 producer.flush()
                 in_flight[key] = time.perf_counter()
@@ -152,7 +180,8 @@ def report(eval_set: EvalSet, asked: Asked, *, tenant: str, documents_ingested: 
     metrics = scores.means()
     return {
         "set": str(eval_set.corpus.parent), "tenant": tenant, "queries": len(judged),
-        "answered": len(asked.rankings), "documents_ingested": documents_ingested, "ingest_s": round(ingest_s, 1),
+        "answered": len(judged.keys() & asked.rankings.keys()), "documents_ingested": documents_ingested,
+        "ingest_s": round(ingest_s, 1),
         "top_k": top_k, **metrics, "ndcg@10_ci95": list(bootstrap_interval(scores.ndcg10)),
         "latency_ms": {"p50": percentile(asked.round_trip_ms, 50), "p95": percentile(asked.round_trip_ms, 95)},
         "retrieve_ms": {"p50": percentile(asked.retrieve_ms, 50), "p95": percentile(asked.retrieve_ms, 95)},

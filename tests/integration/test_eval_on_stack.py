@@ -80,3 +80,31 @@ def test_eval_runs_several_sets_in_one_table_and_compares_with_a_baseline(
 
     bad = cli(settings, "eval", str(first), "--baseline", str(first / "qrels.tsv"))
     assert bad.returncode == 2 and "--baseline" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_eval_asks_a_multi_turn_set_in_its_conversations_in_order(stack: tuple[Stack, Settings],
+                                                                   tmp_path: Path) -> None:
+    """A set whose queries carry a conversation_id: every turn is asked in its conversation, after the answer to
+    the one before (so the follow-up is searched in context), and only the judged follow-ups are scored."""
+    import sqlite3
+
+    _, settings = stack
+    beir = write_set(tmp_path / "conversations")
+    turns = [("c1/1", "How far can an owl turn its head?", "c1"), ("c1/2", "And how many neck vertebrae?", "c1"),
+             ("c2/1", "What do Kafka consumer groups share?", "c2"), ("c2/2", "Of which topic?", "c2")]
+    (beir / "queries.jsonl").write_text("".join(json.dumps({"id": q, "text": t, "conversation_id": c}) + "\n"
+                                                for q, t, c in turns))
+    (beir / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nc1/2\tfaq/general#1\t1\nc2/2\tfaq/library#3\t1\n")
+    done = cli(settings, "eval", str(beir), "--json", "--top-k", "10")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["queries"] == 2 and result["answered"] == 2 and set(result["ndcg@10_per_query"]) == {"c1/2", "c2/2"}
+    with sqlite3.connect(settings.data_dir / "ragbus.sqlite") as db:
+        stored = db.execute("SELECT conversation_id, seq, question, search_query FROM conversation_turns "
+                            "WHERE tenant = ? ORDER BY conversation_id, seq", (result["tenant"],)).fetchall()
+    by_conversation: dict[str, list[tuple[int, str, str]]] = {}
+    for conversation, seq, question, searched in stored:
+        by_conversation.setdefault(conversation.rsplit("/", 1)[-1], []).append((seq, question, searched))
+    assert [q for _, q, _ in by_conversation["c1"]] == ["How far can an owl turn its head?",
+                                                        "And how many neck vertebrae?"]  # in order, in context
+    assert by_conversation["c2"][1][2] != "Of which topic?"  # the follow-up was searched rewritten
