@@ -1,4 +1,5 @@
-"""The ConversationStore contract: every backend (SQLite; MongoDB through mongomock) keeps turns per tenant,
+"""The ConversationStore contract: every backend (SQLite; MongoDB through mongomock and through nx-27017, a
+MongoDB wire-protocol server pymongo talks to over a socket) keeps turns per tenant,
 conversation id and owner, bounded in turns read and in time, and erases a conversation whoever owns it."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import pytest
 from kernel.ports import ConversationStore, Turn
 
 from .conftest import _mongomock_database
+from .test_answer_cache import nx_27017  # noqa: F401  (the module's nx-27017 server, a fixture)
 
 MAX_TURNS, TTL_S = 3, 100.0
 
@@ -29,7 +31,7 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture(params=["sqlite", "mongomock"])
+@pytest.fixture(params=["sqlite", "mongomock", "nx-27017"])
 def store(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Iterator[ConversationStore]:
     if request.param == "sqlite":
         from infra.stores.conversations_sqlite import SqliteConversationStore
@@ -40,7 +42,18 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Itera
         return
     from infra.stores.conversations_mongo import MongoConversationStore
 
-    client, database = _mongomock_database()
+    if request.param == "mongomock":
+        client, database = _mongomock_database()
+    else:
+        import uuid
+
+        from pydantic import SecretStr
+
+        from infra.settings import MongoSettings
+        from infra.stores.mongo import connect
+
+        client = connect(MongoSettings(uri=SecretStr(request.getfixturevalue("nx_27017")), timeout_ms=5000))
+        database = f"t{uuid.uuid4().hex}"
     yield MongoConversationStore(client, database, max_turns=MAX_TURNS, ttl_s=TTL_S,  # type: ignore[arg-type]
                                  clock=clock)
 
