@@ -126,3 +126,40 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[object]:
     adapter = _make(DOCUMENT_STORES, request.param, tmp_path, request)
     yield adapter
     adapter.close()
+
+
+@pytest.fixture(scope="session")
+def nx_27017(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One nx-27017 server (a MongoDB wire-protocol server pymongo talks to over a socket) for the session; each
+    test gets a database of its own (`mongo_database`): its URI."""
+    import subprocess
+    import sys
+
+    from engine.broker import free_port, wait_for_port
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("nx") / "nx.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen([str(Path(sys.executable).parent / "nx-27017"), "--db", "memory", "-p", str(port)],
+                                  stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, 30)
+        yield f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def mongo_database(backend: str, request: pytest.FixtureRequest) -> tuple[object, str]:
+    """A MongoDB client and a fresh database on `backend`: "mongomock" (in process) or "nx-27017" (over a socket)."""
+    if backend == "mongomock":
+        return _mongomock_database()
+    import uuid
+
+    from pydantic import SecretStr
+
+    from infra.settings import MongoSettings
+    from infra.stores.mongo import connect
+
+    client = connect(MongoSettings(uri=SecretStr(request.getfixturevalue("nx_27017")), timeout_ms=5000))
+    return client, f"t{uuid.uuid4().hex}"

@@ -4,36 +4,17 @@ log, whose keys are the clients' own query ids."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from engine.broker import free_port, wait_for_port
 from kernel.ports import AnswerCache, DocumentStore
 
-from .conftest import _mongomock_database
+from .conftest import mongo_database
 
 BACKENDS = ["sqlite", "mongomock", "nx-27017"]
 
-
-@pytest.fixture(scope="module")
-def nx_27017(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One nx-27017 server for the module (each test gets a database of its own): its URI."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("nx") / "nx.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen([str(Path(sys.executable).parent / "nx-27017"), "--db", "memory", "-p", str(port)],
-                                  stdout=out, stderr=subprocess.STDOUT)
-    try:
-        wait_for_port(port, 30)
-        yield f"mongodb://127.0.0.1:{port}/?directConnection=true"
-    finally:
-        server.terminate()
-        server.wait(10)
 
 
 @pytest.fixture(params=BACKENDS)
@@ -49,16 +30,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[An
         return
     from infra.stores.mongo import MongoAnswerCache, MongoDocumentStore
 
-    if request.param == "mongomock":
-        client, database = _mongomock_database()
-    else:
-        from pydantic import SecretStr
-
-        from infra.settings import MongoSettings
-        from infra.stores.mongo import connect
-
-        client = connect(MongoSettings(uri=SecretStr(request.getfixturevalue("nx_27017")), timeout_ms=5000))
-        database = f"t{uuid.uuid4().hex}"
+    client, database = mongo_database(request.param, request)
     yield MongoAnswerCache(client, database), MongoDocumentStore(client, database)  # type: ignore[arg-type]
 
 

@@ -12,8 +12,7 @@ import pytest
 
 from kernel.ports import ConversationStore, Turn
 
-from .conftest import _mongomock_database
-from .test_answer_cache import nx_27017  # noqa: F401  (the module's nx-27017 server, a fixture)
+from .conftest import mongo_database
 
 MAX_TURNS, TTL_S = 3, 100.0
 
@@ -42,18 +41,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path, clock: Clock) -> Itera
         return
     from infra.stores.conversations_mongo import MongoConversationStore
 
-    if request.param == "mongomock":
-        client, database = _mongomock_database()
-    else:
-        import uuid
-
-        from pydantic import SecretStr
-
-        from infra.settings import MongoSettings
-        from infra.stores.mongo import connect
-
-        client = connect(MongoSettings(uri=SecretStr(request.getfixturevalue("nx_27017")), timeout_ms=5000))
-        database = f"t{uuid.uuid4().hex}"
+    client, database = mongo_database(request.param, request)
     yield MongoConversationStore(client, database, max_turns=MAX_TURNS, ttl_s=TTL_S,  # type: ignore[arg-type]
                                  clock=clock)
 
