@@ -135,6 +135,8 @@ class Indexer:
                 continue
             key = (ev.tenant, ev.document_id)
             before = acls.current(key)
+            if before == said:  # in force already: another part of the same version, or a redelivery
+                continue
             after = self._store.apply_acl(ev.tenant, ev.document_id, said)
             acls.in_force[key] = after
             if before is None or before.principals != after.principals:

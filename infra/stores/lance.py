@@ -228,9 +228,11 @@ class LanceVectorIndex:
             self._searches.stale = True
 
     def set_acl(self, tenant: str, document_id: str, acl: tuple[str, ...]) -> None:
+        where = f"tenant = {_quote(tenant)} AND document_id = {_quote(document_id)}"
+        if not self._table.count_rows(where):  # a document not indexed yet: an update would still commit a version
+            return
         with self._lock, self._writing():
-            self._table.update(where=f"tenant = {_quote(tenant)} AND document_id = {_quote(document_id)}",
-                               values={"acl": list(acl)})
+            self._table.update(where=where, values={"acl": list(acl)})
             self._searches.stale = True
 
     def _where(self, tenant: str, filters: Metadata | None, levels: Sequence[Level],
