@@ -15,6 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from kernel.generations import FIRST, GenerationStore
 from kernel.permissions import PUBLIC_ONLY, Acl
 from schemas.events import Citation, ContentRef, Status, Usage
 
@@ -133,6 +134,9 @@ class DocumentRecord:
     source: str = ""
     #: The upstream event's user metadata (kept with the version that is indexed).
     metadata: Metadata = field(default_factory=dict)
+    #: How the content reads (schemas.events.ContentType's value): what a rebuild of the index needs with the
+    #: content kept under `content_hash`.
+    content_type: str = "text/plain"
 
 
 class VectorIndex(Protocol):
@@ -169,23 +173,31 @@ class VectorIndex(Protocol):
         nothing is due; `force`: fold everything now. Called from a thread of its own, concurrently with
         writes and searches, so it must never make them wait or fail."""
 
+    def drop(self) -> None:
+        """Delete this index (its table or collection) and everything in it: a generation no longer kept."""
+
     def close(self) -> None: ...
 
 
-class DocumentStore(Protocol):
-    """Documents and their status, the ids and versions of their stored chunks (the text lives in the
-    vector index), claim-checked content and the answer log (each query id's one final answer)."""
+class DocumentStore(GenerationStore, Protocol):
+    """Documents and their status, the index generations and their progress (kernel/generations.py), the ids
+    and versions of their stored chunks (the text lives in the vector index), claim-checked content and the answer log (each query id's one final answer)."""
 
     def get_document(self, tenant: str, document_id: str) -> DocumentRecord | None: ...
 
     def apply_status(self, record: DocumentRecord) -> bool:
         """Apply a status under the version rules; True when it changed the stored row."""
 
-    def upsert_chunks(self, chunks: Sequence[ChunkRecord]) -> None: ...
+    def upsert_chunks(self, chunks: Sequence[ChunkRecord], generation: str = FIRST) -> None:
+        """Record the ids and versions of chunks stored in `generation`'s index (ids differ per generation)."""
 
-    def delete_chunk_versions(self, tenant: str, document_id: str, *, below: int) -> None: ...
+    def delete_chunk_versions(self, tenant: str, document_id: str, *, below: int) -> None:
+        """Forget the document's chunks whose version is < `below`, in every generation."""
 
-    def chunk_versions(self, tenant: str, document_id: str) -> list[tuple[str, int]]: ...
+    def chunk_versions(self, tenant: str, document_id: str, generation: str = FIRST) -> list[tuple[str, int]]: ...
+
+    def indexed_documents(self, after: tuple[str, str] | None = None, limit: int = 1000) -> list[DocumentRecord]:
+        """Documents whose row is `indexed`, in (tenant, document_id) order after `after`: what a rebuild reads."""
 
     def put_content(self, data: bytes) -> ContentRef: ...
 

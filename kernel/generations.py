@@ -1,0 +1,158 @@
+"""Index generations: the index and everything derived from a model or chunking setting, under one name.
+
+A generation (`g1`, `g2`, ...) is one vector index (a LanceDB table, a Weaviate collection) built with one
+`Build`: the embedding model, its prefixes and the chunk sizes, recorded beside it in the document store. One
+generation is *serving*: every query reads exactly that one (its index, its query model, its answer-cache
+entries). While a new one is *building*, every document event reaches both, so the new one stays current
+as it catches up; after `ragbus reindex switch` the previous one is kept as *old* (still current, for
+`ragbus reindex rollback`) until `ragbus reindex drop-old`. At most two generations are live at a time: a
+new build starts only when no old one is kept.
+
+A generation is rebuilt from what ragbus holds, without the publishers: the chunker keeps every document's
+content in the document store's content-addressed store, and `ragbus reindex start` publishes a
+`document.reindex` event per current document onto the documents topic, so the rebuild runs on the same
+stages (and their replicas) as any ingest, ordered per document with its live events (docs/operations.md,
+"Index generations").
+
+Per generation the store keeps, per document, the highest version that generation has completely indexed
+(`mark_indexed`). A version is reported `indexed` (status row and event) once the *serving* generation has it;
+a building generation has caught up when every document whose current version is indexed has that version
+(or a newer one) in it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+FIRST = "g1"
+NAME_PATTERN = re.compile(r"^g[1-9][0-9]{0,5}$")
+
+
+class State(StrEnum):
+    BUILDING = "building"
+    SERVING = "serving"
+    #: The generation that served before the last switch: still kept current, for a rollback.
+    OLD = "old"
+
+
+@dataclass(frozen=True)
+class Build:
+    """What a generation's index is built with: every setting its vectors or chunks depend on."""
+
+    model: str
+    query_prefix: str = ""
+    passage_prefix: str = ""
+    chunk_size: int = 200
+    chunk_overlap: int = 20
+
+    def differences(self, other: Build) -> list[str]:
+        """`name: mine -> other's` for every setting that differs."""
+        return [f"{f.name}: {getattr(self, f.name)!r} -> {getattr(other, f.name)!r}"
+                for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(other, f.name)]
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Build:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in json.loads(text).items() if k in known})
+
+
+@dataclass(frozen=True)
+class Generation:
+    name: str
+    build: Build
+    state: State
+    created_at: datetime
+    #: Documents queued for the rebuild when it started (0 for the first generation, built by ingests).
+    queued: int = 0
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a generation is: of the `total` documents whose current version is indexed, `done` have that
+    version (or a newer one) in the generation."""
+
+    done: int
+    total: int
+
+    @property
+    def caught_up(self) -> bool:
+        return self.done >= self.total
+
+
+class GenerationConflict(Exception):
+    """The generations are not in the state the change needs; the message says what to do instead."""
+
+
+def suffix(name: str) -> str:
+    """What a generation adds to the name of its index (table, collection): nothing for the first."""
+    return "" if name == FIRST else f"_{name}"
+
+
+def next_name(existing: list[Generation]) -> str:
+    return f"g{max((int(g.name[1:]) for g in existing), default=0) + 1}"
+
+
+def live(generations: list[Generation]) -> list[Generation]:
+    """Every generation that receives document events, the serving one first."""
+    order = {State.SERVING: 0, State.BUILDING: 1, State.OLD: 2}
+    return sorted(generations, key=lambda g: order[g.state])
+
+
+def serving(generations: list[Generation]) -> Generation:
+    for g in generations:
+        if g.state is State.SERVING:
+            return g
+    raise GenerationConflict("no generation is serving: run any ragbus stage once to record the first")
+
+
+def in_state(generations: list[Generation], state: State) -> Generation | None:
+    return next((g for g in generations if g.state is state), None)
+
+
+class GenerationStore(Protocol):
+    """The generations and their progress, beside the documents (SQLite table, MongoDB collection). Every change
+    of state is one atomic write: a query never sees two serving generations or none."""
+
+    def generations(self) -> list[Generation]:
+        """Every recorded generation (empty before the first stage ever ran)."""
+
+    def ensure_first(self, build: Build) -> list[Generation]:
+        """Record `g1`, serving with `build`, unless a generation exists; return the generations. Concurrent
+        callers converge on one record."""
+
+    def start_generation(self, name: str, build: Build, queued: int) -> Generation:
+        """Record `name` as building. Raises GenerationConflict while one is building or an old one is kept."""
+
+    def set_queued(self, name: str, queued: int) -> None: ...
+
+    def switch(self, name: str) -> None:
+        """`name` (building) serves; the serving one becomes old. Raises GenerationConflict otherwise."""
+
+    def rollback(self) -> str:
+        """The old generation serves again and the serving one becomes old (a swap); returns the one now serving.
+        Raises GenerationConflict when no old generation is kept."""
+
+    def drop_generation(self, name: str) -> None:
+        """Forget a building or old generation: its record, its progress and its chunk rows. Raises
+        GenerationConflict for the serving one."""
+
+    def mark_indexed(self, name: str, tenant: str, document_id: str, version: int) -> None:
+        """`name` has every chunk of `version` of the document (kept as the highest version so marked)."""
+
+    def indexed_version(self, name: str, tenant: str, document_id: str) -> int | None: ...
+
+    def progress(self, name: str) -> Progress:
+        """Of the documents whose current row is `indexed`, how many `name` has at that version or newer."""
+
+    def behind(self, name: str, limit: int, after: tuple[str, str] | None = None) -> list[tuple[str, str]]:
+        """(tenant, document_id) of indexed documents `name` does not have at their current version, in key
+        order after `after`: what a resumed rebuild re-publishes."""
