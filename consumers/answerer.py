@@ -91,15 +91,19 @@ def log_key(visible: tuple[str, ...], query_id: str) -> str:
 
 
 class Answerer:
-    def __init__(self, retriever: Retriever, model: AnswerModel, store: DocumentStore, metrics: Metrics,
-                 emit: Emit, *, cache: AnswerCache | None, concurrency: int = 8, deny_unlisted: bool = False,
-                 conversations: Conversations | None = None) -> None:
+    def __init__(self, retriever: Retriever | Callable[[], Retriever], model: AnswerModel, store: DocumentStore,
+                 metrics: Metrics, emit: Emit, *, cache: AnswerCache | None, concurrency: int = 8,
+                 deny_unlisted: bool = False, conversations: Conversations | None = None) -> None:
         """`cache`: where generated answers are reused (None: every query calls the model). `deny_unlisted`:
         documents without an ACL are readable by no query (RAGBUS_ACL_DENY_UNLISTED). `conversations`: where
-        conversations are kept (None: a conversation id is ignored, every query is standalone)."""
+        conversations are kept (None: a conversation id is ignored, every query is standalone). `retriever`: one,
+        or what returns the serving index generation's (kernel/generations.py), asked once per batch: every query
+        of a batch reads that one generation, never a mix."""
         self._deny_unlisted = deny_unlisted
         self._conversations = conversations
-        self._retriever = retriever
+        self._serving: Callable[[], Retriever] = retriever if not isinstance(retriever, Retriever) else (
+            lambda: retriever)
+        self._retriever = self._serving()
         self._model = model
         self._store = store
         self._metrics = metrics
@@ -112,6 +116,7 @@ class Answerer:
 
     def handle(self, events: Sequence[Event]) -> list[PerEvent]:
         started = utcnow()
+        self._retriever = self._serving()  # the batch's pool threads read it; the batch ends before the next
         # Events of one conversation run one after the other in a pool thread, in their order (a turn sees the
         # turns before it); the others concurrently. Each under its own trace span and log fields.
         chains: dict[tuple[str, str], list[int]] = {}

@@ -14,14 +14,21 @@ first, then entries are written with the ACL in force, and when it changed, ever
 entries when they arrive; a stale one (lower order than the ACL in force) is reported `failed`, not applied.
 A deleted document's ACL is kept: a document published again under its id is readable as it says until the
 next change.
+
+Index generations (kernel/generations.py): a part is written into its generation's index (a part for a
+generation no longer live is dropped); deletes and ACL changes reach every live generation. When a generation
+has every chunk of a version it is marked in the store; the version is reported `indexed` (status row and event,
+freshness) once the serving generation has it, so a publisher's `indexed` always means searchable.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from infra.ops.metrics import Freshness, Metrics
 from kernel.errors import PoisonMessageError
+from kernel.generations import Generation, Lanes
 from kernel.permissions import ARRIVED, CHANGED, Acl, AclOrder, document_tokens
 from kernel.ports import ChunkRecord, DocumentRecord, DocumentStore, Level, VectorIndex
 from kernel.stage import Out, PerEvent, Stage, failed_status
@@ -54,6 +61,14 @@ def statement(ev: Event) -> Acl | None:
     return None
 
 
+@dataclass(frozen=True)
+class Lane:
+    """A generation's index and the vector size it holds."""
+
+    index: VectorIndex
+    dim: int | None = None
+
+
 def chunk_records(ev: ChunksEmbedded, dim: int | None = None, acl: tuple[str, ...] | None = None
                   ) -> list[ChunkRecord]:
     """The part's chunks, then its section entries (the index holds both; the document store, chunks)."""
@@ -66,11 +81,12 @@ def chunk_records(ev: ChunksEmbedded, dim: int | None = None, acl: tuple[str, ..
                                          f"the index expects {dim or ev.dim}")
     tokens = acl if acl is not None else document_tokens(ev.tenant, None)
     for c in ev.chunks:
-        records.append(ChunkRecord(chunk_uuid(ev.tenant, ev.document_id, ev.version, c.index), ev.tenant,
+        records.append(ChunkRecord(chunk_uuid(ev.tenant, ev.document_id, ev.version, c.index, ev.generation), ev.tenant,
                                    ev.document_id, ev.version, c.index, c.text, c.vector(), ev.title,
                                    tuple(c.section_path), ev.source, dict(ev.metadata), c.section, acl=tokens))
     for s in ev.sections:
-        records.append(ChunkRecord(section_uuid(ev.tenant, ev.document_id, ev.version, s.section), ev.tenant,
+        records.append(ChunkRecord(section_uuid(ev.tenant, ev.document_id, ev.version, s.section, ev.generation),
+                                   ev.tenant,
                                    ev.document_id, ev.version, s.section, s.text, s.vector(), ev.title,
                                    tuple(s.section_path), ev.source, dict(ev.metadata), s.section, Level.SECTION,
                                    acl=tokens))
@@ -84,49 +100,54 @@ def status(ev: Event, value: Status, *, version: int, chunks: int = 0) -> Out:
 
 
 class Indexer:
-    def __init__(self, index: VectorIndex, store: DocumentStore, metrics: Metrics, dim: int | None = None) -> None:
-        self._index = index
+    def __init__(self, lanes: Lanes[Lane] | VectorIndex, store: DocumentStore, metrics: Metrics,
+                 dim: int | None = None) -> None:
+        """`lanes`: every live generation's index; one index: the first generation only (of `dim`-long vectors)."""
+        self._lanes = lanes if isinstance(lanes, Lanes) else Lanes.fixed(Lane(lanes, dim))
         self._store = store
         self._metrics = metrics
-        self._dim = dim
 
     def stage(self, max_batch: int, window_s: float) -> Stage[Event]:
         return Stage(INDEXER, handle=self.handle, on_failure=lambda ev, exc: failed_status(ev, exc, INDEXER.name),
                      max_batch=max_batch, window_s=window_s)
 
     def handle(self, events: Sequence[Event]) -> list[PerEvent]:
+        lanes = self._lanes.each()
+        serving = lanes[0][0]
+        by_name = {g.name: lane for g, lane in lanes}
         results: list[PerEvent] = [[] for _ in events]
-        acls = self._apply_acls(events)
+        acls = self._apply_acls(events, [lane for _, lane in lanes])
         chunks: dict[int, list[ChunkRecord]] = {}
         for i, ev in enumerate(events):
-            if not isinstance(ev, ChunksEmbedded):
-                continue
+            if not isinstance(ev, ChunksEmbedded) or ev.generation not in by_name:
+                continue  # a part of a generation no longer live is dropped
             try:
-                records = chunk_records(ev, self._dim, acls.tokens(ev.tenant, ev.document_id))
+                records = chunk_records(ev, by_name[ev.generation].dim, acls.tokens(ev.tenant, ev.document_id))
             except PoisonMessageError as exc:
                 results[i] = exc
                 continue
             if not superseded(self._store.get_document(ev.tenant, ev.document_id), ev.version):
                 chunks[i] = records
-        failed = self._write(chunks)
+        failed = self._write(chunks, events, by_name)
         for i, ev in enumerate(events):
             if i in failed:
                 results[i] = failed[i]
             elif isinstance(ev, DocumentDeleted):
-                results[i] = self._delete(ev)
+                results[i] = self._delete(ev, [lane for _, lane in lanes])
             elif isinstance(ev, DocumentAclChanged):
                 in_force = acls.in_force[(ev.tenant, ev.document_id)]
                 assert in_force is not None  # applied above
                 results[i] = self._acl_status(ev, in_force)
-            elif i in chunks:
-                results[i] = self._maybe_finish(ev)
+            elif i in chunks and isinstance(ev, ChunksEmbedded):
+                results[i] = self._maybe_finish(ev, by_name[ev.generation], serving)
         self._metrics.chunks.labels(INDEXER.name).inc(sum(len(c) for c in chunks.values()))
         # no index maintenance here: it runs in the indexer process's own thread, off the commit path
         return results
 
-    def _apply_acls(self, events: Sequence[Event]) -> _Acls:
+    def _apply_acls(self, events: Sequence[Event], lanes: Sequence[Lane]) -> _Acls:
         """Every ACL statement of the batch applied to the store, in order, before anything is written; then the
-        entries of each document whose ACL changed re-stamped in place (entries written below carry it already)."""
+        entries of each document whose ACL changed re-stamped in place in every live generation (entries written
+        below carry it already)."""
         acls = _Acls(self._store)
         changed: set[DocKey] = set()
         for ev in events:
@@ -142,13 +163,13 @@ class Indexer:
             if before is None or before.principals != after.principals:
                 changed.add(key)
         for tenant, document_id in sorted(changed):
-            self._index.set_acl(tenant, document_id, acls.tokens(tenant, document_id))
+            for lane in lanes:
+                lane.index.set_acl(tenant, document_id, acls.tokens(tenant, document_id))
         for ev in events:
             if isinstance(ev, DocumentAclChanged) and (ev.tenant, ev.document_id) in changed:
                 age = (utcnow() - ev.occurred_at).total_seconds()
                 self._metrics.freshness.labels(Freshness.ACL).observe(max(0.0, age))
         return acls
-
     def _acl_status(self, ev: DocumentAclChanged, in_force: Acl) -> list[Out]:
         said = statement(ev)
         key = document_key(ev.tenant, ev.document_id)
@@ -163,48 +184,64 @@ class Indexer:
             tenant=ev.tenant, correlation_id=ev.correlation_id, document_id=ev.document_id, version=ev.acl_version,
             status=Status.FAILED, stage=INDEXER.name, about="acl", error=why))]
 
-    def _write(self, chunks: dict[int, list[ChunkRecord]]) -> dict[int, Exception]:
-        """Upsert into both stores; retry refused objects; map what still fails to its event."""
-        owner = {c.chunk_id: i for i, records in chunks.items() for c in records}
-        todo_all = list({c.chunk_id: c for records in chunks.values() for c in records}.values())
-        todo, failures = todo_all, []
-        for _ in range(OBJECT_RETRIES + 1):  # a batch may repeat an event (redelivery): one object per id
-            failures = self._index.upsert(todo)
-            if not failures:
-                break
-            refused = {f.chunk_id for f in failures}
-            todo = [c for c in todo if c.chunk_id in refused]
-        failed: dict[int, Exception] = {
-            owner[f.chunk_id]: PoisonMessageError(f"vector index refused chunk {f.chunk_id}: {f.message}")
-            for f in failures}
-        self._store.upsert_chunks([c for c in todo_all if owner[c.chunk_id] not in failed and c.level is Level.CHUNK])
+    def _write(self, chunks: dict[int, list[ChunkRecord]], events: Sequence[Event], lanes: dict[str, Lane]
+               ) -> dict[int, Exception]:
+        """Upsert into each generation's index and the store; retry refused objects; map what still fails to its
+        event."""
+        failed: dict[int, Exception] = {}
+        for name, lane in lanes.items():
+            mine = {i: records for i, records in chunks.items()
+                    if isinstance(ev := events[i], ChunksEmbedded) and ev.generation == name}
+            if not mine:
+                continue
+            owner = {c.chunk_id: i for i, records in mine.items() for c in records}
+            todo_all = list({c.chunk_id: c for records in mine.values() for c in records}.values())
+            todo, failures = todo_all, []
+            for _ in range(OBJECT_RETRIES + 1):  # a batch may repeat an event (redelivery): one object per id
+                failures = lane.index.upsert(todo)
+                if not failures:
+                    break
+                refused = {f.chunk_id for f in failures}
+                todo = [c for c in todo if c.chunk_id in refused]
+            here = {owner[f.chunk_id]: PoisonMessageError(f"vector index refused chunk {f.chunk_id}: {f.message}")
+                    for f in failures}
+            self._store.upsert_chunks(
+                [c for c in todo_all if owner[c.chunk_id] not in here and c.level is Level.CHUNK], name)
+            failed |= here
         return failed
 
-    def _delete(self, ev: DocumentDeleted) -> list[Out]:
+    def _delete(self, ev: DocumentDeleted, lanes: Sequence[Lane]) -> list[Out]:
         version = ev.effective_version
         applied = self._store.apply_status(DocumentRecord(ev.tenant, ev.document_id, version, Status.DELETED))
         doc = self._store.get_document(ev.tenant, ev.document_id)
         bound = cleanup_bound(doc) if doc is not None else version + 1
-        self._index.delete_versions(ev.tenant, ev.document_id, below=bound)
+        for lane in lanes:
+            lane.index.delete_versions(ev.tenant, ev.document_id, below=bound)
         self._store.delete_chunk_versions(ev.tenant, ev.document_id, below=bound)
         return [status(ev, Status.DELETED, version=version)] if applied else []
 
-    def _maybe_finish(self, ev: ChunksEmbedded) -> list[Out]:
-        stored = sum(1 for _, v in self._store.chunk_versions(ev.tenant, ev.document_id) if v == ev.version)
+    def _maybe_finish(self, ev: ChunksEmbedded, lane: Lane, serving: Generation) -> list[Out]:
+        stored = sum(1 for _, v in self._store.chunk_versions(ev.tenant, ev.document_id, ev.generation)
+                     if v == ev.version)
         if stored < ev.total_chunks:
             return []
-        applied = self._store.apply_status(DocumentRecord(
+        self._store.mark_indexed(ev.generation, ev.tenant, ev.document_id, ev.version)
+        self._metrics.generation_documents.labels(ev.generation).inc()
+        in_serving = ev.generation == serving.name or (
+            (self._store.indexed_version(serving.name, ev.tenant, ev.document_id) or -1) >= ev.version)
+        applied = in_serving and self._store.apply_status(DocumentRecord(
             ev.tenant, ev.document_id, ev.version, Status.INDEXED, ev.total_chunks, "", ev.content_hash, ev.title,
-            ev.source, dict(ev.metadata)))
+            ev.source, dict(ev.metadata), ev.content_type.value))
         doc = self._store.get_document(ev.tenant, ev.document_id)
         # A newer version or a delete may have landed meanwhile: clean up to whatever the row now says.
         bound = cleanup_bound(doc) if doc is not None else ev.version
-        self._index.delete_versions(ev.tenant, ev.document_id, below=bound)
+        lane.index.delete_versions(ev.tenant, ev.document_id, below=bound)
         self._store.delete_chunk_versions(ev.tenant, ev.document_id, below=bound)
         if applied and ev.document_occurred_at is not None:  # the first time this version is searchable
             age = (utcnow() - ev.document_occurred_at).total_seconds()
             self._metrics.freshness.labels(Freshness.DOCUMENT).observe(max(0.0, age))
-        if applied or (doc is not None and doc.version == ev.version and doc.status is Status.INDEXED):
+        if applied or (ev.generation == serving.name and doc is not None and doc.version == ev.version
+                       and doc.status is Status.INDEXED):
             return [status(ev, Status.INDEXED, version=ev.version, chunks=ev.total_chunks)]
         return []
 

@@ -25,13 +25,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
-FIRST = "g1"
-NAME_PATTERN = re.compile(r"^g[1-9][0-9]{0,5}$")
+from schemas.events import FIRST_GENERATION, GENERATION_PATTERN
+
+#: The first generation: the index as it was before generations (its table and collection keep their names).
+FIRST = FIRST_GENERATION
+NAME_PATTERN = re.compile(GENERATION_PATTERN)
 
 
 class State(StrEnum):
@@ -49,7 +55,7 @@ class Build:
     query_prefix: str = ""
     passage_prefix: str = ""
     chunk_size: int = 200
-    chunk_overlap: int = 20
+    chunk_overlap: int = 32
 
     def differences(self, other: Build) -> list[str]:
         """`name: mine -> other's` for every setting that differs."""
@@ -156,3 +162,87 @@ class GenerationStore(Protocol):
     def behind(self, name: str, limit: int, after: tuple[str, str] | None = None) -> list[tuple[str, str]]:
         """(tenant, document_id) of indexed documents `name` does not have at their current version, in key
         order after `after`: what a resumed rebuild re-publishes."""
+
+
+T = TypeVar("T")
+
+
+def recorded(store: GenerationStore, build: Build) -> Callable[[], list[Generation]]:
+    """The store's generations, recording the first (serving with `build`) when there is none yet."""
+    return lambda: store.generations() or store.ensure_first(build)
+
+
+class Lanes(Generic[T]):
+    """A stage's view of the live generations, each with what the stage opened for it (an index, a chunker, a
+    model), refreshed from the store at most every `refresh_s` (0: on every `refresh`, i.e. every batch). What
+    belongs to a generation that is no longer live is closed. Opening is lazy and kept: two generations with
+    the same build share nothing but the store."""
+
+    def __init__(self, source: Callable[[], list[Generation]], open_: Callable[[Generation], T],
+                 close: Callable[[T], None] = lambda _: None, refresh_s: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """`source`: the recorded generations (`recorded(store, build)` in a stage)."""
+        self._source = source
+        self._open = open_
+        self._close = close
+        self._refresh_s = refresh_s
+        self._clock = clock
+        self._at = -1e18
+        self._lock = threading.Lock()
+        self._generations: list[Generation] = []
+        self._opened: dict[str, T] = {}
+
+    def refresh(self) -> list[Generation]:
+        """The live generations, serving first, re-read from the store when due."""
+        with self._lock:
+            now = self._clock()
+            if now - self._at >= self._refresh_s or not self._generations:
+                self._generations = live(self._source())
+                self._at = now
+                names = {g.name for g in self._generations}
+                for name in [n for n in self._opened if n not in names]:
+                    self._close(self._opened.pop(name))
+            return self._generations
+
+    @classmethod
+    def fixed(cls, value: T, build: Build | None = None) -> Lanes[T]:
+        """One generation, the first, serving with `value`: a stage used on its own (tests, benchmarks)."""
+        only = [Generation(FIRST, build or Build(model=""), State.SERVING, datetime.now(UTC))]
+        lanes = cls(lambda: only, lambda _: value, refresh_s=float("inf"))
+        lanes.refresh()
+        return lanes
+
+    def get(self, name: str) -> T | None:
+        """What is opened for the live generation `name` (None: not live, or not known yet at this refresh)."""
+        with self._lock:
+            generation = next((g for g in self._generations if g.name == name), None)
+            if generation is None:
+                return None
+            if name not in self._opened:
+                self._opened[name] = self._open(generation)
+            return self._opened[name]
+
+    def serving(self) -> tuple[Generation, T]:
+        generation = serving(self.refresh())
+        opened = self.get(generation.name)
+        assert opened is not None
+        return generation, opened
+
+    def each(self) -> list[tuple[Generation, T]]:
+        """Every live generation with what is opened for it, serving first."""
+        out = []
+        for g in self.refresh():
+            opened = self.get(g.name)
+            if opened is not None:
+                out.append((g, opened))
+        return out
+
+    def opened(self) -> list[T]:
+        with self._lock:
+            return list(self._opened.values())
+
+    def close(self) -> None:
+        with self._lock:
+            for opened in self._opened.values():
+                self._close(opened)
+            self._opened.clear()

@@ -181,7 +181,8 @@ class VectorIndex(Protocol):
 
 class DocumentStore(GenerationStore, Protocol):
     """Documents and their status, the index generations and their progress (kernel/generations.py), the ids
-    and versions of their stored chunks (the text lives in the vector index), claim-checked content and the answer log (each query id's one final answer)."""
+    and versions of their stored chunks (the text lives in the vector index), claim-checked content and the answer
+    log (each query id's one final answer)."""
 
     def get_document(self, tenant: str, document_id: str) -> DocumentRecord | None: ...
 

@@ -29,6 +29,7 @@ from schemas.events import (
     DocumentAclChanged,
     DocumentArrived,
     DocumentDeleted,
+    DocumentReindex,
     DocumentStatus,
     Status,
 )
@@ -39,7 +40,8 @@ from schemas.topics import TOPICS, TopicSpec, document_key
 #: is `Stage[Any]`: it only passes decoded events from the stage's topic to the stage's own functions.
 E = TypeVar("E", bound=BaseModel, default=Any)
 #: The events of the document pipeline, whose failures are reported as a `failed` document status.
-DocumentEvent = DocumentArrived | DocumentDeleted | DocumentAclChanged | ChunksProduced | ChunksEmbedded
+DocumentEvent = (DocumentArrived | DocumentDeleted | DocumentAclChanged | DocumentReindex | ChunksProduced
+                 | ChunksEmbedded)
 
 
 @dataclass(frozen=True)
@@ -110,8 +112,9 @@ def per_event(fn: Callable[[E], list[Out]]) -> Handler[E]:
 
 def failed_status(event: DocumentEvent, exc: Exception, stage: str) -> list[Out]:
     """A `failed` status for a dead-lettered document event, so waiters and the store learn why (a delete that
-    fails has no version to mark failed)."""
-    if isinstance(event, DocumentDeleted):
+    fails has no version to mark failed; a rebuild's reindex event is about one index generation, not the
+    document, which stays as it is: both are dead-lettered only)."""
+    if isinstance(event, DocumentDeleted | DocumentReindex):
         return []
     if isinstance(event, DocumentAclChanged):  # about the ACL change, not the content: the document stays as it is
         return [Out(TOPICS.status, document_key(event.tenant, event.document_id), DocumentStatus(

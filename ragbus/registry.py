@@ -27,16 +27,11 @@ from infra.ops.health import Health
 from infra.ops.metrics import Metrics
 from infra.settings import Settings
 from kernel.errors import ConfigurationError
-from kernel.ports import VectorIndex
+from kernel.generations import Generation, Lanes, recorded
+from kernel.ports import Embedder, VectorIndex
 from kernel.stage import Emit, Stage
 from retrieval.retriever import Retriever
-from schemas.events import (
-    ChunksProduced,
-    DocumentAclChanged,
-    DocumentArrived,
-    DocumentDeleted,
-    DocumentStatus,
-)
+from schemas.events import DocumentStatus
 from schemas.stages import ANSWERER, CHUNKER, EMBEDDER, INDEXER, PIPELINE, STATUS, StageSpec
 from streams import chunker, embedder
 
@@ -62,6 +57,7 @@ class Context:
 
 Factory = Callable[[Context], Stage[Any]]
 F = TypeVar("F", bound=Factory)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -103,49 +99,78 @@ def build(name: str, ctx: Context) -> Stage[Any]:
     return stage
 
 
+def _lanes(ctx: Context, stage: str, open_: Callable[[Generation, Settings], T],
+           close: Callable[[T], None] = lambda _: None, refresh_s: float = 0.0) -> Lanes[T]:
+    """The live index generations (kernel/generations.py) as this stage sees them, each opened with the settings
+    it was built with; at start-up, a configured model or chunking that differs from the serving one's is said."""
+    s = ctx.settings
+    lanes = Lanes(recorded(wiring.build_store(s), wiring.build_of(s)),
+                  lambda g: open_(g, wiring.for_generation(s, g.build)), close, refresh_s)
+    wiring.notice_differences(s, lanes.refresh(), stage)
+    return lanes
+
+
 @registers(CHUNKER)
-def build_chunker(ctx: Context) -> Stage[DocumentArrived | DocumentDeleted | DocumentAclChanged]:
+def build_chunker(ctx: Context) -> Stage[chunker.Event]:
     from infra.models.embedder import load_tokenizer  # the tokenizer, in the chunker's process only
 
-    s = ctx.settings
-    split = Chunker(load_tokenizer(s.embedder.model), s.chunker.size_tokens, s.chunker.overlap_tokens)
-    return chunker.stage(split, wiring.build_store(s).get_content, wiring.build_fetcher(s))
+    store = wiring.build_store(ctx.settings)
+    lanes = _lanes(ctx, CHUNKER.name, lambda _, s: Chunker(load_tokenizer(s.embedder.model), s.chunker.size_tokens,
+                                                           s.chunker.overlap_tokens))
+    return chunker.stage(lanes, store.get_content, wiring.build_fetcher(ctx.settings), keep=store.put_content)
 
 
 #: Tokens left for the contextual header (title > section path) in front of each chunk.
 HEADER_TOKENS = 32
 
 
-@registers(EMBEDDER)
-def build_embedder(ctx: Context) -> Stage[ChunksProduced | DocumentDeleted | DocumentAclChanged]:
-    s = ctx.settings
-    if s.embedder.nice and hasattr(os, "nice"):
-        os.nice(s.embedder.nice)  # this process only: the embedder runs alone in its worker process
-    model = wiring.passage_embedder(s, tracing.traced_embedder(wiring.build_embedder(s)))
+def check_chunk_size(s: Settings, model: Embedder) -> None:
     limit = getattr(model, "max_tokens", 0)
     if limit and s.chunker.size_tokens + HEADER_TOKENS > limit:
         raise ConfigurationError(
             f"RAGBUS_CHUNK_SIZE_TOKENS={s.chunker.size_tokens} plus a {HEADER_TOKENS}-token header exceeds "
             f"{s.embedder.model}'s {limit}-token input: chunks would be truncated; lower the chunk size")
-    cached = embedder.CachedEmbedder(model, wiring.build_cache(s), ctx.metrics)
-    return embedder.stage(cached, s.embedder.max_batch_events, s.embedder.batch_window_s)
 
 
-def _index(settings: Settings) -> tuple[VectorIndex, int]:
+@registers(EMBEDDER)
+def build_embedder(ctx: Context) -> Stage[embedder.Event]:
+    s = ctx.settings
+    if s.embedder.nice and hasattr(os, "nice"):
+        os.nice(s.embedder.nice)  # this process only: the embedder runs alone in its worker process
+    models: dict[tuple[str, str], embedder.CachedEmbedder] = {}  # generations with one model share it
+
+    def open_(_: Generation, gs: Settings) -> embedder.CachedEmbedder:
+        key = (gs.embedder.model, gs.embedder.passage_prefix)
+        if key not in models:
+            model = wiring.passage_embedder(gs, tracing.traced_embedder(wiring.build_embedder(gs)))
+            check_chunk_size(gs, model)
+            models[key] = embedder.CachedEmbedder(model, wiring.build_cache(s), ctx.metrics)
+        return models[key]
+
+    return embedder.stage(_lanes(ctx, EMBEDDER.name, open_), s.embedder.max_batch_events, s.embedder.batch_window_s)
+
+
+def _index(settings: Settings, generation: Generation | None = None) -> tuple[VectorIndex, int]:
     from infra.models.embedder import embedding_dim
 
     dim = embedding_dim(settings.embedder.model)
-    return wiring.build_index(settings, dim), dim
+    if generation is None:
+        return wiring.build_index(settings, dim), dim
+    return wiring.build_index(settings, dim, generation.name, generation.build), dim
 
 
 @registers(INDEXER)
 def build_indexer(ctx: Context) -> Stage[indexer.Event]:
     s = ctx.settings
-    index, dim = _index(s)
-    ctx.upkeep.append(maintain_forever(index, s.index.maintain_every_s,
+
+    def open_(g: Generation, gs: Settings) -> indexer.Lane:
+        index, dim = _index(gs, g)
+        return indexer.Lane(index, dim)
+
+    lanes = _lanes(ctx, INDEXER.name, open_, lambda lane: lane.index.close())
+    ctx.upkeep.append(maintain_forever(lambda: [lane.index for lane in lanes.opened()], s.index.maintain_every_s,
                                        ctx.metrics.cpu_seconds.labels(INDEXER.name, "upkeep").inc))
-    return indexer.Indexer(index, wiring.build_store(s), ctx.metrics, dim).stage(s.kafka.poll_batch,
-                                                                                  s.kafka.batch_linger_s)
+    return indexer.Indexer(lanes, wiring.build_store(s), ctx.metrics).stage(s.kafka.poll_batch, s.kafka.batch_linger_s)
 
 
 @registers(STATUS)
@@ -154,23 +179,38 @@ def build_status(ctx: Context) -> Stage[DocumentStatus]:
     return status.stage(wiring.build_store(s), s.kafka.poll_batch, s.kafka.batch_linger_s)
 
 
+#: How often the answerer looks for a switch of the serving generation: a switch serves within this.
+SERVING_REFRESH_S = 0.5
+
+
 # The answerer's deltas are sent one by one as the model's tokens arrive and nothing flushes them: no linger,
 # so each leaves at once (batch outputs are flushed before the commit either way).
 @registers(ANSWERER, **{"linger.ms": 0})
 def build_answerer(ctx: Context) -> Stage[answerer.Event]:
     s, metrics = ctx.settings, ctx.metrics
-    index, _ = _index(s)
-    questions = wiring.query_embedder(s, tracing.traced_embedder(wiring.build_embedder(s)))
+
     def degraded(model: str, _reason: str) -> None:
         metrics.retrieval_degraded.labels(model).inc()
 
-    retriever = Retriever(questions, index, wiring.retrieval_config(s),
-                          reranker=wiring.build_reranker(s), rewriter=wiring.build_rewriter(s), on_degraded=degraded)
+    def open_(g: Generation, gs: Settings) -> tuple[Retriever, VectorIndex]:
+        index, _ = _index(gs, g)
+        questions = wiring.query_embedder(gs, tracing.traced_embedder(wiring.build_embedder(gs)))
+        return Retriever(questions, index, wiring.retrieval_config(s), reranker=wiring.build_reranker(s),
+                         rewriter=wiring.build_rewriter(s), on_degraded=degraded), index
+
+    lanes = _lanes(ctx, ANSWERER.name, open_, lambda lane: lane[1].close(), refresh_s=SERVING_REFRESH_S)
+
+    def serving() -> Retriever:
+        generation, (retriever, _) = lanes.serving()
+        metrics.serving_generation.clear()
+        metrics.serving_generation.labels(generation.name).set(1)
+        return retriever
+
     conversations = Conversations(wiring.build_conversations(s), condenser=wiring.build_condenser(s),
                                   context_tokens=s.conversation.context_tokens, on_degraded=degraded)
     # No linger for queries: a lone query is answered at once, and queries that arrive together
     # still form one batch (answered concurrently) because they are in the queue already.
-    return answerer.Answerer(retriever, guarded_model(s, metrics, ctx.health), wiring.build_store(s), metrics,
+    return answerer.Answerer(serving, guarded_model(s, metrics, ctx.health), wiring.build_store(s), metrics,
                              ctx.emit, concurrency=s.answerer.concurrency, deny_unlisted=s.acl.deny_unlisted,
                              cache=wiring.build_answer_cache(s) if s.answerer.cache_answers else None,
                              conversations=conversations).stage(s.kafka.poll_batch, 0.0)
@@ -192,7 +232,8 @@ def guarded_model(settings: Settings, metrics: Metrics, health: Health | None) -
     return guard
 
 
-def maintain_forever(index: VectorIndex, every_s: float, cpu: Callable[[float], None] = lambda _: None) -> Upkeep:
+def maintain_forever(indexes: Callable[[], list[VectorIndex]], every_s: float,
+                     cpu: Callable[[float], None] = lambda _: None) -> Upkeep:
     """The indexer process keeps its vector index in shape in a thread of its own (LanceDB's optimize and
     the ANN build): a write, its commit and the searches never wait for it. `cpu` is told the thread's CPU
     seconds of each run."""
@@ -201,7 +242,8 @@ def maintain_forever(index: VectorIndex, every_s: float, cpu: Callable[[float], 
         while not stop.wait(every_s):
             started = time.thread_time()
             try:
-                index.maintain()
+                for index in indexes():  # every live generation's
+                    index.maintain()
                 failures = 0
             except Exception as exc:  # searches stay correct (new rows are scanned); the next run retries
                 failures += 1

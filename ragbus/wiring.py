@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from infra.ops import logs
 from infra.settings import Settings
 from kernel.errors import ConfigurationError
+from kernel.generations import Build, Generation, serving
 from kernel.ports import (
     AnswerCache,
     AnswerModel,
@@ -27,6 +29,7 @@ from retrieval.embedding import passage_identity, with_prefix
 from retrieval.fusion import Weights
 from retrieval.retriever import Mode, RetrievalConfig
 
+log = logs.get(__name__)
 #: ragbus's own top-level packages: a missing module among these is a broken install, not a missing extra.
 _OWN = {"infra", "engine", "kernel", "schemas", "chunking", "retrieval", "streams", "consumers", "ragbus"}
 
@@ -200,3 +203,33 @@ def build_answer_model(settings: Settings) -> AnswerModel:
     from retrieval.extractive import ExtractiveAnswerer
 
     return ExtractiveAnswerer()
+
+
+def build_of(settings: Settings) -> Build:
+    """What an index generation built with these settings records (kernel/generations.py)."""
+    e, c = settings.embedder, settings.chunker
+    return Build(model=e.model, query_prefix=e.query_prefix, passage_prefix=e.passage_prefix,
+                 chunk_size=c.size_tokens, chunk_overlap=c.overlap_tokens)
+
+
+def for_generation(settings: Settings, build: Build) -> Settings:
+    """The settings with a generation's recorded build in place of the configured model and chunking: a stage
+    works on each generation as it was built, whatever the environment says now."""
+    embedder = settings.embedder.model_copy(update={
+        "model": build.model, "query_prefix": build.query_prefix, "passage_prefix": build.passage_prefix})
+    chunker = settings.chunker.model_copy(update={"size_tokens": build.chunk_size,
+                                                  "overlap_tokens": build.chunk_overlap})
+    return settings.model_copy(update={"embedder": embedder, "chunker": chunker})
+
+
+def notice_differences(settings: Settings, generations: list[Generation], stage: str) -> None:
+    """At start-up: when the configured model or chunking differs from the serving generation's, say which
+    generation serves, what differs and the command that builds one with the configured settings. The stage
+    goes on with the serving generation's build (it does not refuse: the index it serves is intact)."""
+    now = serving(generations)
+    differs = now.build.differences(build_of(settings))
+    if differs:
+        log.warning("the configured embedding model or chunking differs from the serving index generation's; "
+                    "serving it as it was built", stage=stage, serving=now.name, differs="; ".join(differs),
+                    to_adopt="ragbus reindex start (builds a new generation with the configured settings while "
+                             f"{now.name} keeps serving), then ragbus reindex switch")

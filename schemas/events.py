@@ -126,14 +126,26 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def chunk_uuid(tenant: str, document_id: str, version: int, index: int) -> str:
-    """Deterministic chunk id: a redelivery writes the same id, so writes are idempotent."""
-    return str(uuid.uuid5(NAMESPACE, f"{tenant}\x1f{document_id}\x1f{version}\x1f{index}"))
+def _in_generation(generation: str) -> str:
+    return "" if generation == FIRST_GENERATION else f"\x1f@{generation}"
 
 
-def section_uuid(tenant: str, document_id: str, version: int, section: int) -> str:
+def chunk_uuid(tenant: str, document_id: str, version: int, index: int, generation: str = "g1") -> str:
+    """Deterministic chunk id: a redelivery writes the same id, so writes are idempotent. Ids differ per index
+    generation (kernel/generations.py), the first generation's being the ids from before generations."""
+    return str(uuid.uuid5(NAMESPACE, f"{tenant}\x1f{document_id}\x1f{version}\x1f{index}{_in_generation(generation)}"))
+
+
+def section_uuid(tenant: str, document_id: str, version: int, section: int, generation: str = "g1") -> str:
     """Deterministic id of a section entry, in the same namespace as chunks but never equal to one."""
-    return str(uuid.uuid5(NAMESPACE, f"{tenant}\x1f{document_id}\x1f{version}\x1fsection\x1f{section}"))
+    return str(uuid.uuid5(NAMESPACE, f"{tenant}\x1f{document_id}\x1f{version}\x1fsection\x1f{section}"
+                                     f"{_in_generation(generation)}"))
+
+
+#: The first index generation's name (kernel.generations.FIRST; schemas imports nothing of ragbus's own).
+FIRST_GENERATION = "g1"
+GENERATION_PATTERN = r"^g[1-9][0-9]{0,5}$"
+Generation = Annotated[str, StringConstraints(pattern=GENERATION_PATTERN)]
 
 
 def content_hash(data: bytes) -> str:
@@ -292,6 +304,26 @@ class DocumentAclChanged(Envelope):
     ignored (reported, not applied)."""
 
 
+class DocumentReindex(Envelope):
+    """Operators' event, published by `ragbus reindex start|resume`, not by upstream systems: index the document's
+    current version, read from ragbus's own content store, into one index generation (kernel/generations.py).
+    Key: `tenant/document_id`, on the documents topic, so it stays ordered with the document's own events; a
+    version that is superseded or deleted by the time it reaches the indexer is skipped."""
+
+    type: Literal["document.reindex"] = "document.reindex"
+    """Required on documents.v1: which event this is."""
+    document_id: DocumentId
+    version: Annotated[int, Field(ge=0)]
+    """The version whose content is under `content_ref` (the document store's current row)."""
+    generation: Generation
+    """The generation to index it into (`g2`, ...)."""
+    content_ref: ContentRef
+    content_type: ContentType = ContentType.TEXT
+    title: ShortText = ""
+    source: Annotated[str, StringConstraints(max_length=2048)] = ""
+    metadata: Metadata = Field(default_factory=dict)
+
+
 class Chunk(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
@@ -332,6 +364,10 @@ class _DocumentPart(Envelope):
     #: The DocumentArrived's access fields, carried to the indexer, which orders them against ACL changes.
     acl: Principals | None = None
     acl_version: Annotated[int, Field(ge=0)] = 0
+    #: The index generation these chunks are for (kernel/generations.py); producers before generations: g1.
+    generation: Generation = FIRST_GENERATION
+    #: How the document's content reads, kept with its row for a rebuild of the index.
+    content_type: ContentType = ContentType.TEXT
 
     @field_validator("document_occurred_at")
     @classmethod

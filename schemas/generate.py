@@ -26,6 +26,7 @@ from .events import (
     DocumentAclChanged,
     DocumentArrived,
     DocumentDeleted,
+    DocumentReindex,
     DocumentStatus,
     QueryRequested,
 )
@@ -33,8 +34,8 @@ from .stages import PIPELINE
 
 OUT = Path(__file__).parent / "jsonschema"
 ASYNCAPI = Path(__file__).parent / "asyncapi.json"
-EVENTS = (DocumentArrived, DocumentDeleted, DocumentAclChanged, ChunksProduced, ChunksEmbedded, DocumentStatus,
-          QueryRequested, ConversationDeleted, AnswerDelta, AnswerGenerated, DeadLetter)
+EVENTS = (DocumentArrived, DocumentDeleted, DocumentAclChanged, DocumentReindex, ChunksProduced, ChunksEmbedded,
+          DocumentStatus, QueryRequested, ConversationDeleted, AnswerDelta, AnswerGenerated, DeadLetter)
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 

@@ -22,11 +22,13 @@ from .events import (
     DocumentAclChanged,
     DocumentArrived,
     DocumentDeleted,
+    DocumentReindex,
     DocumentStatus,
     QueryRequested,
 )
 
-DocumentEvent = Annotated[DocumentArrived | DocumentDeleted | DocumentAclChanged, Field(discriminator="type")]
+DocumentEvent = Annotated[DocumentArrived | DocumentDeleted | DocumentAclChanged | DocumentReindex,
+                          Field(discriminator="type")]
 ChunkEvent = Annotated[ChunksProduced | DocumentDeleted | DocumentAclChanged, Field(discriminator="type")]
 EmbeddedEvent = Annotated[ChunksEmbedded | DocumentDeleted | DocumentAclChanged, Field(discriminator="type")]
 

@@ -12,17 +12,24 @@ version's content fixed pins it with `content_sha256` (or never changes what a v
 Every output is keyed `tenant/document_id`, whatever key the input had: a keyless or wrongly keyed
 document event is re-keyed here, before any stage that needs per-document order (the chunker itself
 keeps no per-document state, and versions order what it emits).
+
+Index generations (kernel/generations.py): a document is chunked once per live generation, with that
+generation's chunk settings, and its parts name their generation. Its content is kept in the document store's
+content-addressed store (`keep`; content that came by `content_ref` is there already), which is what a rebuild
+reads: a `document.reindex` event names the generation to chunk into and the kept content.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from chunking.content import accept
 from chunking.splitter import Chunker
-from kernel.errors import FetchError, PoisonMessageError
+from infra.ops import logs
+from kernel.errors import ConfigurationError, FetchError, PoisonMessageError, RetryableError
+from kernel.generations import Generation, Lanes
 from kernel.ports import ContentFetcher, FetchedContent
-from kernel.stage import Out, Stage, failed_status, per_event
+from kernel.stage import Out, PerEvent, Stage, failed_status
 from schemas.events import (
     CHUNKS_PER_PART,
     DOCUMENT_MAX_BYTES,
@@ -32,6 +39,7 @@ from schemas.events import (
     DocumentAclChanged,
     DocumentArrived,
     DocumentDeleted,
+    DocumentReindex,
     DocumentStatus,
     Status,
     content_hash,
@@ -39,7 +47,10 @@ from schemas.events import (
 from schemas.stages import CHUNKER
 from schemas.topics import TOPICS, document_key
 
+log = logs.get(__name__)
 ContentLoader = Callable[[ContentRef], bytes]
+ContentKeeper = Callable[[bytes], ContentRef]
+Event = DocumentArrived | DocumentDeleted | DocumentAclChanged | DocumentReindex
 
 
 class NoFetcher:
@@ -50,10 +61,10 @@ class NoFetcher:
                          "can allow sources in RAGBUS_FETCH_ALLOWED_URLS or RAGBUS_FETCH_FILE_ROOTS")
 
 
-def _content(event: DocumentArrived, load: ContentLoader, fetch: ContentFetcher) -> str | bytes:
-    if event.text is not None:
+def _content(event: DocumentArrived | DocumentReindex, load: ContentLoader, fetch: ContentFetcher) -> str | bytes:
+    if isinstance(event, DocumentArrived) and event.text is not None:
         return event.text
-    if event.content_url is not None:
+    if isinstance(event, DocumentArrived) and event.content_url is not None:
         fetched = fetch.fetch(event.content_url)
         return accept(event.content_type, fetched, event.content_url.split("?", 1)[0], event.content_sha256)
     assert event.content_ref is not None  # guaranteed by the model validator
@@ -65,46 +76,96 @@ def _content(event: DocumentArrived, load: ContentLoader, fetch: ContentFetcher)
         raise PoisonMessageError(f"claim-check content {event.content_ref.sha256} is not in the store") from exc
     if content_hash(data) != event.content_ref.sha256:
         raise PoisonMessageError("claim-check content does not match its sha256")
-    return data if event.content_type is ContentType.PDF else data.decode("utf-8", errors="strict")
-
-
-def chunk_event(event: DocumentArrived | DocumentDeleted | DocumentAclChanged, chunker: Chunker,
-                load: ContentLoader, fetch: ContentFetcher | None = None) -> list[Out]:
-    key = document_key(event.tenant, event.document_id)
-    if isinstance(event, DocumentDeleted | DocumentAclChanged):
-        return [Out(TOPICS.chunks, key, event)]
     try:
-        content = _content(event, load, fetch or NoFetcher())
+        return data if event.content_type is ContentType.PDF else data.decode("utf-8", errors="strict")
     except UnicodeDecodeError as exc:
         raise PoisonMessageError(f"claim-check content is not UTF-8 text: {exc.reason}") from exc
+
+
+def _parts(event: DocumentArrived | DocumentReindex, version: int, digest: str, content: str | bytes,
+           chunker: Chunker, generation: str) -> tuple[list[Out], int]:
     chunks, sections = chunker.split(event.content_type, content)
-    version = event.effective_version
-    digest = content_hash(content.encode("utf-8") if isinstance(content, str) else content)
     parts = [chunks[i:i + CHUNKS_PER_PART] for i in range(0, len(chunks), CHUNKS_PER_PART)]
     first_part: dict[int, int] = {}  # a section travels with its first chunk
     for c in chunks:
         first_part.setdefault(c.section, c.index // CHUNKS_PER_PART)
-    envelope = {"tenant": event.tenant, "correlation_id": event.correlation_id or str(event.event_id)}
-    outs = [
+    access = ({"acl": event.acl, "acl_version": event.acl_version, "document_occurred_at": event.occurred_at}
+              if isinstance(event, DocumentArrived) else {})  # a rebuild stamps the ACL in force, and is not fresh
+    key = document_key(event.tenant, event.document_id)
+    return [
         Out(TOPICS.chunks, key, ChunksProduced(
-            **envelope, document_id=event.document_id, version=version, content_hash=digest, title=event.title,
+            tenant=event.tenant, correlation_id=event.correlation_id or str(event.event_id),
+            document_id=event.document_id, version=version, content_hash=digest, title=event.title,
             source=event.source, metadata=event.metadata, part=n, parts=len(parts), total_chunks=len(chunks),
-            document_occurred_at=event.occurred_at, acl=event.acl, acl_version=event.acl_version, chunks=part,
-            sections=[s for s in sections if first_part[s.section] == n]))
+            generation=generation, content_type=event.content_type, chunks=part,
+            sections=[s for s in sections if first_part[s.section] == n], **access))
         for n, part in enumerate(parts)
-    ]
+    ], len(chunks)
+
+
+def chunk_event(event: Event, chunkers: Chunker | Sequence[tuple[Generation, Chunker]], load: ContentLoader,
+                fetch: ContentFetcher | None = None, keep: ContentKeeper | None = None) -> list[Out]:
+    """The event's outputs for every live generation in `chunkers` (serving first; one Chunker: the first
+    generation only)."""
+    if isinstance(chunkers, Chunker):
+        chunkers = Lanes.fixed(chunkers).each()
+    key = document_key(event.tenant, event.document_id)
+    if isinstance(event, DocumentDeleted | DocumentAclChanged):
+        return [Out(TOPICS.chunks, key, event)]
+    if isinstance(event, DocumentReindex):
+        chunker = next((c for g, c in chunkers if g.name == event.generation), None)
+        if chunker is None:  # cancelled or dropped since the rebuild published it
+            log.info("reindex event for a generation that is not live; skipped", generation=event.generation,
+                     document_id=event.document_id)
+            return []
+        content = _content(event, load, fetch or NoFetcher())
+        return _parts(event, event.version, event.content_ref.sha256, content, chunker, event.generation)[0]
+    content = _content(event, load, fetch or NoFetcher())
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    if keep is not None and event.content_ref is None:
+        keep(data)  # what a rebuild of the index reads (content-addressed: a redelivery writes nothing new)
+    version = event.effective_version
+    digest = content_hash(data)
+    if not chunkers:
+        raise ConfigurationError("the chunker has no live index generation")
+    outs: list[Out] = []
+    serving_chunks = 0
+    for n, (generation, chunker) in enumerate(chunkers):
+        parts, count = _parts(event, version, digest, content, chunker, generation.name)
+        outs += parts
+        if n == 0:
+            serving_chunks = count
     outs.append(Out(TOPICS.status, key, DocumentStatus(
-        **envelope, document_id=event.document_id, version=version, status=Status.CHUNKED, stage=CHUNKER.name,
-        chunks=len(chunks))))
+        tenant=event.tenant, correlation_id=event.correlation_id or str(event.event_id),
+        document_id=event.document_id, version=version, status=Status.CHUNKED, stage=CHUNKER.name,
+        chunks=serving_chunks)))
     return outs
 
 
-def stage(chunker: Chunker, load: ContentLoader,
-          fetch: ContentFetcher | None = None) -> Stage[DocumentArrived | DocumentDeleted | DocumentAclChanged]:
+def handler(lanes: Lanes[Chunker], load: ContentLoader, fetch: ContentFetcher | None,
+            keep: ContentKeeper | None) -> Callable[[Sequence[Event]], list[PerEvent]]:
+    """Per batch: the live generations read once, then each event on its own (its failure its own)."""
+    def handle(events: Sequence[Event]) -> list[PerEvent]:
+        chunkers = lanes.each()
+        results: list[PerEvent] = []
+        for event in events:
+            try:
+                results.append(chunk_event(event, chunkers, load, fetch, keep))
+            except (RetryableError, ConfigurationError):
+                raise  # about the stage, not this event: the whole batch waits
+            except Exception as exc:  # this event's failure: it is dead-lettered, the rest go on
+                results.append(exc)
+        return results
+    return handle
+
+
+def stage(lanes: Lanes[Chunker] | Chunker, load: ContentLoader, fetch: ContentFetcher | None = None,
+          keep: ContentKeeper | None = None) -> Stage[Event]:
     return Stage(
-        CHUNKER, handle=per_event(lambda ev: chunk_event(ev, chunker, load, fetch)),
+        CHUNKER, handle=handler(Lanes.fixed(lanes) if isinstance(lanes, Chunker) else lanes, load, fetch, keep),
         on_failure=lambda ev, exc: failed_status(ev, exc, CHUNKER.name),
         max_batch=16, window_s=0.01, key=lambda ev: document_key(ev.tenant, ev.document_id),
-        # who may read a document is not re-keyed: an ACL change keyed as another document is refused
-        strict_key=lambda ev: isinstance(ev, DocumentAclChanged),
+        # who may read a document is not re-keyed: an ACL change keyed as another document is refused (and an
+        # operator's reindex event keyed wrongly is a bug to see)
+        strict_key=lambda ev: isinstance(ev, DocumentAclChanged | DocumentReindex),
     )

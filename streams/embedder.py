@@ -4,18 +4,22 @@ The model is the pipeline's bottleneck, so the runner hands this stage up to `ma
 events at a time and all their chunks are embedded in one call. Vectors are cached by content
 (model + text hash): the same text arriving again, or an update that keeps most paragraphs, is not
 re-embedded.
+
+Index generations (kernel/generations.py): a part is embedded with its generation's model; a batch makes one
+model call per model. A part for a generation that is no longer live (cancelled, dropped) is dropped here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from chunking.splitter import embedding_text
 from infra.ops.metrics import Metrics
+from kernel.generations import Lanes
 from kernel.ports import Embedder, EmbeddingCache, Vectors
 from kernel.stage import Out, PerEvent, Stage, failed_status
 from schemas.events import (
@@ -68,29 +72,42 @@ class CachedEmbedder:
         return np.stack([np.frombuffer(found[k], dtype="<f4") for k in keys])
 
 
-def embed_events(events: Sequence[ChunksProduced | DocumentDeleted | DocumentAclChanged], embedder: CachedEmbedder
+Event = ChunksProduced | DocumentDeleted | DocumentAclChanged
+
+
+def embed_events(events: Sequence[Event], embedders: CachedEmbedder | Callable[[str], CachedEmbedder | None]
                  ) -> list[PerEvent]:
-    """Every chunk of the batch in one model call. A section entry's vector is its first chunk's: title,
-    heading path and the start of the section, which is what the model can read of a section anyway; it
-    ranked sections better than embedding the whole section (bench/RESULTS.md) and costs nothing more."""
-    texts = [embedding_text(ev.title, c.section_path, c.text)
-             for ev in events if isinstance(ev, ChunksProduced) for c in ev.chunks]
-    vectors = embedder.embed(texts)
+    """Every chunk of the batch embedded, one model call per generation's model. A section entry's vector is its
+    first chunk's: title, heading path and the start of the section, which is what the model can read of a
+    section anyway; it ranked sections better than embedding the whole section (bench/RESULTS.md) and costs
+    nothing more."""
+    if isinstance(embedders, CachedEmbedder):
+        embedders = Lanes.fixed(embedders).get
+    by_model: dict[int, tuple[CachedEmbedder, list[str]]] = {}
+    owner: dict[int, CachedEmbedder] = {}
+    for i, ev in enumerate(events):
+        if isinstance(ev, ChunksProduced) and (model := embedders(ev.generation)) is not None:
+            owner[i] = model
+            by_model.setdefault(id(model), (model, []))[1].extend(
+                embedding_text(ev.title, c.section_path, c.text) for c in ev.chunks)
+    vectors = {key: (model, model.embed(texts), iter(range(len(texts)))) for key, (model, texts) in by_model.items()}
     results: list[PerEvent] = []
-    cursor = 0
-    for ev in events:
+    for i, ev in enumerate(events):
         key = document_key(ev.tenant, ev.document_id)
         if isinstance(ev, DocumentDeleted | DocumentAclChanged):  # pass through, in order with the document
             results.append([Out(TOPICS.embedded, key, ev)])
             continue
-        chunks = [EmbeddedChunk(**c.model_dump(), vector_b64=EmbeddedChunk.encode_vector(vectors[cursor + i]))
-                  for i, c in enumerate(ev.chunks)]
+        if i not in owner:
+            results.append([])  # its generation is no longer live
+            continue
+        embedder, matrix, rows = vectors[id(owner[i])]
+        chunks = [EmbeddedChunk(**c.model_dump(), vector_b64=EmbeddedChunk.encode_vector(matrix[next(rows)]))
+                  for c in ev.chunks]
         first: dict[int, str] = {}
         for c in chunks:
             first.setdefault(c.section, c.vector_b64)
         sections = [EmbeddedSection(**s.model_dump(), vector_b64=first[s.section])
                     for s in ev.sections if s.section in first]
-        cursor += len(ev.chunks)
         fields = ev.model_dump(exclude={"type", "chunks", "sections", "event_id", "occurred_at"})
         outs = [Out(TOPICS.embedded, key, ChunksEmbedded(**fields, model=embedder.name, dim=embedder.dim,
                                                          chunks=chunks, sections=sections))]
@@ -102,9 +119,15 @@ def embed_events(events: Sequence[ChunksProduced | DocumentDeleted | DocumentAcl
     return results
 
 
-def stage(embedder: CachedEmbedder, max_batch: int, window_s: float
-          ) -> Stage[ChunksProduced | DocumentDeleted | DocumentAclChanged]:
+def stage(lanes: Lanes[CachedEmbedder] | CachedEmbedder, max_batch: int, window_s: float) -> Stage[Event]:
+    if isinstance(lanes, CachedEmbedder):
+        lanes = Lanes.fixed(lanes)
+
+    def handle(events: Sequence[Event]) -> list[PerEvent]:
+        lanes.refresh()
+        return embed_events(events, lanes.get)
+
     return Stage(
-        EMBEDDER, handle=lambda evs: embed_events(evs, embedder),
+        EMBEDDER, handle=handle,
         on_failure=lambda ev, exc: failed_status(ev, exc, EMBEDDER.name), max_batch=max_batch, window_s=window_s,
     )

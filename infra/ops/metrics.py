@@ -110,6 +110,12 @@ class Metrics:
                          "Events that arrived without the key their topic asks for (ragbus re-keyed their "
                          "outputs)", ["stage"])
         self.chunks = d((INDEXER.name,), Counter, "ragbus_chunks_total", "Chunks written by the indexer", ["stage"])
+        self.generation_documents = d((INDEXER.name,), Counter, "ragbus_generation_documents_indexed_total",
+                                      "Document versions completely indexed into an index generation (a rebuild's "
+                                      "progress: kernel/generations.py; `ragbus reindex status` for done/total)",
+                                      ["generation"])
+        self.serving_generation = d((ANSWERER.name,), Gauge, "ragbus_serving_generation",
+                                    "1 for the index generation the answerer's queries read", ["generation"])
         self.embed_seconds = d((EMBEDDER.name,), Histogram, "ragbus_embed_seconds",
                                "Model time per embedding call (cache misses only)", buckets=DURATION_BUCKETS)
         self.embed_cache = d((EMBEDDER.name,), Counter, "ragbus_embedding_cache_total",
