@@ -27,6 +27,9 @@ app.add_typer(dlq_app, name="dlq")
 
 embedder_app = typer.Typer(no_args_is_help=True, help="The embedding model.")
 app.add_typer(embedder_app, name="embedder")
+reindex_app = typer.Typer(no_args_is_help=True, help="Index generations: rebuild the index with another model or "
+                                                     "chunking while the current one serves, then switch.")
+app.add_typer(reindex_app, name="reindex")
 
 DEMO_QUESTION = "How does ragbus make sure a redelivered event does not create duplicate chunks?"
 
@@ -423,6 +426,11 @@ def status(as_json: bool = typer.Option(False, "--json"),
     typer.echo(f"documents: {docs}")
     typer.echo(f"chunks: document store {report['chunks']['document_store']}, "
                f"vector index {report['chunks']['vector_index']}")
+    for g in report["generations"]:
+        extra = (f": {g['done']} / {g['total']} documents, {g['rate_per_s']}/s, "
+                 + ("caught up" if g["caught_up"] else f"ETA {g['eta_s']} s")) if g["state"] == "building" else ""
+        typer.echo(f"generation {g['name']} {g['state']} (model {g['build']['model']}, chunk "
+                   f"{g['build']['chunk_size']}/{g['build']['chunk_overlap']}){extra}")
     dl = report["dead_letters"]
     typer.echo("dead letters: " + (", ".join(f"{k} {v}" for k, v in dl.items()) if isinstance(dl, dict) else dl))
     print_groups(report["groups"])
@@ -477,6 +485,147 @@ def dlq_replay(stage: str = typer.Option(..., help="whose dead letters to re-pub
     settings = _settings()
     check_reachable(settings)
     typer.echo(f"replayed {replay(settings, _stages(stage)[0], limit)} dead letters of {stage}", err=True)
+
+
+@reindex_app.command("start")
+def reindex_start(model: str = typer.Option(None, help="embedding model of the new generation (default: "
+                                                       "RAGBUS_EMBEDDER_MODEL)"),
+                  chunk_size: int = typer.Option(None, min=16, max=510, help="tokens per chunk (default: "
+                                                                             "RAGBUS_CHUNK_SIZE_TOKENS)"),
+                  chunk_overlap: int = typer.Option(None, min=0, max=256, help="default: RAGBUS_CHUNK_OVERLAP_TOKENS"),
+                  query_prefix: str = typer.Option(None, help="default: RAGBUS_EMBEDDER_QUERY_PREFIX"),
+                  passage_prefix: str = typer.Option(None, help="default: RAGBUS_EMBEDDER_PASSAGE_PREFIX")) -> None:
+    """Record a new index generation and publish its rebuild from the documents ragbus holds; the serving one
+    keeps answering, and every new event reaches both."""
+    import dataclasses
+
+    from rich.progress import Progress
+
+    from engine.clients import check_reachable
+
+    from . import reindex, wiring
+
+    settings = _settings(traced=True)
+    configured = wiring.build_of(settings)
+    build = dataclasses.replace(configured, **{k: v for k, v in {
+        "model": model, "chunk_size": chunk_size, "chunk_overlap": chunk_overlap, "query_prefix": query_prefix,
+        "passage_prefix": passage_prefix}.items() if v is not None})
+    check_reachable(settings)
+    store = wiring.build_store(settings)
+    with Progress(transient=True) as progress:
+        bar = progress.add_task("publishing the rebuild", total=store.status_counts().get("indexed", 0))
+        generation, done = reindex.start(settings, store, build, lambda n: progress.advance(bar, n))
+    settings_text = ", ".join(f"{k}={v!r}" for k, v in generation.build.__dict__.items())
+    typer.echo(f"{generation.name} is building ({settings_text}): {done.published} documents queued", err=True)
+    _missing(done.missing)
+    typer.echo("follow it with `ragbus reindex status --watch`, then `ragbus reindex switch`", err=True)
+
+
+def _missing(missing: list[tuple[str, str]]) -> None:
+    if missing:
+        shown = ", ".join(f"{t}/{d}" for t, d in missing[:5]) + (" ..." if len(missing) > 5 else "")
+        typer.echo(f"{len(missing)} indexed documents have no content kept in the document store (indexed before "
+                   f"ragbus kept it): {shown}; publish them again and they reach every generation", err=True)
+
+
+@reindex_app.command("resume")
+def reindex_resume() -> None:
+    """Re-publish what the building generation still lacks (after this command crashed, or a document updated
+    in the instant the generation was recorded)."""
+    from engine.clients import check_reachable
+
+    from . import reindex, wiring
+
+    settings = _settings(traced=True)
+    check_reachable(settings)
+    generation, done = reindex.resume(settings, wiring.build_store(settings))
+    typer.echo(f"{generation.name}: {done.published} documents re-published", err=True)
+    _missing(done.missing)
+
+
+@reindex_app.command("status")
+def reindex_status(as_json: bool = typer.Option(False, "--json"),
+                   watch: bool = typer.Option(False, "--watch", help="a progress bar until the building generation "
+                                                                     "has caught up")) -> None:
+    """Every index generation: which serves, which builds (documents done of total, rate, ETA), which is old."""
+    from . import reindex, wiring
+
+    settings = _settings()
+    store = wiring.build_store(settings)
+    rows = reindex.report(store, settings)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        build = ", ".join(f"{k}={v!r}" for k, v in row["build"].items())
+        line = f"{row['name']:<4} {row['state']:<9} {build}"
+        if row["state"] == "building":
+            eta = "caught up" if row["caught_up"] else (f"ETA {row['eta_s']} s" if row["eta_s"] is not None else
+                                                        "ETA unknown")
+            line += f"\n     {row['done']} / {row['total']} documents, {row['rate_per_s']}/s, {eta}"
+        typer.echo(line)
+    building = next((r for r in rows if r["state"] == "building"), None)
+    if watch and building is not None:
+        import time
+
+        from rich.progress import Progress
+
+        with Progress() as progress:
+            bar = progress.add_task(f"{building['name']} catching up", total=building["total"],
+                                    completed=building["done"])
+            while True:
+                p = store.progress(building["name"])
+                progress.update(bar, total=p.total, completed=p.done)
+                if p.caught_up:
+                    break
+                time.sleep(1.0)
+        typer.echo(f"{building['name']} has caught up: `ragbus reindex switch` serves it", err=True)
+
+
+@reindex_app.command("switch")
+def reindex_switch() -> None:
+    """Serve the building generation once it has caught up (refused before, saying how far it is); the serving
+    one is kept, still current, as old."""
+    from . import reindex, wiring
+
+    settings = _settings()
+    generation = reindex.switch(wiring.build_store(settings), settings)
+    typer.echo(f"{generation.name} serves now (answerers switch within a second); the previous generation is kept "
+               "current as old: `ragbus reindex rollback` goes back, `ragbus reindex drop-old` deletes it", err=True)
+
+
+@reindex_app.command("rollback")
+def reindex_rollback() -> None:
+    """Serve the old generation again (the one serving now becomes old)."""
+    from . import reindex, wiring
+
+    settings = _settings()
+    name = reindex.rollback(wiring.build_store(settings), settings)
+    typer.echo(f"{name} serves again", err=True)
+
+
+@reindex_app.command("drop-old")
+def reindex_drop_old() -> None:
+    """Delete the old generation's index (no rollback after this)."""
+    from kernel.generations import State
+
+    from . import reindex, wiring
+
+    settings = _settings()
+    generation = reindex.drop(wiring.build_store(settings), settings, State.OLD)
+    typer.echo(f"{generation.name} dropped", err=True)
+
+
+@reindex_app.command("cancel")
+def reindex_cancel() -> None:
+    """Abandon the building generation and delete its index."""
+    from kernel.generations import State
+
+    from . import reindex, wiring
+
+    settings = _settings()
+    generation = reindex.drop(wiring.build_store(settings), settings, State.BUILDING)
+    typer.echo(f"{generation.name} cancelled and dropped", err=True)
 
 
 @app.command()

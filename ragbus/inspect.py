@@ -33,11 +33,19 @@ def dead_letter_counts(settings: Settings) -> dict[str, int]:
 
 
 def collect_status(settings: Settings, tenant: str | None = None) -> dict[str, Any]:
+    from kernel.generations import serving
+
+    from .reindex import report as generations
+
     store = wiring.build_store(settings)
-    index = wiring.build_index(settings, embedding_dim(settings.embedder.model))
+    rows = generations(store, settings)
+    now = serving(store.generations())  # the chunk counts are the serving generation's
+    index = wiring.build_index(wiring.for_generation(settings, now.build), embedding_dim(now.build.model), now.name,
+                               now.build)
     report: dict[str, Any] = {
         "documents": store.status_counts(tenant),
-        "chunks": {"document_store": store.count_chunks(tenant), "vector_index": index.count(tenant)},
+        "chunks": {"document_store": store.count_chunks(tenant, now.name), "vector_index": index.count(tenant)},
+        "generations": rows,
         "stages": read_health(settings.health_dir()),
         "broker_lost": lost(settings.broker_file()) if not settings.kafka.bootstrap_servers else None,
     }
