@@ -114,6 +114,14 @@ def _behind(store: DocumentStore, name: str) -> Iterator[DocumentRecord]:
         after = keys[-1]
 
 
+def reindex_event(doc: DocumentRecord, size: int, generation: str) -> DocumentReindex:
+    """The event that rebuilds `doc`'s current version into `generation` from its kept content."""
+    return DocumentReindex(
+        tenant=doc.tenant, correlation_id=f"reindex:{generation}", document_id=doc.document_id, version=doc.version,
+        generation=generation, content_ref=ContentRef(sha256=doc.content_hash, size=size),
+        content_type=ContentType(doc.content_type), title=doc.title, source=doc.source, metadata=dict(doc.metadata))
+
+
 def publish(settings: Settings, store: DocumentStore, generation: str, documents: Iterator[DocumentRecord],
             progress: Callable[[int], None]) -> Published:
     """One `document.reindex` per document whose content the store holds, onto the documents topic."""
@@ -127,12 +135,7 @@ def publish(settings: Settings, store: DocumentStore, generation: str, documents
         if data is None:
             missing.append((doc.tenant, doc.document_id))
             continue
-        event = DocumentReindex(
-            tenant=doc.tenant, correlation_id=f"reindex:{generation}", document_id=doc.document_id,
-            version=doc.version, generation=generation, content_ref=ContentRef(sha256=doc.content_hash,
-                                                                               size=len(data)),
-            content_type=ContentType(doc.content_type), title=doc.title, source=doc.source,
-            metadata=dict(doc.metadata))
+        event = reindex_event(doc, len(data), generation)
         producer.send(TOPICS.documents, document_key(doc.tenant, doc.document_id), event)
         sent += 1
         progress(1)
