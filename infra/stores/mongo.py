@@ -34,6 +34,7 @@ from pymongo.errors import (
 
 from infra.settings import MongoSettings
 from kernel.errors import ConfigurationError, PoisonMessageError, RetryableError
+from kernel.generations import FIRST
 from kernel.permissions import Acl, AclOrder
 from kernel.ports import ChunkRecord, DocumentRecord
 from kernel.versions import accept_status, merge_record
@@ -67,7 +68,21 @@ def _acl(row: Mapping[str, Any]) -> Acl:
 def _doc(row: Mapping[str, Any]) -> DocumentRecord:
     return DocumentRecord(row["tenant"], row["document_id"], int(row["version"]), Status(row["status"]),
                           int(row.get("chunks", 0)), row.get("error", ""), row.get("content_hash", ""),
-                          row.get("title", ""), row.get("source", ""), row.get("metadata") or {})
+                          row.get("title", ""), row.get("source", ""), row.get("metadata") or {},
+                          row.get("content_type", "text/plain"))
+
+
+def _of_generation(generation: str) -> dict[str, Any]:
+    """Chunk rows of `generation` (rows written before generations existed carry none: they are the first's)."""
+    return {"generation": {"$in": [generation, None]}} if generation == FIRST else {"generation": generation}
+
+
+def _after(after: tuple[str, str] | None) -> dict[str, Any]:
+    """Keys strictly after `after` in (tenant, document_id) order."""
+    if after is None:
+        return {}
+    tenant, document_id = after
+    return {"$or": [{"tenant": {"$gt": tenant}}, {"tenant": tenant, "document_id": {"$gt": document_id}}]}
 
 
 #: Server error codes the MongoDB retryable-writes specification lists as transient (failover, shutdown,
@@ -118,6 +133,7 @@ class MongoDocumentStore:
         self._docs.create_index([("tenant", ASCENDING), ("document_id", ASCENDING)], unique=True)
         self._docs.create_index([("tenant", ASCENDING), ("status", ASCENDING)])
         self._chunks.create_index([("tenant", ASCENDING), ("document_id", ASCENDING), ("version", ASCENDING)])
+        self._chunks.create_index([("generation", ASCENDING)])
         self._answers.create_index([("tenant", ASCENDING), ("query_id", ASCENDING)], unique=True)
 
     @_classified
@@ -136,7 +152,7 @@ class MongoDocumentStore:
             m = merge_record(current, record)
             fields = {"version": m.version, "status": m.status.value, "status_rank": m.status.rank,
                       "chunks": m.chunks, "error": m.error, "content_hash": m.content_hash, "title": m.title,
-                      "source": m.source, "metadata": dict(m.metadata)}
+                      "source": m.source, "metadata": dict(m.metadata), "content_type": m.content_type}
             if row is None:
                 try:
                     self._docs.insert_one(key | fields)
@@ -161,12 +177,18 @@ class MongoDocumentStore:
         return {r["_id"]: int(r["n"]) for r in rows}
 
     @_classified
-    def upsert_chunks(self, chunks: Sequence[ChunkRecord]) -> None:
+    def indexed_documents(self, after: tuple[str, str] | None = None, limit: int = 1000) -> list[DocumentRecord]:
+        rows = self._docs.find({"status": Status.INDEXED.value} | _after(after)).sort(
+            [("tenant", ASCENDING), ("document_id", ASCENDING)]).limit(limit)
+        return [_doc(r) for r in rows]
+
+    @_classified
+    def upsert_chunks(self, chunks: Sequence[ChunkRecord], generation: str = FIRST) -> None:
         if not chunks:
             return
         ops = [ReplaceOne({"_id": c.chunk_id}, {
             "_id": c.chunk_id, "tenant": c.tenant, "document_id": c.document_id, "version": c.version,
-            "idx": c.index}, upsert=True) for c in chunks]
+            "idx": c.index, "generation": generation}, upsert=True) for c in chunks]
         self._chunks.bulk_write(ops, ordered=False)
 
     @_classified
@@ -174,13 +196,17 @@ class MongoDocumentStore:
         self._chunks.delete_many({"tenant": tenant, "document_id": document_id, "version": {"$lt": below}})
 
     @_classified
-    def chunk_versions(self, tenant: str, document_id: str) -> list[tuple[str, int]]:
-        rows = self._chunks.find({"tenant": tenant, "document_id": document_id}, {"_id": 1, "version": 1, "idx": 1})
+    def chunk_versions(self, tenant: str, document_id: str, generation: str = FIRST) -> list[tuple[str, int]]:
+        rows = self._chunks.find({"tenant": tenant, "document_id": document_id} | _of_generation(generation),
+                                 {"_id": 1, "version": 1, "idx": 1})
         return [(r["_id"], int(r["version"])) for r in sorted(rows, key=lambda r: (r["version"], r["idx"]))]
 
     @_classified
-    def count_chunks(self, tenant: str | None = None) -> int:
-        return int(self._chunks.count_documents({} if tenant is None else {"tenant": tenant}))
+    def count_chunks(self, tenant: str | None = None, generation: str | None = None) -> int:
+        """Chunk rows of `tenant` (None: every tenant) in `generation` (None: every generation)."""
+        query = ({} if tenant is None else {"tenant": tenant}) | ({} if generation is None else
+                                                                   _of_generation(generation))
+        return int(self._chunks.count_documents(query))
 
     @_classified
     def put_content(self, data: bytes) -> ContentRef:

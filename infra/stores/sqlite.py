@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from kernel.errors import RetryableError
+from kernel.generations import FIRST
 from kernel.permissions import Acl, AclOrder
 from kernel.ports import ChunkRecord, DocumentRecord
 from kernel.versions import accept_status, merge_record
@@ -27,11 +28,11 @@ CREATE TABLE IF NOT EXISTS documents (
   status_rank INTEGER NOT NULL, chunks INTEGER NOT NULL DEFAULT 0, error TEXT NOT NULL DEFAULT '',
   content_hash TEXT NOT NULL DEFAULT '', title TEXT NOT NULL DEFAULT '', source TEXT NOT NULL DEFAULT '',
   metadata TEXT NOT NULL DEFAULT '{}', updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
-  PRIMARY KEY (tenant, document_id));
+  content_type TEXT NOT NULL DEFAULT 'text/plain', PRIMARY KEY (tenant, document_id));
 CREATE INDEX IF NOT EXISTS documents_status ON documents (tenant, status);
 CREATE TABLE IF NOT EXISTS chunk_ids (
   chunk_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, document_id TEXT NOT NULL, version INTEGER NOT NULL,
-  idx INTEGER NOT NULL);
+  idx INTEGER NOT NULL, generation TEXT NOT NULL DEFAULT 'g1');
 CREATE INDEX IF NOT EXISTS chunk_ids_doc ON chunk_ids (tenant, document_id, version);
 CREATE TABLE IF NOT EXISTS contents (sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS answers (
@@ -46,17 +47,29 @@ CREATE TABLE IF NOT EXISTS answer_cache (
   created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')), PRIMARY KEY (tenant, key));
 """
 
+#: Columns added since the first schema: (table, column, definition). A file created before them gets them when
+#: it is opened (CREATE TABLE IF NOT EXISTS leaves an existing table as it is).
+_ADDED_COLUMNS = (
+    ("documents", "content_type", "TEXT NOT NULL DEFAULT 'text/plain'"),
+    ("chunk_ids", "generation", "TEXT NOT NULL DEFAULT 'g1'"),
+)
+#: Indexes on added columns: created once the columns exist.
+_LATER_INDEXES = """
+CREATE INDEX IF NOT EXISTS chunk_ids_generation ON chunk_ids (generation);
+"""
+
 
 #: SQLite result codes (primary, the low byte of an extended code) that pass: another writer holds the lock,
 #: the disk is full or failing. Anything else (a missing table, a malformed query) is a bug to surface.
 TRANSIENT = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR})
 
-_DOC_COLUMNS = "tenant, document_id, version, status, chunks, error, content_hash, title, source, metadata"
+_DOC_COLUMNS = ("tenant, document_id, version, status, chunks, error, content_hash, title, source, metadata,"
+                " content_type")
 
 
 def _document(row: Sequence[Any]) -> DocumentRecord:
     return DocumentRecord(row[0], row[1], row[2], Status(row[3]), row[4], row[5], row[6], row[7], row[8],
-                          json.loads(row[9]))
+                          json.loads(row[9]), row[10])
 
 
 class _Db:
@@ -69,6 +82,17 @@ class _Db:
         self._lock = threading.RLock()
         with self._lock:
             self._conn.executescript(_SCHEMA)
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a file created with an older schema up to date, in one transaction (several processes may
+        open the same old file at once: the second finds the columns there)."""
+        with self.transaction() as conn:
+            for table, column, definition in _ADDED_COLUMNS:
+                if column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            for statement in filter(str.strip, _LATER_INDEXES.split(";")):
+                conn.execute(statement)
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
@@ -119,15 +143,15 @@ class SqliteDocumentStore:
             merged = merge_record(current, record)
             conn.execute(
                 "INSERT INTO documents (tenant, document_id, version, status, status_rank, chunks, error,"
-                " content_hash, title, source, metadata) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+                " content_hash, title, source, metadata, content_type) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT (tenant, document_id) DO UPDATE SET version=excluded.version,"
                 " status=excluded.status, status_rank=excluded.status_rank, chunks=excluded.chunks,"
                 " error=excluded.error, content_hash=excluded.content_hash, title=excluded.title,"
-                " source=excluded.source, metadata=excluded.metadata,"
+                " source=excluded.source, metadata=excluded.metadata, content_type=excluded.content_type,"
                 " updated_at=strftime('%Y-%m-%dT%H:%M:%fZ','now')",
                 (merged.tenant, merged.document_id, merged.version, merged.status.value, merged.status.rank,
                  merged.chunks, merged.error, merged.content_hash, merged.title, merged.source,
-                 json.dumps(dict(merged.metadata))))
+                 json.dumps(dict(merged.metadata)), merged.content_type))
             return True
 
     def _get_locked(self, conn: sqlite3.Connection, tenant: str, document_id: str) -> DocumentRecord | None:
@@ -152,26 +176,36 @@ class SqliteDocumentStore:
             return dict(conn.execute(sql + " GROUP BY status", args).fetchall())
 
     # -- chunks ----------------------------------------------------------------------------
-    def upsert_chunks(self, chunks: Sequence[ChunkRecord]) -> None:
-        rows = [(c.chunk_id, c.tenant, c.document_id, c.version, c.index) for c in chunks]
-        self._write("INSERT OR REPLACE INTO chunk_ids VALUES (?,?,?,?,?)", rows)
+    def indexed_documents(self, after: tuple[str, str] | None = None, limit: int = 1000) -> list[DocumentRecord]:
+        tenant, document_id = after or ("", "")
+        with self._db.reading() as conn:
+            rows = conn.execute(
+                f"SELECT {_DOC_COLUMNS} FROM documents WHERE status=? AND (tenant, document_id) > (?, ?)"
+                " ORDER BY tenant, document_id LIMIT ?",
+                (Status.INDEXED.value, tenant, document_id, limit)).fetchall()
+        return [_document(r) for r in rows]
+
+    def upsert_chunks(self, chunks: Sequence[ChunkRecord], generation: str = FIRST) -> None:
+        rows = [(c.chunk_id, c.tenant, c.document_id, c.version, c.index, generation) for c in chunks]
+        self._write("INSERT OR REPLACE INTO chunk_ids (chunk_id, tenant, document_id, version, idx, generation)"
+                    " VALUES (?,?,?,?,?,?)", rows)
 
     def delete_chunk_versions(self, tenant: str, document_id: str, *, below: int) -> None:
         self._write("DELETE FROM chunk_ids WHERE tenant=? AND document_id=? AND version<?",
                     [(tenant, document_id, below)])
 
-    def chunk_versions(self, tenant: str, document_id: str) -> list[tuple[str, int]]:
+    def chunk_versions(self, tenant: str, document_id: str, generation: str = FIRST) -> list[tuple[str, int]]:
         with self._db.reading() as conn:
             return [(r[0], r[1]) for r in conn.execute(
-                "SELECT chunk_id, version FROM chunk_ids WHERE tenant=? AND document_id=? ORDER BY version, idx",
-                (tenant, document_id)).fetchall()]
+                "SELECT chunk_id, version FROM chunk_ids WHERE tenant=? AND document_id=? AND generation=?"
+                " ORDER BY version, idx", (tenant, document_id, generation)).fetchall()]
 
-    def count_chunks(self, tenant: str | None = None) -> int:
-        sql, args = "SELECT count(*) FROM chunk_ids", cast(tuple[object, ...], ())
-        if tenant is not None:
-            sql, args = sql + " WHERE tenant=?", (tenant,)
+    def count_chunks(self, tenant: str | None = None, generation: str | None = None) -> int:
+        """Chunk rows of `tenant` (None: every tenant) in `generation` (None: every generation)."""
+        where = [(c, v) for c, v in (("tenant", tenant), ("generation", generation)) if v is not None]
+        sql = "SELECT count(*) FROM chunk_ids" + (" WHERE " + " AND ".join(f"{c}=?" for c, _ in where) if where else "")
         with self._db.reading() as conn:
-            return int(conn.execute(sql, args).fetchone()[0])
+            return int(conn.execute(sql, tuple(v for _, v in where)).fetchone()[0])
 
     # -- claim-check content -------------------------------------------------------------------
     def put_content(self, data: bytes) -> ContentRef:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import sqlite3
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -92,3 +97,123 @@ def test_a_failed_version_can_still_be_indexed_but_not_the_reverse(store: Docume
     assert not store.apply_status(doc(1, Status.FAILED, error="late report"))
     got = store.get_document("t", "d")
     assert got is not None and got.status is Status.INDEXED and got.error == ""
+
+
+# -- content type -----------------------------------------------------------------------------------
+
+def test_content_type_is_kept_and_a_status_without_content_keeps_it(store: DocumentStore) -> None:
+    assert store.apply_status(doc(1, Status.CHUNKED, content_hash="h1", content_type="text/markdown"))
+    got = store.get_document("t", "d")
+    assert got is not None and got.content_type == "text/markdown"
+    assert store.apply_status(doc(1, Status.INDEXED, chunks=2))  # no content: the type of the content kept stays
+    assert store.apply_status(doc(1, Status.DELETED))
+    got = store.get_document("t", "d")
+    assert got is not None and (got.status, got.content_type) == (Status.DELETED, "text/markdown")
+    assert store.apply_status(doc(2, Status.CHUNKED, content_hash="h2"))  # a new version brings its own type
+    got = store.get_document("t", "d")
+    assert got is not None and got.content_type == "text/plain"
+    assert store.apply_status(doc(3, Status.CHUNKED, content_hash="h3", content_type="application/pdf"))
+    assert [d.content_type for d in store.list_documents("t")] == ["application/pdf"]
+
+
+# -- documents a rebuild reads --------------------------------------------------------------------------
+
+def test_indexed_documents_page_in_key_order(store: DocumentStore) -> None:
+    for tenant, document_id in [("u", "a"), ("t", "c"), ("t", "a"), ("t", "b"), ("v", "a")]:
+        store.apply_status(doc(2, Status.INDEXED, document_id=document_id, tenant=tenant, content_hash="h",
+                               content_type="text/html"))
+    store.apply_status(doc(1, Status.CHUNKED, document_id="x"))  # not indexed (yet)
+    store.apply_status(doc(1, Status.INDEXED, document_id="b", tenant="u"))
+    store.apply_status(doc(1, Status.DELETED, document_id="b", tenant="u"))  # deleted
+    first = store.indexed_documents(limit=2)
+    assert [(d.tenant, d.document_id) for d in first] == [("t", "a"), ("t", "b")]
+    assert (first[0].version, first[0].content_hash, first[0].content_type) == (2, "h", "text/html")
+    rest = store.indexed_documents(after=("t", "b"), limit=10)
+    assert [(d.tenant, d.document_id) for d in rest] == [("t", "c"), ("u", "a"), ("v", "a")]
+    assert [d.document_id for d in store.indexed_documents(after=("t", "zz"))] == ["a", "a"]  # next tenant on
+    assert store.indexed_documents(after=("v", "a")) == []
+
+
+# -- chunk rows per generation ------------------------------------------------------------------------
+
+def gchunk(version: int, idx: int, generation: str, document_id: str = "d") -> ChunkRecord:
+    """A chunk as a generation's stages make it: its id differs per generation."""
+    return dataclasses.replace(chunk(version, idx, document_id), chunk_id=chunk_uuid("t", document_id, version, idx)
+                               if generation == "g1" else chunk_uuid("t", f"{generation}/{document_id}", version, idx))
+
+
+def test_chunk_rows_are_kept_per_generation(store: DocumentStore) -> None:
+    store.upsert_chunks([gchunk(1, 0, "g1"), gchunk(1, 1, "g1")])  # the first generation is the default
+    store.upsert_chunks([gchunk(1, 0, "g2"), gchunk(2, 0, "g2")], generation="g2")
+    assert store.chunk_versions("t", "d") == [(gchunk(1, 0, "g1").chunk_id, 1), (gchunk(1, 1, "g1").chunk_id, 1)]
+    assert store.chunk_versions("t", "d", "g1") == store.chunk_versions("t", "d")
+    assert store.chunk_versions("t", "d", "g2") == [(gchunk(1, 0, "g2").chunk_id, 1), (gchunk(2, 0, "g2").chunk_id, 2)]
+    assert store.chunk_versions("t", "d", "g3") == []
+    assert store.count_chunks() == 4 and store.count_chunks("t") == 4
+    assert store.count_chunks("t", generation="g2") == 2 and store.count_chunks(generation="g1") == 2  # type: ignore[call-arg]
+    store.delete_chunk_versions("t", "d", below=2)  # in every generation
+    assert store.chunk_versions("t", "d") == []
+    assert store.chunk_versions("t", "d", "g2") == [(gchunk(2, 0, "g2").chunk_id, 2)]
+
+
+# -- SQLite: a file from before generations ---------------------------------------------------------
+
+OLD_SCHEMA = """
+CREATE TABLE documents (
+  tenant TEXT NOT NULL, document_id TEXT NOT NULL, version INTEGER NOT NULL, status TEXT NOT NULL,
+  status_rank INTEGER NOT NULL, chunks INTEGER NOT NULL DEFAULT 0, error TEXT NOT NULL DEFAULT '',
+  content_hash TEXT NOT NULL DEFAULT '', title TEXT NOT NULL DEFAULT '', source TEXT NOT NULL DEFAULT '',
+  metadata TEXT NOT NULL DEFAULT '{}', updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+  PRIMARY KEY (tenant, document_id));
+CREATE INDEX documents_status ON documents (tenant, status);
+CREATE TABLE chunk_ids (
+  chunk_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, document_id TEXT NOT NULL, version INTEGER NOT NULL,
+  idx INTEGER NOT NULL);
+CREATE INDEX chunk_ids_doc ON chunk_ids (tenant, document_id, version);
+INSERT INTO documents (tenant, document_id, version, status, status_rank, content_hash, title)
+  VALUES ('t', 'd', 2, 'indexed', 4, 'h', 'Old');
+INSERT INTO chunk_ids VALUES ('c0', 't', 'd', 2, 0);
+"""
+
+
+def test_sqlite_migrates_a_file_created_before_generations(tmp_path: Path) -> None:
+    from infra.stores.sqlite import SqliteDocumentStore
+
+    path = tmp_path / "old.sqlite"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.executescript(OLD_SCHEMA)
+    store = SqliteDocumentStore(path)
+    try:
+        got = store.get_document("t", "d")
+        assert got is not None and (got.version, got.title, got.content_type) == (2, "Old", "text/plain")
+        assert store.chunk_versions("t", "d") == [("c0", 2)]  # rows from before are the first generation's
+        assert store.apply_status(doc(3, Status.CHUNKED, content_hash="h3", content_type="text/markdown"))
+        store.upsert_chunks([gchunk(3, 0, "g2")], generation="g2")
+    finally:
+        store.close()
+    again = SqliteDocumentStore(path)  # opening a migrated file changes nothing
+    try:
+        got = again.get_document("t", "d")
+        assert got is not None and got.content_type == "text/markdown"
+        assert again.chunk_versions("t", "d", "g2") == [(gchunk(3, 0, "g2").chunk_id, 3)]
+    finally:
+        again.close()
+
+
+# -- MongoDB: chunk rows from before generations ----------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["mongomock", "nx-27017"])
+def test_mongo_chunk_rows_without_a_generation_are_the_firsts(backend: str, request: pytest.FixtureRequest) -> None:
+    from infra.stores.mongo import MongoDocumentStore
+
+    from .conftest import mongo_database
+
+    client, database = mongo_database(backend, request)
+    store = MongoDocumentStore(client, database)  # type: ignore[arg-type]
+    client[database]["chunk_ids"].insert_one(  # type: ignore[index]
+        {"_id": "c0", "tenant": "t", "document_id": "d", "version": 1, "idx": 0})
+    store.upsert_chunks([gchunk(1, 0, "g2")], generation="g2")
+    assert store.chunk_versions("t", "d") == [("c0", 1)]
+    assert store.count_chunks(generation="g1") == 1 and store.count_chunks() == 2
+    store.delete_chunk_versions("t", "d", below=2)
+    assert store.chunk_versions("t", "d") == [] and store.count_chunks() == 0
