@@ -12,11 +12,22 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
 from kernel.errors import RetryableError
-from kernel.generations import FIRST
+from kernel.generations import (
+    FIRST,
+    NAME_PATTERN,
+    Build,
+    Generation,
+    GenerationConflict,
+    Progress,
+    State,
+    in_state,
+    serving,
+)
 from kernel.permissions import Acl, AclOrder
 from kernel.ports import ChunkRecord, DocumentRecord
 from kernel.versions import accept_status, merge_record
@@ -45,6 +56,13 @@ CREATE TABLE IF NOT EXISTS acls (
 CREATE TABLE IF NOT EXISTS answer_cache (
   tenant TEXT NOT NULL, key TEXT NOT NULL, answer TEXT NOT NULL,
   created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')), PRIMARY KEY (tenant, key));
+CREATE TABLE IF NOT EXISTS generations (
+  name TEXT PRIMARY KEY, build TEXT NOT NULL, state TEXT NOT NULL, created_at TEXT NOT NULL,
+  queued INTEGER NOT NULL DEFAULT 0);
+CREATE UNIQUE INDEX IF NOT EXISTS generations_state ON generations (state);
+CREATE TABLE IF NOT EXISTS generation_progress (
+  generation TEXT NOT NULL, tenant TEXT NOT NULL, document_id TEXT NOT NULL, version INTEGER NOT NULL,
+  PRIMARY KEY (generation, tenant, document_id));
 """
 
 #: Columns added since the first schema: (table, column, definition). A file created before them gets them when
@@ -70,6 +88,69 @@ _DOC_COLUMNS = ("tenant, document_id, version, status, chunks, error, content_ha
 def _document(row: Sequence[Any]) -> DocumentRecord:
     return DocumentRecord(row[0], row[1], row[2], Status(row[3]), row[4], row[5], row[6], row[7], row[8],
                           json.loads(row[9]), row[10])
+
+
+_GEN_COLUMNS = "name, build, state, created_at, queued"
+
+
+def _generation(row: Sequence[Any]) -> Generation:
+    return Generation(row[0], Build.from_json(row[1]), State(row[2]), datetime.fromisoformat(row[3]), int(row[4]))
+
+
+def _number(name: str) -> int:
+    return int(name[1:])
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+# The rules of a change of generations, shared by the adapters (SQLite here, MongoDB in mongo.py): each takes the
+# generations as recorded, inside the adapter's atomic change, and raises GenerationConflict saying what to do.
+# They belong in kernel/generations.py beside the vocabulary.
+
+def _named(generations: list[Generation], name: str) -> Generation:
+    found = next((g for g in generations if g.name == name), None)
+    if found is None:
+        raise GenerationConflict(f"no generation {name} is recorded (`ragbus status` lists them)")
+    return found
+
+
+def refuse_start(generations: list[Generation], name: str) -> None:
+    serving(generations)
+    building, old = in_state(generations, State.BUILDING), in_state(generations, State.OLD)
+    if building is not None:
+        raise GenerationConflict(
+            f"generation {building.name} is building: switch to it once it has caught up (`ragbus reindex switch`)"
+            " or cancel it (`ragbus reindex cancel`) before starting another")
+    if old is not None:
+        raise GenerationConflict(
+            f"generation {old.name} is kept as the old one: drop it (`ragbus reindex drop-old`) or go back to it"
+            " (`ragbus reindex rollback`) before starting another")
+    if any(g.name == name for g in generations):
+        raise GenerationConflict(f"generation {name} is recorded already")
+
+
+def refuse_switch(generations: list[Generation], name: str) -> None:
+    target = _named(generations, name)
+    if target.state is not State.BUILDING:
+        raise GenerationConflict(f"generation {name} is {target.state.value}, not building: only a building"
+                                 " generation can be switched to (`ragbus reindex start` builds one)")
+    serving(generations)
+
+
+def refuse_rollback(generations: list[Generation]) -> str:
+    """The generation a rollback makes serve."""
+    old = in_state(generations, State.OLD)
+    if old is None:
+        raise GenerationConflict("no old generation is kept: nothing to roll back to")
+    return old.name
+
+
+def refuse_drop(generations: list[Generation], name: str) -> None:
+    if _named(generations, name).state is State.SERVING:
+        raise GenerationConflict(f"generation {name} is serving and cannot be dropped: only a building generation"
+                                 " (`ragbus reindex cancel`) or the old one (`ragbus reindex drop-old`) can be")
 
 
 class _Db:
@@ -206,6 +287,95 @@ class SqliteDocumentStore:
         sql = "SELECT count(*) FROM chunk_ids" + (" WHERE " + " AND ".join(f"{c}=?" for c, _ in where) if where else "")
         with self._db.reading() as conn:
             return int(conn.execute(sql, tuple(v for _, v in where)).fetchone()[0])
+
+    # -- index generations (kernel/generations.py) -------------------------------------------------
+    def generations(self) -> list[Generation]:
+        with self._db.reading() as conn:
+            return self._generations_locked(conn)
+
+    @staticmethod
+    def _generations_locked(conn: sqlite3.Connection) -> list[Generation]:
+        rows = conn.execute(f"SELECT {_GEN_COLUMNS} FROM generations").fetchall()
+        return sorted((_generation(r) for r in rows), key=lambda g: _number(g.name))
+
+    def ensure_first(self, build: Build) -> list[Generation]:
+        with self._db.transaction() as conn:  # one writer at a time decides: concurrent callers converge
+            if conn.execute("SELECT count(*) FROM generations").fetchone()[0] == 0:
+                conn.execute(f"INSERT INTO generations ({_GEN_COLUMNS}) VALUES (?,?,?,?,?)",
+                             (FIRST, build.to_json(), State.SERVING.value, _now(), 0))
+            return self._generations_locked(conn)
+
+    def start_generation(self, name: str, build: Build, queued: int) -> Generation:
+        if not NAME_PATTERN.match(name):
+            raise ValueError(f"{name!r} is not a generation name (g1, g2, ...)")
+        with self._db.transaction() as conn:
+            refuse_start(self._generations_locked(conn), name)
+            created = _now()
+            conn.execute(f"INSERT INTO generations ({_GEN_COLUMNS}) VALUES (?,?,?,?,?)",
+                         (name, build.to_json(), State.BUILDING.value, created, queued))
+        return Generation(name, build, State.BUILDING, datetime.fromisoformat(created), queued)
+
+    def set_queued(self, name: str, queued: int) -> None:
+        with self._db.transaction() as conn:
+            if conn.execute("UPDATE generations SET queued=? WHERE name=?", (queued, name)).rowcount == 0:
+                raise GenerationConflict(f"no generation {name} is recorded")
+
+    def switch(self, name: str) -> None:
+        with self._db.transaction() as conn:
+            refuse_switch(self._generations_locked(conn), name)
+            conn.execute("UPDATE generations SET state=? WHERE state=?", (State.OLD.value, State.SERVING.value))
+            conn.execute("UPDATE generations SET state=? WHERE name=?", (State.SERVING.value, name))
+
+    def rollback(self) -> str:
+        with self._db.transaction() as conn:
+            now_serving = refuse_rollback(self._generations_locked(conn))
+            # one state per generation at a time (a unique index): through a placeholder state
+            conn.execute("UPDATE generations SET state='rollback' WHERE state=?", (State.SERVING.value,))
+            conn.execute("UPDATE generations SET state=? WHERE state=?", (State.SERVING.value, State.OLD.value))
+            conn.execute("UPDATE generations SET state=? WHERE state='rollback'", (State.OLD.value,))
+        return now_serving
+
+    def drop_generation(self, name: str) -> None:
+        with self._db.transaction() as conn:
+            refuse_drop(self._generations_locked(conn), name)
+            conn.execute("DELETE FROM generations WHERE name=?", (name,))
+            conn.execute("DELETE FROM generation_progress WHERE generation=?", (name,))
+            conn.execute("DELETE FROM chunk_ids WHERE generation=?", (name,))
+
+    def mark_indexed(self, name: str, tenant: str, document_id: str, version: int) -> None:
+        """Ignored for a generation not recorded (dropped meanwhile: its progress must not come back)."""
+        with self._db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO generation_progress (generation, tenant, document_id, version)"
+                " SELECT ?,?,?,? WHERE EXISTS (SELECT 1 FROM generations WHERE name=?)"
+                " ON CONFLICT (generation, tenant, document_id) DO UPDATE"
+                " SET version=max(version, excluded.version)",
+                (name, tenant, document_id, version, name))
+
+    def indexed_version(self, name: str, tenant: str, document_id: str) -> int | None:
+        with self._db.reading() as conn:
+            row = conn.execute("SELECT version FROM generation_progress WHERE generation=? AND tenant=?"
+                               " AND document_id=?", (name, tenant, document_id)).fetchone()
+        return None if row is None else int(row[0])
+
+    def progress(self, name: str) -> Progress:
+        with self._db.reading() as conn:
+            total, done = conn.execute(
+                "SELECT count(*), count(p.version) FROM documents d LEFT JOIN generation_progress p"
+                " ON p.generation=? AND p.tenant=d.tenant AND p.document_id=d.document_id AND p.version>=d.version"
+                " WHERE d.status=?", (name, Status.INDEXED.value)).fetchone()
+        return Progress(int(done), int(total))
+
+    def behind(self, name: str, limit: int, after: tuple[str, str] | None = None) -> list[tuple[str, str]]:
+        tenant, document_id = after or ("", "")
+        with self._db.reading() as conn:
+            rows = conn.execute(
+                "SELECT d.tenant, d.document_id FROM documents d LEFT JOIN generation_progress p"
+                " ON p.generation=? AND p.tenant=d.tenant AND p.document_id=d.document_id AND p.version>=d.version"
+                " WHERE d.status=? AND p.version IS NULL AND (d.tenant, d.document_id) > (?, ?)"
+                " ORDER BY d.tenant, d.document_id LIMIT ?",
+                (name, Status.INDEXED.value, tenant, document_id, limit)).fetchall()
+        return [(r[0], r[1]) for r in rows]
 
     # -- claim-check content -------------------------------------------------------------------
     def put_content(self, data: bytes) -> ContentRef:
