@@ -28,13 +28,15 @@ def accept_status(current: DocumentRecord | None, new: DocumentRecord) -> bool:
 
 def merge_record(current: DocumentRecord | None, new: DocumentRecord) -> DocumentRecord:
     """What to store when `new` is accepted: the new record, keeping the descriptive fields of the same
-    version that a later status does not carry (a `deleted` status knows no title)."""
+    version that a later status does not carry (a `deleted` status knows no title, nor its content's type:
+    a record without content keeps the content type of the content kept)."""
     if current is None or current.version != new.version:
         return new
     return dataclasses.replace(
         new, chunks=new.chunks or current.chunks, content_hash=new.content_hash or current.content_hash,
         title=new.title or current.title, source=new.source or current.source,
-        metadata=new.metadata or current.metadata)
+        metadata=new.metadata or current.metadata,
+        content_type=new.content_type if new.content_hash else current.content_type)
 
 
 def superseded(doc: DocumentRecord | None, version: int) -> bool:

@@ -7,13 +7,19 @@ every write is idempotent: upserts keyed by deterministic ids, deletes bounded b
 Status moves forward only without transactions: `apply_status` reads the row, decides with the shared
 version rules (`accept_status`), and writes with a compare-and-set on the (version, status) it read;
 a concurrent writer makes the compare fail and the decision is taken again on the new row.
+
+The index generations are one document (`generations`, `_id: "generations"`) holding every generation's record
+and a revision: each change of state replaces the list with a compare-and-set on the revision read, so a switch
+or a rollback is one single-document write and a reader never sees two serving generations.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
 from bson import Binary
@@ -33,7 +39,17 @@ from pymongo.errors import (
 )
 
 from infra.settings import MongoSettings
+from infra.stores.sqlite import refuse_drop, refuse_rollback, refuse_start, refuse_switch
 from kernel.errors import ConfigurationError, PoisonMessageError, RetryableError
+from kernel.generations import (
+    FIRST,
+    NAME_PATTERN,
+    Build,
+    Generation,
+    GenerationConflict,
+    Progress,
+    State,
+)
 from kernel.permissions import Acl, AclOrder
 from kernel.ports import ChunkRecord, DocumentRecord
 from kernel.versions import accept_status, merge_record
@@ -43,6 +59,12 @@ MAJORITY = WriteConcern(w="majority", j=True)
 #: Claim-checked content above this is refused: MongoDB documents are limited to 16 MiB.
 MAX_CONTENT_BYTES = 15 * 1024 * 1024
 CAS_ATTEMPTS = 20
+
+
+def _now() -> datetime:
+    """Now, at the millisecond (what a BSON date keeps), so a generation reads back as it was returned."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def connect(settings: MongoSettings) -> MongoClient[Any]:
@@ -67,7 +89,39 @@ def _acl(row: Mapping[str, Any]) -> Acl:
 def _doc(row: Mapping[str, Any]) -> DocumentRecord:
     return DocumentRecord(row["tenant"], row["document_id"], int(row["version"]), Status(row["status"]),
                           int(row.get("chunks", 0)), row.get("error", ""), row.get("content_hash", ""),
-                          row.get("title", ""), row.get("source", ""), row.get("metadata") or {})
+                          row.get("title", ""), row.get("source", ""), row.get("metadata") or {},
+                          row.get("content_type", "text/plain"))
+
+
+GENERATIONS_ID = "generations"
+#: A batch of documents read at once when looking for the ones a generation lacks.
+BEHIND_BATCH = 1000
+
+
+def _generation(record: Mapping[str, Any]) -> Generation:
+    created: datetime = record["created_at"]
+    if created.tzinfo is None:  # pymongo decodes BSON dates as naive UTC unless the client is tz_aware
+        created = created.replace(tzinfo=UTC)
+    return Generation(record["name"], Build.from_json(record["build"]), State(record["state"]), created,
+                      int(record.get("queued", 0)))
+
+
+def _record(g: Generation) -> dict[str, Any]:
+    return {"name": g.name, "build": g.build.to_json(), "state": g.state.value, "created_at": g.created_at,
+            "queued": g.queued}
+
+
+def _of_generation(generation: str) -> dict[str, Any]:
+    """Chunk rows of `generation` (rows written before generations existed carry none: they are the first's)."""
+    return {"generation": {"$in": [generation, None]}} if generation == FIRST else {"generation": generation}
+
+
+def _after(after: tuple[str, str] | None) -> dict[str, Any]:
+    """Keys strictly after `after` in (tenant, document_id) order."""
+    if after is None:
+        return {}
+    tenant, document_id = after
+    return {"$or": [{"tenant": {"$gt": tenant}}, {"tenant": tenant, "document_id": {"$gt": document_id}}]}
 
 
 #: Server error codes the MongoDB retryable-writes specification lists as transient (failover, shutdown,
@@ -114,10 +168,15 @@ class MongoDocumentStore:
         self._contents = db.get_collection("contents")
         self._answers = db.get_collection("answers")
         self._acls = db.get_collection("acls")
+        self._generations = db.get_collection("generations")
+        self._progress = db.get_collection("generation_progress")
         self._acls.create_index([("tenant", ASCENDING), ("document_id", ASCENDING)], unique=True)
         self._docs.create_index([("tenant", ASCENDING), ("document_id", ASCENDING)], unique=True)
         self._docs.create_index([("tenant", ASCENDING), ("status", ASCENDING)])
         self._chunks.create_index([("tenant", ASCENDING), ("document_id", ASCENDING), ("version", ASCENDING)])
+        self._chunks.create_index([("generation", ASCENDING)])
+        self._progress.create_index([("generation", ASCENDING), ("tenant", ASCENDING), ("document_id", ASCENDING)],
+                                    unique=True)
         self._answers.create_index([("tenant", ASCENDING), ("query_id", ASCENDING)], unique=True)
 
     @_classified
@@ -136,7 +195,7 @@ class MongoDocumentStore:
             m = merge_record(current, record)
             fields = {"version": m.version, "status": m.status.value, "status_rank": m.status.rank,
                       "chunks": m.chunks, "error": m.error, "content_hash": m.content_hash, "title": m.title,
-                      "source": m.source, "metadata": dict(m.metadata)}
+                      "source": m.source, "metadata": dict(m.metadata), "content_type": m.content_type}
             if row is None:
                 try:
                     self._docs.insert_one(key | fields)
@@ -161,12 +220,18 @@ class MongoDocumentStore:
         return {r["_id"]: int(r["n"]) for r in rows}
 
     @_classified
-    def upsert_chunks(self, chunks: Sequence[ChunkRecord]) -> None:
+    def indexed_documents(self, after: tuple[str, str] | None = None, limit: int = 1000) -> list[DocumentRecord]:
+        rows = self._docs.find({"status": Status.INDEXED.value} | _after(after)).sort(
+            [("tenant", ASCENDING), ("document_id", ASCENDING)]).limit(limit)
+        return [_doc(r) for r in rows]
+
+    @_classified
+    def upsert_chunks(self, chunks: Sequence[ChunkRecord], generation: str = FIRST) -> None:
         if not chunks:
             return
         ops = [ReplaceOne({"_id": c.chunk_id}, {
             "_id": c.chunk_id, "tenant": c.tenant, "document_id": c.document_id, "version": c.version,
-            "idx": c.index}, upsert=True) for c in chunks]
+            "idx": c.index, "generation": generation}, upsert=True) for c in chunks]
         self._chunks.bulk_write(ops, ordered=False)
 
     @_classified
@@ -174,21 +239,176 @@ class MongoDocumentStore:
         self._chunks.delete_many({"tenant": tenant, "document_id": document_id, "version": {"$lt": below}})
 
     @_classified
-    def chunk_versions(self, tenant: str, document_id: str) -> list[tuple[str, int]]:
-        rows = self._chunks.find({"tenant": tenant, "document_id": document_id}, {"_id": 1, "version": 1, "idx": 1})
+    def chunk_versions(self, tenant: str, document_id: str, generation: str = FIRST) -> list[tuple[str, int]]:
+        rows = self._chunks.find({"tenant": tenant, "document_id": document_id} | _of_generation(generation),
+                                 {"_id": 1, "version": 1, "idx": 1})
         return [(r["_id"], int(r["version"])) for r in sorted(rows, key=lambda r: (r["version"], r["idx"]))]
 
     @_classified
-    def count_chunks(self, tenant: str | None = None) -> int:
-        return int(self._chunks.count_documents({} if tenant is None else {"tenant": tenant}))
+    def count_chunks(self, tenant: str | None = None, generation: str | None = None) -> int:
+        """Chunk rows of `tenant` (None: every tenant) in `generation` (None: every generation)."""
+        query = ({} if tenant is None else {"tenant": tenant}) | ({} if generation is None else
+                                                                   _of_generation(generation))
+        return int(self._chunks.count_documents(query))
+
+    # -- index generations (kernel/generations.py) -------------------------------------------------
+    def _read_generations(self) -> tuple[int, list[Generation]]:
+        """The revision and the generations (revision 0 and none before the first is recorded)."""
+        row = self._generations.find_one({"_id": GENERATIONS_ID})
+        if row is None:
+            return 0, []
+        return int(row["rev"]), sorted((_generation(r) for r in row["records"]), key=lambda g: int(g.name[1:]))
+
+    def _change(self, decide: Callable[[list[Generation]], list[Generation]]) -> list[Generation]:
+        """Apply `decide` (the generations as read -> as they must be; it raises GenerationConflict to refuse) as
+        one compare-and-set on the revision read, deciding again when another writer won the race."""
+        for _ in range(CAS_ATTEMPTS):
+            rev, current = self._read_generations()
+            changed = decide(current)
+            records = [_record(g) for g in changed]
+            if rev == 0:
+                try:
+                    self._generations.insert_one({"_id": GENERATIONS_ID, "rev": 1, "records": records})
+                    return changed
+                except DuplicateKeyError:
+                    continue  # recorded concurrently: decide again on what was recorded
+            if self._generations.update_one({"_id": GENERATIONS_ID, "rev": rev},
+                                            {"$set": {"rev": rev + 1, "records": records}}).matched_count == 1:
+                return changed
+        raise RetryableError(f"the generations changed {CAS_ATTEMPTS} times while being updated")
+
+    @_classified
+    def generations(self) -> list[Generation]:
+        return self._read_generations()[1]
+
+    @_classified
+    def ensure_first(self, build: Build) -> list[Generation]:
+        for _ in range(CAS_ATTEMPTS):
+            rev, current = self._read_generations()
+            if rev:
+                return current
+            first = Generation(FIRST, build, State.SERVING, _now())
+            try:
+                self._generations.insert_one({"_id": GENERATIONS_ID, "rev": 1, "records": [_record(first)]})
+                return [first]
+            except DuplicateKeyError:
+                continue  # another stage recorded the first concurrently: read what it recorded
+        raise RetryableError("the generations changed while recording the first")
+
+    @_classified
+    def start_generation(self, name: str, build: Build, queued: int) -> Generation:
+        if not NAME_PATTERN.match(name):
+            raise ValueError(f"{name!r} is not a generation name (g1, g2, ...)")
+        started = Generation(name, build, State.BUILDING, _now(), queued)
+
+        def decide(current: list[Generation]) -> list[Generation]:
+            refuse_start(current, name)
+            return [*current, started]
+        self._change(decide)
+        return started
+
+    @_classified
+    def set_queued(self, name: str, queued: int) -> None:
+        def decide(current: list[Generation]) -> list[Generation]:
+            if all(g.name != name for g in current):
+                raise GenerationConflict(f"no generation {name} is recorded")
+            return [dataclasses.replace(g, queued=queued) if g.name == name else g for g in current]
+        self._change(decide)
+
+    @_classified
+    def switch(self, name: str) -> None:
+        def decide(current: list[Generation]) -> list[Generation]:
+            refuse_switch(current, name)
+            return [dataclasses.replace(g, state=State.SERVING) if g.name == name else
+                    dataclasses.replace(g, state=State.OLD) if g.state is State.SERVING else g for g in current]
+        self._change(decide)
+
+    @_classified
+    def rollback(self) -> str:
+        def decide(current: list[Generation]) -> list[Generation]:
+            refuse_rollback(current)
+            swap = {State.SERVING: State.OLD, State.OLD: State.SERVING}
+            return [dataclasses.replace(g, state=swap.get(g.state, g.state)) for g in current]
+        return next(g.name for g in self._change(decide) if g.state is State.SERVING)
+
+    @_classified
+    def drop_generation(self, name: str) -> None:
+        """The record goes first (one atomic write), then the progress and chunk rows. A drop interrupted
+        between the two is finished by the next drop of the same name, which refuses only after deleting."""
+        rev, current = self._read_generations()
+        if rev and all(g.name != name for g in current):
+            self._delete_rows(name)  # what an interrupted drop left
+        def decide(current: list[Generation]) -> list[Generation]:
+            refuse_drop(current, name)
+            return [g for g in current if g.name != name]
+        self._change(decide)
+        self._delete_rows(name)
+
+    def _delete_rows(self, name: str) -> None:
+        self._progress.delete_many({"generation": name})
+        self._chunks.delete_many(_of_generation(name))
+
+    @_classified
+    def mark_indexed(self, name: str, tenant: str, document_id: str, version: int) -> None:
+        """Ignored for a generation not recorded (dropped meanwhile: its progress must not come back)."""
+        if all(g.name != name for g in self._read_generations()[1]):
+            return
+        key = {"generation": name, "tenant": tenant, "document_id": document_id}
+        for _ in range(CAS_ATTEMPTS):
+            try:  # $max keeps the highest version; two first marks racing make one upsert fail: go again
+                self._progress.update_one(key, {"$max": {"version": version}}, upsert=True)
+                return
+            except DuplicateKeyError:
+                continue
+        raise RetryableError(f"the progress of {document_id} changed {CAS_ATTEMPTS} times while being updated")
+
+    @_classified
+    def indexed_version(self, name: str, tenant: str, document_id: str) -> int | None:
+        row = self._progress.find_one({"generation": name, "tenant": tenant, "document_id": document_id})
+        return None if row is None else int(row["version"])
+
+    @_classified
+    def progress(self, name: str) -> Progress:
+        """Two scans with projections (no join: not every server speaking the protocol has $lookup): the
+        generation's progress into memory, then the indexed documents' versions against it."""
+        have = {(r["tenant"], r["document_id"]): int(r["version"]) for r in self._progress.find(
+            {"generation": name}, {"_id": 0, "tenant": 1, "document_id": 1, "version": 1})}
+        total = done = 0
+        for r in self._docs.find({"status": Status.INDEXED.value}, {"_id": 0, "tenant": 1, "document_id": 1,
+                                                                   "version": 1}):
+            total += 1
+            done += have.get((r["tenant"], r["document_id"]), -1) >= int(r["version"])
+        return Progress(done, total)
+
+    @_classified
+    def behind(self, name: str, limit: int, after: tuple[str, str] | None = None) -> list[tuple[str, str]]:
+        """Indexed documents in key order, a batch at a time, each batch against the generation's progress rows
+        of its documents."""
+        out: list[tuple[str, str]] = []
+        while len(out) < limit:
+            batch = list(self._docs.find({"status": Status.INDEXED.value} | _after(after),
+                                         {"_id": 0, "tenant": 1, "document_id": 1, "version": 1}).sort(
+                [("tenant", ASCENDING), ("document_id", ASCENDING)]).limit(max(limit, BEHIND_BATCH)))
+            if not batch:
+                break
+            have = {(r["tenant"], r["document_id"]): int(r["version"]) for r in self._progress.find(
+                {"generation": name, "tenant": {"$in": list({r["tenant"] for r in batch})},
+                 "document_id": {"$in": [r["document_id"] for r in batch]}},
+                {"_id": 0, "tenant": 1, "document_id": 1, "version": 1})}
+            out += [(r["tenant"], r["document_id"]) for r in batch
+                    if have.get((r["tenant"], r["document_id"]), -1) < int(r["version"])]
+            after = (batch[-1]["tenant"], batch[-1]["document_id"])
+        return out[:limit]
 
     @_classified
     def put_content(self, data: bytes) -> ContentRef:
         if len(data) > MAX_CONTENT_BYTES:
             raise ValueError(f"content of {len(data)} bytes is over the MongoDB store's {MAX_CONTENT_BYTES}")
         ref = ContentRef(sha256=content_hash(data), size=len(data))
-        self._contents.replace_one({"_id": ref.sha256}, {"_id": ref.sha256, "size": ref.size, "data": Binary(data)},
-                                   upsert=True)
+        # content-addressed: a stored copy is the same bytes, so an insert that finds one is done (and a plain
+        # insert is what every server speaking the protocol handles: nx-27017 cannot replace a binary field)
+        with contextlib.suppress(DuplicateKeyError):
+            self._contents.insert_one({"_id": ref.sha256, "size": ref.size, "data": Binary(data)})
         return ref
 
     @_classified

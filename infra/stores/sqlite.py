@@ -12,10 +12,22 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
 from kernel.errors import RetryableError
+from kernel.generations import (
+    FIRST,
+    NAME_PATTERN,
+    Build,
+    Generation,
+    GenerationConflict,
+    Progress,
+    State,
+    in_state,
+    serving,
+)
 from kernel.permissions import Acl, AclOrder
 from kernel.ports import ChunkRecord, DocumentRecord
 from kernel.versions import accept_status, merge_record
@@ -27,11 +39,11 @@ CREATE TABLE IF NOT EXISTS documents (
   status_rank INTEGER NOT NULL, chunks INTEGER NOT NULL DEFAULT 0, error TEXT NOT NULL DEFAULT '',
   content_hash TEXT NOT NULL DEFAULT '', title TEXT NOT NULL DEFAULT '', source TEXT NOT NULL DEFAULT '',
   metadata TEXT NOT NULL DEFAULT '{}', updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
-  PRIMARY KEY (tenant, document_id));
+  content_type TEXT NOT NULL DEFAULT 'text/plain', PRIMARY KEY (tenant, document_id));
 CREATE INDEX IF NOT EXISTS documents_status ON documents (tenant, status);
 CREATE TABLE IF NOT EXISTS chunk_ids (
   chunk_id TEXT PRIMARY KEY, tenant TEXT NOT NULL, document_id TEXT NOT NULL, version INTEGER NOT NULL,
-  idx INTEGER NOT NULL);
+  idx INTEGER NOT NULL, generation TEXT NOT NULL DEFAULT 'g1');
 CREATE INDEX IF NOT EXISTS chunk_ids_doc ON chunk_ids (tenant, document_id, version);
 CREATE TABLE IF NOT EXISTS contents (sha256 TEXT PRIMARY KEY, size INTEGER NOT NULL, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS answers (
@@ -44,6 +56,24 @@ CREATE TABLE IF NOT EXISTS acls (
 CREATE TABLE IF NOT EXISTS answer_cache (
   tenant TEXT NOT NULL, key TEXT NOT NULL, answer TEXT NOT NULL,
   created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')), PRIMARY KEY (tenant, key));
+CREATE TABLE IF NOT EXISTS generations (
+  name TEXT PRIMARY KEY, build TEXT NOT NULL, state TEXT NOT NULL, created_at TEXT NOT NULL,
+  queued INTEGER NOT NULL DEFAULT 0);
+CREATE UNIQUE INDEX IF NOT EXISTS generations_state ON generations (state);
+CREATE TABLE IF NOT EXISTS generation_progress (
+  generation TEXT NOT NULL, tenant TEXT NOT NULL, document_id TEXT NOT NULL, version INTEGER NOT NULL,
+  PRIMARY KEY (generation, tenant, document_id));
+"""
+
+#: Columns added since the first schema: (table, column, definition). A file created before them gets them when
+#: it is opened (CREATE TABLE IF NOT EXISTS leaves an existing table as it is).
+_ADDED_COLUMNS = (
+    ("documents", "content_type", "TEXT NOT NULL DEFAULT 'text/plain'"),
+    ("chunk_ids", "generation", "TEXT NOT NULL DEFAULT 'g1'"),
+)
+#: Indexes on added columns: created once the columns exist.
+_LATER_INDEXES = """
+CREATE INDEX IF NOT EXISTS chunk_ids_generation ON chunk_ids (generation);
 """
 
 
@@ -51,12 +81,76 @@ CREATE TABLE IF NOT EXISTS answer_cache (
 #: the disk is full or failing. Anything else (a missing table, a malformed query) is a bug to surface.
 TRANSIENT = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR})
 
-_DOC_COLUMNS = "tenant, document_id, version, status, chunks, error, content_hash, title, source, metadata"
+_DOC_COLUMNS = ("tenant, document_id, version, status, chunks, error, content_hash, title, source, metadata,"
+                " content_type")
 
 
 def _document(row: Sequence[Any]) -> DocumentRecord:
     return DocumentRecord(row[0], row[1], row[2], Status(row[3]), row[4], row[5], row[6], row[7], row[8],
-                          json.loads(row[9]))
+                          json.loads(row[9]), row[10])
+
+
+_GEN_COLUMNS = "name, build, state, created_at, queued"
+
+
+def _generation(row: Sequence[Any]) -> Generation:
+    return Generation(row[0], Build.from_json(row[1]), State(row[2]), datetime.fromisoformat(row[3]), int(row[4]))
+
+
+def _number(name: str) -> int:
+    return int(name[1:])
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+# The rules of a change of generations, shared by the adapters (SQLite here, MongoDB in mongo.py): each takes the
+# generations as recorded, inside the adapter's atomic change, and raises GenerationConflict saying what to do.
+# They belong in kernel/generations.py beside the vocabulary.
+
+def _named(generations: list[Generation], name: str) -> Generation:
+    found = next((g for g in generations if g.name == name), None)
+    if found is None:
+        raise GenerationConflict(f"no generation {name} is recorded (`ragbus status` lists them)")
+    return found
+
+
+def refuse_start(generations: list[Generation], name: str) -> None:
+    serving(generations)
+    building, old = in_state(generations, State.BUILDING), in_state(generations, State.OLD)
+    if building is not None:
+        raise GenerationConflict(
+            f"generation {building.name} is building: switch to it once it has caught up (`ragbus reindex switch`)"
+            " or cancel it (`ragbus reindex cancel`) before starting another")
+    if old is not None:
+        raise GenerationConflict(
+            f"generation {old.name} is kept as the old one: drop it (`ragbus reindex drop-old`) or go back to it"
+            " (`ragbus reindex rollback`) before starting another")
+    if any(g.name == name for g in generations):
+        raise GenerationConflict(f"generation {name} is recorded already")
+
+
+def refuse_switch(generations: list[Generation], name: str) -> None:
+    target = _named(generations, name)
+    if target.state is not State.BUILDING:
+        raise GenerationConflict(f"generation {name} is {target.state.value}, not building: only a building"
+                                 " generation can be switched to (`ragbus reindex start` builds one)")
+    serving(generations)
+
+
+def refuse_rollback(generations: list[Generation]) -> str:
+    """The generation a rollback makes serve."""
+    old = in_state(generations, State.OLD)
+    if old is None:
+        raise GenerationConflict("no old generation is kept: nothing to roll back to")
+    return old.name
+
+
+def refuse_drop(generations: list[Generation], name: str) -> None:
+    if _named(generations, name).state is State.SERVING:
+        raise GenerationConflict(f"generation {name} is serving and cannot be dropped: only a building generation"
+                                 " (`ragbus reindex cancel`) or the old one (`ragbus reindex drop-old`) can be")
 
 
 class _Db:
@@ -69,6 +163,17 @@ class _Db:
         self._lock = threading.RLock()
         with self._lock:
             self._conn.executescript(_SCHEMA)
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a file created with an older schema up to date, in one transaction (several processes may
+        open the same old file at once: the second finds the columns there)."""
+        with self.transaction() as conn:
+            for table, column, definition in _ADDED_COLUMNS:
+                if column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+            for statement in filter(str.strip, _LATER_INDEXES.split(";")):
+                conn.execute(statement)
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
@@ -119,15 +224,15 @@ class SqliteDocumentStore:
             merged = merge_record(current, record)
             conn.execute(
                 "INSERT INTO documents (tenant, document_id, version, status, status_rank, chunks, error,"
-                " content_hash, title, source, metadata) VALUES (?,?,?,?,?,?,?,?,?,?,?) "
+                " content_hash, title, source, metadata, content_type) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
                 "ON CONFLICT (tenant, document_id) DO UPDATE SET version=excluded.version,"
                 " status=excluded.status, status_rank=excluded.status_rank, chunks=excluded.chunks,"
                 " error=excluded.error, content_hash=excluded.content_hash, title=excluded.title,"
-                " source=excluded.source, metadata=excluded.metadata,"
+                " source=excluded.source, metadata=excluded.metadata, content_type=excluded.content_type,"
                 " updated_at=strftime('%Y-%m-%dT%H:%M:%fZ','now')",
                 (merged.tenant, merged.document_id, merged.version, merged.status.value, merged.status.rank,
                  merged.chunks, merged.error, merged.content_hash, merged.title, merged.source,
-                 json.dumps(dict(merged.metadata))))
+                 json.dumps(dict(merged.metadata)), merged.content_type))
             return True
 
     def _get_locked(self, conn: sqlite3.Connection, tenant: str, document_id: str) -> DocumentRecord | None:
@@ -152,26 +257,125 @@ class SqliteDocumentStore:
             return dict(conn.execute(sql + " GROUP BY status", args).fetchall())
 
     # -- chunks ----------------------------------------------------------------------------
-    def upsert_chunks(self, chunks: Sequence[ChunkRecord]) -> None:
-        rows = [(c.chunk_id, c.tenant, c.document_id, c.version, c.index) for c in chunks]
-        self._write("INSERT OR REPLACE INTO chunk_ids VALUES (?,?,?,?,?)", rows)
+    def indexed_documents(self, after: tuple[str, str] | None = None, limit: int = 1000) -> list[DocumentRecord]:
+        tenant, document_id = after or ("", "")
+        with self._db.reading() as conn:
+            rows = conn.execute(
+                f"SELECT {_DOC_COLUMNS} FROM documents WHERE status=? AND (tenant, document_id) > (?, ?)"
+                " ORDER BY tenant, document_id LIMIT ?",
+                (Status.INDEXED.value, tenant, document_id, limit)).fetchall()
+        return [_document(r) for r in rows]
+
+    def upsert_chunks(self, chunks: Sequence[ChunkRecord], generation: str = FIRST) -> None:
+        rows = [(c.chunk_id, c.tenant, c.document_id, c.version, c.index, generation) for c in chunks]
+        self._write("INSERT OR REPLACE INTO chunk_ids (chunk_id, tenant, document_id, version, idx, generation)"
+                    " VALUES (?,?,?,?,?,?)", rows)
 
     def delete_chunk_versions(self, tenant: str, document_id: str, *, below: int) -> None:
         self._write("DELETE FROM chunk_ids WHERE tenant=? AND document_id=? AND version<?",
                     [(tenant, document_id, below)])
 
-    def chunk_versions(self, tenant: str, document_id: str) -> list[tuple[str, int]]:
+    def chunk_versions(self, tenant: str, document_id: str, generation: str = FIRST) -> list[tuple[str, int]]:
         with self._db.reading() as conn:
             return [(r[0], r[1]) for r in conn.execute(
-                "SELECT chunk_id, version FROM chunk_ids WHERE tenant=? AND document_id=? ORDER BY version, idx",
-                (tenant, document_id)).fetchall()]
+                "SELECT chunk_id, version FROM chunk_ids WHERE tenant=? AND document_id=? AND generation=?"
+                " ORDER BY version, idx", (tenant, document_id, generation)).fetchall()]
 
-    def count_chunks(self, tenant: str | None = None) -> int:
-        sql, args = "SELECT count(*) FROM chunk_ids", cast(tuple[object, ...], ())
-        if tenant is not None:
-            sql, args = sql + " WHERE tenant=?", (tenant,)
+    def count_chunks(self, tenant: str | None = None, generation: str | None = None) -> int:
+        """Chunk rows of `tenant` (None: every tenant) in `generation` (None: every generation)."""
+        where = [(c, v) for c, v in (("tenant", tenant), ("generation", generation)) if v is not None]
+        sql = "SELECT count(*) FROM chunk_ids" + (" WHERE " + " AND ".join(f"{c}=?" for c, _ in where) if where else "")
         with self._db.reading() as conn:
-            return int(conn.execute(sql, args).fetchone()[0])
+            return int(conn.execute(sql, tuple(v for _, v in where)).fetchone()[0])
+
+    # -- index generations (kernel/generations.py) -------------------------------------------------
+    def generations(self) -> list[Generation]:
+        with self._db.reading() as conn:
+            return self._generations_locked(conn)
+
+    @staticmethod
+    def _generations_locked(conn: sqlite3.Connection) -> list[Generation]:
+        rows = conn.execute(f"SELECT {_GEN_COLUMNS} FROM generations").fetchall()
+        return sorted((_generation(r) for r in rows), key=lambda g: _number(g.name))
+
+    def ensure_first(self, build: Build) -> list[Generation]:
+        with self._db.transaction() as conn:  # one writer at a time decides: concurrent callers converge
+            if conn.execute("SELECT count(*) FROM generations").fetchone()[0] == 0:
+                conn.execute(f"INSERT INTO generations ({_GEN_COLUMNS}) VALUES (?,?,?,?,?)",
+                             (FIRST, build.to_json(), State.SERVING.value, _now(), 0))
+            return self._generations_locked(conn)
+
+    def start_generation(self, name: str, build: Build, queued: int) -> Generation:
+        if not NAME_PATTERN.match(name):
+            raise ValueError(f"{name!r} is not a generation name (g1, g2, ...)")
+        with self._db.transaction() as conn:
+            refuse_start(self._generations_locked(conn), name)
+            created = _now()
+            conn.execute(f"INSERT INTO generations ({_GEN_COLUMNS}) VALUES (?,?,?,?,?)",
+                         (name, build.to_json(), State.BUILDING.value, created, queued))
+        return Generation(name, build, State.BUILDING, datetime.fromisoformat(created), queued)
+
+    def set_queued(self, name: str, queued: int) -> None:
+        with self._db.transaction() as conn:
+            if conn.execute("UPDATE generations SET queued=? WHERE name=?", (queued, name)).rowcount == 0:
+                raise GenerationConflict(f"no generation {name} is recorded")
+
+    def switch(self, name: str) -> None:
+        with self._db.transaction() as conn:
+            refuse_switch(self._generations_locked(conn), name)
+            conn.execute("UPDATE generations SET state=? WHERE state=?", (State.OLD.value, State.SERVING.value))
+            conn.execute("UPDATE generations SET state=? WHERE name=?", (State.SERVING.value, name))
+
+    def rollback(self) -> str:
+        with self._db.transaction() as conn:
+            now_serving = refuse_rollback(self._generations_locked(conn))
+            # one state per generation at a time (a unique index): through a placeholder state
+            conn.execute("UPDATE generations SET state='rollback' WHERE state=?", (State.SERVING.value,))
+            conn.execute("UPDATE generations SET state=? WHERE state=?", (State.SERVING.value, State.OLD.value))
+            conn.execute("UPDATE generations SET state=? WHERE state='rollback'", (State.OLD.value,))
+        return now_serving
+
+    def drop_generation(self, name: str) -> None:
+        with self._db.transaction() as conn:
+            refuse_drop(self._generations_locked(conn), name)
+            conn.execute("DELETE FROM generations WHERE name=?", (name,))
+            conn.execute("DELETE FROM generation_progress WHERE generation=?", (name,))
+            conn.execute("DELETE FROM chunk_ids WHERE generation=?", (name,))
+
+    def mark_indexed(self, name: str, tenant: str, document_id: str, version: int) -> None:
+        """Ignored for a generation not recorded (dropped meanwhile: its progress must not come back)."""
+        with self._db.transaction() as conn:
+            conn.execute(
+                "INSERT INTO generation_progress (generation, tenant, document_id, version)"
+                " SELECT ?,?,?,? WHERE EXISTS (SELECT 1 FROM generations WHERE name=?)"
+                " ON CONFLICT (generation, tenant, document_id) DO UPDATE"
+                " SET version=max(version, excluded.version)",
+                (name, tenant, document_id, version, name))
+
+    def indexed_version(self, name: str, tenant: str, document_id: str) -> int | None:
+        with self._db.reading() as conn:
+            row = conn.execute("SELECT version FROM generation_progress WHERE generation=? AND tenant=?"
+                               " AND document_id=?", (name, tenant, document_id)).fetchone()
+        return None if row is None else int(row[0])
+
+    def progress(self, name: str) -> Progress:
+        with self._db.reading() as conn:
+            total, done = conn.execute(
+                "SELECT count(*), count(p.version) FROM documents d LEFT JOIN generation_progress p"
+                " ON p.generation=? AND p.tenant=d.tenant AND p.document_id=d.document_id AND p.version>=d.version"
+                " WHERE d.status=?", (name, Status.INDEXED.value)).fetchone()
+        return Progress(int(done), int(total))
+
+    def behind(self, name: str, limit: int, after: tuple[str, str] | None = None) -> list[tuple[str, str]]:
+        tenant, document_id = after or ("", "")
+        with self._db.reading() as conn:
+            rows = conn.execute(
+                "SELECT d.tenant, d.document_id FROM documents d LEFT JOIN generation_progress p"
+                " ON p.generation=? AND p.tenant=d.tenant AND p.document_id=d.document_id AND p.version>=d.version"
+                " WHERE d.status=? AND p.version IS NULL AND (d.tenant, d.document_id) > (?, ?)"
+                " ORDER BY d.tenant, d.document_id LIMIT ?",
+                (name, Status.INDEXED.value, tenant, document_id, limit)).fetchall()
+        return [(r[0], r[1]) for r in rows]
 
     # -- claim-check content -------------------------------------------------------------------
     def put_content(self, data: bytes) -> ContentRef:

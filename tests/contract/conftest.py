@@ -75,6 +75,13 @@ def _weaviate_container(tmp: Path, request: pytest.FixtureRequest):  # type: ign
     yield lambda: WeaviateVectorIndex(connect(WeaviateSettings(url=url, grpc_port=grpc_port)), name, DIM)
 
 
+def _nx(tmp: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """MongoDB over a socket, through nx-27017: a fresh database per test."""
+    from infra.stores.mongo import MongoDocumentStore
+
+    return MongoDocumentStore(*mongo_database("nx-27017", request))  # type: ignore[arg-type]
+
+
 def _mongodb_container(tmp: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     """Real MongoDB (integration tier): a fresh database per test."""
     import uuid
@@ -89,8 +96,11 @@ def _mongodb_container(tmp: Path, request: pytest.FixtureRequest):  # type: igno
 
 
 VECTOR_INDEXES = {"lancedb": _lance, "weaviate-double": _weaviate, "weaviate-container": _weaviate_container}
-DOCUMENT_STORES = {"sqlite": _sqlite, "mongomock": _mongomock, "mongodb-container": _mongodb_container}
+DOCUMENT_STORES = {"sqlite": _sqlite, "mongomock": _mongomock, "nx-27017": _nx,
+                   "mongodb-container": _mongodb_container}
 NEEDS_DOCKER = {"weaviate-container", "mongodb-container"}
+#: Factories that take the request too (for a session fixture), without the integration mark.
+NEEDS_REQUEST = NEEDS_DOCKER | {"nx-27017"}
 
 
 def _params(adapters: dict[str, object]) -> list[object]:
@@ -100,7 +110,7 @@ def _params(adapters: dict[str, object]) -> list[object]:
 
 def _make(factories: dict[str, object], name: str, tmp: Path, request: pytest.FixtureRequest) -> object:
     factory = factories[name]
-    return factory(tmp, request) if name in NEEDS_DOCKER else factory(tmp)  # type: ignore[operator]
+    return factory(tmp, request) if name in NEEDS_REQUEST else factory(tmp)  # type: ignore[operator]
 
 
 @pytest.fixture(params=_params(VECTOR_INDEXES))
