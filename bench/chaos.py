@@ -22,6 +22,12 @@ throughout. At the end it checks:
 - every query got exactly one final answer (redelivery may repeat the answer event, but it is the same
   event: one distinct event id per query).
 
+With `--reindex`, `ragbus reindex start --chunk-size N` (the CLI, as an operator runs it) starts a new index
+generation half-way through the workload, while kills go on; once the workload has settled the run waits for
+the new generation to catch up (running `ragbus reindex resume` once if it stops short), switches to it with
+`ragbus reindex switch`, and audits it like the first: every live document's chunks exactly, with the new chunk
+size and the new generation's ids, in both stores; nothing of a deleted document.
+
 With `--faults`, the stages run through bench/faults.py, which injects exceptions of unexpected
 types into the chunker, embedder, indexer and answerer handlers for marked documents and questions;
 with `--hostile N`, N hostile values (tests/hostile.py: random bytes, deeply nested or huge JSON, wrong
@@ -39,12 +45,14 @@ import json
 import os
 import random
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -161,6 +169,8 @@ def main() -> int:
     ap.add_argument("--scale-embedder", action="store_true", help="embedder 1 -> 3 -> 1 processes during the run")
     ap.add_argument("--scale-up-s", type=float, default=20.0, help="when the embedder goes to 3 processes")
     ap.add_argument("--scale-down-s", type=float, default=70.0, help="when it goes back to 1")
+    ap.add_argument("--reindex", action="store_true", help="rebuild into a new generation mid-run, then switch")
+    ap.add_argument("--reindex-chunk-size", type=int, default=120)
     args = ap.parse_args()
     rng = random.Random(args.seed)
     rows = load(args.corpus, args.docs + (20 if args.faults else 0))
@@ -221,7 +231,11 @@ def main() -> int:
             plan += [doc(r, 2) for r in rows if r["id"] in updated]
             plan += [doc(r, 1) for r in rows if r["id"] in stale]  # older version, arriving after the newer
             plan += [DocumentDeleted(document_id=i, version=3) for i in sorted(deleted)]
+            reindexed: list[str] = []
             for i, ev in enumerate(plan):
+                if args.reindex and i == len(plan) // 2:
+                    producer.flush()
+                    reindexed.append(ragbus(child, "reindex", "start", "--chunk-size", str(args.reindex_chunk_size)))
                 if isinstance(ev, tuple):
                     producer.send_raw(topic_name(child, HOSTILE_TOPICS[hostile_keys[ev[0]]]), ev[0].encode(), ev[1])
                 else:
@@ -255,6 +269,18 @@ def main() -> int:
             time.sleep(8)
             while time.time() < deadline and not settled():
                 time.sleep(1.0)
+            if args.reindex:
+                def caught_up() -> bool:
+                    return store.progress("g2").caught_up
+
+                until = time.time() + 120
+                while time.time() < until and not caught_up():
+                    time.sleep(1.0)
+                if not caught_up():
+                    reindexed.append(ragbus(child, "reindex", "resume"))
+                    while time.time() < deadline and not caught_up():
+                        time.sleep(1.0)
+                reindexed.append(ragbus(child, "reindex", "switch"))
             answered = answers_by_query(child)
             dead = dead_letter_keys(child)
         elapsed = time.time() - started
@@ -287,6 +313,8 @@ def main() -> int:
                 if {c for c, _ in chunks} != want:
                     problems.append(f"{i}: {where} holds {len(chunks)} chunks (versions "
                                     f"{sorted({x for _, x in chunks})}), expected exactly the {len(want)} of v{v}")
+        if args.reindex:
+            problems += audit_generation(settings, store, rows, expected, deleted, doc, args.reindex_chunk_size)
         for i, stage in faulty.items():
             in_store, in_index = store.chunk_versions("default", i), index.chunk_versions("default", i)
             if f"default/{i}" not in dead[stage]:
@@ -315,11 +343,55 @@ def main() -> int:
         "live_chunks_checked": live_chunks, "elapsed_s": round(elapsed, 1), "problems": len(problems),
         "faulty_events": len(faulty) + len(fault_queries), "hostile_values": len(hostile_keys),
         "replicas": args.replicas, "embedder_scaled": scaler.events,
+        "reindex": [r.splitlines()[0][:160] if r else "" for r in reindexed] if args.reindex else None,
     }
     print(json.dumps(report))
     for p in problems[:50]:
         print("MISMATCH", p, file=sys.stderr)
     return 1 if problems or len(killer.kills) < args.kills else 0
+
+
+def ragbus(settings: Settings, *args: str) -> str:
+    """The CLI as an operator runs it against this stack; its first line of output (raises on failure)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAGBUS_")} | {
+        "RAGBUS_KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers or "",
+        "RAGBUS_DATA_DIR": str(settings.data_dir), "RAGBUS_LOG_LEVEL": "WARNING"}
+    done = subprocess.run([sys.executable, "-m", "ragbus.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=600)
+    if done.returncode != 0:
+        raise SystemExit(f"ragbus {' '.join(args)} failed: {done.stderr.strip()[:500]}")
+    return (done.stderr or done.stdout).strip()
+
+
+def audit_generation(settings: Settings, store: Any, rows: list[dict[str, str]], expected: dict[str, int],
+                     deleted: set[str], doc: Any, chunk_size: int) -> list[str]:
+    """The second generation, audited like the first: exactly each live document's chunks at its latest version,
+    cut at `chunk_size`, with g2's ids, in both stores; nothing of a deleted one; it serves."""
+    from kernel.generations import State
+
+    problems = []
+    g2 = next((g for g in store.generations() if g.name == "g2"), None)
+    if g2 is None or g2.state is not State.SERVING:
+        return [f"g2 is not serving after the switch: {g2}"]
+    chunker = Chunker(load_tokenizer(g2.build.model), g2.build.chunk_size, g2.build.chunk_overlap)
+    if g2.build.chunk_size != chunk_size:
+        problems.append(f"g2 was built with chunk size {g2.build.chunk_size}, not {chunk_size}")
+    gs = wiring.for_generation(settings, g2.build)
+    index = wiring.build_index(gs, embedding_dim(g2.build.model), "g2", g2.build)
+    for row in rows:
+        i, v = row["id"], expected[row["id"]]
+        in_store, in_index = store.chunk_versions("default", i, "g2"), index.chunk_versions("default", i)
+        if i in deleted:
+            if in_store or in_index:
+                problems.append(f"g2 {i}: deleted but {len(in_store)}/{len(in_index)} chunks left")
+            continue
+        event = doc(row, v)
+        want = {chunk_uuid("default", i, v, c.index, "g2") for c in chunker.chunk(event.content_type, event.text)}
+        for where, chunks in (("document store", in_store), ("vector index", in_index)):
+            if {c for c, _ in chunks} != want:
+                problems.append(f"g2 {i}: {where} holds {len(chunks)} chunks (versions "
+                                f"{sorted({x for _, x in chunks})}), expected exactly the {len(want)} of v{v}")
+    return problems
 
 
 def _count(items: object) -> dict[str, int]:

@@ -103,10 +103,6 @@ def suffix(name: str) -> str:
     return "" if name == FIRST else f"_{name}"
 
 
-def next_name(existing: list[Generation]) -> str:
-    return f"g{max((int(g.name[1:]) for g in existing), default=0) + 1}"
-
-
 def live(generations: list[Generation]) -> list[Generation]:
     """Every generation that receives document events, the serving one first."""
     order = {State.SERVING: 0, State.BUILDING: 1, State.OLD: 2}
@@ -135,13 +131,17 @@ class GenerationStore(Protocol):
         """Record `g1`, serving with `build`, unless a generation exists; return the generations. Concurrent
         callers converge on one record."""
 
-    def start_generation(self, name: str, build: Build, queued: int) -> Generation:
-        """Record `name` as building. Raises GenerationConflict while one is building or an old one is kept."""
+    def start_generation(self, build: Build, queued: int) -> Generation:
+        """Record a new generation, building, named after every name ever used (a dropped generation's name is never
+        used again: late writes for it cannot count as the new one's). Raises GenerationConflict while one is
+        building or an old one is kept."""
 
-    def set_queued(self, name: str, queued: int) -> None: ...
+    def set_queued(self, name: str, queued: int) -> None:
+        """Raises GenerationConflict for a name not recorded."""
 
     def switch(self, name: str) -> None:
-        """`name` (building) serves; the serving one becomes old. Raises GenerationConflict otherwise."""
+        """`name` (building) serves; the serving one becomes old. Raises GenerationConflict otherwise. It does not
+        check that `name` has caught up: the caller does (`progress`), as `ragbus reindex switch` does."""
 
     def rollback(self) -> str:
         """The old generation serves again and the serving one becomes old (a swap); returns the one now serving.
@@ -165,6 +165,51 @@ class GenerationStore(Protocol):
 
 
 T = TypeVar("T")
+
+
+# The rules of a change of generations, shared by the adapters: each takes the generations as recorded, inside the
+# adapter's atomic change, and raises GenerationConflict saying what to do.
+
+def _named(generations: list[Generation], name: str) -> Generation:
+    found = next((g for g in generations if g.name == name), None)
+    if found is None:
+        raise GenerationConflict(f"no generation {name} is recorded (`ragbus status` lists them)")
+    return found
+
+
+def refuse_start(generations: list[Generation]) -> None:
+    serving(generations)
+    building, old = in_state(generations, State.BUILDING), in_state(generations, State.OLD)
+    if building is not None:
+        raise GenerationConflict(
+            f"generation {building.name} is building: switch to it once it has caught up (`ragbus reindex switch`)"
+            " or cancel it (`ragbus reindex cancel`) before starting another")
+    if old is not None:
+        raise GenerationConflict(
+            f"generation {old.name} is kept as the old one: drop it (`ragbus reindex drop-old`) or go back to it"
+            " (`ragbus reindex rollback`) before starting another")
+
+
+def refuse_switch(generations: list[Generation], name: str) -> None:
+    target = _named(generations, name)
+    if target.state is not State.BUILDING:
+        raise GenerationConflict(f"generation {name} is {target.state.value}, not building: only a building"
+                                 " generation can be switched to (`ragbus reindex start` builds one)")
+    serving(generations)
+
+
+def refuse_rollback(generations: list[Generation]) -> str:
+    """The generation a rollback makes serve."""
+    old = in_state(generations, State.OLD)
+    if old is None:
+        raise GenerationConflict("no old generation is kept: nothing to roll back to")
+    return old.name
+
+
+def refuse_drop(generations: list[Generation], name: str) -> None:
+    if _named(generations, name).state is State.SERVING:
+        raise GenerationConflict(f"generation {name} is serving and cannot be dropped: only a building generation"
+                                 " (`ragbus reindex cancel`) or the old one (`ragbus reindex drop-old`) can be")
 
 
 def recorded(store: GenerationStore, build: Build) -> Callable[[], list[Generation]]:

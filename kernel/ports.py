@@ -222,7 +222,8 @@ class DocumentStore(GenerationStore, Protocol):
 
     def status_counts(self, tenant: str | None = None) -> dict[str, int]: ...
 
-    def count_chunks(self, tenant: str | None = None) -> int: ...
+    def count_chunks(self, tenant: str | None = None, generation: str | None = None) -> int:
+        """Stored chunk rows of the tenant (None: all), of one generation (None: every generation's)."""
 
     def list_documents(self, tenant: str | None = None, limit: int = 10_000) -> list[DocumentRecord]: ...
 

@@ -507,9 +507,12 @@ def reindex_start(model: str = typer.Option(None, help="embedding model of the n
 
     settings = _settings(traced=True)
     configured = wiring.build_of(settings)
-    build = dataclasses.replace(configured, **{k: v for k, v in {
-        "model": model, "chunk_size": chunk_size, "chunk_overlap": chunk_overlap, "query_prefix": query_prefix,
-        "passage_prefix": passage_prefix}.items() if v is not None})
+    build = dataclasses.replace(
+        configured, model=configured.model if model is None else model,
+        chunk_size=configured.chunk_size if chunk_size is None else chunk_size,
+        chunk_overlap=configured.chunk_overlap if chunk_overlap is None else chunk_overlap,
+        query_prefix=configured.query_prefix if query_prefix is None else query_prefix,
+        passage_prefix=configured.passage_prefix if passage_prefix is None else passage_prefix)
     check_reachable(settings)
     store = wiring.build_store(settings)
     with Progress(transient=True) as progress:

@@ -25,7 +25,7 @@ from engine.clients import EventProducer
 from infra.ops import logs
 from infra.settings import Settings
 from kernel.errors import ConfigurationError, RagbusError
-from kernel.generations import Build, Generation, GenerationConflict, State, in_state, next_name, serving
+from kernel.generations import Build, Generation, GenerationConflict, State, in_state, serving
 from kernel.ports import DocumentRecord, DocumentStore
 from schemas.events import ContentRef, ContentType, DocumentReindex
 from schemas.topics import TOPICS, document_key
@@ -79,7 +79,7 @@ def start(settings: Settings, store: DocumentStore, build: Build,
                            "RAGBUS_EMBEDDER_MODEL / RAGBUS_CHUNK_SIZE_TOKENS or the command's options)")
     check_build(settings, build)
     try:
-        generation = store.start_generation(next_name(generations), build, 0)
+        generation = store.start_generation(build, 0)
     except GenerationConflict as exc:
         raise ReindexError(str(exc)) from None
     log.info("index generation recorded; publishing the rebuild", generation=generation.name,
@@ -142,7 +142,6 @@ def publish(settings: Settings, store: DocumentStore, generation: str, documents
         if sent % PAGE == 0:
             producer.flush()
     producer.flush()
-    producer.close()
     return Published(sent, missing)
 
 

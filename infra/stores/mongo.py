@@ -39,16 +39,18 @@ from pymongo.errors import (
 )
 
 from infra.settings import MongoSettings
-from infra.stores.sqlite import refuse_drop, refuse_rollback, refuse_start, refuse_switch
 from kernel.errors import ConfigurationError, PoisonMessageError, RetryableError
 from kernel.generations import (
     FIRST,
-    NAME_PATTERN,
     Build,
     Generation,
     GenerationConflict,
     Progress,
     State,
+    refuse_drop,
+    refuse_rollback,
+    refuse_start,
+    refuse_switch,
 )
 from kernel.permissions import Acl, AclOrder
 from kernel.ports import ChunkRecord, DocumentRecord
@@ -296,16 +298,21 @@ class MongoDocumentStore:
         raise RetryableError("the generations changed while recording the first")
 
     @_classified
-    def start_generation(self, name: str, build: Build, queued: int) -> Generation:
-        if not NAME_PATTERN.match(name):
-            raise ValueError(f"{name!r} is not a generation name (g1, g2, ...)")
-        started = Generation(name, build, State.BUILDING, _now(), queued)
-
-        def decide(current: list[Generation]) -> list[Generation]:
-            refuse_start(current, name)
-            return [*current, started]
-        self._change(decide)
-        return started
+    def start_generation(self, build: Build, queued: int) -> Generation:
+        # the name follows every name ever used, kept as `last` in the same document (a dropped name is not reused)
+        for _ in range(CAS_ATTEMPTS):
+            row = self._generations.find_one({"_id": GENERATIONS_ID})
+            rev, current = self._read_generations()
+            if row is None or int(row["rev"]) != rev:
+                continue
+            refuse_start(current)
+            last = max([int(row.get("last", 0)), *(int(g.name[1:]) for g in current)])
+            started = Generation(f"g{last + 1}", build, State.BUILDING, _now(), queued)
+            records = [_record(g) for g in [*current, started]]
+            if self._generations.update_one({"_id": GENERATIONS_ID, "rev": rev}, {"$set": {
+                    "rev": rev + 1, "records": records, "last": last + 1}}).matched_count == 1:
+                return started
+        raise RetryableError(f"the generations changed {CAS_ATTEMPTS} times while being updated")
 
     @_classified
     def set_queued(self, name: str, queued: int) -> None:

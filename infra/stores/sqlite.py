@@ -19,14 +19,15 @@ from typing import Any, cast
 from kernel.errors import RetryableError
 from kernel.generations import (
     FIRST,
-    NAME_PATTERN,
     Build,
     Generation,
     GenerationConflict,
     Progress,
     State,
-    in_state,
-    serving,
+    refuse_drop,
+    refuse_rollback,
+    refuse_start,
+    refuse_switch,
 )
 from kernel.permissions import Acl, AclOrder
 from kernel.ports import ChunkRecord, DocumentRecord
@@ -60,6 +61,7 @@ CREATE TABLE IF NOT EXISTS generations (
   name TEXT PRIMARY KEY, build TEXT NOT NULL, state TEXT NOT NULL, created_at TEXT NOT NULL,
   queued INTEGER NOT NULL DEFAULT 0);
 CREATE UNIQUE INDEX IF NOT EXISTS generations_state ON generations (state);
+CREATE TABLE IF NOT EXISTS generation_names (name TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS generation_progress (
   generation TEXT NOT NULL, tenant TEXT NOT NULL, document_id TEXT NOT NULL, version INTEGER NOT NULL,
   PRIMARY KEY (generation, tenant, document_id));
@@ -103,54 +105,6 @@ def _number(name: str) -> int:
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
-
-
-# The rules of a change of generations, shared by the adapters (SQLite here, MongoDB in mongo.py): each takes the
-# generations as recorded, inside the adapter's atomic change, and raises GenerationConflict saying what to do.
-# They belong in kernel/generations.py beside the vocabulary.
-
-def _named(generations: list[Generation], name: str) -> Generation:
-    found = next((g for g in generations if g.name == name), None)
-    if found is None:
-        raise GenerationConflict(f"no generation {name} is recorded (`ragbus status` lists them)")
-    return found
-
-
-def refuse_start(generations: list[Generation], name: str) -> None:
-    serving(generations)
-    building, old = in_state(generations, State.BUILDING), in_state(generations, State.OLD)
-    if building is not None:
-        raise GenerationConflict(
-            f"generation {building.name} is building: switch to it once it has caught up (`ragbus reindex switch`)"
-            " or cancel it (`ragbus reindex cancel`) before starting another")
-    if old is not None:
-        raise GenerationConflict(
-            f"generation {old.name} is kept as the old one: drop it (`ragbus reindex drop-old`) or go back to it"
-            " (`ragbus reindex rollback`) before starting another")
-    if any(g.name == name for g in generations):
-        raise GenerationConflict(f"generation {name} is recorded already")
-
-
-def refuse_switch(generations: list[Generation], name: str) -> None:
-    target = _named(generations, name)
-    if target.state is not State.BUILDING:
-        raise GenerationConflict(f"generation {name} is {target.state.value}, not building: only a building"
-                                 " generation can be switched to (`ragbus reindex start` builds one)")
-    serving(generations)
-
-
-def refuse_rollback(generations: list[Generation]) -> str:
-    """The generation a rollback makes serve."""
-    old = in_state(generations, State.OLD)
-    if old is None:
-        raise GenerationConflict("no old generation is kept: nothing to roll back to")
-    return old.name
-
-
-def refuse_drop(generations: list[Generation], name: str) -> None:
-    if _named(generations, name).state is State.SERVING:
-        raise GenerationConflict(f"generation {name} is serving and cannot be dropped: only a building generation"
-                                 " (`ragbus reindex cancel`) or the old one (`ragbus reindex drop-old`) can be")
 
 
 class _Db:
@@ -305,11 +259,12 @@ class SqliteDocumentStore:
                              (FIRST, build.to_json(), State.SERVING.value, _now(), 0))
             return self._generations_locked(conn)
 
-    def start_generation(self, name: str, build: Build, queued: int) -> Generation:
-        if not NAME_PATTERN.match(name):
-            raise ValueError(f"{name!r} is not a generation name (g1, g2, ...)")
+    def start_generation(self, build: Build, queued: int) -> Generation:
         with self._db.transaction() as conn:
-            refuse_start(self._generations_locked(conn), name)
+            refuse_start(self._generations_locked(conn))
+            used = [r[0] for r in conn.execute("SELECT name FROM generation_names UNION SELECT name FROM generations")]
+            name = f"g{max(map(_number, used), default=0) + 1}"
+            conn.execute("INSERT INTO generation_names (name) VALUES (?)", (name,))
             created = _now()
             conn.execute(f"INSERT INTO generations ({_GEN_COLUMNS}) VALUES (?,?,?,?,?)",
                          (name, build.to_json(), State.BUILDING.value, created, queued))

@@ -190,7 +190,7 @@ def test_ensure_first_from_concurrent_callers_converges(store: DocumentStore) ->
 
 def test_a_dropped_first_generation_does_not_come_back(store: DocumentStore) -> None:
     store.ensure_first(B1)
-    store.start_generation("g2", B2, queued=5)
+    store.start_generation(B2, queued=5)
     store.switch("g2")
     store.drop_generation("g1")
     assert store.ensure_first(B1) == store.generations()
@@ -199,7 +199,7 @@ def test_a_dropped_first_generation_does_not_come_back(store: DocumentStore) -> 
 
 def test_start_records_a_building_generation(store: DocumentStore) -> None:
     store.ensure_first(B1)
-    started = store.start_generation("g2", B2, queued=7)
+    started = store.start_generation(B2, queued=7)
     assert (started.name, started.build, started.state, started.queued) == ("g2", B2, State.BUILDING, 7)
     assert store.generations()[1] == started and started.created_at.tzinfo is not None
     store.set_queued("g2", 9)
@@ -209,17 +209,17 @@ def test_start_records_a_building_generation(store: DocumentStore) -> None:
 
 def test_start_is_refused_while_one_builds_or_an_old_one_is_kept(store: DocumentStore) -> None:
     with pytest.raises(GenerationConflict, match="no generation is serving"):
-        store.start_generation("g2", B2, queued=0)
+        store.start_generation(B2, queued=0)
     store.ensure_first(B1)
-    store.start_generation("g2", B2, queued=0)
+    store.start_generation(B2, queued=0)
     with pytest.raises(GenerationConflict, match=r"g2 is building.*ragbus reindex switch.*ragbus reindex cancel"):
-        store.start_generation("g3", B3, queued=0)
+        store.start_generation(B3, queued=0)
     store.switch("g2")
     with pytest.raises(GenerationConflict, match=r"g1 is kept.*ragbus reindex drop-old.*ragbus reindex rollback"):
-        store.start_generation("g3", B3, queued=0)
+        store.start_generation(B3, queued=0)
     assert states(store) == {"g1": State.OLD, "g2": State.SERVING}  # nothing half-done
     store.drop_generation("g1")
-    store.start_generation("g3", B3, queued=0)
+    store.start_generation(B3, queued=0)
     assert states(store) == {"g2": State.SERVING, "g3": State.BUILDING}
 
 
@@ -227,7 +227,7 @@ def test_switch_and_rollback_swap_serving_and_old(store: DocumentStore) -> None:
     store.ensure_first(B1)
     with pytest.raises(GenerationConflict, match="no old generation is kept: nothing to roll back to"):
         store.rollback()
-    store.start_generation("g2", B2, queued=0)
+    store.start_generation(B2, queued=0)
     with pytest.raises(GenerationConflict, match="no old generation is kept"):
         store.rollback()  # a building one is not an old one
     store.switch("g2")
@@ -246,7 +246,7 @@ def test_switch_is_refused_for_a_generation_that_is_not_building(store: Document
         store.switch("g1")
     with pytest.raises(GenerationConflict, match="no generation g2"):
         store.switch("g2")
-    store.start_generation("g2", B2, queued=0)
+    store.start_generation(B2, queued=0)
     store.switch("g2")
     with pytest.raises(GenerationConflict, match="g1 is old, not building"):
         store.switch("g1")
@@ -259,10 +259,10 @@ def test_drop_forgets_a_building_or_old_generation_never_the_serving_one(store: 
         store.drop_generation("g1")
     with pytest.raises(GenerationConflict, match="no generation g2"):
         store.drop_generation("g2")
-    store.start_generation("g2", B2, queued=0)
+    store.start_generation(B2, queued=0)
     store.drop_generation("g2")  # a cancelled build
     assert states(store) == {"g1": State.SERVING}
-    store.start_generation("g3", B3, queued=0)
+    store.start_generation(B3, queued=0)
     store.switch("g3")
     with pytest.raises(GenerationConflict, match="g3 is serving"):
         store.drop_generation("g3")
@@ -272,17 +272,17 @@ def test_drop_forgets_a_building_or_old_generation_never_the_serving_one(store: 
 
 def test_drop_deletes_that_generations_chunk_and_progress_rows_only(store: DocumentStore) -> None:
     store.ensure_first(B1)
-    store.start_generation("g2", B2, queued=1)
+    store.start_generation(B2, queued=1)
     store.upsert_chunks([gchunk(1, 0, "g1"), gchunk(1, 0, "g1", "e")])
     store.upsert_chunks([gchunk(1, 0, "g2"), gchunk(1, 0, "g2", "e")], generation="g2")
     for g in ("g1", "g2"):
         store.mark_indexed(g, "t", "d", 1)
     store.drop_generation("g2")
-    assert store.chunk_versions("t", "d", "g2") == [] and store.count_chunks(generation="g2") == 0  # type: ignore[call-arg]
+    assert store.chunk_versions("t", "d", "g2") == [] and store.count_chunks(generation="g2") == 0
     assert store.indexed_version("g2", "t", "d") is None
     assert store.chunk_versions("t", "d") == [(gchunk(1, 0, "g1").chunk_id, 1)] and store.count_chunks() == 2
     assert store.indexed_version("g1", "t", "d") == 1
-    store.start_generation("g3", B3, queued=1)  # a new build starts from nothing
+    store.start_generation(B3, queued=1)  # a new build starts from nothing
     assert store.progress("g3") == Progress(0, 0)
 
 
@@ -306,7 +306,7 @@ def test_mark_indexed_of_a_generation_not_recorded_is_ignored(store: DocumentSto
 
 def test_progress_and_behind_compare_with_each_documents_current_version(store: DocumentStore) -> None:
     store.ensure_first(B1)
-    store.start_generation("g2", B2, queued=5)
+    store.start_generation(B2, queued=5)
     for document_id in ("a", "b", "c", "d"):
         store.apply_status(doc(1, Status.INDEXED, document_id=document_id))
     store.apply_status(doc(1, Status.INDEXED, document_id="a", tenant="u"))
@@ -339,7 +339,7 @@ def test_behind_pages_past_a_long_run_of_documents_done(store: DocumentStore,
 
     monkeypatch.setattr(infra.stores.mongo, "BEHIND_BATCH", 4)
     store.ensure_first(B1)
-    store.start_generation("g2", B2, queued=0)
+    store.start_generation(B2, queued=0)
     for i in range(23):
         store.apply_status(doc(1, Status.INDEXED, document_id=f"d{i:02d}"))
         if i not in (1, 15, 22):
@@ -383,7 +383,7 @@ def test_sqlite_migrates_a_file_created_before_generations(tmp_path: Path) -> No
         assert store.apply_status(doc(3, Status.CHUNKED, content_hash="h3", content_type="text/markdown"))
         store.upsert_chunks([gchunk(3, 0, "g2")], generation="g2")
         store.ensure_first(B1)
-        store.start_generation("g2", B2, queued=1)
+        store.start_generation(B2, queued=1)
         store.mark_indexed("g2", "t", "d", 3)
     finally:
         store.close()
@@ -413,7 +413,7 @@ def test_mongo_chunk_rows_without_a_generation_are_the_firsts(backend: str, requ
     assert store.chunk_versions("t", "d") == [("c0", 1)]
     assert store.count_chunks(generation="g1") == 1 and store.count_chunks() == 2
     store.ensure_first(B1)
-    store.start_generation("g2", B2, queued=1)
+    store.start_generation(B2, queued=1)
     store.switch("g2")
     store.drop_generation("g1")
     assert store.chunk_versions("t", "d") == [] and store.count_chunks() == 1

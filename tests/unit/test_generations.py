@@ -107,7 +107,7 @@ def doc(doc_id: str, version: int, text: str = LONG, **kw: Any) -> DocumentArriv
 def test_a_rebuild_from_kept_content_catches_up_and_the_switch_serves_the_new_chunking(gens: Generations) -> None:
     gens.run(doc("a", 1), doc("b", 1, text="Short text about offsets and consumer groups."))
     g1_chunks = len(gens.index(FIRST).chunk_versions("default", "a"))
-    gens.store.start_generation("g2", G2, 0)
+    gens.store.start_generation(G2, 0)
     assert gens.store.progress("g2").done == 0 and gens.store.progress("g2").total == 2
 
     assert gens.rebuild("g2") == 2  # inline text, rebuilt from what the chunker kept
@@ -126,7 +126,7 @@ def test_a_rebuild_from_kept_content_catches_up_and_the_switch_serves_the_new_ch
 
 def test_every_live_event_reaches_both_generations_while_one_builds(gens: Generations) -> None:
     gens.run(doc("a", 1))
-    gens.store.start_generation("g2", G2, 0)
+    gens.store.start_generation(G2, 0)
     gens.rebuild("g2")
 
     gens.run(doc("a", 2, text=LONG + "\n\nParagraph new: a second version."), doc("c", 1))
@@ -141,7 +141,7 @@ def test_every_live_event_reaches_both_generations_while_one_builds(gens: Genera
 
 def test_a_document_deleted_during_the_rebuild_is_not_in_the_new_generation(gens: Generations) -> None:
     gens.run(doc("a", 1), doc("b", 1))
-    gens.store.start_generation("g2", G2, 0)
+    gens.store.start_generation(G2, 0)
     late = [reindex_event(d, len(gens.store.get_content(ContentRef(sha256=d.content_hash, size=0))), "g2")
             for d in gens.store.indexed_documents()]  # published before the delete, reaching the chunker after it
     gens.run(DocumentDeleted(document_id="a", version=1))
@@ -153,7 +153,7 @@ def test_a_document_deleted_during_the_rebuild_is_not_in_the_new_generation(gens
 
 def test_an_acl_change_reaches_every_live_generation(gens: Generations) -> None:
     gens.run(doc("a", 1))
-    gens.store.start_generation("g2", G2, 0)
+    gens.store.start_generation(G2, 0)
     gens.rebuild("g2")
     gens.run(DocumentAclChanged(document_id="a", acl=["group:eng"], acl_version=1))
     for name in (FIRST, "g2"):
@@ -164,7 +164,7 @@ def test_an_acl_change_reaches_every_live_generation(gens: Generations) -> None:
 
 def test_indexed_is_reported_once_the_serving_generation_has_the_version(gens: Generations) -> None:
     gens.run(doc("a", 1))
-    gens.store.start_generation("g2", G2, 0)
+    gens.store.start_generation(G2, 0)
     gens.rebuild("g2")
     before = len(gens.indexed())
     update = doc("a", 2, text="A new version about retention.")
@@ -183,7 +183,7 @@ def test_indexed_is_reported_once_the_serving_generation_has_the_version(gens: G
 
 def test_after_a_switch_the_old_generation_finishing_reports_what_the_new_one_had_first(gens: Generations) -> None:
     gens.run(doc("a", 1))
-    gens.store.start_generation("g2", G2, 0)
+    gens.store.start_generation(G2, 0)
     gens.rebuild("g2")
     update = doc("a", 2, text="A new version about retention.")
     chunked = [o.event for o in chunk_event(update, gens.chunkers.each(), gens.store.get_content)
@@ -201,7 +201,7 @@ def test_after_a_switch_the_old_generation_finishing_reports_what_the_new_one_ha
 
 def test_parts_of_a_generation_no_longer_live_are_dropped(gens: Generations) -> None:
     gens.run(doc("a", 1))
-    gens.store.start_generation("g2", G2, 0)
+    gens.store.start_generation(G2, 0)
     chunked: list[ChunksProduced] = [o.event for o in chunk_event(doc("b", 1), gens.chunkers.each(),  # type: ignore[misc]
                                                                   gens.store.get_content) if o.topic is TOPICS.chunks]
     gens.store.drop_generation("g2")
@@ -224,7 +224,7 @@ def test_a_reindex_event_for_a_generation_that_is_gone_is_skipped(gens: Generati
 
 def test_the_answerer_reads_exactly_the_serving_generation(gens: Generations) -> None:
     gens.run(doc("a", 1))
-    gens.store.start_generation("g2", G2, 0)
+    gens.store.start_generation(G2, 0)
     gens.rebuild("g2")
     retrievers: Lanes[Retriever] = Lanes(recorded(gens.store, G1), lambda g: Retriever(
         gens.embedder, gens.index(g.name), RetrievalConfig(candidates=20)))
