@@ -303,9 +303,9 @@ class MongoDocumentStore:
         for _ in range(CAS_ATTEMPTS):
             row = self._generations.find_one({"_id": GENERATIONS_ID})
             rev, current = self._read_generations()
+            refuse_start(current)  # nothing recorded: nothing serving
             if row is None or int(row["rev"]) != rev:
-                continue
-            refuse_start(current)
+                continue  # changed between the two reads
             last = max([int(row.get("last", 0)), *(int(g.name[1:]) for g in current)])
             started = Generation(f"g{last + 1}", build, State.BUILDING, _now(), queued)
             records = [_record(g) for g in [*current, started]]
