@@ -105,6 +105,7 @@ class _Searches:
     def __init__(self, path: Path, session: Any, table: str) -> None:
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="ragbus-lance-search", daemon=True).start()
+        self._closing, self._closed = threading.Lock(), False
         self.table: Any = self.run(self._open(path, session, table))
         #: Set by this process's own writes: its next search reads the latest version at once (other processes'
         #: writes are seen within READ_CONSISTENCY), as a search through the writing table itself would.
@@ -119,11 +120,15 @@ class _Searches:
         return asyncio.run_coroutine_threadsafe(work, self._loop).result()
 
     def close(self) -> None:
-        """Closes the table handle, then stops the loop (safe to call again)."""
-        if self._loop.is_running():
-            with contextlib.suppress(Exception):
-                self.run(self._close())
-            self._loop.call_soon_threadsafe(self._loop.stop)
+        """Closes the table handle, then stops the loop; once (a second call, or one after `drop`, does nothing:
+        work submitted to a stopping loop would never complete)."""
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
+        with contextlib.suppress(Exception):
+            self.run(self._close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
 
     async def _close(self) -> None:
         self.table.close()
