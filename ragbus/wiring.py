@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from infra.ops import logs
 from infra.settings import Settings
 from kernel.errors import ConfigurationError
-from kernel.generations import Build, Generation, serving
+from kernel.generations import FIRST, Build, Generation, serving
 from kernel.ports import (
     AnswerCache,
     AnswerModel,
@@ -115,17 +115,20 @@ def build_condenser(settings: Settings) -> QueryRewriter | None:
                           timeout_s=settings.retrieval.model_timeout_s)
 
 
-def build_index(settings: Settings, dim: int) -> VectorIndex:
-    """Weaviate when RAGBUS_WEAVIATE_URL is set, else LanceDB in the data directory. The index records the
-    embedding model (and passage prefix) and refuses to open under another."""
-    model = passage_identity(settings.embedder.model, settings.embedder.passage_prefix)
+def build_index(settings: Settings, dim: int, generation: str = FIRST, build: Build | None = None) -> VectorIndex:
+    """`generation`'s index (kernel/generations.py): Weaviate when RAGBUS_WEAVIATE_URL is set, else LanceDB in
+    the data directory; the generation picks the collection or table. The index records the embedding model
+    (and passage prefix) and refuses to open under another: the generation's recorded `build` when given (a
+    generation is always opened with its own model, whatever the settings say now), else the settings'."""
+    model = (passage_identity(build.model, build.passage_prefix) if build is not None
+             else passage_identity(settings.embedder.model, settings.embedder.passage_prefix))
     if settings.weaviate.url is not None:
         with _backend("weaviate", "RAGBUS_WEAVIATE_URL"):
             from infra.stores.weaviate import WeaviateVectorIndex, connect
-        return WeaviateVectorIndex(connect(settings.weaviate), settings.weaviate.collection, dim, model)
+        return WeaviateVectorIndex(connect(settings.weaviate), settings.weaviate.collection, dim, model, generation)
     from infra.stores.lance import LanceVectorIndex
 
-    return LanceVectorIndex(settings.data_dir / "lance", dim, model)
+    return LanceVectorIndex(settings.data_dir / "lance", dim, model, generation)
 
 
 def build_fetcher(settings: Settings) -> ContentFetcher:

@@ -204,9 +204,10 @@ def _rest(store: Store) -> type[BaseHTTPRequestHandler]:
 
         def do_DELETE(self) -> None:
             m = re.fullmatch(r"/v1/schema/([^/]+)", self.path)
-            if m:
-                store.schemas.pop(m.group(1), None)
-                store.data.pop(m.group(1), None)
+            if m:  # a collection and all its tenants' objects, as the server drops them
+                with store.lock:
+                    store.schemas.pop(m.group(1), None)
+                    store.data.pop(m.group(1), None)
                 store.save()
             self._send(200)
 

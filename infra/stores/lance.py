@@ -9,8 +9,14 @@ applied before ranking, so an asker who may read few documents still gets the be
 retrieval's (retrieval/), not this adapter's. Tenant isolation: every query is prefiltered on `tenant`, which
 the port makes a required argument; there is no search path without it.
 
-The vector column records the model (and passage prefix) its vectors came from: an index built with
-another model is refused at start-up, even when the dimensions agree.
+Index generations (kernel/generations.py): each generation is a table of its own in the same directory,
+`chunks` for the first (the table of every data directory from before generations) and `chunks_<name>`
+(`chunks_g2`) for the others; `drop()` deletes a generation's table.
+
+The vector column records the model (and passage prefix) its vectors came from. A generation's index is always
+opened with the model recorded for that generation, so a table holding another model's vectors means the data
+directory was changed by hand: it is refused at start-up, even when the dimensions agree (a model change is a
+new generation: `ragbus reindex start --model NAME`).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from lancedb.query import BooleanQuery, FullTextQuery, MatchQuery, Occur
 
 from infra.ops import logs
 from kernel.errors import ConfigurationError, RetryableError
+from kernel.generations import FIRST, NAME_PATTERN, suffix
 from kernel.permissions import PUBLIC_ONLY
 from kernel.ports import Candidates, ChunkRecord, Level, Metadata, SearchHit, SearchRequest, WriteFailure
 
@@ -43,6 +50,8 @@ from .lance_maintenance import Maintenance
 from .rows import checked, conditions, meta_terms
 
 log = logs.get(__name__)
+#: The first generation's table (the one table of every data directory from before generations); the others
+#: add their suffix (`table_name`).
 TABLE = "chunks"
 READ_CONSISTENCY = timedelta(seconds=0.1)
 MODEL_KEY = "ragbus.model"
@@ -69,6 +78,13 @@ class _IndexesPending(Exception):
     """The table exists without all its indexes, which another process may be building right now."""
 
 
+def table_name(generation: str = FIRST) -> str:
+    """The generation's table: `chunks` for the first, `chunks_g2` and so on for the others."""
+    if not NAME_PATTERN.match(generation):
+        raise ValueError(f"not a generation name: {generation!r} (g1, g2, ...)")
+    return TABLE + suffix(generation)
+
+
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
@@ -86,30 +102,45 @@ class _Searches:
     the GIL and for the sync API's single loop (measured at 24,000 rows: 11 ms against 18 ms). It shares the
     sync connection's session, so both read through one cache of indexes and metadata."""
 
-    def __init__(self, path: Path, session: Any) -> None:
+    def __init__(self, path: Path, session: Any, table: str) -> None:
         self._loop = asyncio.new_event_loop()
         threading.Thread(target=self._loop.run_forever, name="ragbus-lance-search", daemon=True).start()
-        self.table: Any = self.run(self._open(path, session))
+        self._closing, self._closed = threading.Lock(), False
+        self.table: Any = self.run(self._open(path, session, table))
         #: Set by this process's own writes: its next search reads the latest version at once (other processes'
         #: writes are seen within READ_CONSISTENCY), as a search through the writing table itself would.
         self.stale = False
 
     @staticmethod
-    async def _open(path: Path, session: Any) -> Any:
+    async def _open(path: Path, session: Any, table: str) -> Any:
         db = await lancedb.connect_async(str(path), read_consistency_interval=READ_CONSISTENCY, session=session)
-        return await db.open_table(TABLE)
+        return await db.open_table(table)
 
     def run(self, work: Coroutine[Any, Any, T]) -> T:
         return asyncio.run_coroutine_threadsafe(work, self._loop).result()
 
     def close(self) -> None:
+        """Closes the table handle, then stops the loop; once (a second call, or one after `drop`, does nothing:
+        work submitted to a stopping loop would never complete)."""
+        with self._closing:
+            if self._closed:
+                return
+            self._closed = True
+        with contextlib.suppress(Exception):
+            self.run(self._close())
         self._loop.call_soon_threadsafe(self._loop.stop)
+
+    async def _close(self) -> None:
+        self.table.close()
 
 
 class LanceVectorIndex:
-    def __init__(self, path: Path, dim: int, model: str | None = None) -> None:
+    def __init__(self, path: Path, dim: int, model: str | None = None, generation: str = FIRST) -> None:
         path.mkdir(parents=True, exist_ok=True)
         self._path = path
+        self.generation = generation
+        #: This generation's table in the directory.
+        self.name = table_name(generation)
         # A reader in another process (the answerer) looks for a newer table version at most every
         # READ_CONSISTENCY: checking on every search cost ~3 ms per search (two per query), and a write is
         # then searchable at most 0.1 s later. A new connection always starts at the latest version.
@@ -131,13 +162,18 @@ class LanceVectorIndex:
         have = self._table.schema.field("vector").type.list_size
         if have != dim:
             raise ConfigurationError(
-                f"the vector index at {path} holds {have}-dim vectors but the embedder makes {dim}: "
-                "use a new RAGBUS_DATA_DIR or the model that built it")
-        self._check_model(path, model)
-        self._searches = _Searches(path, session)
-        self._maintenance = Maintenance(path)
+                f"the vector index {self._where_am_i()} holds {have}-dim vectors but generation {generation}'s "
+                f"model makes {dim}: the data directory was changed by hand; a model change is a new "
+                "generation, built with `ragbus reindex start --model NAME` (docs/operations.md, \"Index "
+                "generations\")")
+        self._check_model(model)
+        self._searches = _Searches(path, session, self.name)
+        self._maintenance = Maintenance(path, self.name)
 
-    def _check_model(self, path: Path, model: str | None) -> None:
+    def _where_am_i(self) -> str:
+        return f"{self.name!r} at {self._path} (generation {self.generation})"
+
+    def _check_model(self, model: str | None) -> None:
         if model is None:
             return
         recorded = (self._table.schema.field("vector").metadata or {}).get(MODEL_KEY.encode())
@@ -145,10 +181,14 @@ class LanceVectorIndex:
             with self._lock:
                 self._table.update_field_metadata({"path": "vector", "metadata": {MODEL_KEY: model}})
         elif recorded.decode() != model:
+            # A generation's index is opened with the model recorded for that generation: a mismatch means the
+            # table was replaced or altered by hand, never a settings change (that one builds a new generation).
             raise ConfigurationError(
-                f"the vector index at {path} holds vectors of the embedding model {recorded.decode()!r}, but "
-                f"RAGBUS_EMBEDDER_MODEL (with its passage prefix) is {model!r}: vectors of two models cannot be "
-                "compared; use a new RAGBUS_DATA_DIR or the model that built the index")
+                f"the vector index {self._where_am_i()} holds vectors of the embedding model "
+                f"{recorded.decode()!r}, but generation {self.generation} is recorded with {model!r} (model with "
+                "its passage prefix): vectors of two models cannot be compared, so the data directory was changed "
+                "by hand; restore it, and change the model with `ragbus reindex start --model NAME` "
+                "(docs/operations.md, \"Index generations\")")
 
     def _open_or_create(self, path: Path) -> Any:
         """Open the table, creating or upgrading it with its indexes once; several processes may race. Every
@@ -159,10 +199,10 @@ class LanceVectorIndex:
         def once() -> Any:
             nonlocal attempts
             attempts += 1
-            if TABLE not in self._db.list_tables(limit=1000).tables:
-                table = self._db.create_table(TABLE, schema=self._schema, exist_ok=True)
+            if self.name not in self._db.list_tables(limit=1000).tables:
+                table = self._db.create_table(self.name, schema=self._schema, exist_ok=True)
             else:
-                table = self._db.open_table(TABLE)
+                table = self._db.open_table(self.name)
                 missing = {n: sql for n, sql in ADDED.items() if n not in table.schema.names}
                 if missing:  # upgrade of an older table: new columns, and the old single keyword column goes
                     table.add_columns(missing)
@@ -187,8 +227,8 @@ class LanceVectorIndex:
             return retrying(once)
         except tenacity.RetryError as exc:
             last = exc.last_attempt.exception()
-            raise ConfigurationError(f"could not open or create the vector index at {path} in {OPEN_ATTEMPTS} "
-                                     f"attempts: {type(last).__name__}: {str(last)[:300]}") from last
+            raise ConfigurationError(f"could not open or create the vector index {self._where_am_i()} in "
+                                     f"{OPEN_ATTEMPTS} attempts: {type(last).__name__}: {str(last)[:300]}") from last
 
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
@@ -301,8 +341,21 @@ class LanceVectorIndex:
         indexes, compact small fragments, drop old versions, build the ANN index once the table is large."""
         self._maintenance.run(self._table, force)
 
+    def drop(self) -> None:
+        """Deletes this generation's table (the other generations' stay) and closes this adapter: constructing
+        the generation's index again creates an empty table. A process still holding the table (another
+        stage's index) fails on its next read or write: drop only a generation no stage reads any more."""
+        with self._lock:
+            self._searches.close()
+            try:
+                self._db.drop_table(self.name)
+            except ValueError:  # not found: dropped already (by another process)
+                if self.name in self._db.list_tables(limit=1000).tables:
+                    raise
+        log.info("vector index dropped", table=self.name, generation=self.generation, path=str(self._path))
+
     def close(self) -> None:
-        """Stops the search loop (LanceDB itself holds no open handles that need closing)."""
+        """Closes the search side's table handle and stops its loop (safe to call again, and after `drop`)."""
         self._searches.close()
 
 

@@ -50,10 +50,11 @@ MAX_SHARE = 0.1
 
 
 class Maintenance:
-    """The maintenance of one index's table: when it is due, and the run."""
+    """The maintenance of one index's table (one generation's): when it is due, and the run."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, table: str = "chunks") -> None:
         self._path = path
+        self._table_name = table  # for what it reports; the run works on the table it is given
         self._lock = threading.Lock()  # one maintenance at a time; never held by writes or searches
         #: Monotonic time before which maintenance does not run again (MAX_SHARE).
         self.rest_until = 0.0
@@ -77,14 +78,15 @@ class Maintenance:
             except RuntimeError as exc:
                 why = disk.trouble(self._path)
                 if why is not None:
-                    raise RetryableError(f"index maintenance at {self._path} cannot write: {why}") from exc
+                    raise RetryableError(f"index maintenance of {self._table_name!r} at {self._path} cannot write: "
+                                         f"{why}") from exc
                 table.checkout_latest()
                 if table.version == before:
                     raise
                 # Lance commits optimistically: a compaction that a concurrent write (of this process or
                 # another) committed before loses, and leaves the table as it was; the next run compacts.
                 log.info("index maintenance lost a commit race to a write; the next run retries",
-                         versions=f"{before}..{table.version}", error=str(exc)[:200])
+                         table=self._table_name, versions=f"{before}..{table.version}", error=str(exc)[:200])
 
     def _due(self, table: Any) -> bool:
         """Enough rows outside a full-text index (searched by a scan), or one waiting long enough, or enough

@@ -19,11 +19,19 @@ analysed copies of the text and of the heading (title and section path), stemmed
 by retrieval/keywords.py exactly as LanceDB's full-text index does natively, and searches them with
 whitespace tokenisation and the heading weighted (`heading_kw^w`). Chunks and section entries share the
 collection (`level`). The collection's description records the embedding model (and passage prefix) its
-vectors came from; a collection built with another model is refused at start-up. Objects written before
+vectors came from; a collection built with another model is refused at start-up (a generation's collection is
+always opened with the model recorded for that generation, so a mismatch means the collection was changed by
+hand: a model change is a new generation, `ragbus reindex start --model NAME`). Objects written before
 these properties existed have no `level` nor analysed text: re-ingest such a tenant after upgrading.
 Permissions: each object's `acl` holds its document's visibility tokens (kernel/permissions.py), and every
 read filters on them (`ContainsAny`) inside the query. Objects written before the property existed have no
 tokens and match no filter: re-ingest such a tenant (docs/security.md, "Upgrading").
+
+Index generations (kernel/generations.py): each generation is a collection of its own, RAGBUS_WEAVIATE_COLLECTION
+for the first (the collection of every deployment from before generations) and the same name with the
+generation's suffix for the others (`RagbusChunk_g2`); `drop()` deletes a generation's collection. Weaviate
+capitalises the first letter of a class name: the adapter does it itself (`collection_name`), so the name it
+creates, queries, reports and drops is the one Weaviate holds.
 
 Failures are classified by the client's exception types and the gRPC status code underneath them, never
 by message text (`classify`): unreachable, timing out, overloaded -> RetryableError; refused credentials
@@ -62,6 +70,7 @@ from weaviate.exceptions import (
 
 from infra.settings import WeaviateSettings
 from kernel.errors import ConfigurationError, RetryableError
+from kernel.generations import FIRST, NAME_PATTERN, suffix
 from kernel.permissions import PUBLIC_ONLY
 from kernel.ports import Candidates, ChunkRecord, Level, Metadata, SearchHit, SearchRequest, Vector, WriteFailure
 from retrieval.keywords import analyse
@@ -119,6 +128,15 @@ def connect(settings: WeaviateSettings) -> weaviate.WeaviateClient:
     return client
 
 
+def collection_name(collection: str, generation: str = FIRST) -> str:
+    """The generation's collection as Weaviate names it (first letter capitalised, as the server and the client
+    both do): `collection` for the first generation, `collection_g2` and so on for the others."""
+    if not NAME_PATTERN.match(generation):
+        raise ValueError(f"not a generation name: {generation!r} (g1, g2, ...)")
+    name = collection + suffix(generation)
+    return name[:1].upper() + name[1:]
+
+
 def _vector(v: Vector) -> Sequence[float]:
     """The client takes numpy arrays (weaviate.util.get_vector converts them in C), though its hints say
     Sequence: no Python-level list of floats is built here."""
@@ -159,13 +177,16 @@ def classify(exc: WeaviateBaseError) -> Exception:
 
 
 class WeaviateVectorIndex:
-    def __init__(self, client: weaviate.WeaviateClient, collection: str, dim: int, model: str | None = None) -> None:
+    def __init__(self, client: weaviate.WeaviateClient, collection: str, dim: int, model: str | None = None,
+                 generation: str = FIRST) -> None:
         self._client = client
-        self._name = collection
+        self.generation = generation
+        #: This generation's collection, as Weaviate names it.
+        self.name = self._name = collection_name(collection, generation)
         self._dim = dim
         self._model = model
         self._ensure_collection()
-        self._collection = client.collections.get(collection)
+        self._collection = client.collections.get(self._name)
         self._tenants: set[str] = set()
         #: The keyword query runs here while the caller's thread runs the vector query (the sync client is
         #: thread-safe and waits on gRPC with the GIL released): a search costs the slower of the two.
@@ -197,10 +218,17 @@ class WeaviateVectorIndex:
                 problems.append(f"property {prop.name} is {have.data_type.value}, ragbus needs {prop.dataType.value}")
         recorded = (config.description or "").partition(MODEL_MARK)[2]
         if self._model and recorded and recorded != self._model:
-            problems.append(f"its vectors come from the embedding model {recorded!r}, not {self._model!r} "
-                            "(RAGBUS_EMBEDDER_MODEL with its passage prefix)")
+            # A generation's collection is opened with the model recorded for that generation: a mismatch means
+            # the collection was replaced or altered by hand, never a settings change (that builds a generation).
+            raise ConfigurationError(
+                f"the Weaviate collection {self._name} (generation {self.generation}) holds vectors of the "
+                f"embedding model {recorded!r}, but generation {self.generation} is recorded with {self._model!r} "
+                "(model with its passage prefix): vectors of two models cannot be compared, so the collection was "
+                "changed by hand; restore it, and change the model with `ragbus reindex start --model NAME` "
+                "(docs/operations.md, \"Index generations\")")
         if problems:
-            raise ConfigurationError(f"the Weaviate collection {self._name} is incompatible: {'; '.join(problems)}; "
+            raise ConfigurationError(f"the Weaviate collection {self._name} (generation {self.generation}) is "
+                                     f"incompatible: {'; '.join(problems)}; "
                                      "ragbus never alters it: drop it or set RAGBUS_WEAVIATE_COLLECTION")
         if self._model and not recorded:  # a collection from before models were recorded adopts this one
             self._client.collections.get(self._name).config.update(description=MODEL_MARK + self._model)
@@ -345,6 +373,15 @@ class WeaviateVectorIndex:
 
     def maintain(self, force: bool = False) -> None:
         """Weaviate maintains its indexes itself."""
+
+    def drop(self) -> None:
+        """Deletes this generation's collection (the other generations' stay): constructing the generation's
+        index again creates an empty one."""
+        try:
+            self._client.collections.delete(self._name)
+        except WeaviateBaseError as exc:
+            raise classify(exc) from exc
+        self._tenants.clear()
 
     def close(self) -> None:
         self._keyword_pool.shutdown(wait=False)

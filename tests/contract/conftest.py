@@ -11,14 +11,15 @@ import pytest
 DIM = 8
 
 
-# A vector index factory is a context manager that yields `open()`: each call opens another adapter on
-# the same backend (as another process would), so the suite can check what a fresh reader sees.
+# A vector index factory is a context manager that yields `open(**kw)`: each call opens another adapter on
+# the same backend (as another process would), so the suite can check what a fresh reader sees; `kw` goes to
+# the adapter (`generation=`, `model=`: another generation's index in the same place).
 
 @contextlib.contextmanager
 def _lance(tmp: Path):  # type: ignore[no-untyped-def]
     from infra.stores.lance import LanceVectorIndex
 
-    yield lambda: LanceVectorIndex(tmp / "lance", DIM)
+    yield lambda **kw: LanceVectorIndex(tmp / "lance", DIM, **kw)
 
 
 def _sqlite(tmp: Path):  # type: ignore[no-untyped-def]
@@ -59,7 +60,7 @@ def _weaviate(tmp: Path):  # type: ignore[no-untyped-def]
 
     with WeaviateDouble() as double:
         settings = WeaviateSettings(url=double.url, grpc_port=double.grpc_port, timeout_s=10)
-        yield lambda: WeaviateVectorIndex(connect(settings), settings.collection, DIM)
+        yield lambda **kw: WeaviateVectorIndex(connect(settings), settings.collection, DIM, **kw)
 
 
 @contextlib.contextmanager
@@ -72,7 +73,7 @@ def _weaviate_container(tmp: Path, request: pytest.FixtureRequest):  # type: ign
 
     url, grpc_port = request.getfixturevalue("weaviate_container")
     name = f"C{uuid.uuid4().hex}"
-    yield lambda: WeaviateVectorIndex(connect(WeaviateSettings(url=url, grpc_port=grpc_port)), name, DIM)
+    yield lambda **kw: WeaviateVectorIndex(connect(WeaviateSettings(url=url, grpc_port=grpc_port)), name, DIM, **kw)
 
 
 def _nx(tmp: Path, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
@@ -114,12 +115,12 @@ def _make(factories: dict[str, object], name: str, tmp: Path, request: pytest.Fi
 
 
 @pytest.fixture(params=_params(VECTOR_INDEXES))
-def index_opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], object]]:
+def index_opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., object]]:
     """Opens adapters on one backend; every adapter opened is closed at the end."""
     opened: list[object] = []
     with _make(VECTOR_INDEXES, request.param, tmp_path, request) as open_one:  # type: ignore[attr-defined]
-        def opener() -> object:
-            opened.append(open_one())
+        def opener(**kw: object) -> object:
+            opened.append(open_one(**kw))
             return opened[-1]
         yield opener
         for adapter in opened:
@@ -127,7 +128,7 @@ def index_opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cal
 
 
 @pytest.fixture
-def index(index_opener: Callable[[], object]) -> object:
+def index(index_opener: Callable[..., object]) -> object:
     return index_opener()
 
 

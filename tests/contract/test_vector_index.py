@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from kernel.errors import ConfigurationError
+from kernel.generations import FIRST
 from kernel.ports import ChunkRecord, Level, SearchHit, SearchRequest, VectorIndex
 from schemas.events import chunk_uuid, section_uuid
 
@@ -216,7 +219,7 @@ def test_the_same_chunk_twice_in_one_write_is_one_row(index: VectorIndex) -> Non
 
 
 def test_a_fresh_reader_sees_every_tenant_and_an_unknown_tenant_has_nothing(
-        filled: VectorIndex, index_opener: Callable[[], VectorIndex]) -> None:
+        filled: VectorIndex, index_opener: Callable[..., VectorIndex]) -> None:
     reader = index_opener()  # another process: knows nothing of what `filled` wrote
     assert {h.document_id for h in search(reader, "t2", "Kafka partitions", vec(0))} == {"other"}
     assert reader.chunk_versions("t1", "kafka") == filled.chunk_versions("t1", "kafka") != []
@@ -224,3 +227,127 @@ def test_a_fresh_reader_sees_every_tenant_and_an_unknown_tenant_has_nothing(
     assert search(reader, "never", "Kafka", vec(0)) == []
     assert reader.chunk_versions("never", "kafka") == [] and reader.count("never") == 0
     reader.delete_versions("never", "kafka", below=10)  # nothing to delete is not an error
+
+
+# Index generations (kernel/generations.py): one index per generation, side by side in one place (directory,
+# Weaviate instance), each opened as another process would open it.
+
+ZOOKEEPER = rec("zk", 1, 0, "Zookeeper elects a leader among its ensemble.", vec(4))
+
+
+def names(hits: list[SearchHit]) -> set[str]:
+    return {h.document_id for h in hits}
+
+
+def test_two_generations_in_one_place_are_independent(index_opener: Callable[..., VectorIndex]) -> None:
+    g1, g2 = index_opener(generation=FIRST), index_opener(generation="g2")
+    assert g1.upsert(CORPUS) == [] and g2.upsert([ZOOKEEPER, CORPUS[0]]) == []
+    assert (g1.count(), g1.count("t1"), g1.count("t2")) == (5, 4, 1)
+    assert (g2.count(), g2.count("t1"), g2.count("t2")) == (2, 2, 0)
+    for reader1, reader2 in ((g1, g2), (index_opener(), index_opener(generation="g2"))):  # and fresh readers
+        for alpha in (0.0, 1.0):
+            assert "zk" not in names(search(reader1, "t1", "Zookeeper leader", vec(4), alpha=alpha))
+            assert "zk" in names(search(reader2, "t1", "Zookeeper leader", vec(4), alpha=alpha))
+            assert names(search(reader2, "t1", "BSON documents", vec(2), alpha=alpha)) <= {"zk", "kafka"}
+            assert search(reader2, "t2", "Kafka partitions", vec(0), alpha=alpha) == []
+        assert reader1.chunk_versions("t1", "zk") == [] and reader2.chunk_versions("t1", "mongo") == []
+        assert reader2.section_chunks("t1", [("mongo", 1, 0)], 1) == []
+    g1.set_acl("t1", "kafka", ("group:dev",))  # the same document, its permissions changed in one generation
+    assert "kafka" not in names(search(g1, "t1", "Kafka ordered", vec(0), alpha=0.0))
+    assert names(search(g2, "t1", "Kafka ordered", vec(0), alpha=0.0)) == {"kafka"}
+    g2.delete_versions("t1", "kafka", below=2)  # the same chunk, deleted in one generation only
+    assert g2.chunk_versions("t1", "kafka") == [] and len(g1.chunk_versions("t1", "kafka")) == 2
+
+
+@pytest.mark.parametrize("dropped", [FIRST, "g2"])
+def test_drop_removes_only_its_generation(index_opener: Callable[..., VectorIndex], dropped: str) -> None:
+    """The old generation is dropped after a switch (`drop-old`: g1 once g2 serves) or after a rollback (g2)."""
+    kept = "g2" if dropped == FIRST else FIRST
+    gone, stays = index_opener(generation=dropped), index_opener(generation=kept)
+    assert gone.upsert([ZOOKEEPER, *CORPUS[:2]]) == [] and stays.upsert(CORPUS) == []
+    gone.drop()
+    for reader in (stays, index_opener(generation=kept)):
+        assert reader.count() == 5 and reader.chunk_versions("t1", "kafka") != []
+        assert names(search(reader, "t1", "Kafka ordered", vec(0), alpha=0.0)) >= {"kafka"}
+    again = index_opener(generation=dropped)  # after a drop, the generation's index starts empty
+    assert again.count() == 0 and again.count("t1") == 0 and again.chunk_versions("t1", "kafka") == []
+    assert search(again, "t1", "Kafka Zookeeper", vec(0)) == []
+    assert again.upsert([ZOOKEEPER]) == [] and again.count() == 1
+    assert names(search(again, "t1", "Zookeeper", vec(4), alpha=0.0)) == {"zk"}
+    assert stays.count() == 5 and stays.chunk_versions("t1", "zk") == []
+
+
+def test_the_first_generation_is_the_index_from_before_generations(
+        index_opener: Callable[..., VectorIndex]) -> None:
+    """Every data directory and collection from before generations is g1: opened without naming a generation
+    (as before), written, and found as g1 under the same name; g2 is a name of its own beside it."""
+    before = index_opener()
+    assert before.upsert(CORPUS) == []
+    g1, g2 = index_opener(generation=FIRST), index_opener(generation="g2")
+    assert g1.name == before.name and g2.name.lower() == f"{before.name}_g2".lower()  # type: ignore[attr-defined]
+    assert g1.count() == 5 and g1.chunk_versions("t1", "kafka") == before.chunk_versions("t1", "kafka") != []
+    assert names(search(g1, "t1", "BSON", vec(2), alpha=0.0)) == {"mongo"} and g2.count() == 0
+
+
+def test_a_generation_holding_another_models_vectors_is_refused_naming_it(
+        index_opener: Callable[..., VectorIndex]) -> None:
+    """A generation is opened with its own recorded model: a mismatch means its index was changed by hand. The
+    refusal names the index and generation, the models, and how a model is changed; other generations open."""
+    index_opener(generation="g2", model="model-a").close()
+    index_opener(generation="g2", model="model-a").close()  # its own model reopens it
+    index_opener(model="model-b").close()  # another generation, another model: no conflict
+    with pytest.raises(ConfigurationError) as refused:
+        index_opener(generation="g2", model="model-b")
+    message = str(refused.value)
+    assert "generation g2" in message and "'model-a'" in message and "'model-b'" in message
+    assert "_g2" in message and "ragbus reindex start --model NAME" in message
+
+
+def test_lancedb_keeps_the_first_generation_in_the_table_of_before_generations(tmp_path: Path) -> None:
+    """A data directory from before generations has one table, `chunks`: it is g1; g2 is `chunks_g2` beside it."""
+    import json
+
+    import lancedb
+    import pyarrow as pa
+
+    from infra.stores.lance import LanceVectorIndex
+
+    legacy = pa.schema([  # the first schema ragbus wrote (upgraded in place when opened)
+        pa.field("chunk_id", pa.string()), pa.field("tenant", pa.string()), pa.field("document_id", pa.string()),
+        pa.field("version", pa.int64()), pa.field("idx", pa.int32()), pa.field("text", pa.string()),
+        pa.field("title", pa.string()), pa.field("section_path", pa.string()), pa.field("source", pa.string()),
+        pa.field("meta", pa.list_(pa.string())), pa.field("metadata", pa.string()),
+        pa.field("vector", pa.list_(pa.float32(), DIM))])
+    db = lancedb.connect(str(tmp_path))
+    db.create_table("chunks", schema=legacy).add([{
+        "chunk_id": "c1", "tenant": "t1", "document_id": "old", "version": 1, "idx": 0, "text": "Written long ago.",
+        "title": "Old", "section_path": json.dumps([]), "source": "", "meta": [], "metadata": "{}", "vector": vec(3)}])
+    g1, g2 = LanceVectorIndex(tmp_path, DIM, generation=FIRST), LanceVectorIndex(tmp_path, DIM, generation="g2")
+    try:
+        assert (g1.name, g2.name) == ("chunks", "chunks_g2")
+        assert g1.chunk_versions("t1", "old") == [("c1", 1)] and g1.count() == 1 and g2.count() == 0
+        assert names(search(g1, "t1", "written", vec(3), alpha=0.0)) == {"old"}
+        assert sorted(db.list_tables().tables) == ["chunks", "chunks_g2"]
+        g2.drop()
+        assert db.list_tables().tables == ["chunks"]
+    finally:
+        g1.close()
+        g2.close()
+
+
+def test_the_composition_root_opens_a_generation_with_its_recorded_build(tmp_path: Path) -> None:
+    """`build_index` with a generation's Build records that build's model (and passage prefix), not the settings'
+    (which may already name the next model), in that generation's table."""
+    from infra.settings import EmbedderSettings, Settings
+    from kernel.generations import Build
+    from ragbus import wiring
+
+    settings = Settings(data_dir=tmp_path, embedder=EmbedderSettings(model="model-now"))
+    build = Build(model="model-then", passage_prefix="passage: ")
+    g2 = wiring.build_index(settings, DIM, "g2", build)
+    g2.close()
+    wiring.build_index(settings, DIM, "g2", build).close()  # its own build reopens it
+    wiring.build_index(settings, DIM).close()  # g1 under the settings' model, beside it
+    with pytest.raises(ConfigurationError,
+                       match=r"'chunks_g2'.*generation g2.*model-then prefix='passage: '.*'model-now'"):
+        wiring.build_index(settings, DIM, "g2")  # the settings' model is not g2's

@@ -91,3 +91,26 @@ def test_failures_are_classified_by_grpc_status_not_message(double: WeaviateDoub
             call()
         if expected is WeaviateBaseError:  # permanent: surfaces as itself, never as a kernel error
             assert not isinstance(raised.value, RetryableError | ConfigurationError)
+
+
+def test_each_generation_is_a_collection_named_as_weaviate_names_it(double: WeaviateDouble) -> None:
+    """g1 is the configured collection itself (the one of every deployment from before generations); g2 adds its
+    suffix. Weaviate capitalises a class's first letter: the adapter creates, queries and drops that name."""
+    client = connect(settings(double))
+    chunk = ChunkRecord(chunk_uuid("t", "d", 1, 0), "t", "d", 1, 0, "text", np.ones(4, dtype=np.float32) / 2)
+    g1 = WeaviateVectorIndex(client, "chunks", 4, generation="g1")
+    g2 = WeaviateVectorIndex(client, "chunks", 4, generation="g2")
+    assert (g1.name, g2.name) == ("Chunks", "Chunks_g2") and set(double.store.schemas) == {"Chunks", "Chunks_g2"}
+    assert g2.upsert([chunk]) == [] and set(double.store.data["Chunks_g2"]) == {"t"} and not double.store.data["Chunks"]
+    assert g2.count("t") == 1 and g1.count("t") == 0
+    g2.drop()
+    assert set(double.store.schemas) == {"Chunks"}
+    assert WeaviateVectorIndex(client, "chunks", 4, generation="g2").count() == 0
+
+
+def test_a_generation_of_another_model_is_refused_with_the_way_forward(double: WeaviateDouble) -> None:
+    client = connect(settings(double))
+    WeaviateVectorIndex(client, "Chunks", 4, "model-a", generation="g2")
+    with pytest.raises(ConfigurationError, match=r"collection Chunks_g2 \(generation g2\) holds vectors of the "
+                                                 r"embedding model 'model-a'.*'model-b'.*ragbus reindex start --model"):
+        WeaviateVectorIndex(client, "Chunks", 4, "model-b", generation="g2")
