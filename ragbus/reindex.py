@@ -61,12 +61,11 @@ def check_build(settings: Settings, build: Build) -> None:
     gs = wiring.for_generation(settings, build)
     try:
         model = wiring.build_embedder(gs)
-    except ConfigurationError:
-        raise
-    except Exception as exc:  # the model's own loader: a wrong name, a missing file, no network for a hub name
+    except Exception as exc:  # ragbus's own check of the name, or the model's loader (a broken file, no weights)
+        why = str(exc).split(" is neither", 1)[0] if isinstance(exc, ConfigurationError) else str(exc)
         raise ReindexError(f"the embedding model {build.model!r} cannot be loaded ({type(exc).__name__}: "
-                           f"{str(exc)[:200]}): name the packaged model, a sentence-transformers directory or a "
-                           "hub model already in the local cache") from exc
+                           f"{why[:200]}): name the packaged all-MiniLM-L6-v2, a sentence-transformers model "
+                           "directory, or a hub model already in the local cache; nothing was recorded") from exc
     check_chunk_size(gs, model)
 
 
