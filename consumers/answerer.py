@@ -101,8 +101,7 @@ class Answerer:
         of a batch reads that one generation, never a mix."""
         self._deny_unlisted = deny_unlisted
         self._conversations = conversations
-        self._serving: Callable[[], Retriever] = retriever if not isinstance(retriever, Retriever) else (
-            lambda: retriever)
+        self._serving: Callable[[], Retriever] = retriever if callable(retriever) else (lambda: retriever)
         self._retriever = self._serving()
         self._model = model
         self._store = store

@@ -42,13 +42,14 @@ CASES: list[tuple[str, TopicSpec, bytes | None, str]] = [
      "unsupported schema_version 2: expected field 'schema_version' to be one of 1, the versions this reader handles"),
     # the event type
     ("missing type", TOPICS.documents, doc(type=...),
-     DOC + "missing field 'type': expected one of document.arrived, document.deleted, document.acl_changed"),
+     DOC + "missing field 'type': expected one of document.arrived, document.deleted, document.acl_changed, "
+     "document.reindex"),
     ("unknown type", TOPICS.documents, doc(type="document.created"),
      DOC + "field 'type' is \"document.created\": expected one of document.arrived, document.deleted, "
-     "document.acl_changed"),
+     "document.acl_changed, document.reindex"),
     ("type of another topic", TOPICS.documents, doc(type="query.requested"),
      DOC + "field 'type' is \"query.requested\": expected one of document.arrived, document.deleted, "
-     "document.acl_changed"),
+     "document.acl_changed, document.reindex"),
     # fields
     ("missing field", TOPICS.documents, doc(document_id=...),
      DOC + "missing field 'document_id': expected a string of 1 to 512 characters"),
