@@ -107,3 +107,52 @@ def test_cancel_drops_the_building_generation_and_its_index(setup: tuple[Setting
     assert reindex.drop(store, settings, State.BUILDING).name == "g2"
     assert states(store) == {FIRST: State.SERVING}
     assert not (settings.data_dir / "lance" / "chunks_g2.lance").exists()
+
+
+def test_start_up_with_other_settings_says_what_serves_what_differs_and_the_command(
+        setup: tuple[Settings, SqliteDocumentStore], monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+    import json
+    import logging
+
+    from infra.ops import logs
+
+    settings, store = setup
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    logs.configure("INFO", "json", stream=stream)
+    try:
+        wiring.notice_differences(settings, store.generations(), "embedder")
+        assert stream.getvalue() == ""  # the same settings: nothing to say
+        monkeypatch.setenv("RAGBUS_CHUNK_SIZE_TOKENS", "300")
+        wiring.notice_differences(Settings(), store.generations(), "embedder")
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    [line] = [json.loads(x) for x in stream.getvalue().splitlines()]
+    assert line["level"] == "warning" and line["serving"] == FIRST
+    assert line["differs"] == "chunk_size: 200 -> 300"
+    assert "ragbus reindex start" in line["to_adopt"]
+
+
+def test_a_stage_serves_the_generation_as_it_was_built_whatever_the_settings_say_now(
+        setup: tuple[Settings, SqliteDocumentStore], monkeypatch: pytest.MonkeyPatch) -> None:
+    from chunking.splitter import Chunker
+    from infra.models.embedder import load_tokenizer
+    from infra.ops.metrics import Metrics
+    from ragbus import registry
+    from schemas.events import ChunksProduced, DocumentArrived
+    from schemas.stages import CHUNKER
+
+    settings, _ = setup
+    monkeypatch.setenv("RAGBUS_CHUNK_SIZE_TOKENS", "400")
+    stage = registry.build(CHUNKER.name, registry.Context(Settings(), Metrics(), None, lambda _: None))
+    text = " ".join(f"Sentence {i} about partitions, offsets and consumer groups." for i in range(400))
+    [outs] = stage.handle([DocumentArrived(document_id="d", text=text)])
+    assert not isinstance(outs, Exception)
+    parts = [o.event for o in outs if isinstance(o.event, ChunksProduced)]
+    served = Chunker(load_tokenizer(settings.embedder.model), settings.chunker.size_tokens,
+                     settings.chunker.overlap_tokens)
+    assert {p.generation for p in parts} == {FIRST}
+    assert parts[0].total_chunks == len(served.chunk(parts[0].content_type, text))  # g1's 200, not 400
