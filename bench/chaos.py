@@ -235,6 +235,10 @@ def main() -> int:
             for i, ev in enumerate(plan):
                 if args.reindex and i == len(plan) // 2:
                     producer.flush()
+                    counts = wiring.build_store(child).status_counts
+                    until = time.time() + 300  # a rebuild of real work: half the documents indexed (kills go on)
+                    while time.time() < until and counts("default").get("indexed", 0) < len(rows) // 2:
+                        time.sleep(0.5)
                     reindexed.append(ragbus(child, "reindex", "start", "--chunk-size", str(args.reindex_chunk_size)))
                 if isinstance(ev, tuple):
                     producer.send_raw(topic_name(child, HOSTILE_TOPICS[hostile_keys[ev[0]]]), ev[0].encode(), ev[1])

@@ -1,7 +1,11 @@
 """A rebuild into a new index generation, measured from outside (CLI, topics), against a fresh ingest.
 
     python bench/reindex.py [--set ../shared/data/pydocs-faq-dev] [--chunk-size 128] [--queries 60]
-                            [--probes 5] [--deletes 20] [--json]
+                            [--probes 5] [--deletes 20] [--second-model] [--json]
+
+With `--second-model` the new generation also changes the embedding model: a second model built here from the
+packaged all-MiniLM-L6-v2 by keeping its first 3 of 6 transformer layers (sentence-transformers, saved to a
+directory; ragbus exports it to ONNX on first use), so the rebuild re-embeds everything with other vectors.
 
 1. Stack A (`ragbus up`'s processes, local broker, fresh data directory, default settings): `ragbus eval SET`
    ingests the set's corpus and scores it: the serving generation g1.
@@ -60,6 +64,21 @@ def ragbus(settings: Settings, *args: str, timeout: float = 3600) -> subprocess.
     if done.returncode != 0:
         raise SystemExit(f"ragbus {' '.join(args)} failed: {done.stderr.strip()[-800:]}")
     return done
+
+
+def second_model(path: Path) -> Path:
+    """all-MiniLM-L6-v2 cut to its first 3 transformer layers: another model of the same width (384), whose
+    vectors differ from the packaged one's."""
+    from sentence_transformers import SentenceTransformer
+
+    from infra.models.embedder import model_dir
+
+    model = SentenceTransformer(str(model_dir("all-MiniLM-L6-v2")), device="cpu")
+    encoder = model[0].auto_model.encoder
+    encoder.layer = encoder.layer[:3]
+    model[0].auto_model.config.num_hidden_layers = 3
+    model.save(str(path))
+    return path
 
 
 def evaluate_set(settings: Settings, directory: Path, ingest: bool) -> dict[str, Any]:
@@ -125,6 +144,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=60)
     ap.add_argument("--probes", type=int, default=5)
     ap.add_argument("--deletes", type=int, default=20)
+    ap.add_argument("--second-model", action="store_true", help="the new generation also changes the model")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     texts = questions(args.set)
@@ -132,6 +152,8 @@ def main() -> None:
     os.environ.pop("RAGBUS_KAFKA_BOOTSTRAP_SERVERS", None)
     os.environ.setdefault("RAGBUS_LOG_LEVEL", "WARNING")
     with tempfile.TemporaryDirectory(prefix="ragbus-reindex-") as tmp:
+        model = str(second_model(Path(tmp) / "minilm-l3")) if args.second_model else None
+        result["model"] = "all-MiniLM-L6-v2 cut to 3 layers" if model else "unchanged"
         os.environ["RAGBUS_DATA_DIR"] = str(Path(tmp) / "a")
         settings = Settings()
         logs.configure(settings.log_level, settings.log_format, quiet_clients=True)
@@ -142,7 +164,8 @@ def main() -> None:
             result["idle"] = phase(child, texts, args.queries, args.probes)
 
             started = time.perf_counter()
-            ragbus(child, "reindex", "start", "--chunk-size", str(args.chunk_size))
+            ragbus(child, "reindex", "start", "--chunk-size", str(args.chunk_size),
+                   *(["--model", model] if model else []))
             published_s = time.perf_counter() - started
             ids = [d.document_id for d in wiring.build_store(child).list_documents(TENANT, 1_000_000)]
             deleted = ids[:: max(1, len(ids) // max(1, args.deletes))][:args.deletes]
@@ -174,6 +197,8 @@ def main() -> None:
             g2 = evaluate_set(child, args.set, ingest=False)
         os.environ["RAGBUS_DATA_DIR"] = str(Path(tmp) / "b")
         os.environ["RAGBUS_CHUNK_SIZE_TOKENS"] = str(args.chunk_size)
+        if model:
+            os.environ["RAGBUS_EMBEDDER_MODEL"] = model
         fresh_settings = Settings()
         with Stack(fresh_settings) as stack:
             child = stack.child_settings()

@@ -200,8 +200,21 @@ def build_answerer(ctx: Context) -> Stage[answerer.Event]:
 
     lanes = _lanes(ctx, ANSWERER.name, open_, lambda lane: lane[1].close(), refresh_s=SERVING_REFRESH_S)
 
+    unwarmed: set[str] = set()
+
     def serving() -> Retriever:
         generation, (retriever, _) = lanes.serving()
+        # the other live generations opened too (index, query model), so a switch or a rollback serves at once
+        # instead of a first batch waiting for a model to load; one that fails to open is tried at the switch,
+        # never at the cost of the queries the serving one answers now
+        for other in lanes.refresh():
+            if other.name != generation.name and other.name not in unwarmed:
+                try:
+                    lanes.get(other.name)
+                except Exception as exc:
+                    unwarmed.add(other.name)
+                    log.warning("could not open a live index generation ahead of a switch", generation=other.name,
+                                error=f"{type(exc).__name__}: {exc}"[:300])
         metrics.serving_generation.clear()
         metrics.serving_generation.labels(generation.name).set(1)
         return retriever
