@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from infra.ops.metrics import Freshness, Metrics
 from kernel.errors import PoisonMessageError
-from kernel.generations import Generation, Lanes
+from kernel.generations import Generation, Lanes, State
 from kernel.permissions import ARRIVED, CHANGED, Acl, AclOrder, document_tokens
 from kernel.ports import ChunkRecord, DocumentRecord, DocumentStore, Level, VectorIndex
 from kernel.stage import Out, PerEvent, Stage, failed_status
@@ -37,6 +37,7 @@ from schemas.events import (
     ChunksEmbedded,
     DocumentAclChanged,
     DocumentDeleted,
+    DocumentReindex,
     DocumentStatus,
     Status,
     chunk_uuid,
@@ -114,6 +115,7 @@ class Indexer:
     def handle(self, events: Sequence[Event]) -> list[PerEvent]:
         lanes = self._lanes.each()
         serving = lanes[0][0]
+        building = [g.name for g, _ in lanes if g.state is State.BUILDING]
         by_name = {g.name: lane for g, lane in lanes}
         results: list[PerEvent] = [[] for _ in events]
         acls = self._apply_acls(events, [lane for _, lane in lanes])
@@ -139,7 +141,7 @@ class Indexer:
                 assert in_force is not None  # applied above
                 results[i] = self._acl_status(ev, in_force)
             elif i in chunks and isinstance(ev, ChunksEmbedded):
-                results[i] = self._maybe_finish(ev, by_name[ev.generation], serving)
+                results[i] = self._maybe_finish(ev, by_name[ev.generation], serving, building)
         self._metrics.chunks.labels(INDEXER.name).inc(sum(len(c) for c in chunks.values()))
         # no index maintenance here: it runs in the indexer process's own thread, off the commit path
         return results
@@ -220,7 +222,7 @@ class Indexer:
         self._store.delete_chunk_versions(ev.tenant, ev.document_id, below=bound)
         return [status(ev, Status.DELETED, version=version)] if applied else []
 
-    def _maybe_finish(self, ev: ChunksEmbedded, lane: Lane, serving: Generation) -> list[Out]:
+    def _maybe_finish(self, ev: ChunksEmbedded, lane: Lane, serving: Generation, building: list[str]) -> list[Out]:
         stored = sum(1 for _, v in self._store.chunk_versions(ev.tenant, ev.document_id, ev.generation)
                      if v == ev.version)
         if stored < ev.total_chunks:
@@ -240,10 +242,24 @@ class Indexer:
         if applied and ev.document_occurred_at is not None:  # the first time this version is searchable
             age = (utcnow() - ev.document_occurred_at).total_seconds()
             self._metrics.freshness.labels(Freshness.DOCUMENT).observe(max(0.0, age))
+        outs = self._left_out(ev, building)
         if applied or (ev.generation == serving.name and doc is not None and doc.version == ev.version
                        and doc.status is Status.INDEXED):
-            return [status(ev, Status.INDEXED, version=ev.version, chunks=ev.total_chunks)]
-        return []
+            outs.append(status(ev, Status.INDEXED, version=ev.version, chunks=ev.total_chunks))
+        return outs
+
+    def _left_out(self, ev: ChunksEmbedded, building: list[str]) -> list[Out]:
+        """A version chunked before a building generation was recorded (the chunker did not know it yet) is rebuilt
+        for it from the kept content: a `document.reindex` on the documents topic, ordered with the document's
+        events. Said once, by the first generation the version was chunked for."""
+        if not ev.generations or ev.generation != ev.generations[0]:
+            return []
+        return [Out(TOPICS.documents, document_key(ev.tenant, ev.document_id), DocumentReindex(
+            tenant=ev.tenant, correlation_id=ev.correlation_id, document_id=ev.document_id, version=ev.version,
+            generation=name, content_sha256=ev.content_hash, content_type=ev.content_type, title=ev.title,
+            source=ev.source, metadata=ev.metadata))
+            for name in building if name not in ev.generations
+            and (self._store.indexed_version(name, ev.tenant, ev.document_id) or -1) < ev.version]
 
 
 class _Acls:

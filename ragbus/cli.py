@@ -533,8 +533,8 @@ def _missing(missing: list[tuple[str, str]]) -> None:
 
 @reindex_app.command("resume")
 def reindex_resume() -> None:
-    """Re-publish what the building generation still lacks (after this command crashed, or a document updated
-    in the instant the generation was recorded)."""
+    """Re-publish what the building generation still lacks (after `reindex start` died half-way through
+    publishing)."""
     from engine.clients import check_reachable
 
     from . import reindex, wiring

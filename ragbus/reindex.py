@@ -3,10 +3,11 @@
 The rebuild is not a side script: `start` records the new generation (from then on every document event
 reaches it too) and publishes one `document.reindex` event per current document onto the documents topic, keyed
 like the document's own events; the chunker, the embedder and the indexer (and their replicas) do the work.
-`resume` re-publishes what the new generation still lacks: after a crash of this command, or for a document
-whose live update the chunker handled in the instant before it learned of the new generation. A rebuild
-converges: `switch` is refused until every document whose current version is indexed has that version in the
-new generation, and says how far it is.
+A version that was on its way through the pipeline when the generation was recorded (chunked before the chunker
+knew of it, indexed after the snapshot) is rebuilt for it by the indexer, which sees the generations each
+version was chunked for. `resume` re-publishes whatever the new generation still lacks, for when this command
+itself died half-way through publishing. `switch` is refused until every document whose current version is
+indexed has that version in the new generation, and says how far it is.
 
 What a deployment must keep for this to work: the document store's content (the chunker keeps every
 document's content there, content-addressed; documents indexed before ragbus kept content are counted as
@@ -113,11 +114,11 @@ def _behind(store: DocumentStore, name: str) -> Iterator[DocumentRecord]:
         after = keys[-1]
 
 
-def reindex_event(doc: DocumentRecord, size: int, generation: str) -> DocumentReindex:
+def reindex_event(doc: DocumentRecord, generation: str) -> DocumentReindex:
     """The event that rebuilds `doc`'s current version into `generation` from its kept content."""
     return DocumentReindex(
         tenant=doc.tenant, correlation_id=f"reindex:{generation}", document_id=doc.document_id, version=doc.version,
-        generation=generation, content_ref=ContentRef(sha256=doc.content_hash, size=size),
+        generation=generation, content_sha256=doc.content_hash,
         content_type=ContentType(doc.content_type), title=doc.title, source=doc.source, metadata=dict(doc.metadata))
 
 
@@ -134,7 +135,7 @@ def publish(settings: Settings, store: DocumentStore, generation: str, documents
         if data is None:
             missing.append((doc.tenant, doc.document_id))
             continue
-        event = reindex_event(doc, len(data), generation)
+        event = reindex_event(doc, generation)
         producer.send(TOPICS.documents, document_key(doc.tenant, doc.document_id), event)
         sent += 1
         progress(1)

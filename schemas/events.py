@@ -317,7 +317,8 @@ class DocumentReindex(Envelope):
     """The version whose content is under `content_ref` (the document store's current row)."""
     generation: Generation
     """The generation to index it into (`g2`, ...)."""
-    content_ref: ContentRef
+    content_sha256: Sha256
+    """The version's content, as kept in ragbus's content store (every document's content is kept there)."""
     content_type: ContentType = ContentType.TEXT
     title: ShortText = ""
     source: Annotated[str, StringConstraints(max_length=2048)] = ""
@@ -366,6 +367,9 @@ class _DocumentPart(Envelope):
     acl_version: Annotated[int, Field(ge=0)] = 0
     #: The index generation these chunks are for (kernel/generations.py); producers before generations: g1.
     generation: Generation = FIRST_GENERATION
+    #: Every generation this version was chunked for at once (empty: not said). A generation that started building
+    #: while the version was on its way is not among them: the indexer then has it rebuilt for that one.
+    generations: Annotated[list[Generation], Field(max_length=8)] = Field(default_factory=list)
     #: How the document's content reads, kept with its row for a rebuild of the index.
     content_type: ContentType = ContentType.TEXT
 

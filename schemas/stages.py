@@ -112,7 +112,9 @@ class Pipeline:
 
 CHUNKER = StageSpec("chunker", TOPICS.documents, (TOPICS.chunks, TOPICS.status), Runtime.FAUST, "chunker")
 EMBEDDER = StageSpec("embedder", TOPICS.chunks, (TOPICS.embedded, TOPICS.status), Runtime.FAUST, "embedder")
-INDEXER = StageSpec("indexer", TOPICS.embedded, (TOPICS.status,), Runtime.CONSUMER, "indexer",
+#: The indexer also writes the documents topic: a `document.reindex` for a building index generation that a
+#: version was chunked without (consumers/indexer.py).
+INDEXER = StageSpec("indexer", TOPICS.embedded, (TOPICS.status, TOPICS.documents), Runtime.CONSUMER, "indexer",
                     effects="vector index, document store")
 #: A light sink: it shares the indexer's process under `ragbus up`.
 STATUS = StageSpec("status", TOPICS.status, (), Runtime.CONSUMER, "indexer", effects="document store",

@@ -67,14 +67,17 @@ def _content(event: DocumentArrived | DocumentReindex, load: ContentLoader, fetc
     if isinstance(event, DocumentArrived) and event.content_url is not None:
         fetched = fetch.fetch(event.content_url)
         return accept(event.content_type, fetched, event.content_url.split("?", 1)[0], event.content_sha256)
-    assert event.content_ref is not None  # guaranteed by the model validator
-    if event.content_ref.size > DOCUMENT_MAX_BYTES:
-        raise PoisonMessageError(f"document is {event.content_ref.size} bytes, over the {DOCUMENT_MAX_BYTES} limit")
+    ref = ContentRef(sha256=event.content_sha256, size=0) if isinstance(event, DocumentReindex) else event.content_ref
+    assert ref is not None  # guaranteed by the model validator
+    if ref.size > DOCUMENT_MAX_BYTES:
+        raise PoisonMessageError(f"document is {ref.size} bytes, over the {DOCUMENT_MAX_BYTES} limit")
     try:
-        data = load(event.content_ref)
+        data = load(ref)
     except KeyError as exc:
-        raise PoisonMessageError(f"claim-check content {event.content_ref.sha256} is not in the store") from exc
-    if content_hash(data) != event.content_ref.sha256:
+        raise PoisonMessageError(f"claim-check content {ref.sha256} is not in the store") from exc
+    if len(data) > DOCUMENT_MAX_BYTES:
+        raise PoisonMessageError(f"document is {len(data)} bytes, over the {DOCUMENT_MAX_BYTES} limit")
+    if content_hash(data) != ref.sha256:
         raise PoisonMessageError("claim-check content does not match its sha256")
     try:
         return data if event.content_type is ContentType.PDF else data.decode("utf-8", errors="strict")
@@ -83,7 +86,7 @@ def _content(event: DocumentArrived | DocumentReindex, load: ContentLoader, fetc
 
 
 def _parts(event: DocumentArrived | DocumentReindex, version: int, digest: str, content: str | bytes,
-           chunker: Chunker, generation: str) -> tuple[list[Out], int]:
+           chunker: Chunker, generation: str, generations: list[str]) -> tuple[list[Out], int]:
     chunks, sections = chunker.split(event.content_type, content)
     parts = [chunks[i:i + CHUNKS_PER_PART] for i in range(0, len(chunks), CHUNKS_PER_PART)]
     first_part: dict[int, int] = {}  # a section travels with its first chunk
@@ -97,7 +100,7 @@ def _parts(event: DocumentArrived | DocumentReindex, version: int, digest: str, 
             tenant=event.tenant, correlation_id=event.correlation_id or str(event.event_id),
             document_id=event.document_id, version=version, content_hash=digest, title=event.title,
             source=event.source, metadata=event.metadata, part=n, parts=len(parts), total_chunks=len(chunks),
-            generation=generation, content_type=event.content_type, chunks=part,
+            generation=generation, generations=generations, content_type=event.content_type, chunks=part,
             sections=[s for s in sections if first_part[s.section] == n], **access))
         for n, part in enumerate(parts)
     ], len(chunks)
@@ -119,7 +122,8 @@ def chunk_event(event: Event, chunkers: Chunker | Sequence[tuple[Generation, Chu
                      document_id=event.document_id)
             return []
         content = _content(event, load, fetch or NoFetcher())
-        return _parts(event, event.version, event.content_ref.sha256, content, chunker, event.generation)[0]
+        return _parts(event, event.version, event.content_sha256, content, chunker, event.generation,
+                      [event.generation])[0]
     content = _content(event, load, fetch or NoFetcher())
     data = content.encode("utf-8") if isinstance(content, str) else content
     if keep is not None and event.content_ref is None:
@@ -131,7 +135,7 @@ def chunk_event(event: Event, chunkers: Chunker | Sequence[tuple[Generation, Chu
     outs: list[Out] = []
     serving_chunks = 0
     for n, (generation, chunker) in enumerate(chunkers):
-        parts, count = _parts(event, version, digest, content, chunker, generation.name)
+        parts, count = _parts(event, version, digest, content, chunker, generation.name, [g.name for g, _ in chunkers])
         outs += parts
         if n == 0:
             serving_chunks = count
