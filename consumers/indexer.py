@@ -82,13 +82,12 @@ def chunk_records(ev: ChunksEmbedded, dim: int | None = None, acl: tuple[str, ..
                                          f"the index expects {dim or ev.dim}")
     tokens = acl if acl is not None else document_tokens(ev.tenant, None)
     for c in ev.chunks:
-        records.append(ChunkRecord(chunk_uuid(ev.tenant, ev.document_id, ev.version, c.index, ev.generation), ev.tenant,
-                                   ev.document_id, ev.version, c.index, c.text, c.vector(), ev.title,
+        records.append(ChunkRecord(chunk_uuid(ev.tenant, ev.document_id, ev.version, c.index, ev.generation),
+                                   ev.tenant, ev.document_id, ev.version, c.index, c.text, c.vector(), ev.title,
                                    tuple(c.section_path), ev.source, dict(ev.metadata), c.section, acl=tokens))
     for s in ev.sections:
         records.append(ChunkRecord(section_uuid(ev.tenant, ev.document_id, ev.version, s.section, ev.generation),
-                                   ev.tenant,
-                                   ev.document_id, ev.version, s.section, s.text, s.vector(), ev.title,
+                                   ev.tenant, ev.document_id, ev.version, s.section, s.text, s.vector(), ev.title,
                                    tuple(s.section_path), ev.source, dict(ev.metadata), s.section, Level.SECTION,
                                    acl=tokens))
     return records
@@ -172,6 +171,7 @@ class Indexer:
                 age = (utcnow() - ev.occurred_at).total_seconds()
                 self._metrics.freshness.labels(Freshness.ACL).observe(max(0.0, age))
         return acls
+
     def _acl_status(self, ev: DocumentAclChanged, in_force: Acl) -> list[Out]:
         said = statement(ev)
         key = document_key(ev.tenant, ev.document_id)
