@@ -377,3 +377,31 @@ def _fields(record: SourceRecord, event: object = None) -> dict[str, str]:
     else the event's own)."""
     return {"where": record.where(),
             "correlation_id": record.correlation_id() or str(getattr(event, "correlation_id", "") or "")}
+
+
+def slices(records: Sequence[SourceRecord], budget: int) -> list[list[SourceRecord]]:
+    """A batch cut into slices of at most `budget` bytes of values each (a single larger record is a slice of its
+    own), documents ordered smallest first: records are grouped by key (order kept within a key; a keyless record
+    is a group of its own), groups ordered by their total size (stable), and packed in that order. So a short
+    document in a batch behind a long one is handled, and its outputs sent, first; per-key order is kept.
+    `budget` 0: the batch as it is."""
+    if budget <= 0 or len(records) <= 1:
+        return [list(records)]
+    groups: dict[object, list[SourceRecord]] = {}
+    for n, r in enumerate(records):
+        groups.setdefault(r.key if r.key is not None else ("keyless", n), []).append(r)
+    out: list[list[SourceRecord]] = []
+    current: list[SourceRecord] = []
+    size = 0
+    for group in sorted(groups.values(), key=lambda g: sum(len(r.value or b"") for r in g)):
+        for r in group:
+            weight = len(r.value or b"")
+            if current and size + weight > budget:
+                out.append(current)
+                current, size = [], 0
+            current.append(r)
+            size += weight
+    if current:
+        out.append(current)
+    return out
+

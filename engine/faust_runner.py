@@ -46,7 +46,7 @@ from kernel.errors import ConfigurationError
 from schemas.stages import Runtime
 
 from .clients import bootstrap, partitions, topic_name
-from .delivery import BatchPolicy, Done
+from .delivery import BatchPolicy, Done, slices
 from .faust_seam import FaustApp as FaustApp
 from .faust_seam import broker_connected, committed_offset, leave_unacknowledged, verify
 from .records import Headers, SourceRecord, describe
@@ -141,24 +141,27 @@ def build_app(settings: Settings, policy: BatchPolicy, metrics: Metrics, health:
         batches = cast(Stream[bytes], stream).take_events(stage.max_batch, within=stage.window_s or 0.001)
         async for batch in batches:  # (faust's StreamT does not declare take_events; its Stream does)
             records = [_record(e) for e in batch]
-            started = time.perf_counter()
-            work = asyncio.ensure_future(finish(records))
-            try:
-                done = await asyncio.shield(work)
-            except asyncio.CancelledError:  # stopping: finish the batch in hand, or leave it unacknowledged
-                stopping.set()  # a policy that is waiting gives the batch up at once
+            # each slice processed and its outputs sent in turn, smallest documents first; the batch is
+            # acknowledged once every slice is done (nothing of it before)
+            for part in slices(records, stage.slice_bytes):
+                started = time.perf_counter()
+                work = asyncio.ensure_future(finish(part))
                 try:
-                    done = await asyncio.wait_for(work, STOP_GRACE_S)
+                    done = await asyncio.shield(work)
+                except asyncio.CancelledError:  # stopping: finish the slice in hand, or leave the batch unacked
+                    stopping.set()  # a policy that is waiting gives the batch up at once
+                    try:
+                        done = await asyncio.wait_for(work, STOP_GRACE_S)
+                    except BaseException as exc:
+                        _exit_unacknowledged(stage.name, records, _error(exc), EXIT_STOPPED)
+                    if done is None:
+                        _exit_unacknowledged(stage.name, records, GIVEN_UP, EXIT_STOPPED)
+                    raise
                 except BaseException as exc:
-                    _exit_unacknowledged(stage.name, records, _error(exc), EXIT_STOPPED)
-                if done is None:
+                    _exit_unacknowledged(stage.name, records, _error(exc), EXIT_UNFINISHED_BATCH)
+                if done is None:  # given up: the policy does so only while the worker is stopping
                     _exit_unacknowledged(stage.name, records, GIVEN_UP, EXIT_STOPPED)
-                raise
-            except BaseException as exc:
-                _exit_unacknowledged(stage.name, records, _error(exc), EXIT_UNFINISHED_BATCH)
-            if done is None:  # given up: the policy does so only while the worker is stopping
-                _exit_unacknowledged(stage.name, records, GIVEN_UP, EXIT_STOPPED)
-            policy.finished(records, done, started)
+                policy.finished(part, done, started)
             yield len(records)
 
     if health is not None:

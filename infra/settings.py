@@ -142,6 +142,11 @@ class EmbedderSettings(BaseSettings):
     #: Events per micro-batch (across documents) and the longest wait to fill one.
     max_batch_events: int = Field(64, ge=1, le=10_000)
     batch_window_s: float = Field(0.05, ge=0, le=10)
+    #: A batch is embedded in slices of about this many bytes of chunk events (a 64-chunk part of 200-token
+    #: chunks is ~70 KB), smallest documents first, each slice's outputs sent before the next is embedded: a
+    #: short document is not held behind a long one (engine.delivery.slices; bench/RESULTS.md, issue 26).
+    #: 0: the whole batch at once.
+    slice_bytes: int = Field(131_072, ge=0, le=64 * 1024 * 1024)
     threads: int = Field(0, ge=0, le=256, description="threads of the model; 0 = the runtime's default")
     #: The embedder process's CPU priority (Unix nice, 0-19): it is batch work that would otherwise take
     #: every core from interactive queries on a shared machine. Measured on 2 cores while 200 documents were

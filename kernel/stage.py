@@ -78,6 +78,11 @@ class Stage(Generic[E]):
     #: Events whose record must carry exactly `key` when it carries one (a keyless record is still re-keyed):
     #: one keyed otherwise is dead-lettered instead of handled (a permission change keyed as another document).
     strict_key: Callable[[E], bool] | None = None
+    #: Hand a batch to `handle` in slices of about this many bytes of input (0: the whole batch at once), the
+    #: smallest documents first: a short document's outputs then leave before a long one's are computed, instead
+    #: of waiting behind the whole batch (engine.delivery.slices). Only per-key order is kept, which is all the
+    #: topics promise.
+    slice_bytes: int = 0
 
     def __post_init__(self) -> None:
         if not PIPELINE.declares(self.spec):

@@ -147,7 +147,8 @@ def build_embedder(ctx: Context) -> Stage[embedder.Event]:
             models[key] = embedder.CachedEmbedder(model, wiring.build_cache(s), ctx.metrics)
         return models[key]
 
-    return embedder.stage(_lanes(ctx, EMBEDDER.name, open_), s.embedder.max_batch_events, s.embedder.batch_window_s)
+    return embedder.stage(_lanes(ctx, EMBEDDER.name, open_), s.embedder.max_batch_events, s.embedder.batch_window_s,
+                          s.embedder.slice_bytes)
 
 
 def _index(settings: Settings, generation: Generation | None = None) -> tuple[VectorIndex, int]:

@@ -119,7 +119,8 @@ def embed_events(events: Sequence[Event], embedders: CachedEmbedder | Callable[[
     return results
 
 
-def stage(lanes: Lanes[CachedEmbedder] | CachedEmbedder, max_batch: int, window_s: float) -> Stage[Event]:
+def stage(lanes: Lanes[CachedEmbedder] | CachedEmbedder, max_batch: int, window_s: float, slice_bytes: int = 0
+          ) -> Stage[Event]:
     if isinstance(lanes, CachedEmbedder):
         lanes = Lanes.fixed(lanes)
 
@@ -128,6 +129,6 @@ def stage(lanes: Lanes[CachedEmbedder] | CachedEmbedder, max_batch: int, window_
         return embed_events(events, lanes.get)
 
     return Stage(
-        EMBEDDER, handle=handle,
+        EMBEDDER, handle=handle, slice_bytes=slice_bytes,
         on_failure=lambda ev, exc: failed_status(ev, exc, EMBEDDER.name), max_batch=max_batch, window_s=window_s,
     )
