@@ -23,14 +23,17 @@ freshness) once the serving generation has it, so a publisher's `indexed` always
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
+from infra.ops import logs
 from infra.ops.metrics import Freshness, Metrics
 from kernel.errors import PoisonMessageError
 from kernel.generations import Generation, Lanes, State
 from kernel.permissions import ARRIVED, CHANGED, Acl, AclOrder, document_tokens
-from kernel.ports import ChunkRecord, DocumentRecord, DocumentStore, Level, VectorIndex
+from kernel.ports import ChunkRecord, DocumentRecord, DocumentStore, Level, VectorIndex, WriteFailure
 from kernel.stage import Out, PerEvent, Stage, failed_status
 from kernel.versions import cleanup_bound, superseded
 from schemas.events import (
@@ -47,6 +50,8 @@ from schemas.events import (
 from schemas.stages import INDEXER
 from schemas.topics import TOPICS, document_key
 
+log = logs.get(__name__)
+T = TypeVar("T")
 #: Per-object write failures are retried this many times within one batch before dead-lettering.
 OBJECT_RETRIES = 2
 Event = ChunksEmbedded | DocumentDeleted | DocumentAclChanged
@@ -117,7 +122,7 @@ class Indexer:
         building = [g.name for g, _ in lanes if g.state is State.BUILDING]
         by_name = {g.name: lane for g, lane in lanes}
         results: list[PerEvent] = [[] for _ in events]
-        acls = self._apply_acls(events, [lane for _, lane in lanes])
+        acls = self._apply_acls(events, lanes)
         chunks: dict[int, list[ChunkRecord]] = {}
         for i, ev in enumerate(events):
             if not isinstance(ev, ChunksEmbedded) or ev.generation not in by_name:
@@ -134,7 +139,7 @@ class Indexer:
             if i in failed:
                 results[i] = failed[i]
             elif isinstance(ev, DocumentDeleted):
-                results[i] = self._delete(ev, [lane for _, lane in lanes])
+                results[i] = self._delete(ev, lanes)
             elif isinstance(ev, DocumentAclChanged):
                 in_force = acls.in_force[(ev.tenant, ev.document_id)]
                 assert in_force is not None  # applied above
@@ -145,7 +150,7 @@ class Indexer:
         # no index maintenance here: it runs in the indexer process's own thread, off the commit path
         return results
 
-    def _apply_acls(self, events: Sequence[Event], lanes: Sequence[Lane]) -> _Acls:
+    def _apply_acls(self, events: Sequence[Event], lanes: Sequence[tuple[Generation, Lane]]) -> _Acls:
         """Every ACL statement of the batch applied to the store, in order, before anything is written; then the
         entries of each document whose ACL changed re-stamped in place in every live generation (entries written
         below carry it already)."""
@@ -164,8 +169,9 @@ class Indexer:
             if before is None or before.principals != after.principals:
                 changed.add(key)
         for tenant, document_id in sorted(changed):
-            for lane in lanes:
-                lane.index.set_acl(tenant, document_id, acls.tokens(tenant, document_id))
+            for g, lane in lanes:
+                self._on(g.name, functools.partial(lane.index.set_acl, tenant, document_id,
+                                                   acls.tokens(tenant, document_id)))
         for ev in events:
             if isinstance(ev, DocumentAclChanged) and (ev.tenant, ev.document_id) in changed:
                 age = (utcnow() - ev.occurred_at).total_seconds()
@@ -187,10 +193,10 @@ class Indexer:
             status=Status.FAILED, stage=INDEXER.name, about="acl", error=why))]
 
     def _write(self, chunks: dict[int, list[ChunkRecord]], events: Sequence[Event], lanes: dict[str, Lane]
-               ) -> dict[int, Exception]:
+               ) -> dict[int, Exception | list[Out]]:
         """Upsert into each generation's index and the store; retry refused objects; map what still fails to its
-        event."""
-        failed: dict[int, Exception] = {}
+        event (and a part of a generation dropped meanwhile to no outputs)."""
+        failed: dict[int, Exception | list[Out]] = {}
         for name, lane in lanes.items():
             mine = {i: records for i, records in chunks.items()
                     if isinstance(ev := events[i], ChunksEmbedded) and ev.generation == name}
@@ -198,29 +204,45 @@ class Indexer:
                 continue
             owner = {c.chunk_id: i for i, records in mine.items() for c in records}
             todo_all = list({c.chunk_id: c for records in mine.values() for c in records}.values())
-            todo, failures = todo_all, []
+            todo: list[ChunkRecord] = todo_all
+            failures: list[WriteFailure] | None = []
             for _ in range(OBJECT_RETRIES + 1):  # a batch may repeat an event (redelivery): one object per id
-                failures = lane.index.upsert(todo)
+                failures = self._on(name, functools.partial(lane.index.upsert, todo))
                 if not failures:
                     break
                 refused = {f.chunk_id for f in failures}
                 todo = [c for c in todo if c.chunk_id in refused]
-            here = {owner[f.chunk_id]: PoisonMessageError(f"vector index refused chunk {f.chunk_id}: {f.message}")
-                    for f in failures}
+            if failures is None:  # the generation was dropped meanwhile: nothing of it to write
+                failed |= {i: [] for i in mine}
+                continue
+            here: dict[int, Exception | list[Out]] = {
+                owner[f.chunk_id]: PoisonMessageError(f"vector index refused chunk {f.chunk_id}: {f.message}")
+                for f in failures}
             self._store.upsert_chunks(
                 [c for c in todo_all if owner[c.chunk_id] not in here and c.level is Level.CHUNK], name)
             failed |= here
         return failed
 
-    def _delete(self, ev: DocumentDeleted, lanes: Sequence[Lane]) -> list[Out]:
+    def _delete(self, ev: DocumentDeleted, lanes: Sequence[tuple[Generation, Lane]]) -> list[Out]:
         version = ev.effective_version
         applied = self._store.apply_status(DocumentRecord(ev.tenant, ev.document_id, version, Status.DELETED))
         doc = self._store.get_document(ev.tenant, ev.document_id)
         bound = cleanup_bound(doc) if doc is not None else version + 1
-        for lane in lanes:
-            lane.index.delete_versions(ev.tenant, ev.document_id, below=bound)
+        for g, lane in lanes:
+            self._on(g.name, functools.partial(lane.index.delete_versions, ev.tenant, ev.document_id, below=bound))
         self._store.delete_chunk_versions(ev.tenant, ev.document_id, below=bound)
         return [status(ev, Status.DELETED, version=version)] if applied else []
+
+    def _on(self, generation: str, write: Callable[[], T]) -> T | None:
+        """A write into one generation's index; None when it failed because that generation was dropped while the
+        batch ran (its index is gone: `ragbus reindex cancel` or `drop-old`), which is no failure of the event."""
+        try:
+            return write()
+        except Exception:
+            if any(g.name == generation for g in self._store.generations()):
+                raise
+            log.info("index generation dropped during the batch; its writes are skipped", generation=generation)
+            return None
 
     def _maybe_finish(self, ev: ChunksEmbedded, lane: Lane, serving: Generation, building: list[str]) -> list[Out]:
         stored = sum(1 for _, v in self._store.chunk_versions(ev.tenant, ev.document_id, ev.generation)

@@ -16,7 +16,6 @@ missing and must be published again). Kafka's retention does not matter: the reb
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -195,13 +194,14 @@ def drop(store: DocumentStore, settings: Settings, state: State) -> Generation:
         raise ReindexError("no generation is building: nothing to cancel" if state is State.BUILDING
                            else "no old generation is kept: nothing to drop")
     try:
-        store.drop_generation(generation.name)  # stages stop writing to it at their next batch
+        # forgotten first: stages stop writing to it at their next batch, and a batch already writing to it when
+        # its index goes skips those writes (consumers/indexer.py); no query reads a generation that is not serving
+        store.drop_generation(generation.name)
     except GenerationConflict as exc:
         raise ReindexError(str(exc)) from None
     from infra.models.embedder import embedding_dim
 
     gs = wiring.for_generation(settings, generation.build)
-    time.sleep(1.0)  # a batch in flight in the indexer finishes before its table goes
     index = wiring.build_index(gs, embedding_dim(generation.build.model), generation.name, generation.build)
     index.drop()
     index.close()

@@ -260,3 +260,31 @@ def test_a_version_chunked_before_the_generation_was_recorded_is_rebuilt_for_it(
     gens.run(again)
     assert gens.versions("g2", "a") == {2} and gens.store.progress("g2").caught_up
     assert not gens.republished  # a version chunked for both is never re-published
+
+
+class Gone:
+    """A dropped generation's index, as a process still holding it sees it: every write fails."""
+
+    def __getattr__(self, name: str) -> Any:
+        def fail(*_: Any, **__: Any) -> Any:
+            raise RuntimeError("lance error: Not found: chunks_g2.lance/_versions")
+        return fail
+
+
+def test_a_generation_dropped_while_a_batch_writes_to_it_costs_nothing_else(gens: Generations) -> None:
+    gens.run(doc("a", 1))
+    gens.store.start_generation(G2, 0)
+    chunked = [o.event for o in chunk_event(doc("b", 1), gens.chunkers.each(), gens.store.get_content)
+               if o.topic is TOPICS.chunks]
+    embedded = [o.event for r in embed_events(chunked, lambda _: gens.cached) if not isinstance(r, Exception)
+                for o in r if o.topic is TOPICS.embedded]
+    seen_before = gens.store.generations()  # the batch began while g2 was live
+    lanes: Lanes[Lane] = Lanes(lambda: seen_before, lambda g: gens.indexes.get(g.name) if g.name == FIRST
+                               else Lane(Gone(), gens.embedder.dim))  # type: ignore[arg-type]
+    indexer = Indexer(lanes, gens.store, Metrics())
+    with pytest.raises(RuntimeError, match="Not found"):  # g2 still recorded: a real failure, the batch waits
+        indexer.handle(embedded)
+    gens.store.drop_generation("g2")  # `ragbus reindex cancel`
+    results = indexer.handle(embedded)
+    assert not any(isinstance(r, Exception) for r in results)
+    assert gens.versions(FIRST, "b") == {1}
