@@ -1,7 +1,10 @@
 """A rebuild into a new index generation, measured from outside (CLI, topics), against a fresh ingest.
 
-    python bench/reindex.py [--set ../shared/data/pydocs-faq-dev] [--chunk-size 128] [--queries 60]
-                            [--probes 5] [--deletes 20] [--second-model] [--json]
+    python bench/reindex.py [--set ../shared/data/pydocs-faq-dev] [--docs 1000] [--chunk-size 128]
+                            [--queries 60] [--probes 5] [--deletes 20] [--second-model] [--json]
+
+`--docs N` uses every judged document of the set and the set's first others up to N (written to a temporary
+BEIR directory; the set's queries all keep their answers), so a run fits a busy machine; 0: the whole corpus.
 
 With `--second-model` the new generation also changes the embedding model: a second model built here from the
 packaged all-MiniLM-L6-v2 by keeping its first 3 of 6 transformer layers (sentence-transformers, saved to a
@@ -81,6 +84,21 @@ def second_model(path: Path) -> Path:
     return path
 
 
+def subset(directory: Path, docs: int, into: Path) -> Path:
+    """The set with its judged documents and its first other documents up to `docs` in all."""
+    if docs <= 0:
+        return directory
+    judged = {line.split("\t")[1] for line in (directory / "qrels.tsv").read_text().splitlines()[1:] if line}
+    rows = [json.loads(line) for line in (directory / "corpus.jsonl").read_text().splitlines() if line]
+    kept = [r for r in rows if r["id"] in judged]
+    kept += [r for r in rows if r["id"] not in judged][:max(0, docs - len(kept))]
+    into.mkdir(parents=True)
+    (into / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+    for name in ("queries.jsonl", "qrels.tsv"):
+        (into / name).write_text((directory / name).read_text())
+    return into
+
+
 def evaluate_set(settings: Settings, directory: Path, ingest: bool) -> dict[str, Any]:
     args = ["eval", str(directory), "--tenant", TENANT, "--json"] + ([] if ingest else ["--no-ingest"])
     result: dict[str, Any] = json.loads(ragbus(settings, *args).stdout.strip().splitlines()[-1])
@@ -140,6 +158,7 @@ def audit(settings: Settings, chunk_size: int, deleted: list[str]) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--set", type=Path, default=DEFAULT_SET)
+    ap.add_argument("--docs", type=int, default=1000)
     ap.add_argument("--chunk-size", type=int, default=128)
     ap.add_argument("--queries", type=int, default=60)
     ap.add_argument("--probes", type=int, default=5)
@@ -152,6 +171,8 @@ def main() -> None:
     os.environ.pop("RAGBUS_KAFKA_BOOTSTRAP_SERVERS", None)
     os.environ.setdefault("RAGBUS_LOG_LEVEL", "WARNING")
     with tempfile.TemporaryDirectory(prefix="ragbus-reindex-") as tmp:
+        args.set = subset(args.set, args.docs, Path(tmp) / "set")
+        result["documents_in_set"] = sum(1 for _ in (args.set / "corpus.jsonl").open())
         model = str(second_model(Path(tmp) / "minilm-l3")) if args.second_model else None
         result["model"] = "all-MiniLM-L6-v2 cut to 3 layers" if model else "unchanged"
         os.environ["RAGBUS_DATA_DIR"] = str(Path(tmp) / "a")
