@@ -14,9 +14,10 @@ directory; ragbus exports it to ONNX on first use), so the rebuild re-embeds eve
    ingests the set's corpus and scores it: the serving generation g1.
 2. Idle: `--queries` retrieve-only queries one at a time (round trip, and the answer's `retrieve_ms`), and
    `--probes` freshness probes (a short document with a unique token, queried until cited).
-3. `ragbus reindex start --chunk-size N`; `--deletes` documents deleted with `ragbus delete` right after. While
-   the rebuild runs: the same queries and probes, again and again, until `ragbus reindex status --json` says
-   caught up. Rebuild throughput = documents queued / seconds from `start` to caught up.
+3. `ragbus reindex start --chunk-size N --window W` (in the background: it runs until the last document is
+   published); `--deletes` documents deleted with `ragbus delete` once the generation is recorded. While the
+   rebuild runs: the same queries and probes, again and again, until `ragbus reindex status --json` says caught
+   up. Rebuild throughput = documents queued / seconds from `start` to caught up.
 4. `ragbus reindex switch`; the audit (every indexed document at its current version in g2, its chunks cut at
    N; no chunk of a deleted one in g2); `ragbus eval SET --no-ingest` on g2.
 5. Stack B, fresh, configured with chunk size N from the start: `ragbus eval SET` (a fresh ingest with the same
@@ -163,6 +164,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=60)
     ap.add_argument("--probes", type=int, default=5)
     ap.add_argument("--deletes", type=int, default=20)
+    ap.add_argument("--window", type=int, default=64, help="`ragbus reindex start --window`")
     ap.add_argument("--second-model", action="store_true", help="the new generation also changes the model")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -185,17 +187,26 @@ def main() -> None:
             result["idle"] = phase(child, texts, args.queries, args.probes)
 
             started = time.perf_counter()
-            ragbus(child, "reindex", "start", "--chunk-size", str(args.chunk_size),
-                   *(["--model", model] if model else []))
-            published_s = time.perf_counter() - started
+            published_at: list[float] = []
+
+            def start() -> None:  # runs until the last document is published (at most --window in flight)
+                ragbus(child, "reindex", "start", "--chunk-size", str(args.chunk_size), "--window", str(args.window),
+                       *(["--model", model] if model else []))
+                published_at.append(time.perf_counter())
+
+            starter = threading.Thread(target=start, daemon=True)
+            starter.start()
             ids = [d.document_id for d in wiring.build_store(child).list_documents(TENANT, 1_000_000)]
             deleted = ids[:: max(1, len(ids) // max(1, args.deletes))][:args.deletes]
+            while not any(g.name == "g2" for g in wiring.build_store(child).generations()):
+                time.sleep(0.2)
             if deleted:
                 ragbus(child, "delete", *deleted, "--tenant", TENANT)
             during: list[dict[str, Any]] = []
             caught_up_at: list[float] = []
 
             def watch() -> None:
+                starter.join()
                 while not generation(child, "g2")["caught_up"]:
                     time.sleep(1.0)
                 caught_up_at.append(time.perf_counter())
@@ -206,7 +217,8 @@ def main() -> None:
                 during.append(phase(child, texts, args.queries, args.probes))
             g2_row = generation(child, "g2")
             rebuild_s = caught_up_at[0] - started
-            result["rebuild"] = {"queued": g2_row["queued"], "publish_s": round(published_s, 1),
+            result["rebuild"] = {"queued": g2_row["queued"], "window": args.window,
+                                 "publish_s": round(published_at[0] - started, 1),
                                  "caught_up_s": round(rebuild_s, 1),
                                  "documents_per_s": round(g2_row["queued"] / rebuild_s, 2),
                                  "deleted_during": len(deleted), "rounds_measured": len(during)}

@@ -494,9 +494,13 @@ def reindex_start(model: str = typer.Option(None, help="embedding model of the n
                                                                              "RAGBUS_CHUNK_SIZE_TOKENS)"),
                   chunk_overlap: int = typer.Option(None, min=0, max=256, help="default: RAGBUS_CHUNK_OVERLAP_TOKENS"),
                   query_prefix: str = typer.Option(None, help="default: RAGBUS_EMBEDDER_QUERY_PREFIX"),
-                  passage_prefix: str = typer.Option(None, help="default: RAGBUS_EMBEDDER_PASSAGE_PREFIX")) -> None:
-    """Record a new index generation and publish its rebuild from the documents ragbus holds; the serving one
-    keeps answering, and every new event reaches both."""
+                  passage_prefix: str = typer.Option(None, help="default: RAGBUS_EMBEDDER_PASSAGE_PREFIX"),
+                  window: int = typer.Option(64, min=0, help="documents of the rebuild in flight at most, so new "
+                                                             "documents never queue behind the whole rebuild (0: "
+                                                             "publish all at once)")) -> None:
+    """Record a new index generation and publish its rebuild from the documents ragbus holds, at most `--window`
+    in flight (the command runs until the last is published; `ragbus reindex resume` continues after an
+    interruption); the serving one keeps answering, and every new event reaches both."""
     import dataclasses
 
     from rich.progress import Progress
@@ -516,8 +520,8 @@ def reindex_start(model: str = typer.Option(None, help="embedding model of the n
     check_reachable(settings)
     store = wiring.build_store(settings)
     with Progress(transient=True) as progress:
-        bar = progress.add_task("publishing the rebuild", total=store.status_counts().get("indexed", 0))
-        generation, done = reindex.start(settings, store, build, lambda n: progress.advance(bar, n))
+        bar = progress.add_task("rebuilding", total=store.status_counts().get("indexed", 0))
+        generation, done = reindex.start(settings, store, build, lambda n: progress.advance(bar, n), window)
     settings_text = ", ".join(f"{k}={v!r}" for k, v in generation.build.__dict__.items())
     typer.echo(f"{generation.name} is building ({settings_text}): {done.published} documents queued", err=True)
     _missing(done.missing)
@@ -532,7 +536,8 @@ def _missing(missing: list[tuple[str, str]]) -> None:
 
 
 @reindex_app.command("resume")
-def reindex_resume() -> None:
+def reindex_resume(window: int = typer.Option(64, min=0, help="documents in flight at most (0: all at once)")
+                   ) -> None:
     """Re-publish what the building generation still lacks (after `reindex start` died half-way through
     publishing)."""
     from engine.clients import check_reachable
@@ -541,7 +546,7 @@ def reindex_resume() -> None:
 
     settings = _settings(traced=True)
     check_reachable(settings)
-    generation, done = reindex.resume(settings, wiring.build_store(settings))
+    generation, done = reindex.resume(settings, wiring.build_store(settings), window=window)
     typer.echo(f"{generation.name}: {done.published} documents re-published", err=True)
     _missing(done.missing)
 

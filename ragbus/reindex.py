@@ -16,6 +16,8 @@ missing and must be published again). Kafka's retention does not matter: the reb
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -70,7 +72,7 @@ def check_build(settings: Settings, build: Build) -> None:
 
 
 def start(settings: Settings, store: DocumentStore, build: Build,
-          progress: Callable[[int], None] = lambda _: None) -> tuple[Generation, Published]:
+          progress: Callable[[int], None] = lambda _: None, window: int = 0) -> tuple[Generation, Published]:
     generations = _generations(store, settings)
     now = serving(generations)
     if now.build == build:
@@ -83,17 +85,18 @@ def start(settings: Settings, store: DocumentStore, build: Build,
         raise ReindexError(str(exc)) from None
     log.info("index generation recorded; publishing the rebuild", generation=generation.name,
              differs="; ".join(now.build.differences(build)))
-    done = publish(settings, store, generation.name, _indexed(store), progress)
+    store.set_queued(generation.name, store.progress(generation.name).total)
+    done = publish(settings, store, generation.name, _indexed(store), progress, window)
     store.set_queued(generation.name, done.published)
     return generation, done
 
 
-def resume(settings: Settings, store: DocumentStore, progress: Callable[[int], None] = lambda _: None
-           ) -> tuple[Generation, Published]:
+def resume(settings: Settings, store: DocumentStore, progress: Callable[[int], None] = lambda _: None,
+           window: int = 0) -> tuple[Generation, Published]:
     building = in_state(_generations(store, settings), State.BUILDING)
     if building is None:
         raise ReindexError("no generation is building: start one with `ragbus reindex start`")
-    return building, publish(settings, store, building.name, _behind(store, building.name), progress)
+    return building, publish(settings, store, building.name, _behind(store, building.name), progress, window)
 
 
 def _indexed(store: DocumentStore) -> Iterator[DocumentRecord]:
@@ -121,10 +124,49 @@ def reindex_event(doc: DocumentRecord, generation: str) -> DocumentReindex:
         content_type=ContentType(doc.content_type), title=doc.title, source=doc.source, metadata=dict(doc.metadata))
 
 
+class Window:
+    """The rebuild's flow control: at most `size` published documents not yet indexed in the new generation.
+    The documents topic is first come, first served, so everything published at once would queue new documents
+    behind the whole rebuild (measured: new documents not searchable for minutes, bench/RESULTS.md, issue 27);
+    with a window they wait behind at most `size`. A document counts as done once the generation has its
+    version or a newer one, or the document moved on (a newer version or a delete: the live events carry it);
+    one that is not done after `stall_s` stops counting (it shows in `ragbus reindex status`)."""
+
+    def __init__(self, store: DocumentStore, generation: str, size: int, stall_s: float = 60.0,
+                 poll_s: float = 0.2) -> None:
+        self._store, self._generation, self._size = store, generation, size
+        self._stall_s, self._poll_s = stall_s, poll_s
+        self._open: deque[tuple[DocumentRecord, float]] = deque()
+
+    def _done(self, doc: DocumentRecord) -> bool:
+        if (self._store.indexed_version(self._generation, doc.tenant, doc.document_id) or -1) >= doc.version:
+            return True
+        now = self._store.get_document(doc.tenant, doc.document_id)
+        return now is None or now.version > doc.version or now.status.value == "deleted"
+
+    def admit(self, doc: DocumentRecord) -> None:
+        """Wait until one more document may be in flight, then count `doc` as in flight."""
+        if self._size <= 0:
+            return
+        while len(self._open) >= self._size:
+            now = time.monotonic()
+            still = deque((d, since) for d, since in self._open if not self._done(d))  # done in any order
+            for d, since in [x for x in still if now - x[1] > self._stall_s]:
+                log.warning("a rebuilt document is not indexed in the new generation yet; not waiting for it",
+                            generation=self._generation, document_id=d.document_id, waited_s=round(now - since))
+                still.remove((d, since))
+            self._open = still
+            if len(self._open) >= self._size:
+                time.sleep(self._poll_s)
+        self._open.append((doc, time.monotonic()))
+
+
 def publish(settings: Settings, store: DocumentStore, generation: str, documents: Iterator[DocumentRecord],
-            progress: Callable[[int], None]) -> Published:
-    """One `document.reindex` per document whose content the store holds, onto the documents topic."""
+            progress: Callable[[int], None], window: int = 0) -> Published:
+    """One `document.reindex` per document whose content the store holds, onto the documents topic; with
+    `window`, at most that many in flight at a time (Window)."""
     producer = EventProducer(settings)
+    flow = Window(store, generation, window)
     sent, missing = 0, []
     for doc in documents:
         try:
@@ -135,6 +177,9 @@ def publish(settings: Settings, store: DocumentStore, generation: str, documents
             missing.append((doc.tenant, doc.document_id))
             continue
         event = reindex_event(doc, generation)
+        if window:
+            producer.flush()  # what is in flight is on the topic: the window waits for work that can progress
+            flow.admit(doc)
         producer.send(TOPICS.documents, document_key(doc.tenant, doc.document_id), event)
         sent += 1
         progress(1)

@@ -156,3 +156,33 @@ def test_a_stage_serves_the_generation_as_it_was_built_whatever_the_settings_say
                      settings.chunker.overlap_tokens)
     assert {p.generation for p in parts} == {FIRST}
     assert parts[0].total_chunks == len(served.chunk(parts[0].content_type, text))  # g1's 200, not 400
+
+
+def test_the_rebuild_window_waits_for_the_new_generation_and_never_forever(
+        setup: tuple[Settings, SqliteDocumentStore]) -> None:
+    import threading
+    import time
+
+    settings, store = setup
+    docs = []
+    for doc in ("a", "b", "c", "d"):
+        store.apply_status(DocumentRecord("default", doc, 1, Status.INDEXED, 1, "", "0" * 64))
+        docs.append(store.get_document("default", doc))
+    store.start_generation(dataclasses.replace(wiring.build_of(settings), chunk_size=100), 4)
+    window = reindex.Window(store, "g2", 2, stall_s=5.0, poll_s=0.01)
+    window.admit(docs[0])  # type: ignore[arg-type]
+    window.admit(docs[1])  # type: ignore[arg-type]
+    threading.Timer(0.3, lambda: store.mark_indexed("g2", "default", "b", 1)).start()  # b first: any order
+    started = time.monotonic()
+    window.admit(docs[2])  # type: ignore[arg-type]
+    assert 0.25 < time.monotonic() - started < 3
+    store.apply_status(DocumentRecord("default", "a", 2, Status.CHUNKED))  # a moved on: its live event carries it
+    started = time.monotonic()
+    window.admit(docs[3])  # type: ignore[arg-type]
+    assert time.monotonic() - started < 1
+
+    stalled = reindex.Window(store, "g2", 1, stall_s=0.2, poll_s=0.01)
+    stalled.admit(docs[2])  # type: ignore[arg-type]  # c never gets indexed in g2
+    started = time.monotonic()
+    stalled.admit(docs[3])  # type: ignore[arg-type]
+    assert 0.15 < time.monotonic() - started < 3
