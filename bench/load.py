@@ -215,8 +215,9 @@ def dist(values: list[float]) -> dict[str, float]:
         "max": round(max(values, default=float("nan")), 1)}
 
 
-#: The processes of the ingest side (`ragbus up`'s labels): what `--ingest-nice` lowers.
-INGEST_SIDE = ("chunker", "embedder", "indexer,status")
+#: The processes `--ingest-nice` renices (`ragbus up`'s labels): the ingest side but the embedder, which has its
+#: own RAGBUS_EMBEDDER_NICE; what RAGBUS_INGEST_NICE sets.
+INGEST_SIDE = ("chunker", "indexer,status")
 
 
 def renice(pids: list[int], nice: int | None, saved: dict[int, int]) -> None:
@@ -254,7 +255,11 @@ def measure(settings: Settings, rates: list[float], seconds: float, ingest_docs:
                 out["no_ingest"].append(phase(stack, producer, answers, questions, rate, seconds, drain_s, account))
                 say(line("no ingest", out["no_ingest"][-1]))
             side = [pid for label, pid in stack.pids().items() if label in INGEST_SIDE]
-            for rate, nice in itertools.product(rates, (None,) if ingest_nice is None else (None, ingest_nice)):
+            # with --ingest-nice, as configured and reniced in turn, the first of each pair alternating (ABBA...):
+            # the ingest's start (the chunker splitting every document at once) falls in the first phase
+            pairs = [(None,) if ingest_nice is None else (None, ingest_nice) if k % 2 == 0 else (ingest_nice, None)
+                     for k in range(len(rates))]
+            for rate, nice in ((r, n) for r, pair in zip(rates, pairs, strict=True) for n in pair):
                 if ingest.progress()[0] < ingest_docs // 2:
                     ingest.publish(ingest_docs)
                     time.sleep(5)  # the chunker has split the first documents: the embedder is busy
@@ -268,9 +273,9 @@ def measure(settings: Settings, rates: list[float], seconds: float, ingest_docs:
                 pending, chunks = ingest.progress()
                 result["ingest"] = {"documents_published": len(ingest.published), "pending_at_start": pending_before,
                                     "pending_at_end": pending, "chunks_indexed_during": chunks - chunks_before,
-                                    "ingest_side_nice": "as configured" if nice is None else nice}
+                                    "chunker_indexer_nice": "as configured" if nice is None else nice}
                 out["while_ingesting"].append(result)
-                say(line("while ingesting" + ("" if nice is None else f", ingest side at nice {nice}"), result))
+                say(line("while ingesting" + ("" if nice is None else f", chunker and indexer at nice {nice}"), result))
             out["ingest_failed_documents"] = sum(1 for c in ingest.final.values() if c < 0)
         finally:
             for reader in readers:
@@ -298,15 +303,15 @@ def main() -> None:
     ap.add_argument("--drain", type=float, default=30, help="seconds to wait for answers after the last send")
     ap.add_argument("--data-dir", type=Path, help="reuse (or create) this data directory; default: a temporary one")
     ap.add_argument("--ingest-nice", type=int, metavar="N",
-                    help="an experiment: every rate while ingesting twice, as configured and then with every thread "
-                         "of the ingest side's processes (chunker, embedder, indexer) at nice N")
+                    help="an experiment: every rate while ingesting twice, as configured and with every thread of "
+                         "the chunker's and indexer's processes at nice N (as RAGBUS_INGEST_NICE sets it), ABBA")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     os.environ.pop("RAGBUS_KAFKA_BOOTSTRAP_SERVERS", None)
     os.environ.setdefault("RAGBUS_LOG_LEVEL", "WARNING")
     os.environ["RAGBUS_METRICS_HOST"] = "127.0.0.1"
     os.environ["RAGBUS_METRICS_PORT"] = str(free_range(len(PROCESSES)))
-    say = (lambda _: None) if args.json else print
+    say = (lambda text: print(text, file=sys.stderr, flush=True)) if args.json else print
     with tempfile.TemporaryDirectory(prefix="ragbus-load-") as tmp:
         os.environ["RAGBUS_DATA_DIR"] = str(args.data_dir or tmp)
         settings = Settings()
@@ -316,7 +321,7 @@ def main() -> None:
         result = measure(settings, [float(r) for r in args.rates.split(",")], args.seconds, args.ingest_docs,
                          args.drain, say, args.ingest_nice)
     result = {"preloaded_chunks": chunks, "seconds": args.seconds, "embedder": settings.embedder.backend,
-              "embedder_nice": settings.embedder.nice, **result, **run_facts()}
+              "embedder_nice": settings.embedder.nice, "ingest_nice": settings.ingest_nice, **result, **run_facts()}
     if args.json:
         print(json.dumps(result))
 
