@@ -342,12 +342,6 @@ class Settings(BaseSettings):
     liveness_timeout_s: float = Field(60.0, gt=0)
     #: Stamped on `ragbus_build_info` and trace resources (the image sets it to the commit it was built from).
     build_revision: str = Field("unknown", max_length=64)
-    #: CPU priority (Unix nice, 0-19) of the chunker's and the indexer's processes, as RAGBUS_EMBEDDER_NICE is the
-    #: embedder's: batch work that would otherwise take the cores from interactive queries. The chunker splits a
-    #: bulk ingest's documents as fast as they come (~48 ms of CPU per long page, a core for a minute for 1,000
-    #: pages) at nice 0; at nice 10 the answerer's round trip p50/p95 at 20 queries/s during that ingest went from
-    #: 619/1635 to 190/759 ms on 2 shared cores (bench/load.py, bench/RESULTS.md, issue 26).
-    ingest_nice: int = Field(10, ge=0, le=19)
 
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)

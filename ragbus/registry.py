@@ -103,20 +103,11 @@ def build(name: str, ctx: Context) -> Stage[Any]:
     return stage
 
 
-def lower_priority(nice: int) -> None:
-    """The calling thread, and every thread it starts from now on (a stage's runner, its libraries' pools), at CPU
-    priority `nice` at least (Linux keeps a nice value per thread; threads inherit their creator's). Never raises
-    the priority, so it may be called once per stage of a process."""
-    if nice and hasattr(os, "setpriority"):
-        os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
-
-
 @registers(CHUNKER)
 def build_chunker(ctx: Context) -> Stage[DocumentArrived | DocumentDeleted | DocumentAclChanged]:
     from infra.models.embedder import load_tokenizer  # the tokenizer, in the chunker's process only
 
     s = ctx.settings
-    lower_priority(s.ingest_nice)  # batch work: the answerer's queries go first (RAGBUS_INGEST_NICE)
     split = Chunker(load_tokenizer(s.embedder.model), s.chunker.size_tokens, s.chunker.overlap_tokens)
     return chunker.stage(split, wiring.build_store(s).get_content, wiring.build_fetcher(s))
 
@@ -150,7 +141,6 @@ def _index(settings: Settings) -> tuple[VectorIndex, int]:
 @registers(INDEXER)
 def build_indexer(ctx: Context) -> Stage[indexer.Event]:
     s = ctx.settings
-    lower_priority(s.ingest_nice)  # before the index opens: its thread pools inherit it
     index, dim = _index(s)
     ctx.upkeep.append(maintain_forever(index, s.index.maintain_every_s,
                                        ctx.metrics.cpu_seconds.labels(INDEXER.name, "upkeep").inc))

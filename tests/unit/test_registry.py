@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import os
-import sys
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -46,8 +43,7 @@ def test_a_declaration_without_its_factory_stops_ragbus_worker(monkeypatch: pyte
 
 @pytest.mark.parametrize("name", PIPELINE.names())
 def test_each_factory_builds_the_stage_it_is_bound_to(name: str, settings_factory) -> None:  # type: ignore[no-untyped-def]
-    # (the embedder's, chunker's and indexer's factories lower their process's priority)
-    settings = settings_factory(RAGBUS_EMBEDDER_NICE="0", RAGBUS_INGEST_NICE="0")
+    settings = settings_factory(RAGBUS_EMBEDDER_NICE="0")  # (the embedder's factory renices its process)
     published: list[Out] = []
     ctx = registry.Context(settings, Metrics(), None, published.append)
     stage = registry.build(name, ctx)
@@ -140,38 +136,3 @@ def test_the_architecture_table_shows_the_declarations() -> None:
     assert rows == [f"| {s.name} | {s.runtime} | {s.process} | `{s.reads.name}` | "
                     + ", ".join([f"`{t.name}`" for t in s.writes] + ([s.effects] if s.effects else [])) + " |"
                     for s in PIPELINE]
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux keeps a nice value per thread")
-def test_lower_priority_lowers_the_calling_thread_and_what_it_starts_never_raises_it() -> None:
-    """RAGBUS_INGEST_NICE: the chunker's and indexer's factories put their process's threads behind the answerer's.
-    Run in a thread of its own: the test process keeps its priority (raising it back would need privileges)."""
-    seen: dict[str, int] = {}
-
-    def own() -> int:
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
-    def child() -> None:
-        seen["started after"] = own()
-
-    def worker() -> None:
-        start = own()
-        registry.lower_priority(start + 3)
-        seen["lowered"] = own() - start
-        registry.lower_priority(start + 1)  # a second stage of the same process asking for less: kept
-        seen["asked for less"] = own() - start
-        registry.lower_priority(0)  # 0: leave it
-        seen["zero"] = own() - start
-        t = threading.Thread(target=child)
-        t.start()
-        t.join()
-        seen["started after"] -= start
-
-    before = own()
-    if before > 16:
-        pytest.skip("the test runs at nearly the lowest priority already")
-    t = threading.Thread(target=worker)
-    t.start()
-    t.join()
-    assert seen == {"lowered": 3, "asked for less": 3, "zero": 3, "started after": 3}
-    assert own() == before
