@@ -216,7 +216,7 @@ def dist(values: list[float]) -> dict[str, float]:
 
 
 #: The processes `--ingest-nice` renices (`ragbus up`'s labels): the ingest side but the embedder, which has its
-#: own RAGBUS_EMBEDDER_NICE; what RAGBUS_INGEST_NICE sets.
+#: own RAGBUS_EMBEDDER_NICE.
 INGEST_SIDE = ("chunker", "indexer,status")
 
 
@@ -304,7 +304,7 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, help="reuse (or create) this data directory; default: a temporary one")
     ap.add_argument("--ingest-nice", type=int, metavar="N",
                     help="an experiment: every rate while ingesting twice, as configured and with every thread of "
-                         "the chunker's and indexer's processes at nice N (as RAGBUS_INGEST_NICE sets it), ABBA")
+                         "the chunker's and indexer's processes at nice N, in ABBA order")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     os.environ.pop("RAGBUS_KAFKA_BOOTSTRAP_SERVERS", None)
@@ -321,7 +321,7 @@ def main() -> None:
         result = measure(settings, [float(r) for r in args.rates.split(",")], args.seconds, args.ingest_docs,
                          args.drain, say, args.ingest_nice)
     result = {"preloaded_chunks": chunks, "seconds": args.seconds, "embedder": settings.embedder.backend,
-              "embedder_nice": settings.embedder.nice, "ingest_nice": settings.ingest_nice, **result, **run_facts()}
+              "embedder_nice": settings.embedder.nice, **result, **run_facts()}
     if args.json:
         print(json.dumps(result))
 
