@@ -76,6 +76,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "parent evidence 0.5 (metadata parent, else the document)": {"parent_weight": 0.5},
     "no exact-match rule": {"exact_match_ratio": 0.0},
     "chunks only": {"sections": False},
+    # issue 26: half the candidate depth (100 -> 50 per level and retriever) saves ~11% of a query's CPU
+    "candidates 50": {"candidates": 50},
     # issue 12's default without its title grouping (which no longer exists): fixed alpha, no heading field
     "before issue 22, without title grouping": {"strong_keyword_alpha": 0.7, "heading_weight": 0.0,
                                                 "parent_weight": 0.5},
