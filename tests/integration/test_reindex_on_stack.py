@@ -24,7 +24,9 @@ from schemas.topics import TOPICS
 from tests.conftest import ROOT
 from tests.integration.helpers import wait_until
 
-pytestmark = pytest.mark.broker
+# a stack of its own and a dozen CLI processes, each loading the settings and some the model: ~1 minute on
+# 2 idle cores, several on busy ones
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(600)]
 
 ANIMALS = {
     "owl": "Owls turn their heads 270 degrees. " * 30,
