@@ -164,7 +164,9 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=60)
     ap.add_argument("--probes", type=int, default=5)
     ap.add_argument("--deletes", type=int, default=20)
-    ap.add_argument("--window", type=int, default=64, help="`ragbus reindex start --window`")
+    ap.add_argument("--window", type=int, default=16, help="`ragbus reindex start --window`")
+    ap.add_argument("--quiet-rebuild", action="store_true",
+                    help="no queries or probes during the rebuild (its throughput alone, like the fresh ingest's)")
     ap.add_argument("--second-model", action="store_true", help="the new generation also changes the model")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -214,7 +216,10 @@ def main() -> None:
             watcher = threading.Thread(target=watch, daemon=True)
             watcher.start()
             while watcher.is_alive():
-                during.append(phase(child, texts, args.queries, args.probes))
+                if args.quiet_rebuild:  # throughput alone, as a fresh ingest is measured: nothing else running
+                    watcher.join()
+                else:
+                    during.append(phase(child, texts, args.queries, args.probes))
             g2_row = generation(child, "g2")
             rebuild_s = caught_up_at[0] - started
             result["rebuild"] = {"queued": g2_row["queued"], "window": args.window,

@@ -495,7 +495,7 @@ def reindex_start(model: str = typer.Option(None, help="embedding model of the n
                   chunk_overlap: int = typer.Option(None, min=0, max=256, help="default: RAGBUS_CHUNK_OVERLAP_TOKENS"),
                   query_prefix: str = typer.Option(None, help="default: RAGBUS_EMBEDDER_QUERY_PREFIX"),
                   passage_prefix: str = typer.Option(None, help="default: RAGBUS_EMBEDDER_PASSAGE_PREFIX"),
-                  window: int = typer.Option(64, min=0, help="documents of the rebuild in flight at most, so new "
+                  window: int = typer.Option(16, min=0, help="documents of the rebuild in flight at most, so new "
                                                              "documents never queue behind the whole rebuild (0: "
                                                              "publish all at once)")) -> None:
     """Record a new index generation and publish its rebuild from the documents ragbus holds, at most `--window`
@@ -536,7 +536,7 @@ def _missing(missing: list[tuple[str, str]]) -> None:
 
 
 @reindex_app.command("resume")
-def reindex_resume(window: int = typer.Option(64, min=0, help="documents in flight at most (0: all at once)")
+def reindex_resume(window: int = typer.Option(16, min=0, help="documents in flight at most (0: all at once)")
                    ) -> None:
     """Re-publish what the building generation still lacks (after `reindex start` died half-way through
     publishing)."""
