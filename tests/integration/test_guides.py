@@ -202,4 +202,5 @@ def test_dlq_list_json_is_an_array_empty_or_not(published: Settings, settings_fa
     assert dlq_json(fresh) == []
     reasons = {d["key"]: d["reason"] for d in dlq_json(published)}
     assert reasons["acme/handbook/no-type.md"] == ("invalid documents.v1 event: missing field 'type': expected one "
-                                                   "of document.arrived, document.deleted, document.acl_changed")
+                                                   "of document.arrived, document.deleted, document.acl_changed, "
+                                                   "document.reindex")
