@@ -239,7 +239,7 @@ class Indexer:
         try:
             return write()
         except Exception:
-            if any(g.name == generation for g in self._store.generations()):
+            if self._lanes.recorded(generation):
                 raise
             log.info("index generation dropped during the batch; its writes are skipped", generation=generation)
             return None

@@ -257,6 +257,10 @@ class Lanes(Generic[T]):
         lanes.refresh()
         return lanes
 
+    def recorded(self, name: str) -> bool:
+        """Whether `name` is live now, read from the source at once (not the view of the last refresh)."""
+        return any(g.name == name for g in self._source())
+
     def get(self, name: str) -> T | None:
         """What is opened for the live generation `name` (None: not live, or not known yet at this refresh)."""
         with self._lock:

@@ -278,9 +278,9 @@ def test_a_generation_dropped_while_a_batch_writes_to_it_costs_nothing_else(gens
                if o.topic is TOPICS.chunks]
     embedded = [o.event for r in embed_events(chunked, lambda _: gens.cached) if not isinstance(r, Exception)
                 for o in r if o.topic is TOPICS.embedded]
-    seen_before = gens.store.generations()  # the batch began while g2 was live
-    lanes: Lanes[Lane] = Lanes(lambda: seen_before, lambda g: gens.indexes.get(g.name) if g.name == FIRST
-                               else Lane(Gone(), gens.embedder.dim))  # type: ignore[arg-type]
+    # a view refreshed once, before the drop: the batch began while g2 was live
+    lanes: Lanes[Lane] = Lanes(recorded(gens.store, G1), lambda g: gens.indexes.get(g.name) if g.name == FIRST
+                               else Lane(Gone(), gens.embedder.dim), refresh_s=float("inf"))  # type: ignore[arg-type]
     indexer = Indexer(lanes, gens.store, Metrics())
     with pytest.raises(RuntimeError, match="Not found"):  # g2 still recorded: a real failure, the batch waits
         indexer.handle(embedded)
