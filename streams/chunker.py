@@ -26,10 +26,10 @@ from collections.abc import Callable, Sequence
 from chunking.content import accept
 from chunking.splitter import Chunker
 from infra.ops import logs
-from kernel.errors import ConfigurationError, FetchError, PoisonMessageError, RetryableError
+from kernel.errors import ConfigurationError, FetchError, PoisonMessageError
 from kernel.generations import Generation, Lanes
 from kernel.ports import ContentFetcher, FetchedContent
-from kernel.stage import Out, PerEvent, Stage, failed_status
+from kernel.stage import Out, PerEvent, Stage, failed_status, per_event
 from schemas.events import (
     CHUNKS_PER_PART,
     DOCUMENT_MAX_BYTES,
@@ -151,15 +151,10 @@ def handler(lanes: Lanes[Chunker], load: ContentLoader, fetch: ContentFetcher | 
     """Per batch: the live generations read once, then each event on its own (its failure its own)."""
     def handle(events: Sequence[Event]) -> list[PerEvent]:
         chunkers = lanes.each()
-        results: list[PerEvent] = []
-        for event in events:
-            try:
-                results.append(chunk_event(event, chunkers, load, fetch, keep))
-            except (RetryableError, ConfigurationError):
-                raise  # about the stage, not this event: the whole batch waits
-            except Exception as exc:  # this event's failure: it is dead-lettered, the rest go on
-                results.append(exc)
-        return results
+
+        def one(event: Event) -> list[Out]:
+            return chunk_event(event, chunkers, load, fetch, keep)
+        return per_event(one)(events)
     return handle
 
 
