@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
@@ -51,3 +55,13 @@ def wait_until(check: Callable[[], bool], timeout_s: float = 60.0, what: str = "
 
 def headers(msg: Any) -> dict[str, str]:
     return {k: v.decode() for k, v in (msg.headers() or [])}
+
+
+def cli(settings: Settings, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`ragbus ARGS` as a user runs it against the stack of `settings` (only its bootstrap and data directory)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAGBUS_")} | {
+        "RAGBUS_KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers or "",
+        "RAGBUS_DATA_DIR": str(settings.data_dir), "RAGBUS_KAFKA_SESSION_TIMEOUT_MS": "2000"}
+    return subprocess.run([sys.executable, "-m", "ragbus.cli", *args], cwd=cwd or Path(__file__).parents[2], env=env,
+                          capture_output=True, text=True, timeout=300)
+

@@ -4,9 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from infra.settings import Settings
@@ -14,15 +11,7 @@ from ragbus.client import ask_many
 from ragbus.supervisor import Stack
 from schemas.events import QueryRequested
 from schemas.stages import PIPELINE
-from tests.conftest import ROOT
-
-
-def cli(settings: Settings, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAGBUS_")} | {
-        "RAGBUS_KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers or "",
-        "RAGBUS_DATA_DIR": str(settings.data_dir), "RAGBUS_KAFKA_SESSION_TIMEOUT_MS": "2000"}
-    return subprocess.run([sys.executable, "-m", "ragbus.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
+from tests.integration.helpers import cli
 
 
 def test_cli_round_trip(stack: tuple[Stack, Settings], tmp_path: Path) -> None:

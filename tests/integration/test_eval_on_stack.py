@@ -8,7 +8,7 @@ from pathlib import Path
 
 from infra.settings import Settings
 from ragbus.supervisor import Stack
-from tests.integration.test_cli_on_stack import cli
+from tests.integration.helpers import cli
 
 DOCS = {
     "faq/general#1": ("General FAQ / Giraffes", "Giraffes have seven neck vertebrae, like most mammals."),

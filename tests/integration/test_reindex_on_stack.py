@@ -6,9 +6,7 @@ generation, a rollback and the drop of the old one."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +19,7 @@ from infra.stores.lance import LanceVectorIndex
 from infra.stores.sqlite import SqliteDocumentStore
 from ragbus.supervisor import Stack
 from schemas.topics import TOPICS
-from tests.conftest import ROOT
-from tests.integration.helpers import wait_until
+from tests.integration.helpers import cli, wait_until
 
 # a stack of its own and a dozen CLI processes, each loading the settings and some the model: ~1 minute on
 # 2 idle cores, several on busy ones
@@ -46,14 +43,6 @@ def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack,
     with Stack(Settings()) as s:
         yield s, s.child_settings()
     mp.undo()
-
-
-def cli(settings: Settings, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAGBUS_")} | {
-        "RAGBUS_KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers or "",
-        "RAGBUS_DATA_DIR": str(settings.data_dir), "RAGBUS_KAFKA_SESSION_TIMEOUT_MS": "2000"}
-    return subprocess.run([sys.executable, "-m", "ragbus.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=300)
 
 
 def generations(settings: Settings) -> dict[str, dict[str, object]]:
