@@ -2,7 +2,8 @@
 
     python bench/query_profile.py INDEX_DIR SET_DIR [--repeat 3] [--profile OUT.prof] [--json]
 
-INDEX_DIR is a set's index as bench/retrieval.py keeps it (bench/out/lab/<set>-<hash>, holding `lance/`),
+INDEX_DIR is a set's index as bench/retrieval.py keeps it (bench/out/lab/<set>-<hash>, holding `lance/`) or a
+stack's data directory (with `--tenant`, the tenant `ragbus eval --tenant` ingested the set into),
 SET_DIR the set itself (its queries.jsonl), e.g. bench/out/lab/packages-20k-* and bench/out/sets/packages-20k.
 The question vectors are embedded once first (the answerer embeds each question: that cost is reported apart).
 Every query then runs through `Retriever.retrieve` with the configured settings, `--repeat` times, timed whole
@@ -73,12 +74,20 @@ def dist(values: list[float]) -> dict[str, float]:
     return {"p50": round(percentile(values, 50), 2), "p95": round(percentile(values, 95), 2)}
 
 
+def _parts(table: Any, name: str) -> int | None:
+    """How many pieces (the index and its deltas) a search of this index reads; None when there is no index."""
+    stats = table.index_stats(name)
+    return None if stats is None else int(stats.num_indices)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("index_dir", type=Path)
     ap.add_argument("set_dir", type=Path)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--top-k", type=int, default=5)
+    ap.add_argument("--tenant", default=TENANT, help="the tenant the set was ingested into (a stack's data "
+                    "directory: the one `ragbus eval --tenant` used)")
     ap.add_argument("--profile", type=Path, help="write a cProfile of the timed queries here")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -89,7 +98,7 @@ def main() -> None:
     vectors = Vectors(wiring.query_embedder(settings), texts)
     retriever = Retriever(vectors, timed, wiring.retrieval_config(settings))  # type: ignore[arg-type]
     for text in texts:  # warm the index's caches
-        retriever.retrieve(TENANT, text, args.top_k)
+        retriever.retrieve(args.tenant, text, args.top_k)
     total, search, sections = [], [], []
     profiler = cProfile.Profile() if args.profile else None
     cpu0 = time.process_time()
@@ -100,7 +109,7 @@ def main() -> None:
             t = time.perf_counter()
             if profiler:
                 profiler.enable()
-            retriever.retrieve(TENANT, text, args.top_k)
+            retriever.retrieve(args.tenant, text, args.top_k)
             if profiler:
                 profiler.disable()
             total.append((time.perf_counter() - t) * 1000)
@@ -111,7 +120,10 @@ def main() -> None:
     if profiler and args.profile:
         profiler.dump_stats(str(args.profile))
     rest = [t - s - c for t, s, c in zip(total, search, sections, strict=True)]
-    emit({"rows": index.count(TENANT), "queries": n, "retrieve_ms_without_embedding": dist(total),
+    table = index._table  # type: ignore[attr-defined]  # LanceDB directly: how the index is laid out
+    emit({"rows": index.count(args.tenant), "table_rows": table.count_rows(),
+          "vector_index_parts": _parts(table, "vector_idx"), "text_index_parts": _parts(table, "text_idx"),
+          "queries": n, "retrieve_ms_without_embedding": dist(total),
           "index_search_ms": dist(search), "section_lookup_ms": dist(sections), "filter_and_fusion_ms": dist(rest),
           "process_cpu_ms_per_query": round(cpu_ms, 2),
           "wall_ms_per_query": round((time.perf_counter() - wall0) * 1000 / n, 2),

@@ -8,6 +8,15 @@ them. Folding whenever any row was new (as the index did before) kept a core bus
 documents, the embedder's core: new rows are searchable at once anyway (LanceDB scans what its indexes do not
 cover), so the policy only bounds what that scan costs a search. `force` folds everything now.
 
+Folding new rows into the ANN index adds a delta index each time (LanceDB's `optimize` merges deltas only when an
+IVF partition splits, and its Python API does not expose Lance's `num_indices_to_merge`), and every search reads
+every delta: at 20,000 documents ingested through the bus the index had 21 parts, and a query's search cost 32.9 ms
+instead of 19.7 ms with one part (46 against 29 ms of CPU; bench/RESULTS.md, issue 26). So once the vector index has
+more than MAX_VECTOR_PARTS parts, maintenance rebuilds it as one (12 s of CPU at 41,000 rows, 6.5 s on two cores),
+under the same MAX_SHARE rest as the rest of the upkeep (past MAX_VECTOR_PARTS_RESTING, during the rest too);
+searches keep reading the old index until the new one commits. The rebuild also re-sizes the IVF partitions for
+the table as it now is, not as it was at ANN_MIN_ROWS.
+
 Runs off the write path (the indexer's maintenance thread), concurrently with writes and searches: it takes no
 lock a write takes. LanceDB commits optimistically: a compaction that conflicts with a concurrent delete or
 update loses and leaves the table as it was (the next run tries again), so maintenance never fails a write.
@@ -42,6 +51,13 @@ FOLD_AFTER_S = 30.0
 #: ... and at this many even while resting (MAX_SHARE): during a bulk ingest this bounds what the scan adds
 #: to a search (~+37 ms) at the price of more upkeep while the documents pour in.
 FOLD_ROWS_MAX = 1024
+#: The vector index is rebuilt as one once it has more parts than this (the index and its deltas): each part costs
+#: every search ~0.6 ms (measured at 41,000 rows), a rebuild ~0.3 ms of CPU per row.
+MAX_VECTOR_PARTS = 4
+#: ... and at this many even while resting (MAX_SHARE): a bulk ingest folds rows during the rest (FOLD_ROWS_MAX),
+#: so without this bound its deltas piled up to 21 over 20,000 documents (and would to ~200 over 200,000) before
+#: the first rest ended.
+MAX_VECTOR_PARTS_RESTING = 16
 #: Small fragments (each write adds one) are compacted once this many have piled up.
 COMPACT_FRAGMENTS = 64
 #: Maintenance takes at most this share of the time: after a run of d seconds the next waits >= d * (1/share - 1).
@@ -70,11 +86,21 @@ class Maintenance:
                 if table.count_rows() >= ANN_MIN_ROWS and "vector" not in indexed_columns(table):
                     # (LanceDB names the type "IvfHnswSq", not "IVF_...": look for an index on the column)
                     table.create_index("vector", config=IvfHnswSq(distance_type="cosine"))
+                started = time.monotonic()
+                ran = False
                 if force or self._due(table):
-                    started = time.monotonic()
                     table.optimize(cleanup_older_than=KEEP_VERSIONS)
-                    self.rest_until = time.monotonic() + (time.monotonic() - started) * (1 / MAX_SHARE - 1)
                     self._waiting_since = None
+                    ran = True
+                parts = vector_parts(table)
+                if parts > MAX_VECTOR_PARTS_RESTING or (
+                        parts > MAX_VECTOR_PARTS and (force or time.monotonic() >= self.rest_until)):
+                    table.create_index("vector", config=IvfHnswSq(distance_type="cosine"), replace=True)
+                    log.info("vector index rebuilt as one", table=self._table_name, parts=parts,
+                             rows=table.count_rows(), seconds=round(time.monotonic() - started, 2))
+                    ran = True
+                if ran:
+                    self.rest_until = time.monotonic() + (time.monotonic() - started) * (1 / MAX_SHARE - 1)
             except RuntimeError as exc:
                 why = disk.trouble(self._path)
                 if why is not None:
@@ -105,6 +131,13 @@ class Maintenance:
         if unindexed >= FOLD_ROWS or (self._waiting_since is not None and now - self._waiting_since >= FOLD_AFTER_S):
             return True
         return int(table.stats()["fragment_stats"]["num_small_fragments"]) >= COMPACT_FRAGMENTS
+
+
+def vector_parts(table: Any) -> int:
+    """How many parts (the index and its deltas) a vector search reads; 0 without an ANN index."""
+    name = next((i.name for i in table.list_indices() if "vector" in i.columns), None)
+    stats = table.index_stats(name) if name else None
+    return 0 if stats is None else int(stats.num_indices)
 
 
 def indexed_columns(table: Any) -> set[str]:

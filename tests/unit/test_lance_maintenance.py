@@ -4,6 +4,7 @@ lose a write, fail one, or change what a search finds."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +157,48 @@ def test_too_many_unindexed_rows_are_folded_even_while_resting(tmp_path: Path,
     index.upsert([record(2, 1, i, rng) for i in range(10)])
     index.maintain()
     assert unindexed(index) == 0
+
+
+def test_the_vector_index_is_rebuilt_as_one_when_its_deltas_pile_up(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each fold of new rows adds a delta to the ANN index, and every search reads every delta: past
+    MAX_VECTOR_PARTS parts maintenance rebuilds it as one, and the rows stay found."""
+    monkeypatch.setattr(maintenance, "ANN_MIN_ROWS", 600)
+    monkeypatch.setattr(maintenance, "MAX_VECTOR_PARTS", 2)
+    index = LanceVectorIndex(tmp_path, DIM)
+    rng = np.random.default_rng(5)
+    index.upsert([record(d, 1, i, rng) for d in range(70) for i in range(10)])
+    index.maintain(force=True)
+    assert maintenance.vector_parts(index._table) == 1
+    seen = []
+    for batch in range(5):
+        more = [record(1000 + batch * 10 + d, 1, i, rng) for d in range(10) for i in range(5)]
+        index.upsert(more)
+        index.maintain(force=True)
+        seen.append(maintenance.vector_parts(index._table))
+        found = index.search("default", SearchRequest("unrelated words", more[7].vector, candidates=20, keyword=False))
+        assert found.dense[0].chunk_id == more[7].chunk_id
+    assert max(seen) <= 2, seen
+    assert 2 in seen, f"no fold added a delta, so nothing was rebuilt: {seen}"
+
+
+def test_a_bulk_ingest_resting_between_runs_still_bounds_the_deltas(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """During a bulk ingest maintenance rests (MAX_SHARE) and only folds because too many rows are outside the
+    indexes; past MAX_VECTOR_PARTS_RESTING parts it rebuilds the vector index all the same."""
+    monkeypatch.setattr(maintenance, "ANN_MIN_ROWS", 600)
+    monkeypatch.setattr(maintenance, "MAX_VECTOR_PARTS", 1)
+    monkeypatch.setattr(maintenance, "MAX_VECTOR_PARTS_RESTING", 3)
+    monkeypatch.setattr(maintenance, "FOLD_ROWS_MAX", 20)
+    index = LanceVectorIndex(tmp_path, DIM)
+    rng = np.random.default_rng(6)
+    index.upsert([record(d, 1, i, rng) for d in range(70) for i in range(10)])
+    index.maintain(force=True)
+    seen = []
+    for batch in range(6):
+        index._maintenance.rest_until = time.monotonic() + 3600  # resting the whole time
+        index.upsert([record(2000 + batch * 10 + d, 1, i, rng) for d in range(10) for i in range(5)])
+        index.maintain()
+        seen.append(maintenance.vector_parts(index._table))
+    assert max(seen) <= 3, seen
+    assert 3 in seen, f"the folds added no delta: {seen}"
