@@ -45,7 +45,6 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -57,6 +56,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bench.report import ragbus
 from chunking.splitter import Chunker
 from engine.clients import EventProducer, read_from_start, topic_name
 from engine.deadletters import list_dead_letters
@@ -239,7 +239,7 @@ def main() -> int:
                     until = time.time() + 300  # a rebuild of real work: half the documents indexed (kills go on)
                     while time.time() < until and counts("default").get("indexed", 0) < len(rows) // 2:
                         time.sleep(0.5)
-                    reindexed.append(ragbus(child, "reindex", "start", "--chunk-size", str(args.reindex_chunk_size)))
+                    reindexed.append(operator(child, "reindex", "start", "--chunk-size", str(args.reindex_chunk_size)))
                 if isinstance(ev, tuple):
                     producer.send_raw(topic_name(child, HOSTILE_TOPICS[hostile_keys[ev[0]]]), ev[0].encode(), ev[1])
                 else:
@@ -281,10 +281,10 @@ def main() -> int:
                 while time.time() < until and not caught_up():
                     time.sleep(1.0)
                 if not caught_up():
-                    reindexed.append(ragbus(child, "reindex", "resume"))
+                    reindexed.append(operator(child, "reindex", "resume"))
                     while time.time() < deadline and not caught_up():
                         time.sleep(1.0)
-                reindexed.append(ragbus(child, "reindex", "switch"))
+                reindexed.append(operator(child, "reindex", "switch"))
             answered = answers_by_query(child)
             dead = dead_letter_keys(child)
         elapsed = time.time() - started
@@ -355,15 +355,9 @@ def main() -> int:
     return 1 if problems or len(killer.kills) < args.kills else 0
 
 
-def ragbus(settings: Settings, *args: str) -> str:
-    """The CLI as an operator runs it against this stack; its first line of output (raises on failure)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAGBUS_")} | {
-        "RAGBUS_KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers or "",
-        "RAGBUS_DATA_DIR": str(settings.data_dir), "RAGBUS_LOG_LEVEL": "WARNING"}
-    done = subprocess.run([sys.executable, "-m", "ragbus.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=600)
-    if done.returncode != 0:
-        raise SystemExit(f"ragbus {' '.join(args)} failed: {done.stderr.strip()[:500]}")
+def operator(settings: Settings, *args: str) -> str:
+    """The CLI as an operator runs it against this stack: what it printed (raises on failure)."""
+    done = ragbus(settings, *args, timeout=600)
     return (done.stderr or done.stdout).strip()
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -45,7 +44,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.freshness import idle_probes
 from bench.latency import one_at_a_time, summary
-from bench.report import emit, run_facts
+from bench.report import emit, ragbus, run_facts
 from chunking.splitter import Chunker
 from infra.models.embedder import embedding_dim, load_tokenizer
 from infra.ops import logs
@@ -57,17 +56,6 @@ from schemas.events import chunk_uuid
 
 DEFAULT_SET = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "pydocs-faq-dev"
 TENANT = "bench"
-
-
-def ragbus(settings: Settings, *args: str, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAGBUS_")} | {
-        "RAGBUS_KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers or "",
-        "RAGBUS_DATA_DIR": str(settings.data_dir), "RAGBUS_LOG_LEVEL": "WARNING"}
-    done = subprocess.run([sys.executable, "-m", "ragbus.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
-    if done.returncode != 0:
-        raise SystemExit(f"ragbus {' '.join(args)} failed: {done.stderr.strip()[-800:]}")
-    return done
 
 
 def second_model(path: Path) -> Path:
