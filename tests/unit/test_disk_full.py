@@ -37,7 +37,7 @@ store.upsert_chunks([rec(0)])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the default action kills; a full disk only fails the write
 resource.setrlimit(resource.RLIMIT_FSIZE, (1, resource.RLIM_INFINITY))  # "the disk is full"
 full = {"lance": attempt(lambda: index.upsert([rec(i) for i in range(1, 40)])),
-        "lance delete": attempt(lambda: index.delete_versions("t", "d", below=1)),
+        "lance delete": attempt(lambda: index.delete_versions("t", "d", below=2)),  # removes c0: a real write
         "sqlite": attempt(lambda: store.upsert_chunks([rec(i) for i in range(1, 40)]))}
 resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))  # space returns
 back = {"lance": attempt(lambda: index.upsert([rec(i) for i in range(1, 40)])),

@@ -202,3 +202,19 @@ def test_a_bulk_ingest_resting_between_runs_still_bounds_the_deltas(tmp_path: Pa
         seen.append(maintenance.vector_parts(index._table))
     assert max(seen) <= 3, seen
     assert 3 in seen, f"the folds added no delta: {seen}"
+
+
+def test_a_cleanup_with_nothing_to_remove_commits_no_table_version(tmp_path: Path) -> None:
+    """The indexer cleans up below every finished version; for a new document nothing is there, and LanceDB would
+    commit a version (and spend ~10 ms) for a delete that matches nothing. One with something to remove does."""
+    index = LanceVectorIndex(tmp_path, DIM)
+    rng = np.random.default_rng(7)
+    index.upsert([record(1, 1, i, rng) for i in range(3)] + [record(1, 2, i, rng) for i in range(2)])
+    before = index._table.version
+    for _ in range(5):
+        index.delete_versions("default", "doc-1", below=1)
+        index.delete_versions("default", "d-unknown", below=9)
+    assert index._table.version == before
+    index.delete_versions("default", "doc-1", below=2)
+    assert index._table.version == before + 1
+    assert sorted(v for _, v in index.chunk_versions("default", "doc-1")) == [2, 2]
