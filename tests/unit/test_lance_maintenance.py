@@ -159,16 +159,22 @@ def test_too_many_unindexed_rows_are_folded_even_while_resting(tmp_path: Path,
     assert unindexed(index) == 0
 
 
+def with_ann_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator) -> LanceVectorIndex:
+    """An index of 700 rows whose ANN index (built past ANN_MIN_ROWS, lowered to 600) is one part."""
+    monkeypatch.setattr(maintenance, "ANN_MIN_ROWS", 600)
+    index = LanceVectorIndex(tmp_path, DIM)
+    index.upsert([record(d, 1, i, rng) for d in range(70) for i in range(10)])
+    index.maintain(force=True)
+    return index
+
+
 def test_the_vector_index_is_rebuilt_as_one_when_its_deltas_pile_up(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Each fold of new rows adds a delta to the ANN index, and every search reads every delta: past
     MAX_VECTOR_PARTS parts maintenance rebuilds it as one, and the rows stay found."""
-    monkeypatch.setattr(maintenance, "ANN_MIN_ROWS", 600)
     monkeypatch.setattr(maintenance, "MAX_VECTOR_PARTS", 2)
-    index = LanceVectorIndex(tmp_path, DIM)
     rng = np.random.default_rng(5)
-    index.upsert([record(d, 1, i, rng) for d in range(70) for i in range(10)])
-    index.maintain(force=True)
+    index = with_ann_index(tmp_path, monkeypatch, rng)
     assert maintenance.vector_parts(index._table) == 1
     seen = []
     for batch in range(5):
@@ -186,14 +192,11 @@ def test_a_bulk_ingest_resting_between_runs_still_bounds_the_deltas(tmp_path: Pa
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """During a bulk ingest maintenance rests (MAX_SHARE) and only folds because too many rows are outside the
     indexes; past MAX_VECTOR_PARTS_RESTING parts it rebuilds the vector index all the same."""
-    monkeypatch.setattr(maintenance, "ANN_MIN_ROWS", 600)
     monkeypatch.setattr(maintenance, "MAX_VECTOR_PARTS", 1)
     monkeypatch.setattr(maintenance, "MAX_VECTOR_PARTS_RESTING", 3)
     monkeypatch.setattr(maintenance, "FOLD_ROWS_MAX", 20)
-    index = LanceVectorIndex(tmp_path, DIM)
     rng = np.random.default_rng(6)
-    index.upsert([record(d, 1, i, rng) for d in range(70) for i in range(10)])
-    index.maintain(force=True)
+    index = with_ann_index(tmp_path, monkeypatch, rng)
     seen = []
     for batch in range(6):
         index._maintenance.rest_until = time.monotonic() + 3600  # resting the whole time
