@@ -50,6 +50,15 @@ from schemas.events import DocumentArrived, QueryRequested
 from schemas.topics import TOPICS
 
 
+def own_stack_with_metrics() -> None:
+    """The environment for a stack of the benchmark's own (`ragbus up`'s processes on the local broker, quiet logs)
+    whose processes serve their metrics on free loopback ports, where the per-step CPU counters are read."""
+    os.environ.pop("RAGBUS_KAFKA_BOOTSTRAP_SERVERS", None)
+    os.environ.setdefault("RAGBUS_LOG_LEVEL", "WARNING")
+    os.environ["RAGBUS_METRICS_HOST"] = "127.0.0.1"
+    os.environ["RAGBUS_METRICS_PORT"] = str(free_range(len(PROCESSES)))
+
+
 def free_range(n: int) -> int:
     """A base port with n free ports above it (the stack gives process i the port base + i)."""
     for _ in range(50):
@@ -174,10 +183,7 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, help="reuse (or create) this data directory; default: a temporary one")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    os.environ.pop("RAGBUS_KAFKA_BOOTSTRAP_SERVERS", None)
-    os.environ.setdefault("RAGBUS_LOG_LEVEL", "WARNING")
-    os.environ["RAGBUS_METRICS_HOST"] = "127.0.0.1"
-    os.environ["RAGBUS_METRICS_PORT"] = str(free_range(len(PROCESSES)))
+    own_stack_with_metrics()
     with tempfile.TemporaryDirectory(prefix="ragbus-cpu-") as tmp:
         os.environ["RAGBUS_DATA_DIR"] = str(args.data_dir or tmp)
         settings = Settings()

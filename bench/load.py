@@ -47,12 +47,12 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.corpus import DATA, percentile, preload
-from bench.cpu_account import Account, free_range
+from bench.cpu_account import Account, own_stack_with_metrics
 from bench.report import run_facts
 from infra.ops import logs
 from infra.settings import Settings
 from ragbus import wiring
-from ragbus.supervisor import PROCESSES, Stack
+from ragbus.supervisor import Stack
 from schemas.topics import TOPICS, document_key
 
 #: Pages shorter than this are not "long documents".
@@ -307,10 +307,7 @@ def main() -> None:
                          "the chunker's and indexer's processes at nice N, in ABBA order")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    os.environ.pop("RAGBUS_KAFKA_BOOTSTRAP_SERVERS", None)
-    os.environ.setdefault("RAGBUS_LOG_LEVEL", "WARNING")
-    os.environ["RAGBUS_METRICS_HOST"] = "127.0.0.1"
-    os.environ["RAGBUS_METRICS_PORT"] = str(free_range(len(PROCESSES)))
+    own_stack_with_metrics()
     say = (lambda text: print(text, file=sys.stderr, flush=True)) if args.json else print
     with tempfile.TemporaryDirectory(prefix="ragbus-load-") as tmp:
         os.environ["RAGBUS_DATA_DIR"] = str(args.data_dir or tmp)
