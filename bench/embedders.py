@@ -1,6 +1,7 @@
 """Embedding backends side by side on real chunks: speed, and how close their vectors are to torch's.
 
-    python bench/embedders.py [--data ../shared/data/pydocs-faq-dev] [--texts 400] [--threads 2] [--json]
+    python bench/embedders.py [--data ../shared/data/pydocs-faq-dev] [--texts 400] [--threads 2] [--ort-optimizer]
+                              [--json]
 
 The texts are the first corpus sections chunked exactly as the pipeline does (200 tokens, contextual
 header). Backends: torch (sentence-transformers, the reference), ONNX float32 as ragbus runs it (a batch
@@ -71,6 +72,34 @@ def quantized(fp32_dir: Path, work: Path, name: str, **options: Any) -> Path:
     return target
 
 
+def eager_export(fp32_dir: Path, work: Path, *, fused: bool) -> Path:
+    """The float32 export again, with the transformer's eager attention instead of SDPA (the form ONNX Runtime's
+    transformer optimizer recognises), and with `fused` run through that optimizer (Attention,
+    EmbedLayerNormalization, SkipLayerNormalization and BiasGelu fused), for comparison."""
+    import shutil
+
+    import torch
+    from onnxruntime.transformers.optimizer import optimize_model
+    from sentence_transformers import SentenceTransformer
+
+    from infra.models.onnx_embedder import _export_graph
+
+    st = SentenceTransformer(str(model_dir("all-MiniLM-L6-v2")), device="cpu", local_files_only=True)
+    auto = getattr(st[0], "auto_model")  # noqa: B009  # not in the stubs' type
+    auto.config._attn_implementation = "eager"
+    target = work / ("eager-fused" if fused else "eager")
+    target.mkdir()
+    for file in ("tokenizer.json", "meta.json"):
+        shutil.copy(fp32_dir / file, target / file)
+    _export_graph(torch, auto, target / "model.onnx")
+    if fused:
+        config = auto.config
+        optimized = optimize_model(str(target / "model.onnx"), model_type="bert", num_heads=config.num_attention_heads,
+                                   hidden_size=config.hidden_size, opt_level=1, use_gpu=False)
+        optimized.save_model_to_file(str(target / "model.onnx"))
+    return target
+
+
 def timed(embed: Callable[[Sequence[str]], Any], texts: list[str]) -> tuple[np.ndarray[Any, Any], float]:
     embed(texts[:8])  # warm-up
     started = time.perf_counter()
@@ -85,6 +114,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cache", type=Path, default=Path(os.environ["RAGBUS_EMBEDDER_ONNX_DIR"]),
                     help="where ONNX exports are cached")
+    ap.add_argument("--ort-optimizer", action="store_true",
+                    help="also the float32 export with eager attention, plain and through ONNX Runtime's "
+                         "transformer optimizer")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     texts = corpus_texts(args.data, args.texts)
@@ -104,6 +136,9 @@ def main() -> None:
                                                               op_types_to_quantize=["MatMul"]),
             "onnx-int8 onnxruntime defaults": quantized(fp32_dir, work, "defaults"),
         }
+        if args.ort_optimizer:
+            variants["onnx-fp32, eager-attention export"] = eager_export(fp32_dir, work, fused=False)
+            variants["onnx-fp32, eager export + ORT transformer optimizer"] = eager_export(fp32_dir, work, fused=True)
         for name, path in variants.items():
             model = OnnxModel(path, args.threads)
             if "(before)" in name:  # every call takes the lone-text path: what OnnxModel did for batches too
